@@ -1,0 +1,159 @@
+"""Command line: ``python -m tuner <command>``. Each command maps its flags onto a plain function.
+
+Errors print as one line, ``error: ...``, and exit with the error's code (2 for bad input);
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import traceback
+from typing import Any, Sequence
+
+from .errors import ConfigError, TunerError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so errors stay one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number > 0), got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds (a number > 0), got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m tuner",
+                     description="Measure the TensorFlow CPU settings that make a model fastest.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    s = commands.add_parser("search", help="run (or resume) a study and write the tuned YAML")
+    s.add_argument("--config", required=True, help="the study config YAML")
+    s.add_argument("--n-trials", type=_positive_int, help="trials this run adds (as in Optuna)")
+    s.add_argument("--timeout", type=_seconds, help="seconds for the whole run, validation included")
+    s.add_argument("--trial-timeout", type=_seconds, help="seconds one trial's child may take")
+    s.add_argument("--storage", help="Optuna storage URL (default sqlite:///results/<study>.db)")
+    s.add_argument("--study-name", help="study name (default: the config file's name)")
+    s.add_argument("--output", help="tuned YAML path (default results/<study>/tuned.yaml)")
+    s.add_argument("--seed", type=_nonneg_int, help="sampler seed")
+    s.add_argument("--force", action="store_true",
+                   help="replace an output file that belongs to another study (kept as .bak)")
+    s.add_argument("--quiet", action="store_true", help="print only the final summary")
+    s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from . import config as config_mod
+    from . import study as study_mod
+
+    cfg = config_mod.with_overrides(
+        config_mod.load(args.config), n_trials=args.n_trials, timeout=args.timeout,
+        trial_timeout=args.trial_timeout, storage=args.storage, study_name=args.study_name,
+        output=args.output, seed=args.seed, force=args.force)
+    quiet = args.quiet
+    printer = study_mod.Printer((lambda line: None) if quiet else None)
+    outcome = study_mod.search(cfg, printer)
+    print_summary(outcome.tuned, outcome.tuned_path, outcome.backup)
+    return 130 if outcome.interrupted else 0
+
+
+def print_summary(doc: dict[str, Any], path: str, backup: str | None) -> None:
+    from . import space as space_mod
+
+    result = doc["result"]
+    flat = space_mod.flatten_settings(doc["settings"])
+    print()
+    print(f"verdict: {doc['verdict']} - {doc['summary']}")
+    base = result.get("baseline_throughput") or {}
+    tp = result.get("throughput") or {}
+
+    def block(b: dict[str, Any]) -> str:
+        ci = b.get("ci95")
+        ci_text = f" (95% CI {ci[0]:.1f}-{ci[1]:.1f})" if ci else ""
+        return f"{b.get('median', float('nan')):.1f} samples/s{ci_text}"
+
+    if base:
+        print(f"  TensorFlow defaults: {block(base)}")
+    if doc["verdict"] == "tuned":
+        print(f"  tuned:               {block(tp)}  speedup {result['speedup']:.3f}x "
+              f"[{result['speedup_ci95'][0]:.3f}, {result['speedup_ci95'][1]:.3f}] "
+              f"p={result['p_value']:.3g}")
+    elif "rejected" in result:
+        r = result["rejected"]
+        print(f"  best candidate (trial {r['trial']}): {r['speedup']:.3f}x "
+              f"[{r['speedup_ci95'][0]:.3f}, {r['speedup_ci95'][1]:.3f}] p={r['p_value']:.3g} "
+              f"- not significant, not adopted")
+    expert = doc.get("search", {}).get("expert_rule", {})
+    if expert.get("speedup_in_search") is not None:
+        print(f"  expert rule (intra={expert['settings']['intra_op_parallelism_threads']}, "
+              f"inter={expert['settings']['inter_op_parallelism_threads']}): "
+              f"{expert['speedup_in_search']:.3f}x the defaults in its search trial")
+    print(f"  settings: {space_mod.short(flat)}")
+    print(f"  cpu saturation: {result.get('cpu_saturation') or float('nan'):.2f}")
+    print(f"wrote {path}" + (f" (previous file kept as {backup})" if backup else ""))
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # Orchestrators stop jobs with SIGTERM: clean up like Ctrl-C (kill the child, mark the trial).
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.version:
+            from . import __version__
+
+            print(__version__)
+            return 0
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            return {"search": cmd_search}[args.command](args)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    except TunerError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

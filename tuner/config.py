@@ -1,0 +1,332 @@
+"""The study config file: parse, check every field, fill defaults, apply CLI overrides.
+
+Everything is checked before any trial runs, and every error names the file, the field, the bad
+value and what is allowed. The result is a frozen :class:`Config`; nothing mutates it afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+MODES = ("predict", "train", "data")
+SAMPLERS = ("auto", "grid", "tpe", "random")
+OBJECTIVES = ("throughput",)
+
+
+@dataclass(frozen=True)
+class Workload:
+    model: str | None          # "file.py:function" or "package.module:function"
+    data: str
+    mode: str
+    base_dir: str              # directory of the config file: relative builder files start here
+
+
+@dataclass(frozen=True)
+class Search:
+    n_trials: int = 24          # trials this run adds, as in Optuna
+    max_trials: int | None = None  # study-wide cap: stop once the study holds this many trials
+    timeout: float | None = None   # seconds for the whole run, validation included
+    trial_timeout: float = 180.0   # seconds one child may take, start-up to result
+    sampler: str = "auto"
+    seed: int | None = 0
+    pruning: bool = True
+    prune_ratio: float = 0.5    # prune a trial measuring below this share of the best so far
+
+
+@dataclass(frozen=True)
+class Measure:
+    warmup_seconds: float = 3.0
+    min_warmup_steps: int = 3
+    window_seconds: float = 2.0
+    windows: int = 5
+
+
+@dataclass(frozen=True)
+class Validate:
+    candidates: int = 3         # best distinct trials re-measured against the baseline
+    screen_rounds: int = 2      # interleaved rounds to pick the winner among candidates
+    rounds: int = 5             # interleaved rounds winner vs baseline: the reported speedup
+    alpha: float = 0.05         # significance level for "faster than TensorFlow's defaults"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    workload: Workload
+    search: Search = field(default_factory=Search)
+    measure: Measure = field(default_factory=Measure)
+    validate: Validate = field(default_factory=Validate)
+    space: dict[str, Any] = field(default_factory=dict)
+    objective: str = "throughput"
+    study_name: str = "study"
+    storage: str = "sqlite:///results/study.db"
+    output: str = "results/study/tuned.yaml"
+    force: bool = False
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must stay the same for a resumed study to mean the same thing."""
+        return {
+            "workload": {"model": self.workload.model, "data": self.workload.data,
+                         "mode": self.workload.mode},
+            "objective": self.objective,
+            "measure": dataclasses.asdict(self.measure),
+        }
+
+
+TOP_KEYS = ("workload", "search", "measure", "validate", "space", "objective", "study", "output")
+STUDY_KEYS = ("name", "storage")
+STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _where(path: Path, field_name: str) -> str:
+    return f"{path}: {field_name}"
+
+
+def _check_keys(data: Any, allowed: tuple[str, ...], path: Path, section: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_where(path, section)}: expected a mapping, got {type(data).__name__} "
+                          f"{data!r}")
+    for key in data:
+        if key not in allowed:
+            name = f"{section}.{key}" if section else str(key)
+            raise ConfigError(f"{_where(path, name)}: unknown key; allowed: {', '.join(allowed)}")
+    return data
+
+
+def _number(value: Any, where: str, *, integer: bool, minimum: float, allow_none: bool = False,
+            strictly_above: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or (value <= minimum if strictly_above else value < minimum):
+        bound = f"> {minimum}" if strictly_above else f">= {minimum}"
+        extra = " or null" if allow_none else ""
+        raise ConfigError(f"{where}: expected {kind} {bound}{extra}, got {value!r}")
+    return value
+
+
+def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
+    return value
+
+
+_BUILDER_RE = re.compile(r"^(?P<target>[^:]+):(?P<func>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def _builder(value: Any, where: str, base_dir: Path) -> str:
+    if not isinstance(value, str) or not _BUILDER_RE.match(value.strip()):
+        raise ConfigError(f"{where}: expected 'file.py:function' or 'package.module:function', "
+                          f"got {value!r}")
+    value = value.strip()
+    target = value.split(":", 1)[0]
+    if target.endswith(".py"):
+        file = (base_dir / target) if not Path(target).is_absolute() else Path(target)
+        if not file.is_file():
+            raise ConfigError(f"{where}: file {str(file)!r} does not exist (paths are relative to "
+                              f"the config file's directory)")
+    elif not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", target):
+        raise ConfigError(f"{where}: {target!r} is neither a .py file nor an importable module name")
+    return value
+
+
+def _section(cls: type, data: dict[str, Any], path: Path, section: str,
+             rules: dict[str, Any]) -> Any:
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    data = _check_keys(data, names, path, section)
+    values = {}
+    for key, raw in data.items():
+        values[key] = rules[key](raw, _where(path, f"{section}.{key}"))
+    return cls(**values)
+
+
+def _int(minimum: int, allow_none: bool = False):
+    return lambda v, w: _number(v, w, integer=True, minimum=minimum, allow_none=allow_none)
+
+
+def _float(minimum: float, allow_none: bool = False, strictly_above: bool = False):
+    return lambda v, w: float(x) if (x := _number(v, w, integer=False, minimum=minimum,
+                                                   allow_none=allow_none,
+                                                   strictly_above=strictly_above)) is not None else None
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+SEARCH_RULES = {
+    "n_trials": _int(1), "max_trials": _int(1, allow_none=True),
+    "timeout": _float(0, allow_none=True, strictly_above=True),
+    "trial_timeout": _float(0, strictly_above=True),
+    "sampler": lambda v, w: _choice(v, SAMPLERS, w), "seed": _int(0, allow_none=True),
+    "pruning": _bool,
+    "prune_ratio": lambda v, w: _ratio(v, w),
+}
+MEASURE_RULES = {
+    "warmup_seconds": _float(0), "min_warmup_steps": _int(1),
+    "window_seconds": _float(0, strictly_above=True), "windows": _int(2),
+}
+VALIDATE_RULES = {
+    "candidates": _int(0), "screen_rounds": _int(1),
+    # An exact permutation test on n=m rounds cannot reach p < 0.05 below 4 rounds each.
+    "rounds": _int(4), "alpha": lambda v, w: _ratio(v, w),
+}
+
+
+def _ratio(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigError(f"{where}: expected a number between 0 and 1 (exclusive), got {value!r}")
+    return float(value)
+
+
+def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
+    """``space: {tf_data: {private_threadpool_size: [...]}}`` -> ``{"tf_data.private_...": [...]}``."""
+    data = _check_keys(data, ("intra_op_parallelism_threads", "inter_op_parallelism_threads",
+                              "tf_data", "env"), path, "space")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("tf_data", "env"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{_where(path, 'space.' + key)}: expected a mapping of knob "
+                                  f"names to values, got {value!r}")
+            for sub, subvalue in value.items():
+                flat[f"{key}.{sub}"] = subvalue
+        else:
+            flat[key] = value
+    return flat
+
+
+def load(path: str | Path) -> Config:
+    """Read and check a config file. Raises :class:`ConfigError` with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+    return parse(data, path)
+
+
+def parse(data: Any, path: Path) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'workload' section at the top, "
+                          f"got {type(data).__name__}")
+    _check_keys(data, TOP_KEYS, path, "")
+    base_dir = path.resolve().parent
+
+    wl = _check_keys(data.get("workload"), ("model", "data", "mode"), path, "workload")
+    if "workload" not in data or not wl:
+        raise ConfigError(f"{_where(path, 'workload')}: missing; it needs model, data and mode")
+    mode = _choice(wl.get("mode"), MODES, _where(path, "workload.mode"))
+    for key in ("data",) if mode == "data" else ("model", "data"):
+        if key not in wl:
+            raise ConfigError(f"{_where(path, 'workload.' + key)}: missing; expected "
+                              f"'file.py:function' or 'package.module:function'")
+    model = _builder(wl["model"], _where(path, "workload.model"), base_dir) \
+        if wl.get("model") is not None else None
+    workload = Workload(model=model, data=_builder(wl["data"], _where(path, "workload.data"), base_dir),
+                        mode=mode, base_dir=str(base_dir))
+
+    search = _section(Search, data.get("search"), path, "search", SEARCH_RULES)
+    measure = _section(Measure, data.get("measure"), path, "measure", MEASURE_RULES)
+    validate = _section(Validate, data.get("validate"), path, "validate", VALIDATE_RULES)
+    space = _flatten_space(data.get("space"), path)
+    objective = _choice(data.get("objective", "throughput"), OBJECTIVES, _where(path, "objective"))
+
+    study = _check_keys(data.get("study"), STUDY_KEYS, path, "study")
+    name = study.get("name", path.stem)
+    check_study_name(name, _where(path, "study.name"))
+    storage = study.get("storage") or default_storage(name)
+    check_storage(storage, _where(path, "study.storage"))
+    output = data.get("output") or default_output(name)
+    if not isinstance(output, str) or not output.endswith((".yaml", ".yml")):
+        raise ConfigError(f"{_where(path, 'output')}: expected a path ending in .yaml, got {output!r}")
+
+    return Config(path=str(path), workload=workload, search=search, measure=measure,
+                  validate=validate, space=space, objective=objective, study_name=name,
+                  storage=storage, output=output)
+
+
+def default_storage(name: str) -> str:
+    return f"sqlite:///results/{name}.db"
+
+
+def default_output(name: str) -> str:
+    return f"results/{name}/tuned.yaml"
+
+
+def check_study_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not STUDY_NAME_RE.match(name):
+        raise ConfigError(f"{where}: {name!r} is not a valid study name; use 1-100 letters, digits, "
+                          f"'.', '_' or '-', starting with a letter or digit")
+    return name
+
+
+def check_storage(url: Any, where: str) -> str:
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"{where}: {url!r} is not a storage URL; expected e.g. "
+                          f"sqlite:///results/study.db or postgresql://user:pass@host/db")
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in ("sqlite", "postgresql", "mysql"):
+        raise ConfigError(f"{where}: unsupported storage scheme {scheme!r}; allowed: sqlite, "
+                          f"postgresql, mysql (Optuna RDB storage URLs)")
+    return url
+
+
+def with_overrides(config: Config, *, n_trials: int | None = None, timeout: float | None = None,
+                   trial_timeout: float | None = None, storage: str | None = None,
+                   study_name: str | None = None, output: str | None = None,
+                   seed: int | None = None, force: bool = False) -> Config:
+    """Apply CLI flags on top of the file. A new study name moves the default storage and output
+    with it unless the file or a flag set those explicitly."""
+    changes: dict[str, Any] = {}
+    search_changes: dict[str, Any] = {}
+    if n_trials is not None:
+        search_changes["n_trials"] = _int(1)(n_trials, "--n-trials")
+    if timeout is not None:
+        search_changes["timeout"] = _float(0, strictly_above=True)(timeout, "--timeout")
+    if trial_timeout is not None:
+        search_changes["trial_timeout"] = _float(0, strictly_above=True)(trial_timeout,
+                                                                          "--trial-timeout")
+    if seed is not None:
+        search_changes["seed"] = _int(0)(seed, "--seed")
+    if search_changes:
+        changes["search"] = dataclasses.replace(config.search, **search_changes)
+    if study_name is not None:
+        check_study_name(study_name, "--study-name")
+        changes["study_name"] = study_name
+        if config.storage == default_storage(config.study_name):
+            changes["storage"] = default_storage(study_name)
+        if config.output == default_output(config.study_name):
+            changes["output"] = default_output(study_name)
+    if storage is not None:
+        changes["storage"] = check_storage(storage, "--storage")
+    if output is not None:
+        if not output.endswith((".yaml", ".yml")):
+            raise ConfigError(f"--output: expected a path ending in .yaml, got {output!r}")
+        changes["output"] = output
+    if force:
+        changes["force"] = True
+    return config.replace(**changes)

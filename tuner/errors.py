@@ -1,0 +1,41 @@
+"""The exceptions tuner raises.
+
+Every error the user can cause derives from :class:`TunerError`; the CLI prints it as one line
+(``error: ...``) and exits with :attr:`TunerError.exit_code`.
+"""
+
+from __future__ import annotations
+
+
+class TunerError(Exception):
+    """Root of every error tuner raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(TunerError):
+    """The config file, a flag or the workload it names is not usable. Nothing was written."""
+
+    exit_code = 2
+
+
+class WorkloadError(ConfigError):
+    """The user's builders failed the preflight: missing, raising, crashing, hanging, wrong type."""
+
+
+class StudyError(TunerError):
+    """The study cannot go on: storage unusable, machine or space mismatch, every trial failed."""
+
+
+class StudyMismatchError(StudyError):
+    """An existing study or tuned file belongs to another workload, space or machine."""
+
+    exit_code = 2
+
+
+class TrialFailed(TunerError):
+    """A trial's child process did not produce a valid measurement; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,252 @@
+"""The knobs tuner searches: one registry, one small declaration per knob.
+
+A knob says how it is applied (an environment variable set before the child starts,
+``tf.config.threading`` before the runtime initialises, or ``tf.data.Options`` on the user's
+dataset), what value means "leave it to TensorFlow", and how its candidate values follow from the
+machine. Adding a knob means adding one entry to :data:`KNOBS`.
+
+Settings are flat dicts keyed by knob name (``"tf_data.private_threadpool_size"``); the same dotted
+names are the Optuna parameter names, so a study reads the same in tuner and in optuna-dashboard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import ConfigError
+from .machine import Machine
+
+THREADING = "threading"   # tf.config.threading, before the runtime initialises
+TF_DATA = "tf_data"       # tf.data.Options().threading, on the user's dataset
+ENV = "env"               # environment variable, set before the child process starts
+
+
+def thread_ladder(n: int, *, over: float = 2.0) -> list[int]:
+    """Thread counts worth trying on ``n`` usable CPUs: powers of two, fractions of ``n`` and a few
+    values above ``n`` (up to ``over * n``) so oversubscription is measured rather than assumed."""
+    values = {1, n}
+    power = 2
+    while power <= n:
+        values.add(power)
+        power *= 2
+    for fraction in (0.5, 0.75, 1.5, 2.0):
+        if fraction <= over:
+            values.add(max(1, int(n * fraction)))
+    return sorted(v for v in values if v <= max(1, int(n * over)))
+
+
+def _nonneg_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _pos_int_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
+def _onednn_value(value: Any) -> bool:
+    return value is None or value in ("0", "1")
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str                                  # dotted: "tf_data.private_threadpool_size"
+    applied: str                               # THREADING | TF_DATA | ENV
+    target: str                                # the setting or variable it writes
+    default: Any                               # the value that means "TensorFlow decides"
+    allowed: str                               # for error messages
+    is_valid: Callable[[Any], bool]
+    candidates: Callable[[Machine], list[Any]]
+    help: str
+
+    def check(self, value: Any, where: str) -> Any:
+        if isinstance(value, str) and value == "default":
+            return self.default
+        if self.applied == ENV and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not self.is_valid(value):
+            raise ConfigError(f"{where}: {value!r} is not a valid value for {self.name}; "
+                              f"allowed: {self.allowed}")
+        return value
+
+
+def _onednn_candidates(machine: Machine) -> list[Any]:
+    # Only the value that differs from the build's default is worth a trial: "unset" already is
+    # the default. When the default is unknown, try both.
+    if machine.onednn_default is None:
+        return [None, "0", "1"]
+    return [None, "0" if machine.onednn_default else "1"]
+
+
+KNOBS: dict[str, Knob] = {knob.name: knob for knob in (
+    Knob(
+        name="intra_op_parallelism_threads", applied=THREADING, target="intra_op_parallelism_threads",
+        default=0, allowed="an integer >= 0 (0 = TensorFlow's default), 'default'",
+        is_valid=_nonneg_int,
+        candidates=lambda m: [0, *thread_ladder(m.usable_cpus)],
+        help="threads one op (a matmul, a convolution) may use",
+    ),
+    Knob(
+        name="inter_op_parallelism_threads", applied=THREADING, target="inter_op_parallelism_threads",
+        default=0, allowed="an integer >= 0 (0 = TensorFlow's default), 'default'",
+        is_valid=_nonneg_int,
+        candidates=lambda m: [0, *sorted({1, 2, m.usable_cpus, *[2 ** i for i in range(8)
+                                                                 if 2 ** i <= 2 * m.usable_cpus]})],
+        help="independent ops that may run at the same time",
+    ),
+    Knob(
+        name="tf_data.private_threadpool_size", applied=TF_DATA, target="private_threadpool_size",
+        default=None, allowed="an integer >= 1, null or 'default' (TensorFlow's shared pool)",
+        is_valid=_pos_int_or_none,
+        candidates=lambda m: [None, *thread_ladder(m.usable_cpus, over=2.0)],
+        help="threads of a private pool for the input pipeline",
+    ),
+    Knob(
+        name="tf_data.max_intra_op_parallelism", applied=TF_DATA, target="max_intra_op_parallelism",
+        default=None, allowed="an integer >= 1, null or 'default'",
+        is_valid=_pos_int_or_none,
+        candidates=lambda m: [None, 1],
+        help="threads one input-pipeline op may use (1 turns intra-op parallelism off there)",
+    ),
+    Knob(
+        name="env.TF_ENABLE_ONEDNN_OPTS", applied=ENV, target="TF_ENABLE_ONEDNN_OPTS",
+        default=None, allowed="'0', '1', null or 'default' (unset)",
+        is_valid=_onednn_value,
+        candidates=_onednn_candidates,
+        help="oneDNN (MKL-DNN) optimised CPU kernels",
+    ),
+)}
+
+# Variables the parent removes from the child's environment, so that the baseline really is
+# TensorFlow's defaults and a trial measures only what it sets.
+CONTROLLED_ENV = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+                  *(k.target for k in KNOBS.values() if k.applied == ENV))
+
+
+def default_settings() -> dict[str, Any]:
+    return {name: knob.default for name, knob in KNOBS.items()}
+
+
+def expert_settings(machine: Machine) -> dict[str, Any]:
+    """The common rule of thumb (Intel's guide): intra-op = physical cores, inter-op = sockets
+    (or 2 on a single socket); everything else left to TensorFlow."""
+    settings = default_settings()
+    settings["intra_op_parallelism_threads"] = machine.physical_cores
+    settings["inter_op_parallelism_threads"] = machine.sockets if machine.sockets > 1 else 2
+    return settings
+
+
+@dataclass(frozen=True)
+class Space:
+    """What a study searches: candidate lists for searched knobs, fixed values for the rest."""
+
+    searched: dict[str, list[Any]]
+    fixed: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        size = 1
+        for values in self.searched.values():
+            size *= len(values)
+        return size
+
+    def describe(self) -> dict[str, Any]:
+        return {"searched": {k: list(v) for k, v in self.searched.items()}, "fixed": dict(self.fixed)}
+
+    def settings(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        settings = default_settings()
+        settings.update(self.fixed)
+        settings.update(sampled)
+        return settings
+
+
+def build_space(machine: Machine, overrides: dict[str, Any], where: str = "space") -> Space:
+    """The default space for ``machine`` with the config's ``space`` section applied.
+
+    An override is a list (narrow the candidates), a single value (fix the knob) or ``default``
+    (remove it from the search: TensorFlow's default is used). TensorFlow's default and the expert
+    rule's value stay candidates of every searched knob, because the baseline and expert trials are
+    points of the same space.
+    """
+    for name in overrides:
+        if name not in KNOBS:
+            raise ConfigError(f"{where}.{name}: unknown knob; allowed: {', '.join(KNOBS)}")
+    references = [default_settings(), expert_settings(machine)]
+    searched: dict[str, list[Any]] = {}
+    fixed: dict[str, Any] = {}
+    for name, knob in KNOBS.items():
+        field = f"{where}.{name}"
+        if name not in overrides:
+            values = knob.candidates(machine)
+        else:
+            raw = overrides[name]
+            if isinstance(raw, list):
+                if not raw:
+                    raise ConfigError(f"{field}: empty list; give candidate values, one value to fix "
+                                      f"the knob, or 'default' to leave it to TensorFlow")
+                values = [knob.check(v, field) for v in raw]
+            else:
+                fixed[name] = knob.check(raw, field)
+                continue
+        for ref in references:
+            if ref[name] not in values:
+                values.append(ref[name])
+        unique: list[Any] = []
+        for v in values:
+            if v not in unique:
+                unique.append(v)
+        if len(unique) > 1:
+            searched[name] = sorted(unique, key=_sort_key)
+        else:
+            fixed[name] = unique[0]
+    return Space(searched=searched, fixed=fixed)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    # None (TensorFlow's default) first, then numbers / strings in order.
+    if value is None:
+        return (0, 0)
+    if isinstance(value, str):
+        return (2, value)
+    return (1, value)
+
+
+def nest_settings(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flat knob settings -> the tuned file's ``settings`` layout."""
+    nested: dict[str, Any] = {"tf_data": {}, "env": {}}
+    for name, value in flat.items():
+        knob = KNOBS[name]
+        if knob.applied == THREADING:
+            nested[knob.target] = value
+        elif knob.applied == TF_DATA:
+            nested["tf_data"][knob.target] = value
+        elif value is not None:
+            nested["env"][knob.target] = value
+    return nested
+
+
+def flatten_settings(nested: dict[str, Any]) -> dict[str, Any]:
+    """The tuned file's ``settings`` layout -> flat knob settings (unknown keys ignored)."""
+    flat = default_settings()
+    for name, knob in KNOBS.items():
+        if knob.applied == THREADING:
+            flat[name] = nested.get(knob.target, knob.default)
+        elif knob.applied == TF_DATA:
+            flat[name] = (nested.get("tf_data") or {}).get(knob.target, knob.default)
+        else:
+            flat[name] = (nested.get("env") or {}).get(knob.target, knob.default)
+    return flat
+
+
+def short(settings: dict[str, Any], only: list[str] | None = None) -> str:
+    """Compact one-line form for progress lines: ``intra=2 inter=1 data.pool=- onednn=0``."""
+    abbrev = {"intra_op_parallelism_threads": "intra", "inter_op_parallelism_threads": "inter",
+              "tf_data.private_threadpool_size": "data.pool",
+              "tf_data.max_intra_op_parallelism": "data.intra",
+              "env.TF_ENABLE_ONEDNN_OPTS": "onednn"}
+    parts = []
+    for name in only if only is not None else list(KNOBS):
+        value = settings.get(name)
+        shown = "-" if value is None or (value == 0 and KNOBS[name].applied == THREADING) else value
+        parts.append(f"{abbrev.get(name, name)}={shown}")
+    return " ".join(parts)

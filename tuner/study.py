@@ -1,0 +1,730 @@
+"""The search: preflight, an Optuna study of subprocess trials, then interleaved validation.
+
+Flow of :func:`search`:
+
+1. Detect the machine; preflight the workload once in a child (a typo costs seconds).
+2. Open or resume the Optuna study (any RDB storage URL; SQLite by default). A resumed study must
+   belong to the same workload, measurement and machine. Trials left RUNNING by a dead search on
+   this host are marked FAIL at once; Optuna's heartbeat catches the rest.
+3. The first trials are TensorFlow's defaults (the baseline) and the expert rule; then the sampler
+   (exhaustive grid when the space fits the budget, TPE otherwise) proposes the rest. Every trial is
+   a fresh child under the host-wide lock; clearly bad trials are pruned after a few windows.
+4. One trial is one process, and processes differ by up to 1.6x, so the best trial is only a
+   candidate: the best few are re-measured against the baseline in fresh, interleaved processes.
+   The winner's speedup and interval come from those rounds alone (not from the trials that
+   selected it), and unless it is significantly faster, the verdict keeps TensorFlow's defaults.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from . import machine as machine_mod
+from . import space as space_mod
+from . import stats, tuned
+from .config import Config
+from .errors import StudyError, StudyMismatchError, TrialFailed, WorkloadError
+from .lock import host_lock
+from .trial import Watch, run_child
+
+ATTR_PREFIX = "tuner."
+BASELINE, EXPERT = "baseline", "expert"
+
+
+class Printer:
+    """Where progress goes. Tests collect lines; the CLI prints them."""
+
+    def __init__(self, write: Callable[[str], None] | None = None) -> None:
+        self._write = write or (lambda line: print(line, flush=True))
+
+    def __call__(self, line: str = "") -> None:
+        self._write(line)
+
+
+@dataclass
+class SearchOutcome:
+    tuned_path: str
+    tuned: dict[str, Any]
+    backup: str | None
+    interrupted: bool = False
+    lines: list[str] = field(default_factory=list)
+
+
+class ClearlyWorsePruner(optuna.pruners.BasePruner):
+    """Prune a trial whose running median is below ``ratio`` x the best complete trial.
+
+    Optuna's median and percentile pruners compare against typical trials; here the question is
+    only whether a trial can still win, and process-to-process noise reaches 1.6x, so the bar is
+    set well below the best (0.5 by default) and checked only after ``min_windows`` windows.
+    """
+
+    def __init__(self, ratio: float = 0.5, min_windows: int = 2) -> None:
+        self.ratio = ratio
+        self.min_windows = min_windows
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step + 1 < self.min_windows:
+            return False
+        try:
+            best = study.best_value
+        except ValueError:
+            return False
+        return trial.intermediate_values[step] < self.ratio * best
+
+
+def _json_key(settings: dict[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True)
+
+
+def _estimate_child_seconds(preflight: dict[str, Any], config: Config) -> float:
+    timings = preflight.get("timings", {})
+    build = sum(timings.get(k, 0.0) for k in ("import", "build_model", "build_data"))
+    return (preflight.get("startup_seconds", 0.5) + build + config.measure.warmup_seconds
+            + config.measure.windows * config.measure.window_seconds + 0.5)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _worker_command() -> list[str] | None:
+    """TUNER_WORKER replaces the real worker (tests use a fake one that speaks the protocol)."""
+    value = os.environ.get("TUNER_WORKER")
+    return value.split() if value else None
+
+
+class Search:
+    def __init__(self, config: Config, printer: Printer | None = None) -> None:
+        self.config = config
+        self.say = printer or Printer()
+        self.machine = machine_mod.detect()
+        self.started = time.monotonic()
+        self.preflight: dict[str, Any] = {}
+        self.space: space_mod.Space | None = None
+        self.child_estimate = 20.0
+        self.trial_walls: list[float] = []
+        self.validation_estimate = 0.0
+        self._run_added = 0
+
+    # -- children ------------------------------------------------------------------------------
+
+    def _task(self, kind: str) -> dict[str, Any]:
+        wl = self.config.workload
+        return {
+            "kind": kind,
+            "workload": {"model": wl.model, "data": wl.data, "mode": wl.mode,
+                         "base_dir": wl.base_dir},
+            "measure": {
+                "warmup_seconds": self.config.measure.warmup_seconds,
+                "min_warmup_steps": self.config.measure.min_warmup_steps,
+                "window_seconds": self.config.measure.window_seconds,
+                "windows": self.config.measure.windows,
+            },
+            "usable_cpus": self.machine.usable_cpus,
+            "affinity": list(self.machine.affinity),
+        }
+
+    def _run(self, kind: str, settings: dict[str, Any], watch: Watch | None = None) -> dict[str, Any]:
+        def waiting() -> None:
+            self.say("  waiting: another tuner process is measuring on this host")
+
+        with host_lock(on_wait=waiting):
+            return run_child(self._task(kind), timeout=self.config.search.trial_timeout,
+                             settings=settings, watch=watch, worker=_worker_command())
+
+    def run_preflight(self) -> None:
+        wl = self.config.workload
+        self.say(f"preflight: building {wl.model or '(no model)'} and {wl.data} once "
+                 f"(timeout {self.config.search.trial_timeout:g} s)")
+        try:
+            result = self._run("preflight", space_mod.default_settings())
+        except TrialFailed as exc:
+            raise WorkloadError(f"{self.config.path}: workload preflight failed: {exc.reason}") \
+                from None
+        self.preflight = result
+        self.machine = self.machine.with_tensorflow(result["tf_version"], result.get("onednn_enabled"))
+        self.child_estimate = _estimate_child_seconds(result, self.config)
+        self.say(f"preflight ok: TensorFlow {result['tf_version']}, batch size "
+                 f"{result['batch_size']}, first step {result['timings']['first_step']:.2f} s, "
+                 f"next step {result['timings']['second_step'] * 1e3:.1f} ms")
+
+    # -- study ---------------------------------------------------------------------------------
+
+    def _storage(self) -> optuna.storages.RDBStorage:
+        url = self.config.storage
+        if url.startswith("sqlite:///"):
+            path = url[len("sqlite:///"):]
+            if path and path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=60)
+        except Exception as exc:  # SQLAlchemy raises many types; all mean "cannot open it"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StudyError(f"--storage: cannot open {tuned.mask_url(url)}: "
+                             f"{tuned.mask_url(first)}") from None
+
+    def _sampler(self, space: space_mod.Space) -> tuple[optuna.samplers.BaseSampler, str]:
+        search = self.config.search
+        kind = search.sampler
+        if kind == "auto":
+            kind = "grid" if space.size <= search.n_trials else "tpe"
+        if kind == "grid":
+            return optuna.samplers.GridSampler(space.searched, seed=search.seed), "grid"
+        if kind == "random":
+            return optuna.samplers.RandomSampler(seed=search.seed), "random"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(
+                seed=search.seed, multivariate=True, group=True,
+                n_startup_trials=max(4, min(10, search.n_trials // 3)))
+        return sampler, "tpe"
+
+    def open_study(self) -> optuna.Study:
+        assert self.space is not None
+        sampler, sampler_name = self._sampler(self.space)
+        self.sampler_name = sampler_name
+        pruner: optuna.pruners.BasePruner = (
+            ClearlyWorsePruner(self.config.search.prune_ratio) if self.config.search.pruning
+            else optuna.pruners.NopPruner())
+        storage = self._storage()
+        try:
+            study = optuna.create_study(storage=storage, study_name=self.config.study_name,
+                                        direction="maximize", sampler=sampler, pruner=pruner,
+                                        load_if_exists=True)
+        except Exception as exc:
+            raise StudyError(f"--storage: cannot create study {self.config.study_name!r} in "
+                             f"{tuned.mask_url(self.config.storage)}: {exc}") from None
+        self._check_or_record(study)
+        self._fail_dead_trials(study)
+        return study
+
+    def _check_or_record(self, study: optuna.Study) -> None:
+        attrs = study.user_attrs
+        mine = {"config": self.config.fingerprint(), "machine": self.machine.fingerprint(),
+                "space": self.space.describe()}  # type: ignore[union-attr]
+        if ATTR_PREFIX + "config" not in attrs:
+            for key, value in mine.items():
+                study.set_user_attr(ATTR_PREFIX + key, value)
+            study.set_user_attr(ATTR_PREFIX + "machine_full", self.machine.as_dict())
+            study.set_user_attr(ATTR_PREFIX + "created", _now())
+            return
+        where = f"study {self.config.study_name!r} in {tuned.mask_url(self.config.storage)}"
+        if attrs[ATTR_PREFIX + "config"] != mine["config"]:
+            raise StudyMismatchError(f"{where} was made for another workload or measurement "
+                                     f"({_diff(attrs[ATTR_PREFIX + 'config'], mine['config'])}); "
+                                     f"use a new --study-name")
+        diffs = machine_mod.fingerprint_differences(attrs[ATTR_PREFIX + "machine"], mine["machine"])
+        if diffs:
+            raise StudyMismatchError(f"{where} was measured on another machine ({'; '.join(diffs)}); "
+                                     f"use a new --study-name")
+        if attrs[ATTR_PREFIX + "space"] != mine["space"]:
+            raise StudyMismatchError(f"{where} searched another space "
+                                     f"({_diff(attrs[ATTR_PREFIX + 'space'], mine['space'])}); "
+                                     f"use a new --study-name")
+
+    def _fail_dead_trials(self, study: optuna.Study) -> None:
+        """A trial RUNNING for a search process on this host that no longer exists never ends:
+        mark it FAIL now rather than waiting for the heartbeat grace period."""
+        host = socket.gethostname()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            pid = t.user_attrs.get(ATTR_PREFIX + "pid")
+            if t.user_attrs.get(ATTR_PREFIX + "host") != host or not isinstance(pid, int):
+                continue
+            if pid != os.getpid() and not _alive(pid):
+                study._storage.set_trial_user_attr(
+                    t._trial_id, "fail_reason",
+                    f"interrupted: its search process (pid {pid}) ended while it ran")
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                self.say(f"marked trial {t.number} FAIL: its search process (pid {pid}) is gone")
+
+    def enqueue_references(self, study: optuna.Study) -> None:
+        assert self.space is not None
+        roles = {t.user_attrs.get("role") for t in study.get_trials(deepcopy=False)}
+        roles |= {t.user_attrs.get("role") for t in study.get_trials(
+            deepcopy=False, states=(TrialState.WAITING,))}
+        for role, settings in ((BASELINE, space_mod.default_settings()),
+                               (EXPERT, space_mod.expert_settings(self.machine))):
+            if role in roles:
+                continue
+            params = {name: settings[name] for name in self.space.searched}
+            study.enqueue_trial(params, user_attrs={"role": role})
+
+    # -- trials --------------------------------------------------------------------------------
+
+    def objective(self, trial: optuna.Trial) -> float:
+        assert self.space is not None
+        role = trial.user_attrs.get("role")
+        sampled = {name: trial.suggest_categorical(name, choices)
+                   for name, choices in self.space.searched.items()}
+        if role == BASELINE:
+            settings = space_mod.default_settings()
+        elif role == EXPERT:
+            settings = space_mod.expert_settings(self.machine)
+        else:
+            settings = self.space.settings(sampled)
+        trial.set_user_attr("settings", settings)
+        trial.set_user_attr(ATTR_PREFIX + "host", socket.gethostname())
+        trial.set_user_attr(ATTR_PREFIX + "pid", os.getpid())
+        windows: list[float] = []
+
+        def on_window(index: int, throughput: float) -> None:
+            windows.append(throughput)
+            trial.report(stats.median(windows), index)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"median {stats.median(windows):.1f} samples/s after "
+                                         f"{len(windows)} windows is below "
+                                         f"{self.config.search.prune_ratio:g} x the best")
+
+        try:
+            result = self._run("measure", settings, Watch(on_window))
+        except TrialFailed as exc:
+            trial.set_user_attr("fail_reason", exc.reason)
+            raise
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr("prune_reason", str(exc))
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM)")
+            raise
+        self.trial_walls.append(result["wall_seconds"])
+        for key, value in result_attrs(result).items():
+            trial.set_user_attr(key, value)
+        return result_attrs(result)["throughput"]["median"]
+
+    def after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        self._run_added += 1
+        self.say(self.trial_line(study, frozen))
+        cap = self.config.search.max_trials
+        if cap is not None and len(study.get_trials(deepcopy=False, states=(
+                TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))) >= cap:
+            study.stop()
+
+    def trial_line(self, study: optuna.Study, t: FrozenTrial) -> str:
+        settings = t.user_attrs.get("settings") or {}
+        role = t.user_attrs.get("role")
+        label = f"[{role}] " if role else ""
+        head = f"trial {t.number:>3}  {space_mod.short(settings)}  {label}"
+        if t.state == TrialState.COMPLETE:
+            tp = t.user_attrs["throughput"]
+            body = (f"{tp['median']:>10.1f} samples/s (±{tp['rel_spread'] * 50:.1f}%)  "
+                    f"sat {t.user_attrs.get('cpu_saturation', float('nan')):.2f}")
+        elif t.state == TrialState.PRUNED:
+            body = f"PRUNED  {t.user_attrs.get('prune_reason', '')}"
+        else:
+            body = f"FAIL  {t.user_attrs.get('fail_reason', 'unknown reason')}"
+        try:
+            best = study.best_trial
+            best_text = f"  best {best.value:.1f} (#{best.number})"
+        except ValueError:
+            best_text = ""
+        remaining = self.config.search.n_trials - self._run_added
+        mean = (sum(self.trial_walls) / len(self.trial_walls)) if self.trial_walls else \
+            self.child_estimate
+        left = remaining * mean + self.validation_estimate
+        return f"{head}{body}{best_text}  ~{_fmt_seconds(left)} left"
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def candidates(self, study: optuna.Study) -> list[FrozenTrial]:
+        defaults = _json_key(space_mod.default_settings())
+        seen = {defaults}
+        chosen = []
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if "settings" in t.user_attrs]
+        for t in sorted(complete, key=lambda t: t.value, reverse=True):
+            key = _json_key(t.user_attrs["settings"])
+            if key in seen:
+                continue
+            seen.add(key)
+            chosen.append(t)
+            if len(chosen) >= self.config.validate.candidates:
+                break
+        return chosen
+
+    def _measure_round(self, entries: list[tuple[str, dict[str, Any]]], round_no: int,
+                       total: int, stage: str, store: dict[str, list[dict[str, Any]]],
+                       failures: dict[str, str]) -> None:
+        # Rotate the order every round so no configuration always runs first or last.
+        shift = round_no % len(entries)
+        ordered = entries[shift:] + entries[:shift]
+        parts = []
+        for label, settings in ordered:
+            if label in failures:
+                continue
+            try:
+                result = self._run("measure", settings)
+            except TrialFailed as exc:
+                failures[label] = exc.reason
+                parts.append(f"{label} FAIL")
+                continue
+            store.setdefault(label, []).append(result_attrs(result))
+            parts.append(f"{label} {result_attrs(result)['throughput']['median']:.1f}")
+        self.say(f"  {stage} round {round_no + 1}/{total}: " + "  ".join(parts))
+
+    def validate(self, study: optuna.Study) -> dict[str, Any]:
+        cfg = self.config.validate
+        candidates = self.candidates(study)
+        baseline = space_mod.default_settings()
+        failures: dict[str, str] = {}
+        screening: dict[str, list[dict[str, Any]]] = {}
+        labels = {f"#{t.number}": t for t in candidates}
+        winner: FrozenTrial | None = candidates[0] if candidates else None
+        if len(candidates) > 1 and cfg.screen_rounds > 0:
+            self.say(f"validation: screening {len(candidates)} candidates against the baseline, "
+                     f"{cfg.screen_rounds} interleaved rounds in fresh processes")
+            entries = [("baseline", baseline)] + [(label, t.user_attrs["settings"])
+                                                  for label, t in labels.items()]
+            for r in range(cfg.screen_rounds):
+                self._measure_round(entries, r, cfg.screen_rounds, "screen", screening, failures)
+            if "baseline" in failures:
+                raise StudyError(f"validation: the baseline (TensorFlow's defaults) failed: "
+                                 f"{failures['baseline']}")
+            alive = [label for label in labels if label not in failures and label in screening]
+            if not alive:
+                winner = None
+            else:
+                best_label = max(alive, key=lambda lb: stats.median(
+                    [m["throughput"]["median"] for m in screening[lb]]))
+                winner = labels[best_label]
+        final: dict[str, list[dict[str, Any]]] = {}
+        if winner is not None:
+            label = f"#{winner.number}"
+            self.say(f"validation: trial {label} ({space_mod.short(winner.user_attrs['settings'])})"
+                     f" vs TensorFlow's defaults, {cfg.rounds} interleaved rounds in fresh processes")
+            entries = [("baseline", baseline), (label, winner.user_attrs["settings"])]
+            failures.pop(label, None)
+            for r in range(cfg.rounds):
+                self._measure_round(entries, r, cfg.rounds, "final", final, failures)
+            if "baseline" in failures:
+                raise StudyError(f"validation: the baseline (TensorFlow's defaults) failed: "
+                                 f"{failures['baseline']}")
+        else:
+            self.say(f"validation: no candidate beyond TensorFlow's defaults; measuring the "
+                     f"baseline {cfg.rounds} times")
+            for r in range(cfg.rounds):
+                self._measure_round([("baseline", baseline)], r, cfg.rounds, "final", final,
+                                    failures)
+        return {"candidates": candidates, "winner": winner, "screening": screening,
+                "final": final, "failures": failures}
+
+    # -- the whole run -------------------------------------------------------------------------
+
+    def run(self) -> SearchOutcome:
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say it all
+        try:
+            return self._run_all()
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+
+    def _run_all(self) -> SearchOutcome:
+        cfg = self.config
+        tuned.check_replaceable(cfg.output, cfg.study_name, cfg.storage, cfg.force)
+        self.run_preflight()
+        self.space = space_mod.build_space(self.machine, cfg.space)
+        study = self.open_study()
+        self.enqueue_references(study)
+        v = cfg.validate
+        self.validation_estimate = self.child_estimate * (
+            (v.candidates + 1) * v.screen_rounds * (v.candidates > 1) + 2 * v.rounds)
+        prior = len(study.trials)
+        self.say(
+            f"study {cfg.study_name!r} in {tuned.mask_url(cfg.storage)}: "
+            f"{'resuming with ' + str(prior) + ' trials' if prior > 2 else 'new'}; sampler "
+            f"{self.sampler_name}, space of {self.space.size} points over "
+            f"{', '.join(self.space.searched) or 'nothing'}; {cfg.search.n_trials} trials of "
+            f"~{self.child_estimate:.0f} s, then ~{_fmt_seconds(self.validation_estimate)} "
+            f"of validation")
+        self.say(f"machine: {self.machine.cpu_model}, {self.machine.usable_cpus} usable CPUs "
+                 f"(visible {self.machine.visible_cpus}, quota {self.machine.cpu_quota}), "
+                 f"TensorFlow {self.machine.tf_version}")
+        interrupted = False
+        search_timeout = None
+        if cfg.search.timeout is not None:
+            search_timeout = cfg.search.timeout - (time.monotonic() - self.started) \
+                - self.validation_estimate
+            if search_timeout <= 0:
+                raise StudyError(f"--timeout: {cfg.search.timeout:g} s leaves no time for trials "
+                                 f"after preflight and validation (~{self.validation_estimate:.0f} "
+                                 f"s); allow more")
+        try:
+            study.optimize(self.objective, n_trials=cfg.search.n_trials, timeout=search_timeout,
+                           catch=(TrialFailed,), callbacks=[self.after_trial])
+        except KeyboardInterrupt:
+            interrupted = True
+            self.say("interrupted: stopping the search; writing the best result so far "
+                     "(not validated)")
+        trials = study.get_trials(deepcopy=False)
+        self._require_some_success(trials)
+        validation = None
+        if not interrupted:
+            try:
+                validation = self.validate(study)
+            except KeyboardInterrupt:
+                interrupted = True
+                self.say("interrupted during validation; writing the best result so far "
+                         "(not validated)")
+        document = self.document(study, validation)
+        backup = tuned.write(document, cfg.output, study_name=cfg.study_name,
+                             storage=cfg.storage, force=cfg.force)
+        study.set_user_attr(ATTR_PREFIX + "last_result", {
+            "verdict": document["verdict"], "result": document["result"], "written": _now(),
+            "output": os.path.abspath(cfg.output)})
+        return SearchOutcome(tuned_path=cfg.output, tuned=document,
+                             backup=str(backup) if backup else None, interrupted=interrupted)
+
+    def _require_some_success(self, trials: list[FrozenTrial]) -> None:
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if complete:
+            return
+        failed = [t for t in trials if t.state == TrialState.FAIL]
+        reasons: dict[str, int] = {}
+        for t in failed:
+            reason = t.user_attrs.get("fail_reason", "unknown reason")
+            reasons[reason] = reasons.get(reason, 0) + 1
+        if not reasons:
+            raise StudyError("no trial completed (the search was stopped before the first one "
+                             "finished)")
+        common = max(reasons, key=lambda r: reasons[r])
+        raise StudyError(f"all {len(failed)} trials failed; most common reason "
+                         f"({reasons[common]}x): {common}")
+
+    # -- the tuned file ------------------------------------------------------------------------
+
+    def document(self, study: optuna.Study, validation: dict[str, Any] | None) -> dict[str, Any]:
+        cfg = self.config
+        trials = study.get_trials(deepcopy=False)
+        by_role = {t.user_attrs.get("role"): t for t in trials
+                   if t.user_attrs.get("role") and t.state == TrialState.COMPLETE}
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        best = max(complete, key=lambda t: t.value)
+        counts = {state.name.lower(): sum(1 for t in trials if t.state == state)
+                  for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        result: dict[str, Any]
+        if validation is None:
+            verdict = "unvalidated"
+            chosen = best.user_attrs["settings"]
+            base = by_role.get(BASELINE)
+            result = {
+                "throughput": _trial_throughput(best),
+                "baseline_throughput": _trial_throughput(base) if base else None,
+                "speedup": (best.value / base.value) if base else None,
+                "speedup_ci95": None, "p_value": None, "significant": False,
+                "cpu_saturation": best.user_attrs.get("cpu_saturation"),
+                "note": "search interrupted before validation: these are single-process "
+                        "measurements; run the same command again to resume and validate",
+            }
+            validation_doc: dict[str, Any] = {"done": False}
+        else:
+            verdict, chosen, result, validation_doc = self._validated(validation)
+        summary = {
+            "tuned": f"{result['speedup']:.3f}x faster than TensorFlow's defaults "
+                     f"(95% CI {result['speedup_ci95'][0]:.3f}-{result['speedup_ci95'][1]:.3f}, "
+                     f"p={result['p_value']:.3g})" if verdict == "tuned" else None,
+            "defaults": "no configuration was significantly faster than TensorFlow's defaults; "
+                        "keeping the defaults",
+            "unvalidated": "search interrupted: best configuration so far, not validated",
+        }[verdict]
+        expert = by_role.get(EXPERT)
+        base = by_role.get(BASELINE)
+        return {
+            "format_version": tuned.FORMAT_VERSION,
+            "created": _now(),
+            "verdict": verdict,
+            "summary": summary,
+            "settings": space_mod.nest_settings(chosen),
+            "workload": {"model": cfg.workload.model, "data": cfg.workload.data,
+                         "mode": cfg.workload.mode,
+                         "batch_size": self.preflight.get("batch_size"),
+                         "config": os.path.abspath(cfg.path)},
+            "objective": cfg.objective,
+            "machine": self.machine.as_dict(),
+            "result": result,
+            "validation": validation_doc,
+            "search": {
+                "best_trial": {"number": best.number, "settings": space_mod.nest_settings(
+                    best.user_attrs["settings"]), "throughput": _trial_throughput(best)},
+                "expert_rule": {
+                    "settings": space_mod.nest_settings(space_mod.expert_settings(self.machine)),
+                    "throughput": _trial_throughput(expert) if expert else None,
+                    "speedup_in_search": (expert.value / base.value) if expert and base else None,
+                },
+                "space": {k: v for k, v in self.space.describe().items()},  # type: ignore[union-attr]
+                "sampler": self.sampler_name,
+                "measure": {"warmup_seconds": cfg.measure.warmup_seconds,
+                            "window_seconds": cfg.measure.window_seconds,
+                            "windows": cfg.measure.windows},
+            },
+            "study": {"name": cfg.study_name, "storage": tuned.mask_url(cfg.storage),
+                      "n_trials": len(trials), **counts},
+        }
+
+    def _validated(self, v: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any],
+                                                        dict[str, Any]]:
+        cfg = self.config.validate
+        final = v["final"]
+        base_runs = final.get("baseline", [])
+        if not base_runs:
+            raise StudyError("validation: no baseline measurement succeeded")
+        base_values = [m["throughput"]["median"] for m in base_runs]
+        winner: FrozenTrial | None = v["winner"]
+        label = f"#{winner.number}" if winner is not None else None
+        win_runs = final.get(label, []) if label else []
+        validation_doc: dict[str, Any] = {
+            "done": True,
+            "method": "fresh process per measurement; configurations interleaved, order rotated "
+                      "each round; winner picked in screening rounds, speedup from final rounds",
+            "screen_rounds": cfg.screen_rounds if len(v["candidates"]) > 1 else 0,
+            "rounds": cfg.rounds,
+            "alpha": cfg.alpha,
+            "candidates": [
+                {"trial": t.number, "settings": space_mod.nest_settings(t.user_attrs["settings"]),
+                 "search_throughput": t.value,
+                 "screen_throughput": [m["throughput"]["median"]
+                                       for m in v["screening"].get(f"#{t.number}", [])],
+                 **({"failed": v["failures"][f"#{t.number}"]}
+                    if f"#{t.number}" in v["failures"] else {})}
+                for t in v["candidates"]],
+            "screen_baseline_throughput": [m["throughput"]["median"]
+                                           for m in v["screening"].get("baseline", [])],
+        }
+        baseline_block = _throughput_block(base_values)
+        base_sat = stats.median([m["cpu_saturation"] for m in base_runs])
+        if winner is None or len(win_runs) < 2:
+            why = (f"the winner failed in validation: {v['failures'][label]}"
+                   if label and label in v["failures"] else "no candidate to validate")
+            result = {"throughput": baseline_block, "baseline_throughput": baseline_block,
+                      "speedup": 1.0, "speedup_ci95": [1.0, 1.0], "p_value": 1.0,
+                      "significant": False, "cpu_saturation": base_sat,
+                      "baseline_cpu_saturation": base_sat,
+                      "step_latency_ms": _median_latency(base_runs), "note": why}
+            return "defaults", space_mod.default_settings(), result, validation_doc
+        win_values = [m["throughput"]["median"] for m in win_runs]
+        comparison = stats.compare(win_values, base_values, alpha=cfg.alpha)
+        winner_block = {
+            "trial": winner.number,
+            "settings": space_mod.nest_settings(winner.user_attrs["settings"]),
+            "throughput": _throughput_block(win_values),
+            "speedup": comparison["speedup"], "speedup_ci95": comparison["speedup_ci95"],
+            "p_value": comparison["p_value"], "significant": comparison["significant"],
+            "cpu_saturation": stats.median([m["cpu_saturation"] for m in win_runs]),
+            "step_latency_ms": _median_latency(win_runs),
+        }
+        validation_doc["winner"] = winner_block
+        if comparison["significant"]:
+            result = {"throughput": winner_block["throughput"], "baseline_throughput": baseline_block,
+                      "speedup": comparison["speedup"], "speedup_ci95": comparison["speedup_ci95"],
+                      "p_value": comparison["p_value"], "significant": True,
+                      "cpu_saturation": winner_block["cpu_saturation"],
+                      "baseline_cpu_saturation": base_sat,
+                      "step_latency_ms": winner_block["step_latency_ms"],
+                      "input_wait": stats.median([m["input_wait"] for m in win_runs])}
+            return "tuned", winner.user_attrs["settings"], result, validation_doc
+        result = {"throughput": baseline_block, "baseline_throughput": baseline_block,
+                  "speedup": 1.0, "speedup_ci95": [1.0, 1.0], "p_value": 1.0,
+                  "significant": False, "cpu_saturation": base_sat,
+                  "baseline_cpu_saturation": base_sat,
+                  "step_latency_ms": _median_latency(base_runs),
+                  "input_wait": stats.median([m["input_wait"] for m in base_runs]),
+                  "rejected": {k: winner_block[k] for k in ("trial", "settings", "speedup",
+                                                            "speedup_ci95", "p_value")}}
+        return "defaults", space_mod.default_settings(), result, validation_doc
+
+
+def result_attrs(result: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-ready measurement summary stored on a trial (and used in validation)."""
+    windows = [w["throughput"] for w in result["windows"]]
+    summary = stats.summarize(windows)
+    summary["windows"] = windows
+    summary["unit"] = "samples/s"
+    timings = dict(result.get("timings", {}))
+    timings["startup"] = result.get("startup_seconds", 0.0)
+    timings["total"] = result.get("wall_seconds", 0.0)
+    return {
+        "throughput": summary,
+        "cpu_saturation": result["cpu_saturation"],
+        "per_core_busy": result.get("per_core_busy"),
+        "input_wait": result.get("input_wait"),
+        "step_latency_ms": result.get("step_latency_ms"),
+        "peak_rss_mb": round(result.get("peak_rss_bytes", 0) / 2 ** 20, 1),
+        "threads": result.get("threads"),
+        "tf_threading": result.get("tf_threading"),
+        "batch_size": result.get("batch_size"),
+        "timings": timings,
+    }
+
+
+def _throughput_block(values: list[float]) -> dict[str, Any]:
+    lo, hi = stats.bootstrap_ci(values)
+    return {"median": stats.median(values), "ci95": [lo, hi], "unit": "samples/s",
+            "per_process": values}
+
+
+def _trial_throughput(t: FrozenTrial | None) -> dict[str, Any] | None:
+    if t is None or "throughput" not in t.user_attrs:
+        return None
+    tp = t.user_attrs["throughput"]
+    return {"median": tp["median"], "window_range": [tp["min"], tp["max"]], "unit": "samples/s",
+            "windows": tp.get("windows")}
+
+
+def _median_latency(runs: list[dict[str, Any]]) -> dict[str, float]:
+    keys = ("p50", "p90", "p99")
+    return {k: stats.median([m["step_latency_ms"][k] for m in runs]) for k in keys}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.')}: was {old!r}, now {new!r}"
+
+
+def search(config: Config, printer: Printer | None = None) -> SearchOutcome:
+    """Run the whole search for ``config``; see the module docstring."""
+    return Search(config, printer).run()
+
+
+def summarize_trials(trials: Iterable[FrozenTrial], limit: int = 10) -> list[str]:
+    """A small end-of-run table of the best trials."""
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE),
+                  key=lambda t: t.value, reverse=True)[:limit]
+    lines = [f"{'trial':>5}  {'samples/s':>10}  {'spread':>7}  {'sat':>5}  settings"]
+    for t in done:
+        tp = t.user_attrs.get("throughput", {})
+        role = t.user_attrs.get("role")
+        lines.append(f"{t.number:>5}  {t.value:>10.1f}  {tp.get('rel_spread', math.nan) * 100:>6.1f}%"
+                     f"  {t.user_attrs.get('cpu_saturation', math.nan):>5.2f}  "
+                     f"{space_mod.short(t.user_attrs.get('settings', {}))}"
+                     f"{'  [' + role + ']' if role else ''}")
+    return lines

@@ -1,0 +1,110 @@
+"""The tuned file: the configuration a search recommends, with the evidence for it.
+
+Written atomically, versioned, and never put over another study's file without ``--force`` (the
+file it replaces is kept as ``<name>.bak``).
+
+Format history (``format_version``):
+  1: first version: settings (threads, tf_data, env), machine, result, validation, study.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, StudyMismatchError
+from .files import write_text_atomic
+
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+HEADER = """\
+# Tuned TensorFlow CPU configuration, written by tuner {tuner_version}.
+# Use it in a job:   cfg = tuner.apply("{path}")   (first thing, before TensorFlow runs an op)
+# or wrap a command: python -m tuner run --tuned {path} -- python train.py
+# format_version history: 1 = first version (settings, machine, result, validation, study).
+"""
+
+
+def mask_url(url: str) -> str:
+    """The storage URL with any password replaced by ***."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        if parsed.password:
+            return parsed.render_as_string(hide_password=True)
+        return url
+    except Exception:  # not a SQLAlchemy URL: mask user:pass@ by hand
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            creds, host = rest.rsplit("@", 1)
+            if ":" in creds:
+                return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+        return url
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: tuned file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable tuned file: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or "format_version" not in data:
+        raise ConfigError(f"{path}: not a tuned file (no format_version)")
+    version = data["format_version"]
+    if version not in SUPPORTED_VERSIONS:
+        raise ConfigError(f"{path}: format_version {version!r} is not supported by this tuner "
+                          f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade tuner "
+                          f"or re-run the search")
+    if not isinstance(data.get("settings"), dict):
+        raise ConfigError(f"{path}: settings: missing or not a mapping")
+    return data
+
+
+def check_replaceable(path: str | Path, study_name: str, storage: str, force: bool) -> None:
+    """Refuse to overwrite a file that belongs to another study, unless forced."""
+    path = Path(path)
+    if force or not path.exists():
+        return
+    try:
+        existing = yaml.safe_load(path.read_text())
+        owner = existing.get("study") if isinstance(existing, dict) else None
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        owner = None
+    if isinstance(owner, dict) and owner.get("name") == study_name and \
+            owner.get("storage") == mask_url(storage):
+        return
+    which = (f"study {owner.get('name')!r} in {owner.get('storage')}" if isinstance(owner, dict)
+             else "something that is not a tuned file of this study")
+    raise StudyMismatchError(f"--output: {str(path)!r} already holds {which}; choose another "
+                             f"--output or pass --force to replace it (it is kept as .bak)")
+
+
+def dump(data: dict[str, Any], path: str | Path) -> str:
+    from . import __version__
+
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
+    return HEADER.format(tuner_version=__version__, path=path) + body
+
+
+def write(data: dict[str, Any], path: str | Path, *, study_name: str, storage: str,
+          force: bool) -> Path | None:
+    """Write atomically; returns the backup path when a previous file was replaced."""
+    path = Path(path)
+    check_replaceable(path, study_name, storage, force)
+    text = dump(data, path)
+    yaml.safe_load(text)  # never write a file we could not read back
+    backup = None
+    if path.exists():
+        backup = path.with_name(path.name + ".bak")
+        shutil.copy2(path, backup)
+    write_text_atomic(path, text)
+    os.chmod(path, 0o644)
+    return backup

@@ -1,0 +1,411 @@
+"""The trial child: ``python -m tuner.worker TASK.json RESULT.json``.
+
+One fresh process per measurement. The parent has already built this process's environment (the
+environment-variable knobs are in it); here we apply the ``tf.config.threading`` knobs before the
+runtime initialises, build the user's model and data, warm up (tracing included), measure several
+time-based windows, and write the result as JSON to RESULT.json, a path user code knows nothing
+about, so nothing the workload prints can corrupt it. Progress (the phase, each window) goes to a
+side file the parent polls, for timeout messages and pruning; it is advisory only.
+
+Protocol history (``PROTOCOL``):
+  1: first version.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from .files import write_json_atomic
+
+PROTOCOL = 1
+
+
+class WorkloadProblem(Exception):
+    """The user's workload is unusable; the message is shown to the user as it is."""
+
+
+class _Progress:
+    def __init__(self, path: str | None) -> None:
+        self._handle = open(path, "a", buffering=1) if path else None
+
+    def emit(self, **event: Any) -> None:
+        if self._handle:
+            self._handle.write(json.dumps(event) + "\n")
+
+
+def _load_callable(spec: str, base_dir: str, role: str) -> Callable[..., Any]:
+    target, func_name = spec.rsplit(":", 1)
+    try:
+        if target.endswith(".py"):
+            file = Path(target) if Path(target).is_absolute() else Path(base_dir) / target
+            module_name = "tuner_workload_" + str(abs(hash(str(file.resolve()))))
+            module = sys.modules.get(module_name)
+            if module is None:
+                sys.path.insert(0, str(file.parent))  # so the workload can import its neighbours
+                module_spec = importlib.util.spec_from_file_location(module_name, file)
+                if module_spec is None or module_spec.loader is None:
+                    raise WorkloadProblem(f"workload.{role}: cannot load {str(file)!r} as Python")
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[module_name] = module
+                module_spec.loader.exec_module(module)
+        else:
+            sys.path.insert(0, base_dir)
+            module = importlib.import_module(target)
+    except WorkloadProblem:
+        raise
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt from user code too
+        raise WorkloadProblem(f"workload.{role}: importing {target!r} raised "
+                              f"{_describe(exc)}") from exc
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise WorkloadProblem(f"workload.{role}: {target!r} has no function {func_name!r}")
+    if not callable(func):
+        raise WorkloadProblem(f"workload.{role}: {spec!r} is a {type(func).__name__}, "
+                              f"not a function")
+    return func
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _call_builder(func: Callable[[], Any], role: str, spec: str) -> Any:
+    try:
+        return func()
+    except BaseException as exc:
+        raise WorkloadProblem(f"workload.{role}: {spec} raised {_describe(exc)}") from exc
+
+
+def _first_leaf(x: Any, tf: Any) -> Any:
+    leaves = tf.nest.flatten(x)
+    return leaves[0] if leaves else None
+
+
+def _inputs(element: Any) -> Any:
+    """The model input of a batch: ``x`` or the first item of ``(x, ...)``."""
+    return element[0] if isinstance(element, (tuple, list)) else element
+
+
+def _batch_size(element: Any, tf: Any, mode: str) -> int:
+    leaf = _first_leaf(_inputs(element), tf)
+    shape = getattr(leaf, "shape", None)
+    if shape is None or len(shape) == 0:
+        raise WorkloadProblem("workload.data: the first element's inputs are scalars; build_data "
+                              "must return batches (call .batch(n) on the dataset)")
+    size = shape[0]
+    if size is None:
+        size = int(tf.shape(leaf)[0])
+    return int(size)
+
+
+def _check_element(element: Any, mode: str, spec: str) -> None:
+    if mode == "train" and not (isinstance(element, (tuple, list)) and len(element) in (2, 3)):
+        kind = type(element).__name__
+        raise WorkloadProblem(f"workload.data: mode train needs batches of (x, y) or "
+                              f"(x, y, sample_weight); {spec} yields {kind} elements")
+
+
+def _tf_data_options(tf: Any, settings: dict[str, Any]) -> Any:
+    options = tf.data.Options()
+    pool = settings.get("tf_data.private_threadpool_size")
+    intra = settings.get("tf_data.max_intra_op_parallelism")
+    if pool is not None:
+        options.threading.private_threadpool_size = int(pool)
+    if intra is not None:
+        options.threading.max_intra_op_parallelism = int(intra)
+    return options
+
+
+def _onednn_enabled() -> bool | None:
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except Exception:  # a private module: vendor builds may lack it, and that is not an error
+        return None
+
+
+class _Workload:
+    """The user's model, data and the step function one measurement repeats."""
+
+    def __init__(self, task: dict[str, Any], progress: _Progress, timings: dict[str, float]) -> None:
+        wl = task["workload"]
+        settings = task["settings"]
+        self.mode = wl["mode"]
+
+        t = time.perf_counter()
+        progress.emit(phase="import")
+        import tensorflow as tf
+
+        self.tf = tf
+        # Must happen before the first op initialises the runtime; 0 leaves TensorFlow's default.
+        intra = settings.get("intra_op_parallelism_threads") or 0
+        inter = settings.get("inter_op_parallelism_threads") or 0
+        if intra:
+            tf.config.threading.set_intra_op_parallelism_threads(int(intra))
+        if inter:
+            tf.config.threading.set_inter_op_parallelism_threads(int(inter))
+        timings["import"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress.emit(phase="build_model")
+        self.model = None
+        if self.mode != "data":
+            build_model = _load_callable(wl["model"], wl["base_dir"], "model")
+            self.model = _call_builder(build_model, "model", wl["model"])
+            self._check_model(wl["model"])
+        timings["build_model"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress.emit(phase="build_data")
+        build_data = _load_callable(wl["data"], wl["base_dir"], "data")
+        dataset = _call_builder(build_data, "data", wl["data"])
+        if not isinstance(dataset, tf.data.Dataset):
+            raise WorkloadProblem(f"workload.data: {wl['data']} returned {type(dataset).__name__}, "
+                                  f"expected a tf.data.Dataset")
+        dataset = dataset.with_options(_tf_data_options(tf, settings))
+        self.dataset = dataset
+        self.iterator = iter(dataset.repeat())
+        try:
+            first = next(self.iterator)
+        except StopIteration:
+            raise WorkloadProblem(f"workload.data: {wl['data']} returned an empty dataset") from None
+        except Exception as exc:
+            raise WorkloadProblem(f"workload.data: reading the first batch raised "
+                                  f"{_describe(exc)}") from exc
+        _check_element(first, self.mode, wl["data"])
+        self.batch_size = _batch_size(first, tf, self.mode)
+        self.element_spec = str(dataset.element_spec)[:500]
+        self.first = first
+        timings["build_data"] = time.perf_counter() - t
+        self.step = self._make_step()
+
+    def _check_model(self, spec: str) -> None:
+        tf = self.tf
+        model = self.model
+        classes = [tf.keras.Model]
+        try:
+            import keras
+
+            classes.append(keras.Model)
+        except ImportError:
+            pass
+        if not isinstance(model, tuple(classes)):
+            raise WorkloadProblem(f"workload.model: {spec} returned {type(model).__name__}, "
+                                  f"expected a Keras model")
+        if self.mode == "train" and getattr(model, "optimizer", None) is None:
+            raise WorkloadProblem(f"workload.model: mode train needs a compiled model; {spec} "
+                                  f"returned one without an optimizer (call model.compile(...))")
+
+    def _make_step(self) -> Callable[[Any], Any]:
+        tf = self.tf
+        if self.mode == "data":
+            return lambda batch: None
+        model = self.model
+        if self.mode == "predict":
+            forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+            return lambda batch: forward(_inputs(batch))
+        train = tf.function(model.train_step, reduce_retracing=True)
+        return lambda batch: train(tuple(batch))
+
+    def run_step(self, batch: Any) -> None:
+        try:
+            self.step(batch)
+        except Exception as exc:
+            raise WorkloadProblem(f"the {self.mode} step raised {_describe(exc)}") from exc
+
+    def next_batch(self) -> Any:
+        try:
+            return next(self.iterator)
+        except Exception as exc:
+            raise WorkloadProblem(f"workload.data: reading a batch raised {_describe(exc)}") from exc
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _core_busy(before: Any, after: Any, cpus: list[int]) -> list[float]:
+    busy = []
+    for cpu in cpus:
+        if cpu >= len(before) or cpu >= len(after):
+            continue
+        a, b = before[cpu], after[cpu]
+        total = sum(b) - sum(a)
+        idle = (b.idle - a.idle) + (getattr(b, "iowait", 0.0) - getattr(a, "iowait", 0.0))
+        busy.append(round(1.0 - idle / total, 4) if total > 0 else 0.0)
+    return busy
+
+
+def measure(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
+    import psutil
+
+    timings: dict[str, float] = {}
+    work = _Workload(task, progress, timings)
+    cfg = task["measure"]
+    usable = int(task["usable_cpus"])
+    affinity = list(task.get("affinity") or range(usable))
+
+    progress.emit(phase="warmup")
+    t0 = time.perf_counter()
+    work.run_step(work.first)  # traces the step function
+    steps = 1
+    while steps < cfg["min_warmup_steps"] or time.perf_counter() - t0 < cfg["warmup_seconds"]:
+        work.run_step(work.next_batch())
+        steps += 1
+    timings["warmup"] = time.perf_counter() - t0
+    warmup_steps = steps
+
+    progress.emit(phase="measure")
+    process = psutil.Process()
+    cores_before = psutil.cpu_times(percpu=True)
+    cpu0 = _cpu_seconds()
+    start = time.perf_counter()
+    windows: list[dict[str, Any]] = []
+    latencies: list[float] = []
+    wait_total = 0.0
+    for index in range(cfg["windows"]):
+        w_start = time.perf_counter()
+        w_cpu = _cpu_seconds()
+        samples = steps_in_window = 0
+        w_wait = 0.0
+        while True:
+            ta = time.perf_counter()
+            batch = work.next_batch()
+            tb = time.perf_counter()
+            work.run_step(batch)
+            tc = time.perf_counter()
+            w_wait += tb - ta
+            latencies.append(tc - ta)
+            samples += _batch_size(batch, work.tf, work.mode)
+            steps_in_window += 1
+            if tc - w_start >= cfg["window_seconds"]:
+                break
+        elapsed = tc - w_start
+        window = {
+            "index": index,
+            "seconds": elapsed,
+            "steps": steps_in_window,
+            "samples": samples,
+            "throughput": samples / elapsed,
+            "cpu_saturation": (_cpu_seconds() - w_cpu) / (elapsed * usable),
+            "input_wait": w_wait / elapsed,
+        }
+        wait_total += w_wait
+        windows.append(window)
+        progress.emit(window=index, throughput=window["throughput"])
+    wall = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu0
+    cores_after = psutil.cpu_times(percpu=True)
+    timings["measure"] = wall
+
+    return {
+        "batch_size": work.batch_size,
+        "windows": windows,
+        "warmup_steps": warmup_steps,
+        "step_latency_ms": {
+            "p50": _percentile(latencies, 0.50) * 1e3,
+            "p90": _percentile(latencies, 0.90) * 1e3,
+            "p99": _percentile(latencies, 0.99) * 1e3,
+            "steps": len(latencies),
+        },
+        "cpu_saturation": cpu / (wall * usable),
+        "per_core_busy": _core_busy(cores_before, cores_after, affinity),
+        "input_wait": wait_total / wall,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "threads": process.num_threads(),
+        "tf_threading": {
+            "intra_op": work.tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": work.tf.config.threading.get_inter_op_parallelism_threads(),
+        },
+        "timings": timings,
+    }
+
+
+def preflight(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
+    """Build model and data once and run one step, so a typo costs seconds, not a study."""
+    timings: dict[str, float] = {}
+    work = _Workload(task, progress, timings)
+    progress.emit(phase="first_step")
+    t = time.perf_counter()
+    work.run_step(work.first)
+    timings["first_step"] = time.perf_counter() - t
+    t = time.perf_counter()
+    work.run_step(work.next_batch())
+    timings["second_step"] = time.perf_counter() - t
+    tf = work.tf
+    return {
+        "batch_size": work.batch_size,
+        "element_spec": work.element_spec,
+        "tf_version": tf.__version__,
+        "onednn_enabled": _onednn_enabled(),
+        "model_params": int(work.model.count_params()) if work.model is not None else None,
+        "timings": timings,
+    }
+
+
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    if task.get("protocol") != PROTOCOL:
+        raise WorkloadProblem(f"worker protocol {task.get('protocol')!r} is not {PROTOCOL}; the "
+                              f"parent and child are different tuner versions")
+    progress = _Progress(task.get("progress"))
+    kind = task["kind"]
+    if kind == "preflight":
+        return preflight(task, progress)
+    if kind == "measure":
+        return measure(task, progress)
+    raise WorkloadProblem(f"unknown task kind {kind!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m tuner.worker TASK.json RESULT.json", file=sys.stderr)
+        return 2
+    task_path, result_path = args
+    started = time.time()
+    try:
+        task = json.loads(Path(task_path).read_text())
+        payload = {"protocol": PROTOCOL, "ok": True, **run_task(task)}
+        code = 0
+    except WorkloadProblem as exc:
+        payload = {"protocol": PROTOCOL, "ok": False, "error": str(exc),
+                   "traceback": traceback.format_exc()[-4000:]}
+        code = 3
+    except BaseException as exc:  # anything else is a bug or a user-code exit: report it all
+        payload = {"protocol": PROTOCOL, "ok": False, "error": _describe(exc),
+                   "traceback": traceback.format_exc()[-4000:]}
+        code = 4
+    payload["child_started"] = started
+    write_json_atomic(result_path, payload)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: TensorFlow's thread pools can take seconds to wind down, and
+    # everything that matters is already on disk.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
