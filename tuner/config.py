@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .space import check_overrides
 
 MODES = ("predict", "train", "data")
 SAMPLERS = ("auto", "grid", "tpe", "random")
@@ -252,7 +253,7 @@ def parse(data: Any, path: Path) -> Config:
     search = _section(Search, data.get("search"), path, "search", SEARCH_RULES)
     measure = _section(Measure, data.get("measure"), path, "measure", MEASURE_RULES)
     validate = _section(Validate, data.get("validate"), path, "validate", VALIDATE_RULES)
-    space = _flatten_space(data.get("space"), path)
+    space = check_overrides(_flatten_space(data.get("space"), path), _where(path, "space"))
     objective = _choice(data.get("objective", "throughput"), OBJECTIVES, _where(path, "objective"))
 
     study = _check_keys(data.get("study"), STUDY_KEYS, path, "study")

@@ -160,6 +160,25 @@ class Space:
         return settings
 
 
+def check_overrides(overrides: dict[str, Any], where: str = "space") -> dict[str, Any]:
+    """Check a config's ``space`` section (flattened to knob names) without knowing the machine:
+    each entry is a list of candidates, a single fixed value, or ``default``."""
+    checked: dict[str, Any] = {}
+    for name, raw in overrides.items():
+        field = f"{where}.{name}"
+        if name not in KNOBS:
+            raise ConfigError(f"{field}: unknown knob; allowed: {', '.join(KNOBS)}")
+        knob = KNOBS[name]
+        if isinstance(raw, list):
+            if not raw:
+                raise ConfigError(f"{field}: empty list; give candidate values, one value to fix "
+                                  f"the knob, or 'default' to leave it to TensorFlow")
+            checked[name] = [knob.check(v, field) for v in raw]
+        else:
+            checked[name] = knob.check(raw, field)
+    return checked
+
+
 def build_space(machine: Machine, overrides: dict[str, Any], where: str = "space") -> Space:
     """The default space for ``machine`` with the config's ``space`` section applied.
 
@@ -168,26 +187,18 @@ def build_space(machine: Machine, overrides: dict[str, Any], where: str = "space
     rule's value stay candidates of every searched knob, because the baseline and expert trials are
     points of the same space.
     """
-    for name in overrides:
-        if name not in KNOBS:
-            raise ConfigError(f"{where}.{name}: unknown knob; allowed: {', '.join(KNOBS)}")
+    overrides = check_overrides(overrides, where)
     references = [default_settings(), expert_settings(machine)]
     searched: dict[str, list[Any]] = {}
     fixed: dict[str, Any] = {}
     for name, knob in KNOBS.items():
-        field = f"{where}.{name}"
         if name not in overrides:
             values = knob.candidates(machine)
+        elif isinstance(overrides[name], list):
+            values = list(overrides[name])
         else:
-            raw = overrides[name]
-            if isinstance(raw, list):
-                if not raw:
-                    raise ConfigError(f"{field}: empty list; give candidate values, one value to fix "
-                                      f"the knob, or 'default' to leave it to TensorFlow")
-                values = [knob.check(v, field) for v in raw]
-            else:
-                fixed[name] = knob.check(raw, field)
-                continue
+            fixed[name] = overrides[name]
+            continue
         for ref in references:
             if ref[name] not in values:
                 values.append(ref[name])
@@ -213,7 +224,8 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 def nest_settings(flat: dict[str, Any]) -> dict[str, Any]:
     """Flat knob settings -> the tuned file's ``settings`` layout."""
-    nested: dict[str, Any] = {"tf_data": {}, "env": {}}
+    nested: dict[str, Any] = {k.target: k.default for k in KNOBS.values() if k.applied == THREADING}
+    nested.update({"tf_data": {}, "env": {}})
     for name, value in flat.items():
         knob = KNOBS[name]
         if knob.applied == THREADING:

@@ -87,10 +87,30 @@ def check_replaceable(path: str | Path, study_name: str, storage: str, force: bo
                              f"--output or pass --force to replace it (it is kept as .bak)")
 
 
+class _Dumper(yaml.SafeDumper):
+    """Plain YAML: no &anchors/*aliases when a block appears twice, short float lists inline."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _rounded(value: Any) -> Any:
+    """Six significant digits: measurements are not more precise than that, and files stay
+    readable."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def dump(data: dict[str, Any], path: str | Path) -> str:
     from . import __version__
 
-    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
+    body = yaml.dump(_rounded(data), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                     width=100)
     return HEADER.format(tuner_version=__version__, path=path) + body
 
 

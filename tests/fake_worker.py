@@ -1,0 +1,106 @@
+"""A fake trial child that speaks the real worker protocol, for fast tests of the study logic.
+
+Usage (as the parent runs it): python fake_worker.py TASK.json RESULT.json
+
+Throughput is a known function of the settings, so tests know which configuration must win:
+``FAKE_SHAPE=peak`` (default) peaks at intra=2, inter=1 (1.3x the defaults); ``flat`` is the same
+for every setting. ``FAKE_NOISE`` is the relative noise (default 0.01). ``FAKE_BEHAVIOUR`` makes
+chosen trials misbehave: ``crash-intra-N`` (os.abort when intra == N), ``hang-intra-N``,
+``raise-intra-N``, ``garble-intra-N``, ``exit-intra-N``, ``crash-all``, ``crash-measure``
+(every trial, not the preflight), ``preflight-fail``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+
+PROTOCOL = 1
+
+
+def throughput(settings: dict) -> float:
+    if os.environ.get("FAKE_SHAPE", "peak") == "flat":
+        return 1000.0
+    intra = settings.get("intra_op_parallelism_threads") or 0
+    inter = settings.get("inter_op_parallelism_threads") or 0
+    factor = {0: 1.0, 1: 0.6, 2: 1.2, 3: 0.9, 4: 0.8}.get(intra, 0.7)
+    factor *= {0: 1.0, 1: 1.0833, 2: 1.0, 4: 0.9}.get(inter, 0.9)
+    return 1000.0 * factor
+
+
+def misbehave(kind: str, settings: dict) -> str | None:
+    spec = os.environ.get("FAKE_BEHAVIOUR", "")
+    if not spec:
+        return None
+    if spec == "crash-all":
+        return "crash"
+    if spec == "crash-measure":
+        return "crash" if kind == "measure" else None
+    if spec == "preflight-fail":
+        return "raise" if kind == "preflight" else None
+    action, _, value = spec.partition("-intra-")
+    if value and kind == "measure" and settings.get("intra_op_parallelism_threads") == int(value):
+        return action
+    return None
+
+
+def main() -> None:
+    task_path, result_path = sys.argv[1:3]
+    task = json.loads(open(task_path).read())
+    started = time.time()
+    settings = task["settings"]
+    bad = misbehave(task["kind"], settings)
+    if bad == "crash":
+        os.abort()
+    if bad == "hang":
+        time.sleep(3600)
+    if bad == "exit":
+        print("fake: exiting on purpose", file=sys.stderr)
+        sys.exit(7)
+    if bad == "garble":
+        open(result_path, "w").write("{not json")
+        return
+    if bad == "raise":
+        payload = {"protocol": PROTOCOL, "ok": False, "error": "workload.model: fake raised "
+                   "ValueError: boom", "child_started": started}
+        open(result_path, "w").write(json.dumps(payload))
+        sys.exit(3)
+    progress = open(task["progress"], "a", buffering=1)
+    if task["kind"] == "preflight":
+        payload = {"protocol": PROTOCOL, "ok": True, "batch_size": 32, "element_spec": "fake",
+                   "tf_version": "fake-1.0", "onednn_enabled": True, "model_params": 1,
+                   "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
+                               "first_step": 0.01, "second_step": 0.001},
+                   "child_started": started}
+    else:
+        rng = random.Random()
+        noise = float(os.environ.get("FAKE_NOISE", "0.01"))
+        mean = throughput(settings)
+        windows = []
+        for index in range(task["measure"]["windows"]):
+            value = mean * (1 + rng.gauss(0, noise))
+            windows.append({"index": index, "seconds": 0.01, "steps": 10, "samples": 320,
+                            "throughput": value, "cpu_saturation": 0.9, "input_wait": 0.05})
+            progress.write(json.dumps({"window": index, "throughput": value}) + "\n")
+            time.sleep(float(os.environ.get("FAKE_WINDOW_SLEEP", "0")))
+        payload = {"protocol": PROTOCOL, "ok": True, "batch_size": 32, "windows": windows,
+                   "warmup_steps": 3,
+                   "step_latency_ms": {"p50": 32000 / mean, "p90": 33000 / mean,
+                                       "p99": 35000 / mean, "steps": 50},
+                   "cpu_saturation": 0.9, "per_core_busy": [0.9, 0.9], "input_wait": 0.05,
+                   "peak_rss_bytes": 100 * 2 ** 20, "threads": 5,
+                   "tf_threading": {"intra_op": settings.get("intra_op_parallelism_threads"),
+                                    "inter_op": settings.get("inter_op_parallelism_threads")},
+                   "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
+                               "warmup": 0.0, "measure": 0.05},
+                   "child_started": started}
+    tmp = result_path + ".tmp"
+    open(tmp, "w").write(json.dumps(payload))
+    os.replace(tmp, result_path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Machine detection on simulated machines (affinity, cgroup quotas, topology) and the search
+space bounded by it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuner import machine, space
+from tuner.errors import ConfigError
+
+
+def fake_machine(root: Path, *, cpus: int, threads_per_core: int = 1, sockets: int = 1,
+                 cgroup: str = "0::/\n", files: dict[str, str] | None = None) -> Path:
+    """A /proc and /sys tree for a machine with ``cpus`` logical CPUs."""
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/cgroup").write_text(cgroup)
+    (root / "proc/cpuinfo").write_text("".join(f"processor\t: {i}\nmodel name\t: Fake CPU 9000\n\n"
+                                               for i in range(cpus)))
+    (root / "sys/devices/system/cpu").mkdir(parents=True)
+    (root / "sys/devices/system/cpu/online").write_text(f"0-{cpus - 1}\n")
+    per_socket = cpus // sockets
+    for cpu in range(cpus):
+        topo = root / f"sys/devices/system/cpu/cpu{cpu}/topology"
+        topo.mkdir(parents=True)
+        socket = cpu // per_socket
+        topo.joinpath("physical_package_id").write_text(f"{socket}\n")
+        topo.joinpath("core_id").write_text(f"{(cpu % per_socket) // threads_per_core}\n")
+    for node in range(sockets):
+        d = root / f"sys/devices/system/node/node{node}"
+        d.mkdir(parents=True)
+        d.joinpath("cpulist").write_text(f"{node * per_socket}-{(node + 1) * per_socket - 1}\n")
+    for rel, text in (files or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_affinity_limits_usable_cpus(tmp_path):
+    root = fake_machine(tmp_path, cpus=16)
+    m = machine.detect(root, affinity=[0])
+    assert m.visible_cpus == 16
+    assert m.usable_cpus == 1
+    assert m.physical_cores == 1
+    assert m.cpu_model == "Fake CPU 9000"
+
+
+def test_cgroup_v2_quota_limits_usable_cpus(tmp_path):
+    root = fake_machine(tmp_path, cpus=64, cgroup="0::/kubepods/pod1\n", files={
+        "sys/fs/cgroup/kubepods/pod1/cpu.max": "200000 100000\n",
+        "sys/fs/cgroup/kubepods/cpu.max": "max 100000\n",
+    })
+    m = machine.detect(root, affinity=list(range(64)))
+    assert m.cpu_quota == 2.0
+    assert m.usable_cpus == 2
+    assert m.visible_cpus == 64
+
+
+def test_cgroup_v2_quota_on_an_ancestor_applies(tmp_path):
+    root = fake_machine(tmp_path, cpus=8, cgroup="0::/a/b\n", files={
+        "sys/fs/cgroup/a/cpu.max": "150000 100000\n",
+        "sys/fs/cgroup/a/b/cpu.max": "max 100000\n",
+    })
+    m = machine.detect(root, affinity=list(range(8)))
+    assert m.cpu_quota == 1.5
+    assert m.usable_cpus == 2  # a fractional quota still lets two threads run part-time
+
+
+def test_cgroup_v1_quota(tmp_path):
+    root = fake_machine(tmp_path, cpus=8, cgroup="4:cpu,cpuacct:/docker/abc\n", files={
+        "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "300000\n",
+        "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+    })
+    m = machine.detect(root, affinity=list(range(8)))
+    assert m.cpu_quota == 3.0
+    assert m.usable_cpus == 3
+
+
+def test_cgroup_v1_unlimited(tmp_path):
+    root = fake_machine(tmp_path, cpus=4, cgroup="4:cpu,cpuacct:/\n", files={
+        "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+        "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+    })
+    m = machine.detect(root, affinity=list(range(4)))
+    assert m.cpu_quota is None and m.usable_cpus == 4
+
+
+def test_hyperthreads_and_sockets(tmp_path):
+    root = fake_machine(tmp_path, cpus=16, threads_per_core=2, sockets=2)
+    m = machine.detect(root, affinity=list(range(16)))
+    assert m.physical_cores == 8
+    assert m.sockets == 2
+    assert m.numa_nodes == 2
+    one_socket = machine.detect(root, affinity=list(range(8)))
+    assert one_socket.sockets == 1 and one_socket.numa_nodes == 1 and one_socket.physical_cores == 4
+
+
+def test_expert_rule_follows_the_machine(tmp_path):
+    root = fake_machine(tmp_path, cpus=16, threads_per_core=2, sockets=2)
+    rule = space.expert_settings(machine.detect(root, affinity=list(range(16))))
+    assert rule["intra_op_parallelism_threads"] == 8
+    assert rule["inter_op_parallelism_threads"] == 2
+    single = space.expert_settings(machine.detect(root, affinity=[0, 1, 2, 3]))
+    assert single["inter_op_parallelism_threads"] == 2
+
+
+@pytest.mark.parametrize("cpus,affinity,cgroup_files,usable", [
+    (2, [0, 1], {}, 2),
+    (64, list(range(64)), {"sys/fs/cgroup/cpu.max": "400000 100000\n"}, 4),
+    (16, list(range(16)), {}, 16),
+    (16, [3], {}, 1),
+])
+def test_space_is_bounded_by_usable_cpus_and_measures_oversubscription(tmp_path, cpus, affinity,
+                                                                        cgroup_files, usable):
+    root = fake_machine(tmp_path, cpus=cpus, files=cgroup_files)
+    m = machine.detect(root, affinity=affinity)
+    assert m.usable_cpus == usable
+    s = space.build_space(m, {})
+    intra = s.searched["intra_op_parallelism_threads"]
+    assert 0 in intra                       # TensorFlow's default is the baseline
+    assert max(intra) == 2 * usable          # oversubscription is measured, not assumed
+    assert usable in intra and 1 in intra
+    assert max(s.searched["inter_op_parallelism_threads"]) <= 2 * usable
+    assert max(v for v in s.searched["tf_data.private_threadpool_size"] if v) == 2 * usable
+    assert None in s.searched["tf_data.private_threadpool_size"]
+
+
+def test_space_overrides_fix_narrow_and_remove(tmp_path):
+    m = machine.detect(fake_machine(tmp_path, cpus=8), affinity=list(range(8)))
+    s = space.build_space(m, {"intra_op_parallelism_threads": [4, 6],
+                              "inter_op_parallelism_threads": 2,
+                              "tf_data.private_threadpool_size": "default",
+                              "env.TF_ENABLE_ONEDNN_OPTS": "0"})
+    # narrowed, but the defaults (0) and the expert rule (8) stay reachable
+    assert s.searched["intra_op_parallelism_threads"] == [0, 4, 6, 8]
+    assert s.fixed["inter_op_parallelism_threads"] == 2
+    assert s.fixed["tf_data.private_threadpool_size"] is None
+    assert s.fixed["env.TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert "inter_op_parallelism_threads" not in s.searched
+    settings = s.settings({"intra_op_parallelism_threads": 4})
+    assert settings["inter_op_parallelism_threads"] == 2
+    assert settings["env.TF_ENABLE_ONEDNN_OPTS"] == "0"
+
+
+def test_onednn_candidates_follow_the_builds_default(tmp_path):
+    m = machine.detect(fake_machine(tmp_path, cpus=2), affinity=[0, 1])
+    assert space.build_space(m.with_tensorflow("2.21.0", True), {}).searched[
+        "env.TF_ENABLE_ONEDNN_OPTS"] == [None, "0"]
+    assert space.build_space(m.with_tensorflow("2.21.0", False), {}).searched[
+        "env.TF_ENABLE_ONEDNN_OPTS"] == [None, "1"]
+
+
+def test_unknown_knob_is_a_config_error(tmp_path):
+    m = machine.detect(fake_machine(tmp_path, cpus=2), affinity=[0, 1])
+    with pytest.raises(ConfigError, match="space.threads: unknown knob"):
+        space.build_space(m, {"threads": 3})
+
+
+def test_settings_nest_and_flatten_round_trip():
+    flat = space.default_settings()
+    flat.update({"intra_op_parallelism_threads": 3, "tf_data.private_threadpool_size": 2,
+                 "env.TF_ENABLE_ONEDNN_OPTS": "0"})
+    nested = space.nest_settings(flat)
+    assert nested == {"intra_op_parallelism_threads": 3, "inter_op_parallelism_threads": 0,
+                      "tf_data": {"private_threadpool_size": 2, "max_intra_op_parallelism": None},
+                      "env": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+    assert space.flatten_settings(nested) == flat
+
+
+def test_fingerprint_differences_name_each_field():
+    a = {"arch": "x86_64", "cpu_model": "A", "usable_cpus": 2, "physical_cores": 2, "sockets": 1,
+         "tf_version": "2.20.0"}
+    b = dict(a, usable_cpus=4, tf_version="2.21.0")
+    diffs = machine.fingerprint_differences(a, b)
+    assert diffs == ["usable_cpus: 2 vs 4", "tf_version: '2.20.0' vs '2.21.0'"]
+
+
+def test_real_machine_detection_is_consistent():
+    m = machine.detect()
+    assert 1 <= m.usable_cpus <= m.visible_cpus
+    assert 1 <= m.physical_cores <= m.usable_cpus
+    assert set(m.affinity) <= set(range(m.visible_cpus)) or len(m.affinity) <= m.visible_cpus

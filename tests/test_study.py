@@ -1,0 +1,241 @@
+"""The study logic with a fake worker that speaks the real protocol: which trials run, what wins,
+what failures become, resume, and what the tuned file holds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+
+from tuner import cli, config, study, tuned
+from tuner.errors import StudyError, StudyMismatchError, WorkloadError
+
+
+def run_search(path, **overrides):
+    cfg = config.with_overrides(config.load(path), **overrides)
+    lines: list[str] = []
+    outcome = study.search(cfg, study.Printer(lines.append))
+    outcome.lines = lines
+    return outcome
+
+
+def load_study(name="study"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///results/{name}.db")
+
+
+def test_search_finds_the_known_optimum_and_validates_it(fake_worker, write_config, tmp_path):
+    outcome = run_search(write_config())
+    doc = yaml.safe_load(open(outcome.tuned_path))
+    assert doc["format_version"] == 1
+    assert doc["verdict"] == "tuned"
+    # the fake peaks at intra=2, inter=1: 1.3x the defaults
+    assert doc["settings"]["intra_op_parallelism_threads"] == 2
+    assert doc["settings"]["inter_op_parallelism_threads"] == 1
+    assert set(doc["settings"]["tf_data"]) == {"private_threadpool_size", "max_intra_op_parallelism"}
+    assert isinstance(doc["settings"]["env"], dict)
+    result = doc["result"]
+    assert result["speedup"] == pytest.approx(1.3, rel=0.05)
+    lo, hi = result["speedup_ci95"]
+    assert lo <= result["speedup"] <= hi and lo > 1
+    assert result["significant"] and result["p_value"] < 0.05
+    assert result["throughput"]["unit"] == "samples/s"
+    assert len(result["throughput"]["ci95"]) == 2
+    assert result["baseline_throughput"]["median"] == pytest.approx(1000, rel=0.05)
+    assert 0 <= result["cpu_saturation"] <= 1
+    assert doc["machine"]["tf_version"] == "fake-1.0"
+    assert doc["study"] == {"name": "study", "storage": "sqlite:///results/study.db",
+                            "n_trials": 8, "complete": doc["study"]["complete"],
+                            "pruned": doc["study"]["pruned"], "fail": 0}
+    assert len(doc["validation"]["winner"]["throughput"]["per_process"]) == 5
+    text = open(outcome.tuned_path).read()
+    assert text.startswith("# Tuned TensorFlow CPU configuration")
+    assert "&id" not in text  # plain YAML, no anchors
+
+
+def test_first_trials_are_the_baseline_and_the_expert_rule(fake_worker, write_config):
+    run_search(write_config())
+    trials = load_study().trials
+    assert trials[0].user_attrs["role"] == "baseline"
+    assert trials[0].user_attrs["settings"]["intra_op_parallelism_threads"] == 0
+    assert trials[0].user_attrs["settings"]["inter_op_parallelism_threads"] == 0
+    assert trials[1].user_attrs["role"] == "expert"
+    assert trials[1].user_attrs["settings"]["intra_op_parallelism_threads"] >= 1
+    # readable parameter names for optuna-dashboard, metrics as user attributes
+    assert "intra_op_parallelism_threads" in trials[2].params
+    assert {"throughput", "cpu_saturation", "step_latency_ms", "peak_rss_mb", "threads",
+            "input_wait", "timings"} <= set(trials[0].user_attrs)
+
+
+def test_when_nothing_beats_the_defaults_the_file_says_so(fake_worker, write_config, monkeypatch):
+    monkeypatch.setenv("FAKE_SHAPE", "flat")
+    monkeypatch.setenv("FAKE_NOISE", "0.03")
+    outcome = run_search(write_config())
+    doc = outcome.tuned
+    assert doc["verdict"] == "defaults"
+    assert doc["settings"]["intra_op_parallelism_threads"] == 0
+    assert doc["settings"]["inter_op_parallelism_threads"] == 0
+    assert doc["settings"]["env"] == {}
+    assert doc["result"]["speedup"] == 1.0
+    assert "keeping the defaults" in doc["summary"]
+
+
+def test_crashing_trials_fail_with_their_reason_and_the_study_goes_on(fake_worker, write_config,
+                                                                       monkeypatch):
+    monkeypatch.setenv("FAKE_BEHAVIOUR", "crash-intra-1")
+    path = write_config()
+    text = path.read_text().replace("  n_trials: 8", "  n_trials: 12\n  sampler: random")
+    path.write_text(text)
+    outcome = run_search(path)
+    trials = load_study().trials
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed, "the random sampler over 12 trials should hit intra=1 at least once"
+    assert all("SIGABRT" in t.user_attrs["fail_reason"] for t in failed)
+    assert any(t.state == optuna.trial.TrialState.COMPLETE for t in trials[2:])
+    assert outcome.tuned["study"]["fail"] == len(failed)
+    assert any("FAIL  killed by SIGABRT" in line for line in outcome.lines)
+
+
+@pytest.mark.parametrize("behaviour,reason", [
+    ("hang-intra-0", "timed out after 2 s (phase: start)"),
+    ("exit-intra-0", "exited with code 7 before writing a result; last output: fake: exiting"),
+    ("garble-intra-0", "garbled result"),
+    ("raise-intra-0", "workload.model: fake raised ValueError: boom"),
+])
+def test_every_kind_of_failure_becomes_a_readable_reason(fake_worker, write_config, monkeypatch,
+                                                         behaviour, reason):
+    # the baseline (intra=0) misbehaves; everything fails only if every trial does
+    monkeypatch.setenv("FAKE_BEHAVIOUR", behaviour)
+    path = write_config()
+    path.write_text(path.read_text().replace("trial_timeout: 20", "trial_timeout: 2")
+                    .replace("n_trials: 8", "n_trials: 3"))
+    with pytest.raises(StudyError):  # the baseline cannot be validated if it always fails
+        run_search(path)
+    baseline = load_study().trials[0]
+    assert baseline.state == optuna.trial.TrialState.FAIL
+    assert reason in baseline.user_attrs["fail_reason"]
+
+
+def test_all_trials_failing_exits_non_zero_with_the_most_common_reason(fake_worker, write_config,
+                                                                        monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_BEHAVIOUR", "crash-all")
+    path = write_config()
+    # the preflight crashes too: that is a workload error (exit 2) naming the signal
+    code = cli.main(["search", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "preflight failed: killed by SIGABRT" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_every_trial_failing_exits_1_with_the_most_common_reason(fake_worker, write_config,
+                                                                 monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("FAKE_BEHAVIOUR", "crash-measure")
+    path = write_config()
+    code = cli.main(["search", "--config", str(path), "--n-trials", "4"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip() == ("error: all 4 trials failed; most common reason (4x): killed by "
+                           "SIGABRT")
+    assert not (tmp_path / "results" / "study").exists()  # no tuned file from nothing
+
+
+def test_resume_keeps_finished_trials_and_adds_n_trials(fake_worker, write_config):
+    path = write_config()
+    run_search(path, n_trials=4)
+    assert len(load_study().trials) == 4
+    outcome = run_search(path, n_trials=3)
+    trials = load_study().trials
+    assert len(trials) == 7
+    roles = [t.user_attrs.get("role") for t in trials]
+    assert roles.count("baseline") == 1 and roles.count("expert") == 1
+    assert outcome.backup and os.path.exists(outcome.backup)
+    assert any("resuming with 4 trials" in line for line in outcome.lines)
+
+
+def test_a_trial_left_running_by_a_killed_search_is_marked_failed(fake_worker, write_config):
+    path = write_config()
+    run_search(path, n_trials=2)
+    s = load_study()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    orphan = s.ask()
+    orphan.set_user_attr("tuner.host", __import__("socket").gethostname())
+    orphan.set_user_attr("tuner.pid", int(dead))
+    run_search(path, n_trials=1)
+    frozen = load_study().trials[orphan.number]
+    assert frozen.state == optuna.trial.TrialState.FAIL
+    assert "search process" in frozen.user_attrs["fail_reason"]
+
+
+def test_resuming_on_another_machine_or_workload_is_refused(fake_worker, write_config):
+    path = write_config()
+    run_search(path, n_trials=2)
+    s = load_study()
+    fp = dict(s.user_attrs["tuner.machine"], usable_cpus=64)
+    s.set_user_attr("tuner.machine", fp)
+    with pytest.raises(StudyMismatchError, match="usable_cpus"):
+        run_search(path, n_trials=1)
+    other = write_config(path.read_text().replace("windows: 3", "windows: 4"))
+    s.set_user_attr("tuner.machine", dict(fp, usable_cpus=s.user_attrs["tuner.machine_full"][
+        "usable_cpus"]))
+    with pytest.raises(StudyMismatchError, match="measure.windows"):
+        run_search(other, n_trials=1)
+
+
+def test_another_studys_tuned_file_is_not_overwritten_without_force(fake_worker, write_config,
+                                                                    tmp_path):
+    path = write_config()
+    first = run_search(path, n_trials=3)
+    before = open(first.tuned_path).read()
+    with pytest.raises(StudyMismatchError, match="--force"):
+        run_search(path, n_trials=3, study_name="other", output=first.tuned_path)
+    assert open(first.tuned_path).read() == before
+    assert not (tmp_path / "results" / "other.db").exists()  # refused before any work
+    forced = run_search(path, n_trials=3, study_name="other", output=first.tuned_path, force=True)
+    assert open(forced.backup).read() == before
+    assert yaml.safe_load(open(first.tuned_path))["study"]["name"] == "other"
+
+
+def test_pruning_stops_clearly_bad_trials(fake_worker, write_config, monkeypatch):
+    path = write_config()
+    path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 14\n  sampler: random"))
+    run_search(path)
+    pruned = [t for t in load_study().trials if t.state == optuna.trial.TrialState.PRUNED]
+    # intra=1 runs at 0.6x and intra>4 at 0.7x of a 1.3x best: below 0.5 x best only with
+    # inter=4 or 8 too; every pruned trial must really have been below the bar
+    for t in pruned:
+        assert max(t.intermediate_values.values()) < 0.5 * load_study().best_value * 1.1
+
+
+def test_study_wide_cap_stops_the_search(fake_worker, write_config):
+    path = write_config()
+    path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 8\n  max_trials: 3"))
+    run_search(path)
+    assert len(load_study().trials) == 3
+
+
+def test_timeout_too_small_for_validation_is_refused(fake_worker, write_config):
+    with pytest.raises(StudyError, match="--timeout"):
+        run_search(write_config(), timeout=0.001)
+
+
+def test_preflight_failure_is_a_workload_error(fake_worker, write_config, monkeypatch, tmp_path):
+    monkeypatch.setenv("FAKE_BEHAVIOUR", "preflight-fail")
+    with pytest.raises(WorkloadError, match="preflight failed: workload.model: fake raised"):
+        run_search(write_config())
+    assert not (tmp_path / "results").exists()
+
+
+def test_password_is_masked():
+    assert tuned.mask_url("postgresql://bob:s3cret@db/x") == "postgresql://bob:***@db/x"
+    assert tuned.mask_url("sqlite:///results/x.db") == "sqlite:///results/x.db"
+
+
+def test_unknown_format_version_is_refused(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("format_version: 99\nsettings: {}\n")
+    with pytest.raises(Exception, match="format_version 99 is not supported"):
+        tuned.load(path)
