@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,13 +56,21 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _tail(path: Path, lines: int = 8, limit: int = 1500) -> str:
+# Start-up chatter from TensorFlow/absl that explains nothing about a failure.
+_NOISE = re.compile(r"^([IW]\d{4} |WARNING: All log messages before absl|To enable the following "
+                    r"instructions|oneDNN custom operations are on|This TensorFlow binary is "
+                    r"optimized|\s*$)")
+
+
+def _tail(path: Path, lines: int = 3, limit: int = 400) -> str:
+    """The last meaningful lines of the child's output, joined into one line."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return ""
-    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
-    return "\n".join(kept)[-limit:]
+    kept = [line.strip() for line in text.splitlines() if not _NOISE.match(line)][-lines:]
+    joined = " | ".join(kept)
+    return joined if len(joined) <= limit else "..." + joined[-limit:]
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
