@@ -4,6 +4,7 @@ what failures become, resume, and what the tuned file holds."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -162,7 +163,7 @@ def test_a_trial_left_running_by_a_killed_search_is_marked_failed(fake_worker, w
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     orphan = s.ask()
-    orphan.set_user_attr("tuner.host", __import__("socket").gethostname())
+    orphan.set_user_attr("tuner.host", socket.gethostname())
     orphan.set_user_attr("tuner.pid", int(dead))
     run_search(path, n_trials=1)
     frozen = load_study().trials[orphan.number]
@@ -239,3 +240,38 @@ def test_unknown_format_version_is_refused(tmp_path):
     path.write_text("format_version: 99\nsettings: {}\n")
     with pytest.raises(Exception, match="format_version 99 is not supported"):
         tuned.load(path)
+
+
+def test_two_searches_on_one_host_never_measure_at_the_same_time(fake_worker, write_config,
+                                                                 monkeypatch, tmp_path):
+    log = tmp_path / "intervals.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("FAKE_WINDOW_SLEEP", "0.05")
+    path = write_config()
+    procs = [subprocess.Popen([sys.executable, "-m", "tuner", "search", "--config", str(path),
+                               "--study-name", f"s{i}", "--n-trials", "4", "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    intervals = sorted(tuple(map(float, line.split())) for line in log.read_text().splitlines())
+    assert len(intervals) >= 2 * (4 + 1 + 2 + 5)  # preflight, trials and validation of both
+    for (start_a, end_a), (start_b, end_b) in zip(intervals, intervals[1:]):
+        assert end_a <= start_b, "two measurements overlapped"
+
+
+def test_auto_sampler_is_exhaustive_when_the_space_fits(fake_worker, write_config):
+    path = write_config()
+    path.write_text(path.read_text() + "space:\n  intra_op_parallelism_threads: [1, 2, 3]\n"
+                    "  inter_op_parallelism_threads: [1, 2]\n  tf_data:\n"
+                    "    private_threadpool_size: default\n    max_intra_op_parallelism: default\n"
+                    "  env:\n    TF_ENABLE_ONEDNN_OPTS: default\n")
+    outcome = run_search(path, n_trials=20)
+    assert outcome.tuned["search"]["sampler"] == "grid"
+    space = outcome.tuned["search"]["space"]["searched"]
+    assert space == {"intra_op_parallelism_threads": [0, 1, 2, 3],
+                     "inter_op_parallelism_threads": [0, 1, 2]}
+    seen = {(t.params["intra_op_parallelism_threads"], t.params["inter_op_parallelism_threads"])
+            for t in load_study().trials}
+    assert len(seen) == 12  # every grid point, and the grid stops the study when done
+    assert len(load_study().trials) < 20

@@ -22,24 +22,21 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive_int = _int_at_least(1, "a positive integer")
+_nonneg_int = _int_at_least(0, "an integer >= 0")
 
 
 def _seconds(text: str) -> float:
@@ -57,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Measure the TensorFlow CPU settings that make a model fastest.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="subcommand", parser_class=_Parser)
 
     s = commands.add_parser("search", help="run (or resume) a study and write the tuned YAML")
     s.add_argument("--config", required=True, help="the study config YAML")
@@ -72,6 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an output file that belongs to another study (kept as .bak)")
     s.add_argument("--quiet", action="store_true", help="print only the final summary")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    r = commands.add_parser("run", help="run a command with a tuned file's settings",
+                            usage="python -m tuner run --tuned FILE [--strict] -- COMMAND [ARGS...]")
+    r.add_argument("--tuned", required=True, help="the tuned YAML")
+    r.add_argument("--strict", action="store_true",
+                   help="refuse a file measured on another machine instead of warning")
+    r.add_argument("--override", action="store_true",
+                   help="the file's values win over variables already set in the environment")
+    r.add_argument("--quiet", action="store_true", help="no warnings or notes on stderr")
+    r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+
+    e = commands.add_parser("export", help="print a tuned file's settings as environment variables")
+    e.add_argument("tuned", help="the tuned YAML")
+    e.add_argument("--format", default="shell", help="shell (default), dotenv, docker or k8s")
+    e.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -88,6 +101,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     outcome = study_mod.search(cfg, printer)
     print_summary(outcome.tuned, outcome.tuned_path, outcome.backup)
     return 130 if outcome.interrupted else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import launch
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    launch.run(args.tuned, command, strict=args.strict, override=args.override, quiet=args.quiet)
+    return 0  # not reached: run() replaces this process with the command
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import launch
+
+    text = launch.export(args.tuned, args.format)
+    sys.stdout.write(text)
+    if args.format == "docker":
+        note = launch.tf_data_note(launch.load_checked(args.tuned))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    return 0
 
 
 def print_summary(doc: dict[str, Any], path: str, backup: str | None) -> None:
@@ -141,12 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(__version__)
             return 0
-        if args.command is None:
+        if args.subcommand is None:
             build_parser().print_help()
             return 2
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            return {"search": cmd_search}[args.command](args)
+            commands = {"search": cmd_search, "run": cmd_run, "export": cmd_export}
+            return commands[args.subcommand](args)
         finally:
             signal.signal(signal.SIGTERM, previous)
     except TunerError as exc:

@@ -211,3 +211,19 @@ def _visible(root: Path, affinity: list[int]) -> int:
         return int(os.cpu_count())  # type: ignore[arg-type]
     online = _read(root / "sys/devices/system/cpu/online")
     return len(parse_cpulist(online)) if online else len(affinity)
+
+
+TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-aarch64",
+                    "intel-tensorflow", "tf-nightly", "tf-nightly-cpu", "tensorflow-macos")
+
+
+def installed_tf_version() -> str | None:
+    """TensorFlow's version from package metadata, without importing it (that takes seconds)."""
+    from importlib import metadata
+
+    for name in TF_DISTRIBUTIONS:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None

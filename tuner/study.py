@@ -471,6 +471,10 @@ class Search:
                      "(not validated)")
         trials = study.get_trials(deepcopy=False)
         self._require_some_success(trials)
+        self.say("")
+        self.say("best trials of the search (one process each; validation follows):")
+        for line in summarize_trials(trials, limit=5):
+            self.say("  " + line)
         validation = None
         if not interrupted:
             try:

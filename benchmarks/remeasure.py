@@ -1,0 +1,136 @@
+"""Independent re-measurement of a tuned file: TensorFlow's defaults vs the tuned settings.
+
+    python benchmarks/remeasure.py results/branchy/tuned.yaml --rounds 8
+
+Deliberately shares no measurement code with tuner: each round starts two fresh Python processes
+(order alternating) that apply the settings with plain TensorFlow calls, build the workload named
+in the tuned file, warm up, and time a fixed number of seconds of steps. Prints a table of both
+configurations (median with a bootstrap 95% interval over processes), the measured speedup, and
+the speedup the search reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import yaml
+
+CHILD = textwrap.dedent("""
+    import importlib.util, json, os, sys, time
+    spec = json.loads(sys.argv[1])
+    import tensorflow as tf
+    s = spec["settings"]
+    if s.get("intra_op_parallelism_threads"):
+        tf.config.threading.set_intra_op_parallelism_threads(s["intra_op_parallelism_threads"])
+    if s.get("inter_op_parallelism_threads"):
+        tf.config.threading.set_inter_op_parallelism_threads(s["inter_op_parallelism_threads"])
+    def load(ref):
+        path, func = ref.rsplit(":", 1)
+        file = os.path.join(spec["base_dir"], path)
+        sys.path.insert(0, os.path.dirname(file))
+        m = importlib.util.spec_from_file_location("wl", file)
+        mod = importlib.util.module_from_spec(m); m.loader.exec_module(mod)
+        return getattr(mod, func)
+    ds = load(spec["data"])()
+    opts = tf.data.Options()
+    td = s.get("tf_data") or {}
+    if td.get("private_threadpool_size"):
+        opts.threading.private_threadpool_size = td["private_threadpool_size"]
+    if td.get("max_intra_op_parallelism"):
+        opts.threading.max_intra_op_parallelism = td["max_intra_op_parallelism"]
+    it = iter(ds.with_options(opts).repeat())
+    mode = spec["mode"]
+    if mode == "data":
+        step = lambda b: None
+    else:
+        model = load(spec["model"])()
+        if mode == "predict":
+            f = tf.function(lambda x: model(x, training=False))
+            step = lambda b: f(b[0] if isinstance(b, (tuple, list)) else b)
+        else:
+            f = tf.function(model.train_step)
+            step = lambda b: f(tuple(b))
+    def size(b):
+        x = b[0] if isinstance(b, (tuple, list)) else b
+        return int(tf.nest.flatten(x)[0].shape[0])
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < spec["warmup"]:
+        step(next(it))
+    n = 0
+    t0 = time.perf_counter()
+    while True:
+        b = next(it); step(b); n += size(b)
+        t = time.perf_counter() - t0
+        if t >= spec["seconds"]:
+            break
+    print(json.dumps({"throughput": n / t}))
+""")
+
+
+def run_one(spec: dict) -> float:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS")}
+    env.update({k: str(v) for k, v in (spec["settings"].get("env") or {}).items()})
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"child failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["throughput"]
+
+
+def bootstrap(values: list[float], seed: int = 0) -> tuple[float, float]:
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(4000))
+    return meds[100], meds[3899]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("tuned")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--json", help="also write the numbers here")
+    args = parser.parse_args()
+    doc = yaml.safe_load(Path(args.tuned).read_text())
+    wl = doc["workload"]
+    config_dir = str(Path(wl["config"]).parent)
+    base = {"intra_op_parallelism_threads": 0, "inter_op_parallelism_threads": 0,
+            "tf_data": {}, "env": {}}
+    common = {"base_dir": config_dir, "model": wl["model"], "data": wl["data"], "mode": wl["mode"],
+              "seconds": args.seconds, "warmup": args.warmup}
+    runs: dict[str, list[float]] = {"defaults": [], "tuned": []}
+    for r in range(args.rounds):
+        order = ["defaults", "tuned"] if r % 2 == 0 else ["tuned", "defaults"]
+        for name in order:
+            settings = base if name == "defaults" else doc["settings"]
+            runs[name].append(run_one({**common, "settings": settings}))
+        print(f"round {r + 1}/{args.rounds}: defaults {runs['defaults'][-1]:.1f}  "
+              f"tuned {runs['tuned'][-1]:.1f}", flush=True)
+    print()
+    print(f"{'config':<10} {'median samples/s':>17} {'95% CI':>21} {'min':>9} {'max':>9}")
+    for name, values in runs.items():
+        lo, hi = bootstrap(values)
+        print(f"{name:<10} {statistics.median(values):>17.1f} {f'{lo:.1f}-{hi:.1f}':>21} "
+              f"{min(values):>9.1f} {max(values):>9.1f}")
+    measured = statistics.median(runs["tuned"]) / statistics.median(runs["defaults"])
+    reported = doc["result"]["speedup"]
+    print(f"\nre-measured speedup {measured:.3f}x; the search reported {reported:.3f}x "
+          f"(verdict {doc['verdict']}); difference {100 * (reported / measured - 1):+.1f}%")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": runs, "measured_speedup": measured,
+                                               "reported_speedup": reported}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

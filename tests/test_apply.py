@@ -1,0 +1,335 @@
+"""Using a tuned file: tuner.apply() in fresh processes, the launcher, export, and the safety
+checks. TensorFlow runs for real in the child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import yaml
+
+import tuner
+from tuner import cli, machine
+from tuner.apply import check_machine, load_checked
+
+here = machine.detect()
+MACHINE = dict(here.as_dict(), tf_version=machine.installed_tf_version())
+
+
+def make_tuned(tmp_path, *, intra=3, inter=1, pool=2, max_intra=None, env=None, name="tuned.yaml",
+               **machine_changes):
+    doc = {
+        "format_version": 1, "verdict": "tuned",
+        "settings": {"intra_op_parallelism_threads": intra, "inter_op_parallelism_threads": inter,
+                     "tf_data": {"private_threadpool_size": pool,
+                                 "max_intra_op_parallelism": max_intra},
+                     "env": {"TF_ENABLE_ONEDNN_OPTS": "0"} if env is None else env},
+        "machine": dict(MACHINE, **machine_changes),
+        "result": {"speedup": 1.2},
+        "study": {"name": "t", "storage": "sqlite:///results/t.db", "n_trials": 3},
+    }
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def py(code: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+                             "TF_ENABLE_ONEDNN_OPTS", "TUNER_TUNED_FILE")}
+    full_env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
+                          capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def last_json(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.tf
+def test_apply_sets_threads_env_and_dataset_options_in_a_fresh_process(tmp_path):
+    path = make_tuned(tmp_path, intra=3, inter=3, pool=2, max_intra=1)
+    out = last_json(py(f"""
+        import json, os, sys, warnings
+        warnings.simplefilter("error")          # no warning expected on a matching machine
+        import tuner
+        cfg = tuner.apply({str(path)!r})
+        import tensorflow as tf
+        ds = tf.data.Dataset.range(4).with_options(cfg.dataset_options())
+        _ = list(ds)                             # runs ops: the runtime starts with these pools
+        a = tf.random.normal((256, 256))
+        _ = (a @ a).numpy()
+        names = [open(f"/proc/self/task/{{t}}/comm").read().strip()
+                 for t in os.listdir("/proc/self/task")]
+        print(json.dumps({{
+            "inter_pool_threads": names.count("tf_Compute"),
+            "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter": tf.config.threading.get_inter_op_parallelism_threads(),
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+            "env_intra": os.environ.get("TF_NUM_INTRAOP_THREADS"),
+            "pool": ds.options().threading.private_threadpool_size,
+            "max_intra": ds.options().threading.max_intra_op_parallelism,
+            "info": cfg.info()}}))
+        """))
+    assert out["intra"] == 3 and out["inter"] == 3
+    assert out["inter_pool_threads"] == 3    # the runtime's inter-op pool really has 3 threads
+    assert out["onednn"] == "0" and out["env_intra"] == "3"
+    assert out["pool"] == 2 and out["max_intra"] == 1
+    info = out["info"]
+    assert info["threading"] == {"intra_op_parallelism_threads": 3,
+                                 "inter_op_parallelism_threads": 3}
+    assert info["env_set"]["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert info["late"] == [] and info["machine_differences"] == []
+
+
+@pytest.mark.tf
+def test_apply_after_the_runtime_started_raises_a_tuner_error(tmp_path):
+    path = make_tuned(tmp_path, intra=3, inter=1, env={})
+    proc = py(f"""
+        import tensorflow as tf
+        tf.constant(1.0) + 1.0                   # initialises the runtime with the defaults
+        import tuner
+        try:
+            tuner.apply({str(path)!r})
+        except tuner.TunerError as exc:
+            print(type(exc).__name__, "|", exc)
+        """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("RuntimeInitializedError | ")
+    assert "already initialised with intra_op_parallelism_threads=default" in proc.stdout
+    assert "python -m tuner run" in proc.stdout
+
+
+@pytest.mark.tf
+def test_apply_after_the_runtime_started_with_matching_values_does_nothing(tmp_path):
+    path = make_tuned(tmp_path, intra=0, inter=0, pool=None, env={})
+    out = last_json(py(f"""
+        import json, warnings
+        warnings.simplefilter("error")
+        import tensorflow as tf
+        tf.constant(1.0) + 1.0
+        import tuner
+        print(json.dumps(tuner.apply({str(path)!r}).info()))
+        """))
+    assert out["env_set"] == {} and out["late"] == []
+
+
+@pytest.mark.tf
+def test_settings_that_come_too_late_are_named(tmp_path):
+    path = make_tuned(tmp_path, intra=2, inter=2, env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+    proc = py(f"""
+        import warnings
+        import tensorflow as tf                  # imported, not yet initialised
+        import tuner
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cfg = tuner.apply({str(path)!r})
+        print([(w.category.__name__, str(w.message)) for w in caught])
+        print(tf.config.threading.get_intra_op_parallelism_threads())
+        """)
+    assert proc.returncode == 0, proc.stderr
+    assert "LateSettingWarning" in proc.stdout and "env TF_ENABLE_ONEDNN_OPTS=0" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "2"  # threads still take effect
+
+
+@pytest.mark.tf
+def test_explicit_values_win_unless_override(tmp_path):
+    path = make_tuned(tmp_path, intra=3, inter=1, env={})
+    code = f"""
+        import json, warnings
+        warnings.simplefilter("ignore")
+        import tuner
+        cfg = tuner.apply({str(path)!r}, override=OVERRIDE)
+        import tensorflow as tf
+        print(json.dumps([cfg.info()["env_kept"], cfg.info()["threading_kept"],
+                          tf.config.threading.get_intra_op_parallelism_threads()]))
+        """
+    kept, threads_kept, intra = last_json(py(code.replace("OVERRIDE", "False"),
+                                             env={"TF_NUM_INTRAOP_THREADS": "4"}))
+    assert kept == {"TF_NUM_INTRAOP_THREADS": "4"}
+    assert threads_kept == {"intra_op_parallelism_threads": 4} and intra == 0
+    kept, threads_kept, intra = last_json(py(code.replace("OVERRIDE", "True"),
+                                             env={"TF_NUM_INTRAOP_THREADS": "4"}))
+    assert kept == {} and intra == 3
+
+
+def test_apply_without_a_path_needs_the_launcher(tmp_path, monkeypatch):
+    monkeypatch.delenv("TUNER_TUNED_FILE", raising=False)
+    with pytest.raises(tuner.ConfigError, match="TUNER_TUNED_FILE"):
+        tuner.apply()
+
+
+@pytest.mark.tf
+def test_launcher_sets_the_environment_and_passes_the_exit_code(tmp_path):
+    path = make_tuned(tmp_path, intra=3, inter=1, pool=2)
+    job = tmp_path / "job.py"
+    job.write_text(textwrap.dedent("""
+        import json, os, sys
+        import tuner
+        cfg = tuner.apply()                       # finds the file through TUNER_TUNED_FILE
+        import tensorflow as tf
+        print(json.dumps({"intra_env": os.environ["TF_NUM_INTRAOP_THREADS"],
+                          "inter_env": os.environ["TF_NUM_INTEROP_THREADS"],
+                          "onednn": os.environ["TF_ENABLE_ONEDNN_OPTS"],
+                          "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+                          "pool": cfg.dataset_options().threading.private_threadpool_size,
+                          "argv": sys.argv[1:]}))
+        sys.exit(7)
+        """))
+    proc = subprocess.run([sys.executable, "-m", "tuner", "run", "--tuned", str(path), "--",
+                           sys.executable, str(job), "--epochs", "3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 7, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"intra_env": "3", "inter_env": "1", "onednn": "0", "intra": 3, "pool": 2,
+                   "argv": ["--epochs", "3"]}
+    assert "tf.data settings (private_threadpool_size=2)" in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_launcher_passes_signals_through(tmp_path, sig):
+    path = make_tuned(tmp_path, env={})
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "run", "--tuned", str(path), "--quiet",
+                             "--", "sleep", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 20
+    while time.time() < deadline:  # wait until the launcher has become `sleep`
+        try:
+            if open(f"/proc/{proc.pid}/comm").read().strip() == "sleep":
+                break
+        except OSError:
+            pass
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=20) == -sig
+
+
+def test_launcher_exit_code_and_missing_command(tmp_path, capsys):
+    path = make_tuned(tmp_path, env={})
+    assert subprocess.run([sys.executable, "-m", "tuner", "run", "--tuned", str(path), "--",
+                           "sh", "-c", "exit 42"]).returncode == 42
+    assert cli.main(["run", "--tuned", str(path), "--", "no-such-command-xyz"]) == 2
+    assert "command not found: 'no-such-command-xyz'" in capsys.readouterr().err
+    assert cli.main(["run", "--tuned", str(path)]) == 2
+    assert "no command given" in capsys.readouterr().err
+
+
+def test_machine_mismatch_warns_and_strict_refuses(tmp_path, capsys):
+    path = make_tuned(tmp_path, env={}, usable_cpus=here.usable_cpus * 8, cpu_model="Other CPU",
+                      tf_version="1.15.0")
+    with pytest.warns(tuner.MachineMismatchWarning) as caught:
+        diffs = check_machine(load_checked(path), str(path), strict=False)
+    text = str(caught[0].message)
+    assert f"usable CPUs: tuned for {here.usable_cpus * 8}, this process can use " \
+           f"{here.usable_cpus}" in text and "slower" in text
+    assert "CPU model" in text and "TensorFlow: tuned with 1.15.0" in text
+    assert len(diffs) == 3
+    with pytest.raises(tuner.MachineMismatchError):
+        check_machine(load_checked(path), str(path), strict=True)
+    code = cli.main(["run", "--tuned", str(path), "--strict", "--", "true"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "usable CPUs" in err
+    proc = subprocess.run([sys.executable, "-m", "tuner", "run", "--tuned", str(path), "--",
+                           "true"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "tuner: warning:" in proc.stderr and "usable CPUs" in proc.stderr
+
+
+@pytest.mark.tf
+def test_apply_strict_refuses_a_file_from_another_machine(tmp_path):
+    path = make_tuned(tmp_path, env={}, usable_cpus=here.usable_cpus + 14)
+    proc = py(f"""
+        import tuner
+        try:
+            tuner.apply({str(path)!r}, strict=True)
+        except tuner.MachineMismatchError as exc:
+            print("refused:", exc)
+        """)
+    assert "refused:" in proc.stdout and "usable CPUs" in proc.stdout, proc.stderr
+
+
+EXPECTED = {
+    "shell": "# tuned settings from {p} (verdict: tuned)\n"
+             "# tf.data settings (private_threadpool_size=2) cannot be set from the environment: "
+             "call cfg = tuner.apply() in the job and use ds.with_options(cfg.dataset_options())\n"
+             "export TF_ENABLE_ONEDNN_OPTS=0\nexport TF_NUM_INTRAOP_THREADS=3\n"
+             "export TF_NUM_INTEROP_THREADS=1\n",
+    "dotenv": "# tuned settings from {p} (verdict: tuned)\n"
+              "# tf.data settings (private_threadpool_size=2) cannot be set from the environment: "
+              "call cfg = tuner.apply() in the job and use ds.with_options(cfg.dataset_options())\n"
+              "TF_ENABLE_ONEDNN_OPTS=0\nTF_NUM_INTRAOP_THREADS=3\nTF_NUM_INTEROP_THREADS=1\n",
+    "docker": "-e TF_ENABLE_ONEDNN_OPTS=0 -e TF_NUM_INTRAOP_THREADS=3 -e TF_NUM_INTEROP_THREADS=1\n",
+    "k8s": "# tuned settings from {p} (verdict: tuned)\n"
+           "# tf.data settings (private_threadpool_size=2) cannot be set from the environment: "
+           "call cfg = tuner.apply() in the job and use ds.with_options(cfg.dataset_options())\n"
+           "env:\n  - name: TF_ENABLE_ONEDNN_OPTS\n    value: \"0\"\n"
+           "  - name: TF_NUM_INTRAOP_THREADS\n    value: \"3\"\n"
+           "  - name: TF_NUM_INTEROP_THREADS\n    value: \"1\"\n",
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(EXPECTED))
+def test_export_formats(tmp_path, capsys, fmt):
+    path = make_tuned(tmp_path)
+    assert cli.main(["export", str(path), "--format", fmt]) == 0
+    out, err = capsys.readouterr()
+    assert out == EXPECTED[fmt].format(p=path)
+    if fmt == "docker":
+        assert "tf.data settings" in err
+    if fmt == "k8s":
+        env = yaml.safe_load(out)["env"]
+        assert {e["name"]: e["value"] for e in env}["TF_NUM_INTRAOP_THREADS"] == "3"
+    if fmt == "shell":
+        script = out + 'echo "$TF_NUM_INTRAOP_THREADS/$TF_ENABLE_ONEDNN_OPTS"\n'
+        assert subprocess.run(["bash", "-c", script], capture_output=True,
+                              text=True).stdout.strip() == "3/0"
+
+
+def test_export_of_a_defaults_verdict_says_there_is_nothing_to_set(tmp_path, capsys):
+    path = make_tuned(tmp_path, intra=0, inter=0, pool=None, env={})
+    assert cli.main(["export", str(path), "--format", "k8s"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to set" in out and yaml.safe_load(out) == {"env": []}
+
+
+def test_export_unknown_format(tmp_path, capsys):
+    assert cli.main(["export", str(make_tuned(tmp_path)), "--format", "ini"]) == 2
+    err = capsys.readouterr().err
+    assert "'ini'" in err and "shell, dotenv, docker, k8s" in err
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda d: d.update(format_version=7), "format_version 7 is not supported"),
+    (lambda d: d.pop("settings"), "settings: missing"),
+    (lambda d: d["settings"].update(intra_op_parallelism_threads="two"),
+     "settings.intra_op_parallelism_threads: expected an integer >= 0, got 'two'"),
+    (lambda d: d["settings"].pop("inter_op_parallelism_threads"),
+     "settings.inter_op_parallelism_threads: missing"),
+    (lambda d: d["settings"]["tf_data"].update(private_threadpool_size=0),
+     "settings.tf_data.private_threadpool_size: expected an integer >= 1 or null, got 0"),
+    (lambda d: d["settings"]["tf_data"].update(cycle=2), "settings.tf_data.cycle: unknown"),
+    (lambda d: d["settings"].update(env={"TF_ENABLE_ONEDNN_OPTS": 0}),
+     "settings.env.TF_ENABLE_ONEDNN_OPTS: expected a string, got 0"),
+])
+def test_invalid_tuned_files_name_the_field(tmp_path, capsys, mutate, needle):
+    path = make_tuned(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    mutate(doc)
+    path.write_text(yaml.safe_dump(doc))
+    for argv in (["export", str(path)], ["run", "--tuned", str(path), "--", "true"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and needle in err, err
+    with pytest.raises(tuner.ConfigError, match="tuned.yaml"):
+        tuner.apply(path)
+
+
+def test_missing_tuned_file(capsys):
+    assert cli.main(["export", "nope.yaml"]) == 2
+    assert "nope.yaml: tuned file not found" in capsys.readouterr().err
