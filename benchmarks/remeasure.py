@@ -2,9 +2,11 @@
 
     python benchmarks/remeasure.py results/branchy/tuned.yaml --rounds 8
 
-Deliberately shares no measurement code with tuner: each round starts two fresh Python processes
-(order alternating) that apply the settings with plain TensorFlow calls, build the workload named
-in the tuned file, warm up, and time a fixed number of seconds of steps. Prints a table of both
+Shares no measurement code with tuner: each round starts two fresh Python processes (order
+alternating) that build the workload named in the tuned file, warm up, and time a fixed number of
+seconds of steps. The defaults process sets nothing; the tuned process applies the file the way a
+production job does, with ``cfg = tuner.apply(path)`` and ``ds.with_options(cfg.dataset_options())``
+(``--plain`` applies it with plain TensorFlow calls instead). Prints a table of both
 configurations (median with a bootstrap 95% interval over processes), the measured speedup, and
 the speedup the search reported.
 """
@@ -27,12 +29,16 @@ import yaml
 CHILD = textwrap.dedent("""
     import importlib.util, json, os, sys, time
     spec = json.loads(sys.argv[1])
+    if spec.get("apply"):
+        import tuner
+        cfg = tuner.apply(spec["apply"])
     import tensorflow as tf
     s = spec["settings"]
-    if s.get("intra_op_parallelism_threads"):
-        tf.config.threading.set_intra_op_parallelism_threads(s["intra_op_parallelism_threads"])
-    if s.get("inter_op_parallelism_threads"):
-        tf.config.threading.set_inter_op_parallelism_threads(s["inter_op_parallelism_threads"])
+    if not spec.get("apply"):
+        if s.get("intra_op_parallelism_threads"):
+            tf.config.threading.set_intra_op_parallelism_threads(s["intra_op_parallelism_threads"])
+        if s.get("inter_op_parallelism_threads"):
+            tf.config.threading.set_inter_op_parallelism_threads(s["inter_op_parallelism_threads"])
     def load(ref):
         path, func = ref.rsplit(":", 1)
         file = os.path.join(spec["base_dir"], path)
@@ -41,8 +47,8 @@ CHILD = textwrap.dedent("""
         mod = importlib.util.module_from_spec(m); m.loader.exec_module(mod)
         return getattr(mod, func)
     ds = load(spec["data"])()
-    opts = tf.data.Options()
-    td = s.get("tf_data") or {}
+    opts = cfg.dataset_options() if spec.get("apply") else tf.data.Options()
+    td = {} if spec.get("apply") else (s.get("tf_data") or {})
     if td.get("private_threadpool_size"):
         opts.threading.private_threadpool_size = td["private_threadpool_size"]
     if td.get("max_intra_op_parallelism"):
@@ -79,7 +85,8 @@ CHILD = textwrap.dedent("""
 def run_one(spec: dict) -> float:
     env = {k: v for k, v in os.environ.items()
            if k not in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS")}
-    env.update({k: str(v) for k, v in (spec["settings"].get("env") or {}).items()})
+    if not spec.get("apply"):
+        env.update({k: str(v) for k, v in (spec["settings"].get("env") or {}).items()})
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], env=env,
                          capture_output=True, text=True, timeout=600)
@@ -100,6 +107,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--plain", action="store_true",
+                        help="apply the tuned settings with plain TensorFlow calls, not tuner.apply()")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     doc = yaml.safe_load(Path(args.tuned).read_text())
@@ -114,7 +123,8 @@ def main() -> None:
         order = ["defaults", "tuned"] if r % 2 == 0 else ["tuned", "defaults"]
         for name in order:
             settings = base if name == "defaults" else doc["settings"]
-            runs[name].append(run_one({**common, "settings": settings}))
+            via = None if name == "defaults" or args.plain else str(Path(args.tuned).resolve())
+            runs[name].append(run_one({**common, "settings": settings, "apply": via}))
         print(f"round {r + 1}/{args.rounds}: defaults {runs['defaults'][-1]:.1f}  "
               f"tuned {runs['tuned'][-1]:.1f}", flush=True)
     print()

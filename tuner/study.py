@@ -17,10 +17,12 @@ Flow of :func:`search`:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
 import os
+import shlex
 import socket
 import time
 import warnings
@@ -103,7 +105,7 @@ def _fmt_seconds(seconds: float) -> str:
 def _worker_command() -> list[str] | None:
     """TUNER_WORKER replaces the real worker (tests use a fake one that speaks the protocol)."""
     value = os.environ.get("TUNER_WORKER")
-    return value.split() if value else None
+    return shlex.split(value) if value else None
 
 
 class Search:
@@ -117,6 +119,7 @@ class Search:
         self.child_estimate = 20.0
         self.trial_walls: list[float] = []
         self.validation_estimate = 0.0
+        self.sampler_name = ""
         self._run_added = 0
 
     # -- children ------------------------------------------------------------------------------
@@ -127,12 +130,7 @@ class Search:
             "kind": kind,
             "workload": {"model": wl.model, "data": wl.data, "mode": wl.mode,
                          "base_dir": wl.base_dir},
-            "measure": {
-                "warmup_seconds": self.config.measure.warmup_seconds,
-                "min_warmup_steps": self.config.measure.min_warmup_steps,
-                "window_seconds": self.config.measure.window_seconds,
-                "windows": self.config.measure.windows,
-            },
+            "measure": dataclasses.asdict(self.config.measure),
             "usable_cpus": self.machine.usable_cpus,
             "affinity": list(self.machine.affinity),
         }
@@ -182,7 +180,8 @@ class Search:
         search = self.config.search
         kind = search.sampler
         if kind == "auto":
-            kind = "grid" if space.size <= search.n_trials else "tpe"
+            # the baseline and expert trials come on top of the grid (they are enqueued)
+            kind = "grid" if space.size + 2 <= search.n_trials else "tpe"
         if kind == "grid":
             return optuna.samplers.GridSampler(space.searched, seed=search.seed), "grid"
         if kind == "random":
@@ -568,7 +567,7 @@ class Search:
                     "throughput": _trial_throughput(expert) if expert else None,
                     "speedup_in_search": (expert.value / base.value) if expert and base else None,
                 },
-                "space": {k: v for k, v in self.space.describe().items()},  # type: ignore[union-attr]
+                "space": self.space.describe(),  # type: ignore[union-attr]
                 "sampler": self.sampler_name,
                 "measure": {"warmup_seconds": cfg.measure.warmup_seconds,
                             "window_seconds": cfg.measure.window_seconds,
