@@ -62,6 +62,7 @@ BAD_CONFIGS = [
     (GOOD + "measure:\n  windows: 1\n", ["measure.windows", ">= 2"]),
     (GOOD + "validate:\n  rounds: 3\n", ["validate.rounds", ">= 4"]),
     (GOOD + "validate:\n  alpha: 2\n", ["validate.alpha", "between 0 and 1"]),
+    (GOOD + "validate:\n  min_speedup: 0.9\n", ["validate.min_speedup", "0.9", ">= 1.0"]),
     (GOOD + "space:\n  threads: [1, 2]\n", ["space.threads", "unknown key"]),
     (GOOD + "space:\n  intra_op_parallelism_threads: [1, -2]\n",
      ["space.intra_op_parallelism_threads", "-2", "integer >= 0"]),

@@ -76,3 +76,24 @@ def test_summarize():
     s = stats.summarize([1.0, 2.0, 3.0, 4.0])
     assert s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 4.0 and s["n"] == 4
     assert s["rel_spread"] == pytest.approx(3 / 2.5)
+
+
+def test_a_significant_but_tiny_gain_is_not_adopted():
+    base = [1000, 1001, 1002, 1003, 1004]
+    cand = [1020, 1021, 1022, 1023, 1024]   # 2% faster, every round, p = 1/252
+    result = stats.compare(cand, base, min_speedup=1.05)
+    assert result["p_value"] < 0.01
+    assert not result["significant"] and "below the minimum" in result["reason"]
+    assert stats.compare(cand, base, min_speedup=1.0)["significant"]
+
+
+def test_p_below_alpha_with_an_interval_reaching_1_is_not_adopted():
+    # like the benchmark's false positive: p < 0.05, but the bootstrap interval of the ratio of
+    # medians reaches below 1, so the evidence does not agree and the defaults are kept
+    base = [967, 958, 948, 980, 1044]
+    cand = [1012, 970, 1058, 1033, 1065]
+    result = stats.compare(cand, base, min_speedup=1.0)
+    assert result["p_value"] < 0.05
+    assert result["speedup_ci95"][0] <= 1.0
+    assert not result["significant"]
+    assert "interval reaches" in result["reason"]

@@ -272,7 +272,7 @@ def test_two_searches_on_one_host_never_measure_at_the_same_time(fake_worker, wr
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
     intervals = sorted(tuple(map(float, line.split())) for line in log.read_text().splitlines())
     assert len(intervals) >= 2 * (4 + 1 + 2 + 5)  # preflight, trials and validation of both
-    for (start_a, end_a), (start_b, end_b) in zip(intervals, intervals[1:]):
+    for (_, end_a), (start_b, _) in zip(intervals, intervals[1:]):
         assert end_a <= start_b, "two measurements overlapped"
 
 

@@ -150,7 +150,7 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None) -> None:
         r = result["rejected"]
         print(f"  best candidate (trial {r['trial']}): {r['speedup']:.3f}x "
               f"[{r['speedup_ci95'][0]:.3f}, {r['speedup_ci95'][1]:.3f}] p={r['p_value']:.3g} "
-              f"- not significant, not adopted")
+              f"- not adopted: {r.get('rejected_because') or 'not significant'}")
     expert = doc.get("search", {}).get("expert_rule", {})
     if expert.get("speedup_in_search") is not None:
         print(f"  expert rule (intra={expert['settings']['intra_op_parallelism_threads']}, "

@@ -111,15 +111,28 @@ def permutation_p_greater(a: Sequence[float], b: Sequence[float], *, max_exact: 
 
 
 def compare(candidate: Sequence[float], baseline: Sequence[float], *, alpha: float = 0.05,
-            seed: int = 0) -> dict[str, float | bool | list[float]]:
+            min_speedup: float = 1.0, seed: int = 0) -> dict[str, float | bool | list[float] | str]:
     """Speedup of ``candidate`` over ``baseline`` (one value per process each), its 95% interval,
-    the one-sided p-value, and whether the candidate is significantly faster."""
+    the one-sided p-value, and whether the candidate is faster beyond noise.
+
+    All three must agree: p < ``alpha``, the interval's lower end above 1, and the speedup at
+    least ``min_speedup`` (a gain smaller than the drift seen between identical configurations
+    measured minutes apart is not worth deploying). ``reason`` says which one failed."""
     speedup = median(candidate) / median(baseline)
     lo, hi = ratio_ci(candidate, baseline, seed=seed)
     p = permutation_p_greater(candidate, baseline, seed=seed)
+    if p >= alpha:
+        reason = f"not significant (p={p:.3g} >= {alpha:g})"
+    elif lo <= 1.0:
+        reason = f"the 95% interval reaches {lo:.3f}x, not above 1"
+    elif speedup < min_speedup:
+        reason = f"{speedup:.3f}x is below the minimum worth adopting ({min_speedup:g}x)"
+    else:
+        reason = ""
     return {
         "speedup": speedup,
         "speedup_ci95": [lo, hi],
         "p_value": p,
-        "significant": bool(p < alpha and speedup > 1.0),
+        "significant": not reason,
+        "reason": reason,
     }

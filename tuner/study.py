@@ -12,7 +12,7 @@ Flow of :func:`search`:
 4. One trial is one process, and processes differ by up to 1.6x, so the best trial is only a
    candidate: the best few are re-measured against the baseline in fresh, interleaved processes.
    The winner's speedup and interval come from those rounds alone (not from the trials that
-   selected it), and unless it is significantly faster, the verdict keeps TensorFlow's defaults.
+   selected it), and unless it is faster beyond noise, the verdict keeps TensorFlow's defaults.
 """
 
 from __future__ import annotations
@@ -142,6 +142,10 @@ class Search:
         with host_lock(on_wait=waiting):
             return run_child(self._task(kind), timeout=self.config.search.trial_timeout,
                              settings=settings, watch=watch, worker=_worker_command())
+
+    def measure(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """One measurement of ``settings`` in a fresh child, under the host lock."""
+        return self._run("measure", settings)
 
     def run_preflight(self) -> None:
         wl = self.config.workload
@@ -366,7 +370,7 @@ class Search:
             if label in failures:
                 continue
             try:
-                result = self._run("measure", settings)
+                result = self.measure(settings)
             except TrialFailed as exc:
                 failures[label] = exc.reason
                 parts.append(f"{label} FAIL")
@@ -539,7 +543,7 @@ class Search:
             "tuned": f"{result['speedup']:.3f}x faster than TensorFlow's defaults "
                      f"(95% CI {result['speedup_ci95'][0]:.3f}-{result['speedup_ci95'][1]:.3f}, "
                      f"p={result['p_value']:.3g})" if verdict == "tuned" else None,
-            "defaults": "no configuration was significantly faster than TensorFlow's defaults; "
+            "defaults": "no configuration was faster than TensorFlow's defaults beyond noise; "
                         "keeping the defaults",
             "unvalidated": "search interrupted: best configuration so far, not validated",
         }[verdict]
@@ -595,6 +599,7 @@ class Search:
             "screen_rounds": cfg.screen_rounds if len(v["candidates"]) > 1 else 0,
             "rounds": cfg.rounds,
             "alpha": cfg.alpha,
+            "min_speedup": cfg.min_speedup,
             "candidates": [
                 {"trial": t.number, "settings": space_mod.nest_settings(t.user_attrs["settings"]),
                  "search_throughput": t.value,
@@ -618,13 +623,15 @@ class Search:
                       "step_latency_ms": _median_latency(base_runs), "note": why}
             return "defaults", space_mod.default_settings(), result, validation_doc
         win_values = [m["throughput"]["median"] for m in win_runs]
-        comparison = stats.compare(win_values, base_values, alpha=cfg.alpha)
+        comparison = stats.compare(win_values, base_values, alpha=cfg.alpha,
+                                   min_speedup=cfg.min_speedup)
         winner_block = {
             "trial": winner.number,
             "settings": space_mod.nest_settings(winner.user_attrs["settings"]),
             "throughput": _throughput_block(win_values),
             "speedup": comparison["speedup"], "speedup_ci95": comparison["speedup_ci95"],
             "p_value": comparison["p_value"], "significant": comparison["significant"],
+            "rejected_because": comparison["reason"] or None,
             "cpu_saturation": stats.median([m["cpu_saturation"] for m in win_runs]),
             "step_latency_ms": _median_latency(win_runs),
         }
@@ -645,7 +652,8 @@ class Search:
                   "step_latency_ms": _median_latency(base_runs),
                   "input_wait": stats.median([m["input_wait"] for m in base_runs]),
                   "rejected": {k: winner_block[k] for k in ("trial", "settings", "speedup",
-                                                            "speedup_ci95", "p_value")}}
+                                                            "speedup_ci95", "p_value",
+                                                            "rejected_because")}}
         return "defaults", space_mod.default_settings(), result, validation_doc
 
 
