@@ -46,44 +46,27 @@ def test_affinity_limits_usable_cpus(tmp_path):
     assert m.cpu_model == "Fake CPU 9000"
 
 
-def test_cgroup_v2_quota_limits_usable_cpus(tmp_path):
-    root = fake_machine(tmp_path, cpus=64, cgroup="0::/kubepods/pod1\n", files={
+@pytest.mark.parametrize("cpus,cgroup,files,quota,usable", [
+    pytest.param(64, "0::/kubepods/pod1\n", {
         "sys/fs/cgroup/kubepods/pod1/cpu.max": "200000 100000\n",
-        "sys/fs/cgroup/kubepods/cpu.max": "max 100000\n",
-    })
-    m = machine.detect(root, affinity=list(range(64)))
-    assert m.cpu_quota == 2.0
-    assert m.usable_cpus == 2
-    assert m.visible_cpus == 64
-
-
-def test_cgroup_v2_quota_on_an_ancestor_applies(tmp_path):
-    root = fake_machine(tmp_path, cpus=8, cgroup="0::/a/b\n", files={
+        "sys/fs/cgroup/kubepods/cpu.max": "max 100000\n"}, 2.0, 2, id="v2"),
+    # a limit on an ancestor applies; a fractional quota still lets two threads run part-time
+    pytest.param(8, "0::/a/b\n", {
         "sys/fs/cgroup/a/cpu.max": "150000 100000\n",
-        "sys/fs/cgroup/a/b/cpu.max": "max 100000\n",
-    })
-    m = machine.detect(root, affinity=list(range(8)))
-    assert m.cpu_quota == 1.5
-    assert m.usable_cpus == 2  # a fractional quota still lets two threads run part-time
-
-
-def test_cgroup_v1_quota(tmp_path):
-    root = fake_machine(tmp_path, cpus=8, cgroup="4:cpu,cpuacct:/docker/abc\n", files={
+        "sys/fs/cgroup/a/b/cpu.max": "max 100000\n"}, 1.5, 2, id="v2-ancestor"),
+    pytest.param(8, "4:cpu,cpuacct:/docker/abc\n", {
         "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "300000\n",
-        "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
-    })
-    m = machine.detect(root, affinity=list(range(8)))
-    assert m.cpu_quota == 3.0
-    assert m.usable_cpus == 3
-
-
-def test_cgroup_v1_unlimited(tmp_path):
-    root = fake_machine(tmp_path, cpus=4, cgroup="4:cpu,cpuacct:/\n", files={
+        "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n"}, 3.0, 3, id="v1"),
+    pytest.param(4, "4:cpu,cpuacct:/\n", {
         "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
-        "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
-    })
-    m = machine.detect(root, affinity=list(range(4)))
-    assert m.cpu_quota is None and m.usable_cpus == 4
+        "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, None, 4, id="v1-unlimited"),
+])
+def test_cgroup_quota_limits_usable_cpus(tmp_path, cpus, cgroup, files, quota, usable):
+    root = fake_machine(tmp_path, cpus=cpus, cgroup=cgroup, files=files)
+    m = machine.detect(root, affinity=list(range(cpus)))
+    assert m.cpu_quota == quota
+    assert m.usable_cpus == usable
+    assert m.visible_cpus == cpus
 
 
 def test_hyperthreads_and_sockets(tmp_path):
