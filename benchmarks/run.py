@@ -149,7 +149,9 @@ def efficiency(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
             return {
                 "tuner default (auto)": optuna.samplers.GridSampler(space, seed=seed)
                 if len(grid) + 2 <= 24 else None,
-                "tpe (as tuner sets it)": optuna.samplers.TPESampler(
+                "tpe + thread screening (tuner's TPE mode)": optuna.samplers.TPESampler(
+                    seed=seed, multivariate=True, group=True, n_startup_trials=8),
+                "tpe (as tuner sets it, no screening)": optuna.samplers.TPESampler(
                     seed=seed, multivariate=True, group=True, n_startup_trials=8),
                 "tpe (Optuna defaults)": optuna.samplers.TPESampler(seed=seed),
                 "random": optuna.samplers.RandomSampler(seed=seed),
@@ -165,6 +167,9 @@ def efficiency(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
             for ref in refs:
                 s.enqueue_trial({"intra_op_parallelism_threads": ref[0],
                                  "inter_op_parallelism_threads": ref[1]})
+            if "screening" in name and "no screening" not in name:
+                for point in study_mod.screening_points(space_mod.Space(space, {}), m):
+                    s.enqueue_trial(point)
             hit = None
             for n in range(1, cap + 1):
                 t = s.ask()

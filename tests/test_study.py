@@ -291,3 +291,25 @@ def test_auto_sampler_is_exhaustive_when_the_space_fits(fake_worker, write_confi
             for t in load_study().trials}
     assert len(seen) == 12  # every grid point, and the grid stops the study when done
     assert len(load_study().trials) < 20
+
+
+def test_tpe_searches_start_with_one_knob_at_a_time_thread_screening(fake_worker, write_config):
+    path = write_config()
+    path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 12\n  sampler: tpe"))
+    run_search(path)
+    trials = load_study().trials
+    screen = [t for t in trials if t.user_attrs.get("role") == "screen"]
+    assert [t.number for t in screen] == list(range(2, 2 + len(screen)))
+    points = {(t.params["intra_op_parallelism_threads"], t.params["inter_op_parallelism_threads"])
+              for t in screen}
+    assert (1, 0) in points and (0, 1) in points          # each knob alone, the other default
+    assert all(0 in p for p in points)
+    assert all(t.params["env.TF_ENABLE_ONEDNN_OPTS"] is None for t in screen)
+    assert len(points) == len(screen)
+
+
+def test_small_budgets_skip_the_screening(fake_worker, write_config):
+    path = write_config()
+    path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 8\n  sampler: tpe"))
+    run_search(path)
+    assert not [t for t in load_study().trials if t.user_attrs.get("role") == "screen"]
