@@ -1,6 +1,6 @@
 """tuner's own evidence: tuned vs defaults vs expert rule, search efficiency, overhead, agreement.
 
-    python benchmarks/run.py --quick     # about 15 minutes on 2 cores
+    python benchmarks/run.py --quick     # about 15-18 minutes on 2 cores
     python benchmarks/run.py             # the thorough version (about an hour on 2 cores)
 
 Prints four tables and writes everything it measured to results/benchmarks/<timestamp>.json:
@@ -44,7 +44,7 @@ from tuner import machine as machine_mod  # noqa: E402
 from tuner import space as space_mod  # noqa: E402
 from tuner import study as study_mod  # noqa: E402
 
-QUICK = {"n_trials": 8, "warmup": 1.5, "window": 1.0, "windows": 3, "candidates": 2,
+QUICK = {"n_trials": 12, "warmup": 1.5, "window": 1.0, "windows": 3, "candidates": 2,
          "screen_rounds": 1, "rounds": 4, "remeasure_rounds": 4, "remeasure_seconds": 4.0,
          "seeds": 10, "efficiency_example": "branchy"}
 FULL = {"n_trials": 24, "warmup": 3.0, "window": 2.0, "windows": 5, "candidates": 3,

@@ -161,7 +161,8 @@ def test_every_trial_failing_exits_1_with_the_most_common_reason(fake_worker, wr
 
 def test_resume_keeps_finished_trials_and_adds_n_trials(fake_worker, write_config):
     path = write_config()
-    run_search(path, n_trials=4)
+    first = run_search(path, n_trials=4)
+    assert any(": new; sampler" in line for line in first.lines)
     assert len(load_study().trials) == 4
     outcome = run_search(path, n_trials=3)
     trials = load_study().trials

@@ -472,10 +472,11 @@ class Search:
         v = cfg.validate
         self.validation_estimate = self.child_estimate * (
             (v.candidates + 1) * v.screen_rounds * (v.candidates > 1) + 2 * v.rounds)
-        prior = len(study.trials)
+        prior = len([t for t in study.get_trials(deepcopy=False)
+                     if t.state != TrialState.WAITING])  # enqueued references are not history
         self.say(
             f"study {cfg.study_name!r} in {tuned.mask_url(cfg.storage)}: "
-            f"{'resuming with ' + str(prior) + ' trials' if prior > 2 else 'new'}; sampler "
+            f"{'resuming with ' + str(prior) + ' trials' if prior else 'new'}; sampler "
             f"{self.sampler_name}, space of {self.space.size} points over "
             f"{', '.join(self.space.searched) or 'nothing'}; {cfg.search.n_trials} trials of "
             f"~{self.child_estimate:.0f} s, then ~{_fmt_seconds(self.validation_estimate)} "
