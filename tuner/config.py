@@ -44,7 +44,7 @@ class Search:
 
 @dataclass(frozen=True)
 class Measure:
-    warmup_seconds: float = 3.0
+    warmup_seconds: float = 3.0    # at most: warm-up ends once the step rate is stable
     min_warmup_steps: int = 3
     window_seconds: float = 2.0
     windows: int = 5

@@ -259,6 +259,39 @@ def _core_busy(before: Any, after: Any, cpus: list[int]) -> list[float]:
     return busy
 
 
+WARMUP_CHUNK_SECONDS = 0.3
+WARMUP_STABLE = 0.03
+
+
+def _warm_up(work: _Workload, cfg: dict[str, Any], start: float) -> int:
+    """Run steps until the step rate is stable, at most ``warmup_seconds``; returns the steps.
+
+    Stable: the last three chunks of ~0.3 s agree within 3%. A fixed warm-up long enough for the
+    slowest workload wastes seconds on every trial of the others; the measurement windows that
+    follow are the check (their spread is reported). ``start`` is when warm-up began (tracing
+    counts against the limit)."""
+    steps = 0
+    rates: list[float] = []
+    while True:
+        chunk_start = time.perf_counter()
+        samples = 0
+        while True:
+            batch = work.next_batch()
+            work.run_step(batch)
+            samples += _batch_size(batch, work.tf, work.mode)
+            steps += 1
+            now = time.perf_counter()
+            if now - chunk_start >= WARMUP_CHUNK_SECONDS or now - start >= cfg["warmup_seconds"]:
+                break
+        rates.append(samples / (now - chunk_start))
+        if steps >= cfg["min_warmup_steps"]:
+            if now - start >= cfg["warmup_seconds"]:
+                return steps
+            last = rates[-3:]
+            if len(last) == 3 and (max(last) - min(last)) <= WARMUP_STABLE * max(last):
+                return steps
+
+
 def measure(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
     import psutil
 
@@ -271,12 +304,8 @@ def measure(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
     progress.emit(phase="warmup")
     t0 = time.perf_counter()
     work.run_step(work.first)  # traces the step function
-    steps = 1
-    while steps < cfg["min_warmup_steps"] or time.perf_counter() - t0 < cfg["warmup_seconds"]:
-        work.run_step(work.next_batch())
-        steps += 1
+    warmup_steps = 1 + _warm_up(work, cfg, t0)
     timings["warmup"] = time.perf_counter() - t0
-    warmup_steps = steps
 
     progress.emit(phase="measure")
     process = psutil.Process()
@@ -399,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                    "traceback": traceback.format_exc()[-4000:]}
         code = 4
     payload["child_started"] = started
-    write_json_atomic(result_path, payload)
+    write_json_atomic(result_path, payload, durable=False)
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: TensorFlow's thread pools can take seconds to wind down, and
