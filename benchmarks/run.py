@@ -101,6 +101,7 @@ def compare_example(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
             "reported_speedup": doc["result"]["speedup"],
             "reported_ci95": doc["result"]["speedup_ci95"],
             "remeasured": summary, "search_seconds": search_seconds,
+            "phases": doc["search"].get("seconds", {}),
             "overhead": overhead(trials), "tuned_file": tuned_path}
 
 
@@ -255,16 +256,20 @@ def render(report: dict) -> str:
                   "", "| sampler | median trials | 90th percentile |", "|---|---|---|"]
         for name, v in eff["trials_to_98pct"].items():
             lines.append(f"| {name} | {v['median']:g} | {v['p90']:g} |")
-    lines += ["", "3. Overhead per trial (mean seconds) and time to a tuned file", "",
+    lines += ["", "3. Overhead per trial (mean seconds), and where the time to a tuned file goes",
+              "",
               "| example | start-up | import | build model | build data | warm-up | measure | "
-              "other | total | measuring share | search total |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "other | total | measuring share | preflight | trials | validation | to tuned file |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in report["comparisons"]:
         o = c["overhead"]
         lines.append(f"| {c['example']} | " + " | ".join(
             f"{o.get(k, 0):.1f}" for k in ("startup", "import", "build_model", "build_data",
                                            "warmup", "measure", "other", "total"))
-            + f" | {o.get('measuring_share', 0):.0%} | {c['search_seconds'] / 60:.1f} min |")
+            + f" | {o.get('measuring_share', 0):.0%} | "
+            + " | ".join(f"{c['phases'].get(k, 0):.0f} s" for k in ("preflight", "trials",
+                                                                   "validation"))
+            + f" | {c['search_seconds'] / 60:.1f} min |")
     lines += ["", "4. Agreement: speedup reported by the search vs re-measured", "",
               "| example | reported | re-measured | difference |", "|---|---|---|---|"]
     for c in report["comparisons"]:

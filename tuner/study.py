@@ -143,6 +143,7 @@ class Search:
         self.trial_walls: list[float] = []
         self.validation_estimate = 0.0
         self.sampler_name = ""
+        self.phase_seconds: dict[str, float] = {}
         self._run_added = 0
 
     # -- children ------------------------------------------------------------------------------
@@ -465,7 +466,9 @@ class Search:
     def _run_all(self) -> SearchOutcome:
         cfg = self.config
         tuned.check_replaceable(cfg.output, cfg.study_name, cfg.storage, cfg.force)
+        mark = time.monotonic()
         self.run_preflight()
+        self.phase_seconds["preflight"] = time.monotonic() - mark
         self.space = space_mod.build_space(self.machine, cfg.space)
         study = self.open_study()
         self.enqueue_references(study)
@@ -493,6 +496,7 @@ class Search:
                 raise StudyError(f"--timeout: {cfg.search.timeout:g} s leaves no time for trials "
                                  f"after preflight and validation (~{self.validation_estimate:.0f} "
                                  f"s); allow more")
+        mark = time.monotonic()
         try:
             study.optimize(self.objective, n_trials=cfg.search.n_trials, timeout=search_timeout,
                            catch=(TrialFailed,), callbacks=[self.after_trial])
@@ -500,6 +504,7 @@ class Search:
             interrupted = True
             self.say("interrupted: stopping the search; writing the best result so far "
                      "(not validated)")
+        self.phase_seconds["trials"] = time.monotonic() - mark
         trials = study.get_trials(deepcopy=False)
         self._require_some_success(trials)
         self.say("")
@@ -509,7 +514,9 @@ class Search:
         validation = None
         if not interrupted:
             try:
+                mark = time.monotonic()
                 validation = self.validate(study)
+                self.phase_seconds["validation"] = time.monotonic() - mark
             except KeyboardInterrupt:
                 interrupted = True
                 self.say("interrupted during validation; writing the best result so far "
@@ -601,6 +608,9 @@ class Search:
                 },
                 "space": self.space.describe(),  # type: ignore[union-attr]
                 "sampler": self.sampler_name,
+                # this run's wall time per phase (a resumed study's earlier runs not included)
+                "seconds": {**self.phase_seconds,
+                            "total": time.monotonic() - self.started},
                 "measure": {"warmup_seconds": cfg.measure.warmup_seconds,
                             "window_seconds": cfg.measure.window_seconds,
                             "windows": cfg.measure.windows},
