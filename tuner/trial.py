@@ -102,7 +102,6 @@ class Watch:
     def __init__(self, on_window: Callable[[int, float], None] | None = None) -> None:
         self.on_window = on_window
         self.phase = "start"
-        self.events: list[dict[str, Any]] = []
 
     def feed(self, line: str) -> None:
         try:
@@ -111,7 +110,6 @@ class Watch:
             return
         if not isinstance(event, dict):
             return
-        self.events.append(event)
         if "phase" in event:
             self.phase = str(event["phase"])
         if "window" in event and self.on_window is not None:

@@ -97,7 +97,7 @@ def _inputs(element: Any) -> Any:
     return element[0] if isinstance(element, (tuple, list)) else element
 
 
-def _batch_size(element: Any, tf: Any, mode: str) -> int:
+def _batch_size(element: Any, tf: Any) -> int:
     leaf = _first_leaf(_inputs(element), tf)
     shape = getattr(leaf, "shape", None)
     if shape is None or len(shape) == 0:
@@ -185,7 +185,7 @@ class _Workload:
             raise WorkloadProblem(f"workload.data: reading the first batch raised "
                                   f"{_describe(exc)}") from exc
         _check_element(first, self.mode, wl["data"])
-        self.batch_size = _batch_size(first, tf, self.mode)
+        self.batch_size = _batch_size(first, tf)
         self.element_spec = str(dataset.element_spec)[:500]
         self.first = first
         timings["build_data"] = time.perf_counter() - t
@@ -278,7 +278,7 @@ def _warm_up(work: _Workload, cfg: dict[str, Any], start: float) -> int:
         while True:
             batch = work.next_batch()
             work.run_step(batch)
-            samples += _batch_size(batch, work.tf, work.mode)
+            samples += _batch_size(batch, work.tf)
             steps += 1
             now = time.perf_counter()
             if now - chunk_start >= WARMUP_CHUNK_SECONDS or now - start >= cfg["warmup_seconds"]:
@@ -328,7 +328,7 @@ def measure(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
             tc = time.perf_counter()
             w_wait += tb - ta
             latencies.append(tc - ta)
-            samples += _batch_size(batch, work.tf, work.mode)
+            samples += _batch_size(batch, work.tf)
             steps_in_window += 1
             if tc - w_start >= cfg["window_seconds"]:
                 break
