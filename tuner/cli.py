@@ -10,7 +10,8 @@ import argparse
 import signal
 import sys
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .errors import ConfigError, TunerError
 

@@ -7,8 +7,9 @@ whose values differ). Nothing here knows about tuned files or studies.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 FORMATS = ("text", "json", "markdown")
 

@@ -10,7 +10,6 @@ user attributes.
 from __future__ import annotations
 
 import html
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,7 @@ def open_study(storage: str, name: str | None) -> Any:
             raise ConfigError(f"--storage: {storage}: no such database file ({path!r})")
     try:
         names = optuna.get_all_study_names(storage=storage)
-    except Exception as exc:  # SQLAlchemy and Optuna raise many types; all mean "cannot open it"
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types; all mean "cannot open it"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StudyError(f"--storage: cannot open {tuned.mask_url(storage)}: "
                          f"{tuned.mask_url(first)}") from None
@@ -153,7 +152,7 @@ def _importances(study: Any) -> tuple[dict[str, float] | None, str]:
     if not varied:
         return None, "parameter importances need parameters that vary across complete trials"
     try:
-        return dict(get_param_importances(study)), "Optuna's default evaluator (PED-ANOVA)"
+        return dict(get_param_importances(study)), "PED-ANOVA, Optuna's default evaluator"
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
         return None, f"Optuna could not compute parameter importances: {exc}"
 
@@ -203,16 +202,16 @@ def header_lines(report: StudyReport) -> list[str]:
         f"complete, {c['pruned']} pruned, {c['fail']} failed"
         + (f", {c['running']} running" if c["running"] else "") + ")",
         f"workload: {w.get('model')} / {w.get('data')}, {w.get('mode')}",
-        f"machine: {m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} usable CPUs, "
-        f"TensorFlow {m.get('tf_version', '?')}",
+        (f"machine: {m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} usable CPUs, "
+         f"TensorFlow {m.get('tf_version', '?')}"),
     ]
 
 
 def format_text(report: StudyReport) -> str:
-    out = header_lines(report) + ["", trial_table(report).text(), "",
-                                  "best vs baseline vs expert rule (search trials, one process "
-                                  "each):", reference_table(report).text(), "",
-                                  "validated: " + _validated_line(report.last_result), ""]
+    out = [*header_lines(report), "", trial_table(report).text(), "",
+           "best vs baseline vs expert rule (search trials, one process each):",
+           reference_table(report).text(), "",
+           "validated: " + _validated_line(report.last_result), ""]
     if report.importances:
         out.append(f"parameter importances ({report.importance_note}):")
         width = max(len(k) for k in report.importances)
@@ -233,16 +232,16 @@ def figures(report: StudyReport) -> list[tuple[str, Any, str]]:
     study = report.study
     out: list[tuple[str, Any, str]] = []
     fig = vis.plot_optimization_history(study, target_name="throughput (samples/s)")
-    out.append(("Optimisation history", _styled(fig), "each dot is one trial (one process); "
-                "the line is the best so far"))
+    out.append(("Optimisation history", _styled(fig),
+                "each dot is one trial (one process); the line is the best so far"))
     if report.importances:
         fig = vis.plot_param_importances(study, target_name="throughput (samples/s)")
         out.append(("Parameter importances", _styled(fig), report.importance_note))
     else:
         out.append(("Parameter importances", None, report.importance_note))
     out.append(("Throughput over intra-op x inter-op threads", heatmap(report),
-                "best complete trial per cell (samples/s); the other knobs vary between trials; "
-                "empty cells were not measured; 0 = TensorFlow's default"))
+                ("best complete trial per cell (samples/s); the other knobs vary between trials; "
+                 "empty cells were not measured; 0 = TensorFlow's default")))
     out.append(("CPU saturation vs throughput", saturation_scatter(report),
                 "saturation: the share of the usable CPUs the process kept busy while measuring"))
     return out
@@ -322,9 +321,9 @@ def _html_table(table: Table, classes: list[str] | None = None, numeric: set[int
 
 
 def format_html(report: StudyReport) -> str:
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
-             f"<title>tuner report: {html.escape(report.name)}</title><style>{CSS}</style>"
-             f"</head><body><h1>tuner report: {html.escape(report.name)}</h1>"]
+    title = f"tuner report: {html.escape(report.name)}"
+    parts = [(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+             f"<style>{CSS}</style></head><body><h1>{title}</h1>")]
     parts += [f"<p>{html.escape(line)}</p>" for line in header_lines(report)]
     parts.append("<h2>Best vs baseline vs expert rule</h2>"
                  "<p class=note>search trials, one process each</p>"
@@ -337,17 +336,17 @@ def format_html(report: StudyReport) -> str:
             continue
         # plotly.js goes in once, inline, with the first figure: one file that works offline
         parts.append("<div class=plot>" + fig.to_html(
-            full_html=False, include_plotlyjs=True if first else False,
+            full_html=False, include_plotlyjs=first,
             config={"displaylogo": False, "responsive": True}) + "</div>")
         first = False
-    if report.importances:
-        t = Table(header=["parameter", "importance"])
-        for name, value in report.importances.items():
-            t.add(name, f"{value:.3f}")
-        parts.append(_html_table(t, numeric={1}))
+        if title == "Parameter importances" and report.importances:
+            t = Table(header=["parameter", "importance"])
+            for name, value in report.importances.items():
+                t.add(name, f"{value:.3f}")
+            parts.append(_html_table(t, numeric={1}))
     table = trial_table(report)
-    parts.append(f"<h2>Trials</h2><p class=note>settings: - = TensorFlow's default; spread: half "
-                 f"the range over the trial's measurement windows</p>"
+    parts.append("<h2>Trials</h2><p class=note>settings: - = TensorFlow's default; spread: half "
+                 "the range over the trial's measurement windows</p>"
                  + _html_table(table, classes=[r.state for r in report.rows],
                                numeric={0, 8, 9, 10}))
     parts.append("</body></html>\n")
@@ -362,5 +361,6 @@ def write_html(report: StudyReport, path: str) -> None:
         raise StudyError("report: the page would load a script from the network; refusing to "
                          "write a report that does not open offline")
     write_text_atomic(path, text)
+    os.chmod(path, 0o644)  # a report is for sharing; mkstemp made it private
 
 
