@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -412,6 +413,8 @@ def _tp(block: dict[str, Any] | None) -> str:
 def _speedup(r: Result) -> str:
     if r.speedup is None:
         return "-"
+    if r.verdict == "defaults":
+        return "1.000x (defaults kept)"
     ci = f" ({render.interval(r.speedup_ci95, 3)})" if r.speedup_ci95 else ""
     p = f" p={r.p_value:.3g}" if r.p_value is not None else ""
     return f"{r.speedup:.3f}x{ci}{p}"
@@ -559,14 +562,18 @@ def format_compare(c: Comparison, fmt: str) -> str:
     if c.warnings:
         bar = "!" * 78
         out += [bar]
-        out += [f"!! WARNING: {w}" for w in c.warnings]
+        for w in c.warnings:
+            out += textwrap.wrap(f"WARNING: {w}", width=96, initial_indent="!! ",
+                                 subsequent_indent="!!   ", break_on_hyphens=False)
         out += [bar, ""]
     out.append(table.text())
     if any(table.marked):
         out.append("(* = differs between the results)")
     out += ["", ratios.text(), ""]
-    out += [f"{p['label']} / A: {p['interpretation']}" for p in c.pairs if p["interpretation"]]
-    out += [f"note: {n}" for n in c.notes]
+    for line in [f"{p['label']} / A: {p['interpretation']}" for p in c.pairs if p["interpretation"]]:
+        out += textwrap.wrap(line, width=100, subsequent_indent="  ")
+    for n in c.notes:
+        out += textwrap.wrap(f"note: {n}", width=100, subsequent_indent="  ")
     return "\n".join(out) + "\n"
 
 

@@ -321,6 +321,11 @@ def _html_table(table: Table, classes: list[str] | None = None, numeric: set[int
 
 
 def format_html(report: StudyReport) -> str:
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        raise ConfigError("--html: the plots need plotly: pip install 'tuner[report]' (or "
+                          "pip install plotly)") from None
     title = f"tuner report: {html.escape(report.name)}"
     parts = [(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
              f"<style>{CSS}</style></head><body><h1>{title}</h1>")]
