@@ -91,8 +91,8 @@ def test_different_machine_is_flagged_loudly_with_what_differs(in_fixtures, caps
     assert out.startswith("!!!!")
     assert "WARNING: B (branchy-other-machine.yaml) was measured on a different machine" in out
     for field in ("cpu_model", "usable_cpus", "physical_cores", "tf_version"):
-        assert re.search(rf"^\* {field} ", out, re.M), f"{field} not marked as differing"
-    assert re.search(r"^  sockets ", out, re.M)  # the same: not marked
+        assert re.search(rf"^\* {field} ", out, re.MULTILINE), f"{field} not marked as differing"
+    assert re.search(r"^  sockets ", out, re.MULTILINE)  # the same: not marked
     assert "[DIFFERENT MACHINE]" in out
     _, out, _ = run_cli(capsys, "compare", "branchy.yaml", "branchy-other-machine.yaml",
                         "--format", "json")
@@ -177,8 +177,8 @@ def test_a_single_process_gets_no_verdict():
     (["report", "--storage", "sqlite:///nope.db"],
      "error: --storage: sqlite:///nope.db: no such database file ('nope.db')"),
     (["compare", "branchy.yaml", "branchy.yaml", "--alpha", "2"],
-     "error: python -m tuner compare: argument --alpha: expected a number between 0 and 1, "
-     "got '2'"),
+     ("error: python -m tuner compare: argument --alpha: expected a number between 0 and 1, "
+     "got '2'")),
 ])
 def test_errors_are_one_line_with_exit_2(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -224,8 +224,8 @@ def test_report_html_is_one_offline_file_with_its_plots(small_study, capsys, tmp
                              "--study-name", "study", "--html", "report.html")
     assert code == 0, err
     # the terminal gets the trial table, best vs baseline vs expert, and importances
-    assert re.search(r"^0\s+baseline\s+COMPLETE", out, re.M)
-    assert re.search(r"^1\s+expert\s+COMPLETE", out, re.M)
+    assert re.search(r"^0\s+baseline\s+COMPLETE", out, re.MULTILINE)
+    assert re.search(r"^1\s+expert\s+COMPLETE", out, re.MULTILINE)
     assert "best vs baseline vs expert rule" in out and "\nbaseline " in out
     assert "validated: tuned:" in out
     assert "parameter importances (PED-ANOVA" in out

@@ -30,7 +30,8 @@ def open_study(storage: str, name: str | None) -> Any:
     storage's only study."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna's own warnings ("There are no complete trials.") would only repeat what we print
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     if storage.startswith("sqlite:///"):
         path = storage[len("sqlite:///"):]
         if path and path != ":memory:" and not os.path.isfile(path):
@@ -66,13 +67,16 @@ class TrialRow:
     def cells(self) -> list[str]:
         spread = f"±{self.spread * 100:.1f}%" if self.spread is not None else ""
         return [str(self.number), self.role, self.state,
-                *(_setting(name, self.settings.get(name)) for name in COLUMNS),
+                *(_setting(self.settings, name) for name in COLUMNS),
                 render.num(self.throughput), spread, render.num(self.saturation, 2), self.note]
 
 
-def _setting(name: str, value: Any) -> str:
+def _setting(settings: dict[str, Any], name: str) -> str:
     from . import space
 
+    if name not in settings:
+        return "?"
+    value = settings[name]
     if value == space.KNOBS[name].default:
         return "-"
     return str(value)
@@ -105,7 +109,9 @@ def build(storage: str, name: str | None) -> StudyReport:
         note = attrs.get("fail_reason") or attrs.get("prune_reason") or ""
         rows.append(TrialRow(
             number=t.number, role=attrs.get("role") or "search", state=t.state.name,
-            settings=attrs.get("settings") or dict(t.params),
+            # a WAITING trial has no params yet, only the values it was enqueued with
+            settings=attrs.get("settings") or dict(t.params) or
+            dict(t.system_attrs.get("fixed_params") or {}),
             throughput=tp["median"] if tp else None,
             spread=tp["rel_spread"] / 2 if tp and tp.get("rel_spread") is not None else None,
             saturation=attrs.get("cpu_saturation") if tp else None, note=note))
@@ -210,7 +216,8 @@ def header_lines(report: StudyReport) -> list[str]:
 def format_text(report: StudyReport) -> str:
     out = [*header_lines(report), "", trial_table(report).text(), "",
            "best vs baseline vs expert rule (search trials, one process each):",
-           reference_table(report).text(), "",
+           reference_table(report).text() if report.references else "  no complete trial yet",
+           "",
            "validated: " + _validated_line(report.last_result), ""]
     if report.importances:
         out.append(f"parameter importances ({report.importance_note}):")
