@@ -190,9 +190,14 @@ def _validated_line(last: dict[str, Any] | None) -> str:
         return "no search of this study has finished validation yet"
     r = last.get("result") or {}
     if last.get("verdict") == "tuned":
+        from . import space
+
         lo, hi = r["speedup_ci95"]
-        return (f"tuned: {r['speedup']:.3f}x TensorFlow's defaults (95% CI {lo:.3f}-{hi:.3f}, "
-                f"p={r['p_value']:.3g}), measured in fresh interleaved processes")
+        settings = last.get("settings")  # recorded since show/compare were added
+        which = f" ({space.short(space.flatten_settings(settings))})" if settings else ""
+        return (f"tuned{which}: {r['speedup']:.3f}x TensorFlow's defaults (95% CI "
+                f"{lo:.3f}-{hi:.3f}, p={r['p_value']:.3g}), measured in fresh interleaved "
+                f"processes")
     if last.get("verdict") == "defaults":
         rejected = r.get("rejected")
         extra = (f"; best candidate trial {rejected['trial']} measured {rejected['speedup']:.3f}x, "
