@@ -191,6 +191,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_optuna() -> None:
+    """Optuna's log lines ("There are no complete trials.") would only repeat what these commands
+    print; the commands are the process's last act, so a global setting is fine here."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from . import compare
 
@@ -200,6 +208,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.tuned:
         result = compare.from_tuned_file(args.tuned)
     elif args.storage:
+        _quiet_optuna()
         result = compare.from_study(args.storage, args.study_name)
     else:
         raise ConfigError("show: give a tuned file (python -m tuner show tuned.yaml) or "
@@ -234,6 +243,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     compare.check_format(args.format)
     results = []
+    if args.storage or args.study_name:
+        _quiet_optuna()
     for kind, where, name in sources(getattr(args, "order", None) or []):
         results.append(compare.from_tuned_file(where) if kind == "file"
                        else compare.from_study(where, name))  # type: ignore[arg-type]
@@ -249,6 +260,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from . import report
 
+    _quiet_optuna()
     built = report.build(args.storage, args.study_name)
     sys.stdout.write(report.format_text(built))
     if args.html:

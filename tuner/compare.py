@@ -266,7 +266,7 @@ def ratio_verdict(numerator: Sequence[float], denominator: Sequence[float], *,
     if len(numerator) < 2 or len(denominator) < 2:
         return {"ratio": ratio, "ci95": None, "p_value": None, "verdict": "no verdict",
                 "significant": False,
-                "reason": "a single process on one side (not validated): no test is possible"}
+                "reason": "one side is a single process, not validated: no test is possible"}
     lo, hi = stats.ratio_ci(numerator, denominator)
     p = min(1.0, 2 * min(stats.permutation_p_greater(numerator, denominator),
                          stats.permutation_p_greater(denominator, numerator)))

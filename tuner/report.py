@@ -30,8 +30,6 @@ def open_study(storage: str, name: str | None) -> Any:
     storage's only study."""
     import optuna
 
-    # Optuna's own warnings ("There are no complete trials.") would only repeat what we print
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     if storage.startswith("sqlite:///"):
         path = storage[len("sqlite:///"):]
         if path and path != ":memory:" and not os.path.isfile(path):
