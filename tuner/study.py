@@ -554,7 +554,8 @@ class Search:
         backup = tuned.write(document, cfg.output, study_name=cfg.study_name,
                              storage=cfg.storage, force=cfg.force)
         study.set_user_attr(ATTR_PREFIX + "last_result", {
-            "verdict": document["verdict"], "result": document["result"], "written": _now(),
+            "verdict": document["verdict"], "settings": document["settings"],
+            "result": document["result"], "written": _now(),
             "output": os.path.abspath(cfg.output)})
         return SearchOutcome(tuned_path=cfg.output, tuned=document,
                              backup=str(backup) if backup else None, interrupted=interrupted)
@@ -735,6 +736,10 @@ def result_attrs(result: dict[str, Any]) -> dict[str, Any]:
     timings["total"] = result.get("wall_seconds", 0.0)
     return {
         "throughput": summary,
+        # plain numbers next to the nested block, so optuna-dashboard can list and sort them
+        "throughput_median": summary["median"],
+        "throughput_spread": summary["rel_spread"],
+        "step_latency_p50_ms": (result.get("step_latency_ms") or {}).get("p50"),
         "cpu_saturation": result["cpu_saturation"],
         "per_core_busy": result.get("per_core_busy"),
         "input_wait": result.get("input_wait"),
