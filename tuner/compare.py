@@ -106,8 +106,12 @@ def _flat(settings: Any, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: settings: expected a mapping, got {settings!r}")
     # the tuned file nests (tf_data:, env:); a study stores the flat knob names
     if any(name in space.KNOBS and "." in name for name in settings):
-        return {**space.default_settings(), **settings}
-    return space.flatten_settings(settings)
+        flat = {**space.default_settings(), **settings}
+    else:
+        flat = space.flatten_settings(settings)
+    # the newer knobs (allocator, CPU set, instances, OpenMP) only where they are set
+    return {k: v for k, v in flat.items()
+            if k in space.ALWAYS_SHOWN or v != space.KNOBS[k].default}
 
 
 def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
@@ -500,8 +504,10 @@ def compare_table(c: Comparison) -> Table:
     t = Table(header=["", *names])
     t.add("result", *(r.label for r in c.results))
     t.add("verdict", *(r.verdict for r in c.results))
-    for key in space.KNOBS:
-        t.add(key, *(render.value(r.settings.get(key)) for r in c.results),
+    shown = [k for k in space.KNOBS if any(k in r.settings for r in c.results)]
+    for key in shown:
+        t.add(key, *(render.value(r.settings.get(key, space.KNOBS[key].default))
+                     for r in c.results),
               mark=key in c.differing["settings"])
     t.add("throughput (samples/s)", *(_tp(r.throughput) for r in c.results))
     t.add("baseline (samples/s)", *(_tp(r.baseline) for r in c.results))
