@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--override", action="store_true",
                    help="the file's values win over variables already set in the environment")
     r.add_argument("--quiet", action="store_true", help="no warnings or notes on stderr")
+    r.add_argument("--instance", type=_nonneg_int, default=None,
+                   help="when the file runs several instances: start only this one (0-based)")
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     r.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
 
@@ -175,8 +177,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    launch.run(args.tuned, command, strict=args.strict, override=args.override, quiet=args.quiet)
-    return 0  # not reached: run() replaces this process with the command
+    # one instance: run() replaces this process with the command and does not return;
+    # several: it waits for them and returns the first non-zero exit code
+    return launch.run(args.tuned, command, strict=args.strict, override=args.override,
+                      quiet=args.quiet, instance=args.instance)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -247,9 +247,10 @@ class Search:
             sampler = optuna.samplers.TPESampler(
                 seed=search.seed, multivariate=True, group=True,
                 n_startup_trials=max(4, min(10, search.n_trials // 3)),
-                # feasible when p95 is under the budget (<= 0); Optuna's constrained TPE
-                constraints_func=(lambda t: (t.user_attrs.get("latency_excess_ms", 0.0),))
-                if budget is not None else None)
+                # Optuna < 5 takes constraints this way; 5 reads trial.set_constraint (objective)
+                **({"constraints_func": lambda t: (t.user_attrs.get("latency_excess_ms", 0.0),)}
+                   if budget is not None and not hasattr(optuna.trial.Trial, "set_constraint")
+                   else {}))
         return sampler, "tpe"
 
     def open_study(self) -> optuna.Study:
@@ -373,7 +374,10 @@ class Search:
         attrs = result_attrs(result)
         budget = self.config.objective.latency_budget_ms
         if budget is not None:
-            trial.set_user_attr("latency_excess_ms", attrs["step_latency_ms"]["p95"] - budget)
+            excess = attrs["step_latency_ms"]["p95"] - budget
+            trial.set_user_attr("latency_excess_ms", excess)
+            if hasattr(trial, "set_constraint"):  # feasible when <= 0; constrained TPE uses it
+                trial.set_constraint("latency_budget", excess)
         return self.score(attrs)
 
     def after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
