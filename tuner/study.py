@@ -811,6 +811,9 @@ def result_attrs(result: dict[str, Any]) -> dict[str, Any]:
         "threads": result.get("threads"),
         "tf_threading": result.get("tf_threading"),
         "batch_size": result.get("batch_size"),
+        "allocator": result.get("allocator"),   # what was really mapped into the child
+        "affinity": result.get("affinity"),
+        **({"instances": result["instances"]} if result.get("instances") else {}),
         "timings": timings,
     }
 
