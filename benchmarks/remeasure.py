@@ -6,7 +6,9 @@ Shares no measurement code with tuner: each round starts two fresh Python proces
 alternating) that build the workload named in the tuned file, warm up, and time a fixed number of
 seconds of steps. The defaults process sets nothing; the tuned process applies the file the way a
 production job does, with ``cfg = tuner.apply(path)`` and ``ds.with_options(cfg.dataset_options())``
-(``--plain`` applies it with plain TensorFlow calls instead). Prints a table of both
+(``--plain`` applies it with plain TensorFlow calls instead). Applied through tuner, each tuned
+measurement runs under ``python -m tuner run``, so an allocator, a CPU set and several instances
+(their throughputs summed, measured over the same seconds) are applied as in production. Prints a table of both
 configurations (median with a bootstrap 95% interval over processes), the measured speedup, and
 the speedup the search reported.
 """
@@ -20,6 +22,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -70,6 +73,12 @@ CHILD = textwrap.dedent("""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < spec["warmup"]:
         step(next(it))
+    count = int(os.environ.get("TUNER_INSTANCES") or 1)
+    if count > 1:  # instances started by the launcher measure the same seconds
+        d = spec["barrier"]
+        open(os.path.join(d, "ready-" + os.environ["TUNER_INSTANCE"]), "w").close()
+        while len([f for f in os.listdir(d) if f.startswith("ready-")]) < count:
+            time.sleep(0.005)
     n = 0
     t0 = time.perf_counter()
     while True:
@@ -82,16 +91,26 @@ CHILD = textwrap.dedent("""
 
 
 def run_one(spec: dict) -> float:
+    """One measurement in fresh processes. Applied through tuner, the child runs under
+    ``python -m tuner run`` as production would: it preloads the allocator, pins the CPU set and
+    starts every instance (their throughputs are summed); plain settings run one process."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS")}
+           if k not in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS",
+                        "LD_PRELOAD", "TUNER_TUNED_FILE", "TUNER_INSTANCE", "TUNER_INSTANCES")}
     if not spec.get("apply"):
         env.update({k: str(v) for k, v in (spec["settings"].get("env") or {}).items()})
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], env=env,
-                         capture_output=True, text=True, timeout=600)
+    with tempfile.TemporaryDirectory(prefix="remeasure-") as barrier:
+        spec = {**spec, "barrier": barrier}
+        child = [sys.executable, "-c", CHILD, json.dumps(spec)]
+        if spec.get("apply"):
+            child = [sys.executable, "-m", "tuner", "run", "--tuned", spec["apply"], "--quiet",
+                     "--", *child]
+        out = subprocess.run(child, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"child failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["throughput"]
+    lines = [line for line in out.stdout.splitlines() if line.startswith('{"throughput"')]
+    return sum(json.loads(line)["throughput"] for line in lines)
 
 
 def bootstrap(values: list[float], seed: int = 0) -> tuple[float, float]:
@@ -111,6 +130,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     doc = yaml.safe_load(Path(args.tuned).read_text())
+    placed = {k: doc["settings"].get(k) for k in ("allocator", "cpus", "instances")}
+    if args.plain and (placed["allocator"] not in (None, "system") or placed["cpus"]
+                       or (placed["instances"] or {}).get("count", 1) > 1):
+        raise SystemExit(f"--plain cannot apply {placed}: drop --plain to apply them through "
+                         f"the launcher")
     wl = doc["workload"]
     config_dir = str(Path(wl["config"]).parent)
     base = {"intra_op_parallelism_threads": 0, "inter_op_parallelism_threads": 0,
