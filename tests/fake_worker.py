@@ -7,7 +7,8 @@ Throughput is a known function of the settings, so tests know which configuratio
 for every setting. ``FAKE_NOISE`` is the relative noise (default 0.01). ``FAKE_BEHAVIOUR`` makes
 chosen trials misbehave: ``crash-intra-N`` (os.abort when intra == N), ``hang-intra-N``,
 ``raise-intra-N``, ``garble-intra-N``, ``exit-intra-N``, ``crash-all``, ``crash-measure``
-(every trial, not the preflight), ``preflight-fail``.
+(every trial, not the preflight), ``preflight-fail``. ``FAKE_TF_VERSION`` is the TensorFlow version
+the preflight reports (default fake-1.0): another value is another machine type.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main() -> None:
     progress = open(task["progress"], "a", buffering=1)
     if task["kind"] == "preflight":
         payload = {"protocol": PROTOCOL, "ok": True, "batch_size": 32, "element_spec": "fake",
-                   "tf_version": "fake-1.0", "onednn_enabled": True, "model_params": 1,
+                   "tf_version": os.environ.get("FAKE_TF_VERSION", "fake-1.0"), "onednn_enabled": True, "model_params": 1,
                    "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
                                "first_step": 0.01, "second_step": 0.001},
                    "child_started": started}

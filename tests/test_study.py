@@ -64,7 +64,8 @@ def test_search_finds_the_known_optimum_and_validates_it(fake_worker, write_conf
     assert doc["search"]["sampler"] == "grid"
     assert doc["study"] == {"name": "study", "storage": "sqlite:///results/study.db",
                             "n_trials": 14, "complete": doc["study"]["complete"],
-                            "pruned": doc["study"]["pruned"], "fail": 0}
+                            "pruned": doc["study"]["pruned"], "fail": 0,
+                            "hosts": [socket.gethostname()]}
     assert len(doc["validation"]["winner"]["throughput"]["per_process"]) == 5
     text = open(outcome.tuned_path).read()
     assert text.startswith("# Tuned TensorFlow CPU configuration")
