@@ -72,7 +72,8 @@ def main() -> None:
     progress = open(task["progress"], "a", buffering=1)
     if task["kind"] == "preflight":
         payload = {"protocol": PROTOCOL, "ok": True, "batch_size": 32, "element_spec": "fake",
-                   "tf_version": os.environ.get("FAKE_TF_VERSION", "fake-1.0"), "onednn_enabled": True, "model_params": 1,
+                   "tf_version": os.environ.get("FAKE_TF_VERSION", "fake-1.0"),
+                   "onednn_enabled": True, "model_params": 1,
                    "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
                                "first_step": 0.01, "second_step": 0.001},
                    "child_started": started}

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from . import tuned
 from .errors import StudyError
@@ -76,6 +76,8 @@ def _is_transient(exc: BaseException) -> bool:
     cause: BaseException | None = exc
     if isinstance(exc, optuna.exceptions.StorageInternalError):
         cause = exc.__cause__
+    if "authentication failed" in str(cause) or "does not exist" in str(cause):
+        return False  # wrong password, user or database: the same next time
     if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
         return True
     return isinstance(cause, (sa_exc.OperationalError, sa_exc.InterfaceError))
@@ -141,28 +143,19 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
 
 
 class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a heartbeat-stale trial, which also says on the dead trial why it failed,
-    and re-enqueues only its parameters and role (not the dead worker's host, pid or partial
-    measurements)."""
+    """Optuna's retry of a heartbeat-stale trial (at most 3 times), re-enqueueing only its
+    parameters and role, not the dead worker's host, pid or partial measurements."""
 
     KEEP = ("role",)
 
-    def __init__(self, reason: str = "its worker stopped sending heartbeats (killed, or its "
-                                      "machine or network went away)", max_retry: int = 3) -> None:
+    def __init__(self, max_retry: int = 3) -> None:
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             super().__init__(max_retry=max_retry)
-        self.reason = reason
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        host = trial.user_attrs.get("tuner.host")
-        pid = trial.user_attrs.get("tuner.pid")
-        where = f" (host {host}, pid {pid})" if host else ""
-        if "fail_reason" not in trial.user_attrs:
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason",
-                                               f"interrupted: {self.reason}{where}")
         clean = FrozenTrial(
             number=trial.number, state=trial.state, value=None, values=None,
             datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
@@ -170,6 +163,38 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
             user_attrs={k: v for k, v in trial.user_attrs.items() if k in self.KEEP},
             system_attrs=trial.system_attrs, intermediate_values={}, trial_id=trial._trial_id)
         super().__call__(study, clean)
+
+
+def stale_reason(trial: FrozenTrial) -> str:
+    host = trial.user_attrs.get("tuner.host")
+    pid = trial.user_attrs.get("tuner.pid")
+    where = f" (host {host}, pid {pid})" if host else ""
+    return (f"interrupted: its worker stopped sending heartbeats (killed, or its machine or "
+            f"network went away){where}")
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Optuna's ``fail_stale_trials``, which also says on each trial why it failed: a finished
+    trial's attributes are read-only, so the reason is written before the state changes. Two
+    workers may find the same stale trial: the state change is atomic, and only the worker that
+    made it re-enqueues the trial. Returns the numbers of the trials failed here."""
+    storage = study._storage
+    if storage.get_heartbeat_interval() is None:  # type: ignore[attr-defined]
+        return []
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):  # type: ignore[attr-defined]
+        trial = storage.get_trial(trial_id)
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", stale_reason(trial))
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first, and retries it
+        callback = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
+        failed.append(trial.number)
+    return failed
 
 
 # -- connecting ---------------------------------------------------------------------------------
@@ -180,8 +205,8 @@ def backend(url: str) -> str:
 
 def engine_kwargs(url: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if backend(url) == "postgresql" and url.split("://", 1)[0] in ("postgresql",
-                                                                    "postgresql+psycopg2"):
+    if url.split("://", 1)[0] in ("postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
+        # libpq drivers (psycopg 3 is SQLAlchemy 2.1's default for postgresql://, psycopg2 2.0's)
         # Fail fast when the server is unreachable, and let the server notice a worker whose
         # machine vanished (its advisory locks are released when the connection is declared dead).
         kwargs["connect_args"] = {
@@ -289,7 +314,8 @@ class Locks:
             return conn
 
         try:
-            conn = retrying(attempt)()
+            # the first contact with the database: a short retry, a typo should not take 15 s
+            conn = retrying(attempt, retries=RETRIES if self._held else 2, first_wait=1.0)()
         except Exception as exc:
             raise cannot_connect(self.url, exc) from None
         if conn is None:

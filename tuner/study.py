@@ -276,7 +276,7 @@ class Search:
                                         direction="maximize", sampler=sampler, pruner=pruner,
                                         load_if_exists=True)
             self._check_or_record(study)
-            self._fail_dead_trials(study)
+            self._fail_stale_trials(study)
             self.enqueue_references(study)
         return study
 
@@ -339,10 +339,11 @@ class Search:
                          f"its settings are queued again")
 
     def _fail_stale_trials(self, study: optuna.Study) -> None:
-        """Optuna's heartbeat check, which otherwise runs only before each trial."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+        """Trials of dead workers: Optuna's heartbeat check (which Optuna also runs before each
+        trial, without a reason on the trial) and this host's dead pids."""
+        for number in coord.fail_stale_trials(study):
+            self.say(f"marked trial {number} FAIL: its worker stopped sending heartbeats; its "
+                     f"settings are queued again")
         self._fail_dead_trials(study)
 
     def enqueue_references(self, study: optuna.Study) -> None:
@@ -409,6 +410,7 @@ class Search:
     def after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         self._run_added += 1
         self.say(self.trial_line(study, frozen))
+        self._fail_stale_trials(study)  # before Optuna's own check, to say why on the trial
         if self._cap_reached(study):
             study.stop()
 
