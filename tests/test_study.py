@@ -199,9 +199,13 @@ def test_a_trial_left_running_by_a_killed_search_is_marked_failed(fake_worker, w
     orphan.set_user_attr("tuner.host", socket.gethostname())
     orphan.set_user_attr("tuner.pid", int(dead))
     run_search(path, n_trials=1)
-    frozen = load_study().trials[orphan.number]
+    trials = load_study().trials
+    frozen = trials[orphan.number]
     assert frozen.state == optuna.trial.TrialState.FAIL
     assert "search process" in frozen.user_attrs["fail_reason"]
+    # its settings are queued again, and the next trial of this run measured them
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
 
 
 def test_resuming_on_another_machine_or_workload_is_refused(fake_worker, write_config):
@@ -249,6 +253,20 @@ def test_study_wide_cap_stops_the_search(fake_worker, write_config):
     path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 8\n  max_trials: 3"))
     run_search(path)
     assert len(load_study().trials) == 3
+
+
+def test_a_worker_finding_the_cap_reached_writes_the_tuned_file_from_the_stored_validation(
+        fake_worker, write_config, tmp_path):
+    path = write_config()
+    path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 4\n  max_trials: 4"))
+    first = run_search(path)
+    late = run_search(path, output=str(tmp_path / "late.yaml"))
+    assert len(load_study().trials) == 4
+    assert any("no trials to add" in line for line in late.lines)
+    assert any("validation: reusing the validation stored by" in line for line in late.lines)
+    assert not any("final round" in line for line in late.lines)
+    assert late.tuned["validation"] == first.tuned["validation"]
+    assert late.tuned["result"] == first.tuned["result"]
 
 
 def test_timeout_too_small_for_validation_is_refused(fake_worker, write_config):

@@ -7,13 +7,13 @@ database locks that die with the process holding them (so a killed worker never 
 
 - **setup** (exclusive, held for a moment): create the study, record or check its machine
   fingerprint and enqueue the reference trials, so two workers starting together enqueue them once.
-- **search** (shared, held while a worker runs its trials) and **validate** (the same lock taken
-  exclusively): a worker that has finished its trials validates only once no other worker of its
-  machine type is still searching, and only one validates at a time; the others reuse the stored
+- **search**, shared, held from a worker's start (before its preflight) to the end of its trials,
+  and taken exclusively to validate: a worker that has finished its trials validates only once no
+  other worker is still searching, and only one validates at a time; the others reuse the stored
   result.
 
-PostgreSQL uses session advisory locks; SQLite (one host) uses ``flock`` on files next to the
-database. MySQL gets no locks: workers still share trials, but the references may be enqueued
+PostgreSQL uses session advisory locks; SQLite (one host) uses ``flock`` on files beside the
+host-wide measurement lock. MySQL gets no locks: workers still share trials, but the references may be enqueued
 twice when workers start at the same moment and a worker may validate while another still searches.
 """
 
@@ -35,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import tuned
 from .errors import StudyError
+from .lock import lock_path
 
 HOST_ENV = "TUNER_HOST_ID"
 # Transient errors are retried this many times, after 0.5, 1, 2, 4, 8 s (15 s in all).
@@ -326,9 +327,10 @@ class Locks:
     # SQLite ----------------------------------------------------------------------------------
 
     def _file_try(self, name: str, parts: tuple[str, ...], shared: bool) -> bool:
-        db = self.url[len("sqlite:///"):]
-        digest = hashlib.sha256("\0".join((self.study_name,) + parts).encode()).hexdigest()[:16]
-        path = Path(os.path.abspath(db)).parent / f".{Path(db).name}.{digest}.lock"
+        # SQLite lives on one host: the lock files go beside the host-wide measurement lock
+        db = os.path.abspath(self.url[len("sqlite:///"):])
+        digest = hashlib.sha256("\0".join((db, self.study_name) + parts).encode()).hexdigest()
+        path = lock_path().parent / f"tuner-study-{digest[:20]}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -371,18 +373,29 @@ class Locks:
             except Exception:  # the connection is already gone, and its locks with it
                 pass
 
-    @contextlib.contextmanager
-    def holding(self, name: str, *parts: str, shared: bool = False, poll: float = 0.5,
-                on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-        """Wait for lock ``name``, hold it for the ``with`` block."""
+    def acquire(self, name: str, *parts: str, shared: bool = False, poll: float = 0.5,
+                on_wait: Callable[[], None] | None = None) -> float:
+        """Wait for lock ``name``; returns the seconds waited. ``on_wait`` is called once if the
+        lock is not free at once."""
+        start = time.monotonic()
         told = False
         while not self.try_acquire(name, *parts, shared=shared):
             if not told and on_wait is not None:
                 on_wait()
                 told = True
             time.sleep(poll)
+        return time.monotonic() - start
+
+    def holds(self, name: str) -> bool:
+        return name in self._held
+
+    @contextlib.contextmanager
+    def holding(self, name: str, *parts: str, shared: bool = False, poll: float = 0.5,
+                on_wait: Callable[[], None] | None = None) -> Iterator[float]:
+        """Wait for lock ``name``, hold it for the ``with`` block; yields the seconds waited."""
+        waited = self.acquire(name, *parts, shared=shared, poll=poll, on_wait=on_wait)
         try:
-            yield
+            yield waited
         finally:
             self.release(name)
 

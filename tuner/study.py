@@ -49,6 +49,7 @@ ATTR_PREFIX = "tuner."
 MACHINE_ID = ATTR_PREFIX + "machine_id"
 # per study and machine type: the stored validation, which every worker's tuned file comes from
 VALIDATION = ATTR_PREFIX + "validation."
+SEARCH_LOCK = "search"  # see tuner/coord.py
 BASELINE, EXPERT, SCREEN = "baseline", "expert", "screen"
 # Below this many trials, the screening points would leave the model-based sampler too little.
 MIN_TRIALS_FOR_SCREEN = 12
@@ -571,12 +572,16 @@ class Search:
     def _run_all(self) -> SearchOutcome:
         cfg = self.config
         tuned.check_replaceable(cfg.output, cfg.study_name, cfg.storage, cfg.force)
-        mark = time.monotonic()
-        self.run_preflight()
-        self.phase_seconds["preflight"] = time.monotonic() - mark
-        self.space = space_mod.build_space(self.machine, cfg.space)
         locks = coord.Locks(cfg.storage, cfg.study_name)
         try:
+            # Held (shared) from before the preflight to the end of this worker's trials, so a
+            # worker started together with others never validates before they have all searched.
+            locks.acquire(SEARCH_LOCK, SEARCH_LOCK, shared=True, on_wait=lambda: self.say(
+                "waiting: another worker is validating this study; this one starts after"))
+            mark = time.monotonic()
+            self.run_preflight()
+            self.phase_seconds["preflight"] = time.monotonic() - mark
+            self.space = space_mod.build_space(self.machine, cfg.space)
             return self._run_shared(locks)
         except (optuna.exceptions.StorageInternalError, _sqlalchemy_error()) as exc:
             # the database went away mid-run, beyond the retries: one line, never a traceback
@@ -613,17 +618,13 @@ class Search:
                                  f"s); allow more")
         mark = time.monotonic()
         try:
-            # Held (shared) while this worker runs trials: no worker of this machine type
-            # validates before every one of them is done.
-            with locks.holding("search", self.machine_id, shared=True, on_wait=lambda: self.say(
-                    "  waiting: another worker is validating this study; trials start after")):
-                if self._cap_reached(study):
-                    self.say(f"the study already holds {cfg.search.max_trials} trials (the "
-                             f"study-wide cap): no trials to add")
-                else:
-                    study.optimize(self.objective, n_trials=cfg.search.n_trials,
-                                   timeout=search_timeout, catch=(TrialFailed,),
-                                   callbacks=[self.after_trial])
+            if self._cap_reached(study):
+                self.say(f"the study already holds {cfg.search.max_trials} trials (the "
+                         f"study-wide cap): no trials to add")
+            else:
+                study.optimize(self.objective, n_trials=cfg.search.n_trials,
+                               timeout=search_timeout, catch=(TrialFailed,),
+                               callbacks=[self.after_trial])
         except KeyboardInterrupt:
             interrupted = True
             self.say("interrupted: stopping the search; writing the best result so far "
@@ -672,16 +673,16 @@ class Search:
     def validate_once(self, study: optuna.Study, locks: coord.Locks) -> dict[str, Any]:
         """Validate, unless a validation stored in the study already covers every complete trial
         of this machine type: then reuse it. Runs under the search lock taken exclusively, so it
-        waits until no worker of this machine type is still running trials, and only one worker
-        validates at a time (the others then find its result)."""
-        mark = time.monotonic()
+        waits until no worker is still running trials (or about to: a worker holds the lock
+        shared from its start), and only one worker validates at a time (the others then find
+        its result)."""
 
         def waiting() -> None:
             self.say("waiting: other workers are still running trials or validating; the last "
                      "to finish validates, the others write their tuned file from its result")
 
-        with locks.holding("search", self.machine_id, poll=2.0, on_wait=waiting):
-            waited = time.monotonic() - mark
+        locks.release(SEARCH_LOCK)  # this worker's trials are done
+        with locks.holding(SEARCH_LOCK, SEARCH_LOCK, poll=2.0, on_wait=waiting) as waited:
             if waited > 1:
                 self.phase_seconds["waiting_for_workers"] = waited
             self._fail_stale_trials(study)
