@@ -4,9 +4,11 @@ what failures become, resume, and what the tuned file holds."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -348,3 +350,34 @@ def test_small_budgets_skip_the_screening(fake_worker, write_config):
     path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 8\n  sampler: tpe"))
     run_search(path)
     assert not [t for t in load_study().trials if t.user_attrs.get("role") == "screen"]
+
+
+def test_a_worker_stopped_by_sigterm_queues_its_trial_again(fake_worker, write_config,
+                                                            monkeypatch):
+    monkeypatch.setenv("FAKE_WINDOW_SLEEP", "0.5")
+    path = write_config()
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "search", "--config", str(path),
+                             "--n-trials", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    running = []
+    while not running and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            trials = load_study().get_trials(deepcopy=False)
+        except KeyError:  # the study is not created yet
+            continue
+        if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):  # one to write
+            running = [t for t in trials
+                       if t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values]
+    assert running, proc.communicate()
+    proc.send_signal(signal.SIGTERM)  # what an orchestrator sends to stop a worker
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    trials = load_study().trials
+    stopped = trials[running[0].number]
+    assert stopped.state == optuna.trial.TrialState.FAIL
+    assert stopped.user_attrs["fail_reason"] == "interrupted (Ctrl-C or SIGTERM)"
+    again = [t for t in trials if t.system_attrs.get("failed_trial") == stopped.number]
+    assert len(again) == 1 and again[0].state == optuna.trial.TrialState.WAITING
+    assert again[0].params == stopped.params
