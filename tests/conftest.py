@@ -112,7 +112,8 @@ class PostgresServer:
             cmd = [*self.prefix, shlex.join(cmd)]
         else:
             cmd = [*self.prefix, *cmd]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root,
+                              check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{tool} failed ({proc.returncode}): {proc.stderr[-2000:]}")
         return proc.stdout

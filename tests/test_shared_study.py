@@ -158,7 +158,7 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial_which_another_retries(
 
 def test_a_worker_on_another_machine_type_is_refused_unless_allowed(
         shared_config, pg_url, tmp_path, monkeypatch, capsys):
-    code, out, err = finish(start_worker(shared_config, pg_url, "host-a", tmp_path))
+    code, _out, err = finish(start_worker(shared_config, pg_url, "host-a", tmp_path))
     assert code == 0, err
     argv = ["search", "--config", str(shared_config), "--storage", pg_url, "--study-name",
             "shared", "--n-trials", "3", "--output", "host-b/tuned.yaml"]

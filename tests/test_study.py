@@ -363,6 +363,8 @@ def test_a_worker_stopped_by_sigterm_queues_its_trial_again(fake_worker, write_c
     running = []
     while not running and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
+        if not os.path.exists("results/study.db"):
+            continue
         try:
             trials = load_study().get_trials(deepcopy=False)
         except KeyError:  # the study is not created yet
@@ -372,7 +374,7 @@ def test_a_worker_stopped_by_sigterm_queues_its_trial_again(fake_worker, write_c
                        if t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values]
     assert running, proc.communicate()
     proc.send_signal(signal.SIGTERM)  # what an orchestrator sends to stop a worker
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     trials = load_study().trials
     stopped = trials[running[0].number]

@@ -293,6 +293,7 @@ class Locks:
 
     def _pg_try(self, name: str, parts: tuple[str, ...], shared: bool) -> bool:
         import sqlalchemy
+        import sqlalchemy.exc
 
         if self._engine is None:
             kwargs = engine_kwargs(self.url)
@@ -317,7 +318,7 @@ class Locks:
         try:
             # the first contact with the database: a short retry, a typo should not take 15 s
             conn = retrying(attempt, retries=RETRIES if self._held else 2, first_wait=1.0)()
-        except Exception as exc:
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:  # no driver, no server
             raise cannot_connect(self.url, exc) from None
         if conn is None:
             return False
@@ -368,10 +369,8 @@ class Locks:
         if isinstance(held, int):
             os.close(held)  # closing the descriptor drops the flock
         else:
-            try:
+            with contextlib.suppress(Exception):  # a connection already gone took its locks along
                 held.close()  # closing the session drops its advisory locks
-            except Exception:  # the connection is already gone, and its locks with it
-                pass
 
     def acquire(self, name: str, *parts: str, shared: bool = False, poll: float = 0.5,
                 on_wait: Callable[[], None] | None = None) -> float:
