@@ -7,8 +7,10 @@ Throughput is a known function of the settings, so tests know which configuratio
 for every setting. ``FAKE_NOISE`` is the relative noise (default 0.01). ``FAKE_BEHAVIOUR`` makes
 chosen trials misbehave: ``crash-intra-N`` (os.abort when intra == N), ``hang-intra-N``,
 ``raise-intra-N``, ``garble-intra-N``, ``exit-intra-N``, ``crash-all``, ``crash-measure``
-(every trial, not the preflight), ``preflight-fail``. ``FAKE_TF_VERSION`` is the TensorFlow version
-the preflight reports (default fake-1.0): another value is another machine type.
+(every trial, not the preflight), ``preflight-fail``. With several instances each reports its
+share of the throughput, times ``FAKE_INSTANCE_GAIN`` (default 1: instances neither help nor
+hurt), so per-step latency grows with the instance count. ``FAKE_TF_VERSION`` is the TensorFlow
+version the preflight reports (default fake-1.0): another value is another machine type.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def main() -> None:
         payload = {"protocol": PROTOCOL, "ok": True, "batch_size": 32, "element_spec": "fake",
                    "tf_version": os.environ.get("FAKE_TF_VERSION", "fake-1.0"),
                    "onednn_enabled": True, "model_params": 1,
+                   "openmp": os.environ.get("FAKE_OPENMP") == "1",
                    "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
                                "first_step": 0.01, "second_step": 0.001},
                    "child_started": started}
@@ -81,6 +84,11 @@ def main() -> None:
         rng = random.Random()
         noise = float(os.environ.get("FAKE_NOISE", "0.01"))
         mean = throughput(settings)
+        if task.get("cpus"):
+            os.sched_setaffinity(0, task["cpus"])
+        count = (task.get("barrier") or {}).get("count", 1)
+        if count > 1:  # each instance gets its share; FAKE_INSTANCE_GAIN is the total's gain
+            mean = mean * float(os.environ.get("FAKE_INSTANCE_GAIN", "1.0")) / count
         windows = []
         for index in range(task["measure"]["windows"]):
             value = mean * (1 + rng.gauss(0, noise))
@@ -91,7 +99,9 @@ def main() -> None:
         payload = {"protocol": PROTOCOL, "ok": True, "batch_size": 32, "windows": windows,
                    "warmup_steps": 3,
                    "step_latency_ms": {"p50": 32000 / mean, "p90": 33000 / mean,
-                                       "p99": 35000 / mean, "steps": 50},
+                                       "p95": 33600 / mean, "p99": 35000 / mean, "steps": 50},
+                   "affinity": sorted(os.sched_getaffinity(0)),
+                   "allocator": os.environ.get("LD_PRELOAD", "system"),
                    "cpu_saturation": 0.9, "per_core_busy": [0.9, 0.9], "input_wait": 0.05,
                    "peak_rss_bytes": 100 * 2 ** 20, "threads": 5,
                    "tf_threading": {"intra_op": settings.get("intra_op_parallelism_threads"),
@@ -102,7 +112,9 @@ def main() -> None:
     log = os.environ.get("FAKE_LOG")
     if log:  # start and end of this measurement, for the host-lock test
         with open(log, "a") as handle:
-            handle.write(f"{started} {time.time()}\n")
+            # instances of one trial run together by design: the third column groups them
+            group = (task.get("barrier") or {}).get("dir") or f"pid{os.getpid()}"
+            handle.write(f"{started} {time.time()} {group}\n")
     tmp = result_path + ".tmp"
     open(tmp, "w").write(json.dumps(payload))
     os.replace(tmp, result_path)

@@ -333,3 +333,139 @@ def test_invalid_tuned_files_name_the_field(tmp_path, capsys, mutate, needle):
 def test_missing_tuned_file(capsys):
     assert cli.main(["export", "nope.yaml"]) == 2
     assert "nope.yaml: tuned file not found" in capsys.readouterr().err
+
+
+# -- allocator, CPU set and instances --------------------------------------------------------------
+
+TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+PROBE = textwrap.dedent("""
+    import json, os, sys
+    maps = open("/proc/self/maps").read()
+    out = {"index": os.environ.get("TUNER_INSTANCE"), "count": os.environ.get("TUNER_INSTANCES"),
+           "cpus": sorted(os.sched_getaffinity(0)),
+           "tcmalloc": "libtcmalloc" in maps, "jemalloc": "libjemalloc" in maps}
+    open(os.path.join(sys.argv[1], "out-%s-%d.json" % (out["index"], os.getpid())), "w").write(
+        json.dumps(out))
+    sys.exit(int(sys.argv[2]) if out["index"] == "1" else 0)
+""")
+
+
+def placed_tuned(tmp_path, **settings):
+    path = make_tuned(tmp_path, env={})
+    doc = yaml.safe_load(path.read_text())
+    doc["settings"].update(settings)
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def run_probe(tmp_path, path, *extra, code=0):
+    (tmp_path / "probe.py").write_text(PROBE)
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "tuner", "run", "--tuned", str(path), *extra,
+                           "--", sys.executable, str(tmp_path / "probe.py"), str(out), str(code)],
+                          capture_output=True, text=True, timeout=60)
+    return proc, [json.loads(p.read_text()) for p in sorted(out.glob("out-*.json"))]
+
+
+@pytest.mark.parametrize("allocator", ["tcmalloc", "jemalloc"])
+def test_launcher_preloads_the_allocator(tmp_path, allocator):
+    if allocator not in machine.detect().allocators:
+        pytest.skip(f"{allocator} is not installed ({tuner.placement.INSTALL_HINT[allocator]})")
+    proc, (out,) = run_probe(tmp_path, placed_tuned(tmp_path, allocator=allocator))
+    assert proc.returncode == 0, proc.stderr
+    assert out[allocator] is True
+    assert out["tcmalloc" if allocator == "jemalloc" else "jemalloc"] is False
+
+
+def test_launcher_without_the_allocator_installed_warns_and_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuner.placement, "_LIB_DIRS", ())  # nothing installed, as seen in-process
+    from tuner import launch
+
+    doc = load_checked(placed_tuned(tmp_path, allocator="jemalloc"))
+    assert any("jemalloc, is not installed here" in n for n in launch._notes(doc, "t.yaml"))
+    env, _ = launch.launch_env(doc, "t.yaml", base={})
+    assert "LD_PRELOAD" not in env
+
+
+@TWO_CPUS
+def test_launcher_pins_to_the_cpu_set(tmp_path):
+    proc, (out,) = run_probe(tmp_path, placed_tuned(tmp_path, cpus=[1]))
+    assert proc.returncode == 0, proc.stderr
+    assert out["cpus"] == [1]
+
+
+def test_a_cpu_set_that_is_not_available_falls_back_to_unpinned(tmp_path):
+    proc, (out,) = run_probe(tmp_path, placed_tuned(tmp_path, cpus=[4096]))
+    assert proc.returncode == 0, proc.stderr
+    assert "not available to this process" in proc.stderr and "running unpinned" in proc.stderr
+    assert out["cpus"] == sorted(os.sched_getaffinity(0))
+
+
+@TWO_CPUS
+def test_launcher_starts_every_instance_pinned_disjointly(tmp_path):
+    path = placed_tuned(tmp_path, instances={"count": 2, "cpus": [[0], [1]]})
+    proc, outs = run_probe(tmp_path, path, code=5)
+    assert proc.returncode == 5  # instance 1's exit code comes back
+    assert sorted((o["index"], o["count"], tuple(o["cpus"])) for o in outs) == [
+        ("0", "2", (0,)), ("1", "2", (1,))]
+    assert "starting 2 instances on CPUs 0 | 1" in proc.stderr
+    # one given instance
+    for p in (tmp_path / "out").glob("*"):
+        p.unlink()
+    proc, outs = run_probe(tmp_path, path, "--instance", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert [(o["index"], o["cpus"]) for o in outs] == [("0", [0])]
+
+
+@TWO_CPUS
+def test_apply_pins_the_instance_the_launcher_names(tmp_path):
+    path = placed_tuned(tmp_path, instances={"count": 2, "cpus": [[0], [1]]})
+    out = last_json(py(f"""
+        import json, os, warnings, tuner
+        cfg = tuner.apply({str(path)!r})
+        print(json.dumps(cfg.info()))
+    """, env={"TUNER_INSTANCE": "1"}))
+    assert out["instance"] == 1 and out["cpus"] == [1]
+    proc = py(f"""
+        import json, os, warnings, tuner
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            cfg = tuner.apply({str(path)!r})
+        print(json.dumps({{"cpus": sorted(os.sched_getaffinity(0)),
+                          "warnings": [str(x.message) for x in w]}}))
+    """)
+    out = last_json(proc)
+    assert out["cpus"] == sorted(os.sched_getaffinity(0))  # no instance index: left unpinned
+    assert any("start them with `python -m tuner run" in m for m in out["warnings"])
+
+
+def test_export_carries_the_allocator_and_notes_cpu_sets(tmp_path, capsys):
+    path = placed_tuned(tmp_path, allocator="tcmalloc", cpus=[0, 1],
+                        instances={"count": 1, "cpus": None})
+    assert cli.main(["export", str(path)]) == 0
+    out = capsys.readouterr().out
+    if "tcmalloc" in machine.detect().allocators:
+        assert "export LD_PRELOAD=" in out and "libtcmalloc" in out
+    else:
+        assert "not installed here" in out
+    assert "taskset -c 0-1" in out and "--cpuset-cpus=0-1" in out
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"allocator": "mimalloc"}, "settings.allocator: 'mimalloc' is not allowed"),
+    ({"cpus": "0-3"}, "settings.cpus: expected a list of CPU numbers or null, got '0-3'"),
+    ({"instances": {"count": 2, "cpus": [[0]]}}, "settings.instances.cpus: expected 2 lists"),
+    ({"instances": {"count": 0}}, "settings.instances: expected {count: N >= 1"),
+])
+def test_invalid_placement_settings_name_the_field(tmp_path, capsys, change, needle):
+    path = placed_tuned(tmp_path, **change)
+    assert cli.main(["run", "--tuned", str(path), "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_instance_flag_needs_a_multi_instance_file(tmp_path, capsys):
+    assert cli.main(["run", "--tuned", str(make_tuned(tmp_path)), "--instance", "1", "--",
+                     "true"]) == 2
+    assert "runs a single instance" in capsys.readouterr().err

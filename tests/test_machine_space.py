@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner import machine, space
+from tuner import machine, placement, space
 from tuner.errors import ConfigError
 
 
@@ -147,8 +147,69 @@ def test_settings_nest_and_flatten_round_trip():
     nested = space.nest_settings(flat)
     assert nested == {"intra_op_parallelism_threads": 3, "inter_op_parallelism_threads": 0,
                       "tf_data": {"private_threadpool_size": 2, "max_intra_op_parallelism": None},
-                      "env": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+                      "env": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "allocator": "system",
+                      "cpus": None, "instances": {"count": 1, "cpus": None}}
     assert space.flatten_settings(nested) == flat
+
+
+def _sixteen(tmp_path):
+    """2 sockets (= NUMA nodes) x 4 cores x 2 hyperthreads; siblings are adjacent CPU numbers."""
+    root = fake_machine(tmp_path, cpus=16, threads_per_core=2, sockets=2,
+                        files={"usr/lib/x86_64-linux-gnu/libjemalloc.so.2": ""})
+    return machine.detect(root, affinity=list(range(16)))
+
+
+def test_pinning_order_is_physical_cores_first_one_numa_node_first(tmp_path):
+    m = _sixteen(tmp_path)
+    assert m.physical_cores == 8 and m.numa_nodes == 2
+    assert placement.pinned_order(m) == [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15]
+    assert placement.cpu_set(m, 4) == [0, 2, 4, 6]          # one thread of each node-0 core
+    assert placement.cpu_set(m, 8) == list(range(8))        # node 0, siblings included
+    assert placement.cpu_set(m, None) is None
+
+
+def test_instances_get_disjoint_whole_cores(tmp_path):
+    m = _sixteen(tmp_path)
+    assert placement.instance_sets(m, 2) == [list(range(8)), list(range(8, 16))]
+    assert placement.instance_sets(m, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
+                                             [12, 13, 14, 15]]
+    assert placement.instance_sets(m, 2, cpus=8) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    sixteen = placement.instance_sets(m, 16)
+    assert sorted(c for s in sixteen for c in s) == list(range(16))
+    assert all(len(s) == 1 for s in sixteen)
+    nested = space.nest_settings(dict(space.default_settings(), instances=2), m)
+    assert nested["instances"] == {"count": 2, "cpus": [list(range(8)), list(range(8, 16))]}
+    assert space.flatten_settings(nested)["instances"] == 2
+
+
+def test_process_knobs_offered_where_they_apply(tmp_path):
+    m = _sixteen(tmp_path)
+    assert m.allocators == {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}
+    s = space.build_space(m, {}, mode="predict")
+    assert s.searched["allocator"] == ["jemalloc", "system"]
+    assert s.searched["cpus"] == [None, 8]      # one thread per core, or one node
+    assert s.searched["instances"] == [1, 2, 4, 8, 16]
+    assert not any(name.startswith(("env.OMP", "env.KMP")) for name in s.searched)
+    train = space.build_space(m, {}, mode="train")
+    assert "instances" not in train.searched and train.fixed["instances"] == 1
+
+
+@pytest.mark.parametrize("override, mode, message", [
+    ({"allocator": "tcmalloc"}, "predict", "'tcmalloc' is not installed on this machine"),
+    ({"instances": [1, 2]}, "train", "applies to workload modes predict, data only"),
+    ({"env.OMP_NUM_THREADS": "4"}, "predict", "does not use OpenMP"),
+    ({"cpus": 32}, "predict", "32 CPUs asked for, but this process may run on 16"),
+])
+def test_unavailable_process_knobs_are_config_errors(tmp_path, override, mode, message):
+    m = _sixteen(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        space.build_space(m, override, mode=mode)
+
+
+def test_openmp_knobs_appear_on_openmp_builds(tmp_path):
+    m = _sixteen(tmp_path).with_tensorflow("2.21.0", True, openmp=True)
+    s = space.build_space(m, {}, mode="predict")
+    assert {"env.OMP_NUM_THREADS", "env.KMP_BLOCKTIME", "env.KMP_AFFINITY"} <= set(s.searched)
 
 
 def test_fingerprint_differences_name_each_field():

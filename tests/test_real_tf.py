@@ -99,6 +99,37 @@ def test_settings_reach_the_child(workloads):
         assert result["timings"][key] >= 0
 
 
+def _task(workloads):
+    return {"kind": "measure", "usable_cpus": 2, "affinity": [0, 1],
+            "workload": {"model": "tiny.py:build_model", "data": "tiny.py:build_data",
+                         "mode": "predict", "base_dir": str(workloads)},
+            "measure": {"warmup_seconds": 0.1, "min_warmup_steps": 2, "window_seconds": 0.3,
+                        "windows": 2}}
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_instances_run_together_on_disjoint_cpus_with_the_preloaded_allocator(workloads):
+    from tuner import machine, placement
+
+    found = machine.detect().allocators
+    name = "tcmalloc" if "tcmalloc" in found else next(iter(found), None)
+    result = run_child(_task(workloads), timeout=90, settings=space.default_settings(),
+                       preload=found.get(name), instances=[[0], [1]])
+    parts = result["instances"]
+    assert [p["affinity"] for p in parts] == [[0], [1]]      # each pinned, disjoint
+    assert result["allocator"] == (name or "system")         # the library is in the maps
+    total = sum(p["throughput"] for p in parts)
+    assert result["windows"][0]["throughput"] == pytest.approx(total, rel=0.5)
+    assert result["step_latency_ms"]["p95"] == max(p["step_latency_ms"]["p95"] for p in parts)
+    assert placement.allocator_in_process() == "system"      # the parent is untouched
+
+
+def test_a_cpu_set_pins_the_child(workloads):
+    result = run_child(_task(workloads), timeout=60, settings=space.default_settings(), cpus=[0])
+    assert result["affinity"] == [0]
+    assert result["allocator"] == "system"
+
+
 def test_data_mode_measures_the_pipeline_alone(workloads, capsys):
     path = write(workloads, "workload:\n  data: tiny.py:build_data\n  mode: data\n"
                  + QUICK.format(n=2, timeout=60))

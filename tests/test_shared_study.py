@@ -166,7 +166,8 @@ def test_a_worker_on_another_machine_type_is_refused_unless_allowed(
     monkeypatch.setenv("TUNER_HOST_ID", "host-b")
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: study 'shared' in postgresql://tuner:***@")
+    assert err.count("\n") == 1
+    assert err.startswith("error: study 'shared' in postgresql://tuner:***@")
     assert "tf_version: 'fake-1.0' vs 'fake-2.0'" in err
     assert "--allow-other-machines" in err
     assert PG_PASSWORD not in err
@@ -207,8 +208,8 @@ def test_a_database_that_is_gone_is_a_clear_error_without_the_password(shared_co
     code = cli.main(["search", "--config", str(shared_config), "--storage", url])
     captured = capsys.readouterr()
     assert code == 1
-    assert captured.err.startswith(f"error: --storage postgresql://tuner:***@127.0.0.1:{port}/gone: "
-                                   f"cannot connect: ")
+    assert captured.err.startswith(
+        f"error: --storage postgresql://tuner:***@127.0.0.1:{port}/gone: cannot connect: ")
     assert "refused" in captured.err and captured.err.count("\n") == 1
     assert "Traceback" not in captured.err
     assert PG_PASSWORD not in captured.out + captured.err

@@ -36,6 +36,8 @@ space:
   inter_op_parallelism_threads: [1, 2]
   tf_data: {private_threadpool_size: default, max_intra_op_parallelism: default}
   env: {TF_ENABLE_ONEDNN_OPTS: default}
+  allocator: default
+  instances: default
 """
 
 
@@ -307,7 +309,12 @@ def test_two_searches_on_one_host_never_measure_at_the_same_time(fake_worker, wr
              for i in range(2)]
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    intervals = sorted(tuple(map(float, line.split())) for line in log.read_text().splitlines())
+    measurements: dict[str, tuple[float, float]] = {}
+    for line in log.read_text().splitlines():
+        start, end, group = line.split()
+        a, b = measurements.get(group, (float(start), float(end)))
+        measurements[group] = (min(a, float(start)), max(b, float(end)))
+    intervals = sorted(measurements.values())
     assert len(intervals) >= 2 * (4 + 1 + 2 + 5)  # preflight, trials and validation of both
     for (_, end_a), (start_b, _) in zip(intervals, intervals[1:]):
         assert end_a <= start_b, "two measurements overlapped"
@@ -318,7 +325,8 @@ def test_auto_sampler_is_exhaustive_when_the_space_fits(fake_worker, write_confi
     path.write_text(path.read_text() + "space:\n  intra_op_parallelism_threads: [1, 2, 3]\n"
                     "  inter_op_parallelism_threads: [1, 2]\n  tf_data:\n"
                     "    private_threadpool_size: default\n    max_intra_op_parallelism: default\n"
-                    "  env:\n    TF_ENABLE_ONEDNN_OPTS: default\n")
+                    "  env:\n    TF_ENABLE_ONEDNN_OPTS: default\n  allocator: default\n"
+                    "  instances: default\n")
     outcome = run_search(path, n_trials=20)
     assert outcome.tuned["search"]["sampler"] == "grid"
     space = outcome.tuned["search"]["space"]["searched"]
@@ -383,3 +391,83 @@ def test_a_worker_stopped_by_sigterm_queues_its_trial_again(fake_worker, write_c
     again = [t for t in trials if t.system_attrs.get("failed_trial") == stopped.number]
     assert len(again) == 1 and again[0].state == optuna.trial.TrialState.WAITING
     assert again[0].params == stopped.params
+
+
+# -- objectives and instances (fake worker: instances share the throughput, FAKE_INSTANCE_GAIN) --
+
+INSTANCE_SPACE = """\
+space:
+  intra_op_parallelism_threads: [1, 2]
+  inter_op_parallelism_threads: [1]
+  tf_data: {private_threadpool_size: default, max_intra_op_parallelism: default}
+  env: {TF_ENABLE_ONEDNN_OPTS: default}
+  allocator: default
+  instances: [1, 2]
+"""
+needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+
+
+def instance_search(write_config, monkeypatch, objective: str = ""):
+    # two instances give 1.5x the throughput of one, but each step takes 1.33x as long
+    monkeypatch.setenv("FAKE_INSTANCE_GAIN", "1.5")
+    monkeypatch.setenv("FAKE_NOISE", "0.005")
+    path = write_config()
+    path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 12") + INSTANCE_SPACE
+                    + objective)
+    return run_search(path).tuned
+
+
+@needs_two_cpus
+def test_throughput_objective_takes_more_instances_pinned_disjointly(fake_worker, write_config,
+                                                                     monkeypatch):
+    doc = instance_search(write_config, monkeypatch)
+    assert doc["verdict"] == "tuned"
+    assert doc["settings"]["instances"]["count"] == 2
+    sets = doc["settings"]["instances"]["cpus"]
+    assert len(sets) == 2 and not set(sets[0]) & set(sets[1])
+    assert doc["result"]["speedup"] == pytest.approx(1.3 * 1.5, rel=0.05)
+    two = [t for t in load_study().trials
+           if t.user_attrs.get("settings", {}).get("instances") == 2 and t.state.name == "COMPLETE"]
+    assert two and all(t.user_attrs["step_latency_ms"]["p95"] > 30 for t in two)
+
+
+@needs_two_cpus
+def test_latency_objective_prefers_one_instance(fake_worker, write_config, monkeypatch):
+    doc = instance_search(write_config, monkeypatch, "objective: latency_p95\n")
+    assert doc["verdict"] == "tuned"
+    assert doc["settings"]["instances"]["count"] == 1
+    assert doc["settings"]["intra_op_parallelism_threads"] == 2
+    assert doc["objective"]["metric"] == "latency_p95"
+    # speedup = baseline p95 / tuned p95
+    lat, base = doc["result"]["step_latency_ms"]["p95"], doc["result"]["baseline_step_latency_ms"]["p95"]
+    assert doc["result"]["speedup"] == pytest.approx(base / lat, rel=0.05)
+    assert "p95 step latency" in doc["summary"] and "lower" in doc["summary"]
+
+
+@needs_two_cpus
+def test_latency_budget_rules_out_configurations_over_it(fake_worker, write_config, monkeypatch):
+    # one instance at intra=2 inter=1: p95 ~25.8 ms; two instances: ~34.5 ms; baseline ~33.6 ms
+    doc = instance_search(write_config, monkeypatch,
+                          "objective: {metric: throughput, latency_budget_ms: 30}\n")
+    assert doc["verdict"] == "tuned"
+    assert doc["settings"]["instances"]["count"] == 1
+    assert doc["result"]["step_latency_ms"]["p95"] <= 30
+    over = [t for t in load_study().trials if t.user_attrs.get("latency_excess_ms", 0) > 0]
+    assert over  # measured, recorded as infeasible, never chosen
+
+
+@pytest.mark.parametrize("objective,needle", [
+    ("objective: fastest\n", "objective: 'fastest' is not allowed; allowed: throughput, "
+                             "latency_p50, latency_p95"),
+    ("objective: {metric: latency_p95, latency_budget_ms: 20}\n",
+     "a latency budget goes with metric 'throughput'"),
+    ("objective: {metric: throughput, latency_budget_ms: -1}\n",
+     "objective.latency_budget_ms: expected milliseconds (a number > 0), got -1"),
+    ("objective: {metric: throughput, budget: 3}\n", "objective.budget: unknown key"),
+])
+def test_bad_objectives_are_one_line_config_errors(write_config, capsys, objective, needle):
+    path = write_config()
+    path.write_text(path.read_text() + objective)
+    assert cli.main(["search", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err

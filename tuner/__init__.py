@@ -8,12 +8,12 @@ lives in :mod:`tuner.study`; the command line in :mod:`tuner.cli`.
 from __future__ import annotations
 
 from .apply import (Applied, ExplicitSettingWarning, LateSettingWarning, MachineMismatchError,
-                    MachineMismatchWarning, RuntimeInitializedError, apply)
+                    MachineMismatchWarning, PinningWarning, RuntimeInitializedError, apply)
 from .errors import ConfigError, StudyError, StudyMismatchError, TrialFailed, TunerError, WorkloadError
 
 __version__ = "0.1.0"
 
 __all__ = ["Applied", "ConfigError", "ExplicitSettingWarning", "LateSettingWarning",
-           "MachineMismatchError", "MachineMismatchWarning", "RuntimeInitializedError",
+           "MachineMismatchError", "MachineMismatchWarning", "PinningWarning", "RuntimeInitializedError",
            "StudyError", "StudyMismatchError", "TrialFailed", "TunerError", "WorkloadError",
            "__version__", "apply"]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import machine as machine_mod
-from . import tuned
+from . import placement, tuned
 from .errors import ConfigError, TunerError
 
 TUNED_FILE_ENV = "TUNER_TUNED_FILE"
@@ -56,6 +56,10 @@ class ExplicitSettingWarning(UserWarning):
     """A value the job set itself was kept over the tuned file's."""
 
 
+class PinningWarning(UserWarning):
+    """The file's CPU set could not be applied here; the job runs on the CPUs it has."""
+
+
 @dataclass(frozen=True)
 class Applied:
     """What :func:`apply` did. ``info()`` is JSON-ready, in the manner of threadpoolctl."""
@@ -69,6 +73,10 @@ class Applied:
     threading_kept: dict[str, int] = field(default_factory=dict)
     late: list[str] = field(default_factory=list)
     machine_differences: list[str] = field(default_factory=list)
+    allocator: str = "system"                 # the allocator this process runs with
+    cpus: list[int] | None = None             # the CPUs this process is pinned to, None if not
+    instance: int | None = None               # this process's instance index, when several
+    pinning_note: str | None = None           # why the file's CPU set was not applied, if not
 
     @property
     def tf_data(self) -> dict[str, Any]:
@@ -93,6 +101,8 @@ class Applied:
             "threading": dict(self.threading), "threading_kept": dict(self.threading_kept),
             "tf_data": self.tf_data, "late": list(self.late),
             "machine_differences": list(self.machine_differences),
+            "allocator": self.allocator, "cpus": self.cpus, "instance": self.instance,
+            "pinning_note": self.pinning_note,
         }
 
 
@@ -121,6 +131,25 @@ def check_settings(doc: dict[str, Any], path: str) -> dict[str, Any]:
         if value is not None and not _int_at_least(value, 1):
             raise ConfigError(f"{path}: settings.tf_data.{key}: expected an integer >= 1 or "
                               f"null, got {value!r}")
+    allocator = settings.get("allocator", "system")
+    if allocator not in placement.ALLOCATOR_NAMES:
+        raise ConfigError(f"{path}: settings.allocator: {allocator!r} is not allowed; allowed: "
+                          f"{', '.join(placement.ALLOCATOR_NAMES)}")
+    cpus = settings.get("cpus")
+    if cpus is not None and not _cpu_list(cpus):
+        raise ConfigError(f"{path}: settings.cpus: expected a list of CPU numbers or null, "
+                          f"got {cpus!r}")
+    instances = settings.get("instances", 1)
+    if isinstance(instances, int) and not isinstance(instances, bool):
+        instances = {"count": instances, "cpus": None}
+    if not isinstance(instances, dict) or not _int_at_least(instances.get("count"), 1):
+        raise ConfigError(f"{path}: settings.instances: expected {{count: N >= 1, cpus: [[...], "
+                          f"...]}}, got {settings.get('instances')!r}")
+    sets = instances.get("cpus")
+    if instances["count"] > 1 and (not isinstance(sets, list) or len(sets) != instances["count"]
+                                   or not all(_cpu_list(s) for s in sets)):
+        raise ConfigError(f"{path}: settings.instances.cpus: expected {instances['count']} lists "
+                          f"of CPU numbers, one per instance, got {sets!r}")
     env = settings.get("env") or {}
     if not isinstance(env, dict):
         raise ConfigError(f"{path}: settings.env: expected a mapping, got {env!r}")
@@ -130,6 +159,51 @@ def check_settings(doc: dict[str, Any], path: str) -> dict[str, Any]:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: settings.env.{key}: expected a string, got {value!r}")
     return settings
+
+
+def _cpu_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_int_at_least(c, 0) for c in value)
+
+
+def instance_sets(doc: dict[str, Any]) -> list[list[int]] | None:
+    """The CPU set of each instance, or None for a single instance."""
+    instances = doc["settings"].get("instances", 1)
+    if isinstance(instances, dict) and (instances.get("count") or 1) > 1:
+        return [list(s) for s in instances["cpus"]]
+    return None
+
+
+def allocator_library(doc: dict[str, Any]) -> tuple[str, str | None]:
+    """(allocator name, its library on this machine or None when it is not installed here)."""
+    name = doc["settings"].get("allocator", "system")
+    if name == "system":
+        return name, None
+    return name, placement.find_allocators().get(name)
+
+
+def process_cpus(doc: dict[str, Any], instance: int | None) -> list[int] | None:
+    """The CPUs this process should be pinned to: its instance's set, or the file's CPU set."""
+    sets = instance_sets(doc)
+    if sets is not None and instance is not None:
+        if not 0 <= instance < len(sets):
+            raise ConfigError(f"instance {instance}: the tuned file has {len(sets)} instances "
+                              f"(0-{len(sets) - 1})")
+        return sets[instance]
+    return doc["settings"].get("cpus")
+
+
+def pin(cpus: list[int] | None) -> str | None:
+    """Pin this process to ``cpus`` when this process may run on all of them; else leave it and
+    say why (the job then runs on the CPUs it has: a clean fallback, not a failure)."""
+    if not cpus:
+        return None
+    current = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+    if current and not set(cpus) <= current:
+        missing = placement.format_cpus(sorted(set(cpus) - current))
+        return (f"CPUs {missing} of the tuned CPU set {placement.format_cpus(cpus)} are not "
+                f"available to this process (it may use {placement.format_cpus(sorted(current))}); "
+                f"running unpinned")
+    return placement.set_affinity(cpus)
 
 
 def load_checked(path: str | Path) -> dict[str, Any]:
@@ -235,12 +309,41 @@ def apply(path: str | Path | None = None, *, strict: bool = False,
                       "importing TensorFlow, or start the job with `python -m tuner run --tuned "
                       f"{path} -- ...`", LateSettingWarning, stacklevel=2)
 
+    # Process placement: the CPU set (threads TensorFlow starts later inherit it), then the
+    # allocator, which only a preload before the process starts can change.
+    index_text = os.environ.get(placement.INSTANCE_ENV)
+    instance = int(index_text) if index_text and index_text.isdigit() else None
+    sets = instance_sets(doc)
+    if sets is not None and instance is None:
+        pinning_note = (f"the file runs {len(sets)} instances; start them with `python -m tuner "
+                        f"run --tuned {path} -- ...` (each is pinned and told its index in "
+                        f"{placement.INSTANCE_ENV}); this single process stays unpinned")
+    else:
+        pinning_note = pin(process_cpus(doc, instance))
+    if pinning_note:
+        warnings.warn(pinning_note, PinningWarning, stacklevel=2)
+    wanted, library = allocator_library(doc)
+    running = placement.allocator_in_process()
+    if wanted != running:
+        how = (f"LD_PRELOAD={library}" if library else
+               f"{wanted} is not installed here ({placement.INSTALL_HINT.get(wanted, '')})")
+        warnings.warn(f"the file's allocator, {wanted}, must be preloaded before the process "
+                      f"starts ({how}); start the job with `python -m tuner run --tuned {path} "
+                      f"-- ...`, which does it. This process runs with {running}.",
+                      LateSettingWarning, stacklevel=2)
+        late.append(f"allocator {wanted}")
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    pinned = affinity if (sets is not None and instance is not None) or \
+        settings.get("cpus") else None
+
     import tensorflow as tf
 
     threading_set, threading_kept = _apply_threading(tf, settings, env_kept, override, path)
     return Applied(path=str(path), verdict=str(doc.get("verdict", "")), settings=settings,
                    env_set=env_set, env_kept=env_kept, threading=threading_set,
-                   threading_kept=threading_kept, late=late, machine_differences=diffs)
+                   threading_kept=threading_kept, late=late, machine_differences=diffs,
+                   allocator=running, cpus=pinned if not pinning_note else None,
+                   instance=instance, pinning_note=pinning_note)
 
 
 def _apply_threading(tf: Any, settings: dict[str, Any], env_kept: dict[str, str], override: bool,

@@ -19,7 +19,7 @@ from .space import check_overrides
 
 MODES = ("predict", "train", "data")
 SAMPLERS = ("auto", "grid", "tpe", "random")
-OBJECTIVES = ("throughput",)
+OBJECTIVES = ("throughput", "latency_p50", "latency_p95")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,27 @@ class Validate:
 
 
 @dataclass(frozen=True)
+class Objective:
+    # throughput: samples/s, higher is better. latency_p50 / latency_p95: that percentile of one
+    # step's wall time (ms), lower is better (online serving).
+    metric: str = "throughput"
+    # With throughput: only configurations whose p95 step latency stays under this count.
+    latency_budget_ms: float | None = None
+
+    @property
+    def percentile(self) -> str | None:
+        """"p50" / "p95" for latency objectives, else None."""
+        return self.metric.split("_", 1)[1] if self.metric.startswith("latency_") else None
+
+    def describe(self) -> str:
+        if self.percentile:
+            return f"lowest {self.percentile} step latency"
+        if self.latency_budget_ms is not None:
+            return f"highest throughput with p95 step latency under {self.latency_budget_ms:g} ms"
+        return "highest throughput"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     workload: Workload
@@ -75,7 +96,7 @@ class Config:
     measure: Measure = field(default_factory=Measure)
     validate: Validate = field(default_factory=Validate)
     space: dict[str, Any] = field(default_factory=dict)
-    objective: str = "throughput"
+    objective: Objective = field(default_factory=Objective)
     study_name: str = "study"
     storage: str = "sqlite:///results/study.db"
     output: str = "results/study/tuned.yaml"
@@ -89,7 +110,7 @@ class Config:
         return {
             "workload": {"model": self.workload.model, "data": self.workload.data,
                          "mode": self.workload.mode},
-            "objective": self.objective,
+            "objective": dataclasses.asdict(self.objective),
             "measure": dataclasses.asdict(self.measure),
         }
 
@@ -211,7 +232,7 @@ def _ratio(value: Any, where: str) -> float:
 def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
     """``space: {tf_data: {private_threadpool_size: [...]}}`` -> ``{"tf_data.private_...": [...]}``."""
     data = _check_keys(data, ("intra_op_parallelism_threads", "inter_op_parallelism_threads",
-                              "tf_data", "env"), path, "space")
+                              "tf_data", "env", "allocator", "cpus", "instances"), path, "space")
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key in ("tf_data", "env"):
@@ -270,7 +291,7 @@ def parse(data: Any, path: Path) -> Config:
     measure = _section(Measure, data.get("measure"), path, "measure", MEASURE_RULES)
     validate = _section(Validate, data.get("validate"), path, "validate", VALIDATE_RULES)
     space = check_overrides(_flatten_space(data.get("space"), path), _where(path, "space"))
-    objective = _choice(data.get("objective", "throughput"), OBJECTIVES, _where(path, "objective"))
+    objective = _objective(data.get("objective", "throughput"), path)
 
     study = _check_keys(data.get("study"), STUDY_KEYS, path, "study")
     name = study.get("name", path.stem)
@@ -284,6 +305,27 @@ def parse(data: Any, path: Path) -> Config:
     return Config(path=str(path), workload=workload, search=search, measure=measure,
                   validate=validate, space=space, objective=objective, study_name=name,
                   storage=storage, output=output)
+
+
+def _objective(raw: Any, path: Path) -> Objective:
+    """``objective: latency_p95`` or ``objective: {metric: throughput, latency_budget_ms: 20}``."""
+    if isinstance(raw, dict):
+        data = _check_keys(raw, ("metric", "latency_budget_ms"), path, "objective")
+        metric = _choice(data.get("metric", "throughput"), OBJECTIVES,
+                         _where(path, "objective.metric"))
+        budget = data.get("latency_budget_ms")
+        if budget is not None:
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
+                    or not budget > 0 or budget == float("inf"):
+                raise ConfigError(f"{_where(path, 'objective.latency_budget_ms')}: expected "
+                                  f"milliseconds (a number > 0), got {budget!r}")
+            if metric != "throughput":
+                raise ConfigError(f"{_where(path, 'objective.latency_budget_ms')}: a latency "
+                                  f"budget goes with metric 'throughput' (best throughput under "
+                                  f"the budget), not {metric!r}")
+            budget = float(budget)
+        return Objective(metric=metric, latency_budget_ms=budget)
+    return Objective(metric=_choice(raw, OBJECTIVES, _where(path, "objective")))
 
 
 def default_storage(name: str) -> str:

@@ -13,8 +13,9 @@ database locks that die with the process holding them (so a killed worker never 
   result.
 
 PostgreSQL uses session advisory locks; SQLite (one host) uses ``flock`` on files beside the
-host-wide measurement lock. MySQL gets no locks: workers still share trials, but the references may be enqueued
-twice when workers start at the same moment and a worker may validate while another still searches.
+host-wide measurement lock. MySQL gets no locks: workers still share trials, but the references
+may be enqueued twice when workers start at the same moment, and a worker may validate while
+another still searches.
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ def open_storage(url: str, *, heartbeat_interval: int, grace_period: int,
 
     try:
         return retrying(create_or_race, retries=2, first_wait=1.0, on_retry=told)()
-    except Exception as exc:  # SQLAlchemy and the drivers raise many types; all mean "cannot use"
+    except Exception as exc:  # noqa: BLE001 - drivers raise many types; all mean "cannot use it"
         raise cannot_connect(url, exc) from None
 
 

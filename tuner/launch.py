@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .apply import TUNED_FILE_ENV, check_machine, environment, load_checked
+from . import placement
+from .apply import (TUNED_FILE_ENV, allocator_library, check_machine, environment, instance_sets,
+                    load_checked, pin, process_cpus)
 from .errors import ConfigError
 
 FORMATS = ("shell", "dotenv", "docker", "k8s")
@@ -49,12 +51,30 @@ def launch_env(doc: dict[str, Any], path: str, base: dict[str, str] | None = Non
             continue
         env[var] = value
     env[TUNED_FILE_ENV] = str(Path(path).resolve())
+    name, library = allocator_library(doc)
+    if library:
+        env["LD_PRELOAD"] = placement.preload_value(library, env.get("LD_PRELOAD"))
     return env, kept
 
 
+def _notes(doc: dict[str, Any], path: str) -> list[str]:
+    notes = []
+    name, library = allocator_library(doc)
+    if name != "system" and library is None:
+        notes.append(f"warning: the file's allocator, {name}, is not installed here "
+                     f"({placement.INSTALL_HINT[name]}); running with the system allocator")
+    return notes
+
+
 def run(path: str, command: Sequence[str], *, strict: bool = False, override: bool = False,
-        quiet: bool = False) -> None:
-    """Exec ``command`` with the tuned settings. Returns only if it raises."""
+        quiet: bool = False, instance: int | None = None) -> int:
+    """Run ``command`` with the tuned settings.
+
+    One instance: pin this process, then *exec* the command (it inherits the CPU set and the
+    environment; exit code and signals are its own); does not return. Several instances in the
+    file (and no ``instance``): start one pinned process per instance, each told its index in
+    ``TUNER_INSTANCE``, forward SIGINT/SIGTERM to them, and return the first non-zero exit code
+    (0 when all succeed). ``instance``: exec just that one instance."""
     if not command:
         raise ConfigError("run: no command given; usage: python -m tuner run --tuned FILE -- "
                           "COMMAND [ARGS...]")
@@ -68,19 +88,82 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
     executable = shutil.which(command[0], path=env.get("PATH"))
     if executable is None:
         raise ConfigError(f"run: command not found: {command[0]!r}")
+    sets = instance_sets(doc)
+    if instance is not None and sets is None:
+        raise ConfigError(f"run --instance: {path} runs a single instance; drop --instance")
+    messages = [f"warning: {w.message}" for w in caught] + _notes(doc, path)
+    if kept:
+        messages.append("warning: kept the environment's own values over the tuned file's: "
+                        + ", ".join(f"{k}={v}" for k, v in kept.items())
+                        + " (--override to use the file's)")
+    note = tf_data_note(doc)
+    if note:
+        messages.append(f"note: {note}")
+    if sets is not None and instance is None:
+        return _run_instances(executable, list(command), env, sets, messages, quiet)
+    if instance is not None:
+        env[placement.INSTANCE_ENV] = str(instance)
+        env[placement.INSTANCES_ENV] = str(len(sets))  # type: ignore[arg-type]
+    why = pin(process_cpus(doc, instance))  # exec keeps the affinity
+    if why:
+        messages.append(f"warning: {why}")
     if not quiet:
-        for warning in caught:
-            print(f"tuner: warning: {warning.message}", file=sys.stderr)
-        if kept:
-            print("tuner: warning: kept the environment's own values over the tuned file's: "
-                  + ", ".join(f"{k}={v}" for k, v in kept.items()) + " (--override to use the "
-                  "file's)", file=sys.stderr)
-        note = tf_data_note(doc)
-        if note:
-            print(f"tuner: note: {note}", file=sys.stderr)
+        for line in messages:
+            print(f"tuner: {line}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(executable, list(command), env)
+    return 0  # not reached
+
+
+def _run_instances(executable: str, command: list[str], base_env: dict[str, str],
+                   sets: list[list[int]], messages: list[str], quiet: bool) -> int:
+    import signal
+    import subprocess
+
+    if not quiet:
+        for line in messages:
+            print(f"tuner: {line}", file=sys.stderr)
+        print(f"tuner: starting {len(sets)} instances on CPUs "
+              + " | ".join(placement.format_cpus(s) for s in sets), file=sys.stderr)
+    procs: list[subprocess.Popen[bytes]] = []
+    for index, cpus in enumerate(sets):
+        env = dict(base_env, **{placement.INSTANCE_ENV: str(index),
+                                placement.INSTANCES_ENV: str(len(sets))})
+        note = pin_check(cpus)
+        if note and not quiet:
+            print(f"tuner: warning: instance {index}: {note}", file=sys.stderr)
+        procs.append(subprocess.Popen(
+            command, executable=executable, env=env,
+            preexec_fn=None if note else (lambda c=cpus: os.sched_setaffinity(0, c))))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    failed = [c for c in codes if c != 0]
+    if failed and not quiet:
+        print("tuner: instance exit codes: " + ", ".join(map(str, codes)), file=sys.stderr)
+    if not failed:
+        return 0
+    code = failed[0]
+    return 128 - code if code < 0 else code  # killed by a signal: the shell's 128+N
+
+
+def pin_check(cpus: list[int]) -> str | None:
+    """Why ``cpus`` cannot be used by a child of this process, or None."""
+    current = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+    if current and not set(cpus) <= current:
+        return (f"CPUs {placement.format_cpus(sorted(set(cpus) - current))} are not available "
+                f"here; running unpinned")
+    return None
 
 
 def export(path: str, fmt: str) -> str:
@@ -89,10 +172,30 @@ def export(path: str, fmt: str) -> str:
         raise ConfigError(f"export --format: {fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
     doc = load_checked(path)
     env = environment(doc)
+    name, library = allocator_library(doc)
     note = tf_data_note(doc)
     header = [f"tuned settings from {path} (verdict: {doc.get('verdict', 'unknown')})"]
     if note:
         header.append(note)
+    if name != "system":
+        if library:
+            env["LD_PRELOAD"] = library
+            header.append(f"allocator {name}: LD_PRELOAD is this machine's path; in an image, "
+                          f"install it ({placement.INSTALL_HINT[name]}) and check the path")
+        else:
+            header.append(f"allocator {name} is not installed here "
+                          f"({placement.INSTALL_HINT[name]}): no LD_PRELOAD written")
+    cpus = doc["settings"].get("cpus")
+    sets = instance_sets(doc)
+    if cpus:
+        where = placement.format_cpus(cpus)
+        header.append(f"CPU set {where}: no variable pins a process; use `taskset -c {where}`, "
+                      f"docker run --cpuset-cpus={where}, or `python -m tuner run`")
+    if sets:
+        header.append(f"{len(sets)} instances on CPUs "
+                      + " | ".join(placement.format_cpus(s) for s in sets)
+                      + ": start them with `python -m tuner run --tuned FILE -- cmd` (or "
+                      "--instance I for one of them)")
     if not env:
         header.append("nothing to set: TensorFlow's defaults are the tuned configuration")
     if fmt == "shell":

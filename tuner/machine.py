@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import placement
+
 # Fields that must match for two measurements to be comparable. Host name, memory and the Python
 # patch level travel as metadata but do not make measurements incomparable.
 FINGERPRINT_KEYS = ("arch", "cpu_model", "usable_cpus", "physical_cores", "sockets", "tf_version")
@@ -39,8 +41,20 @@ class Machine:
     onednn_default: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def with_tensorflow(self, tf_version: str, onednn_default: bool | None) -> Machine:
-        return Machine(**{**asdict(self), "tf_version": tf_version, "onednn_default": onednn_default})
+    def with_tensorflow(self, tf_version: str, onednn_default: bool | None,
+                        openmp: bool | None = None) -> Machine:
+        return Machine(**{**asdict(self), "tf_version": tf_version, "onednn_default": onednn_default,
+                          "extra": {**self.extra, "openmp": openmp}})
+
+    @property
+    def allocators(self) -> dict[str, str]:
+        """Allocator libraries found on this machine: name -> path."""
+        return dict(self.extra.get("allocators") or {})
+
+    @property
+    def openmp(self) -> bool:
+        """Whether the installed TensorFlow runs on an OpenMP runtime (stock builds do not)."""
+        return bool(self.extra.get("openmp"))
 
     def fingerprint(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in FINGERPRINT_KEYS}
@@ -202,6 +216,8 @@ def detect(root: Path | str = Path("/"), affinity: list[int] | None = None) -> M
         hostname=socket.gethostname(),
         python=platform.python_version(),
         memory_bytes=_memory_bytes(),
+        extra={"cpu_cores": placement.cores(root, affinity),
+               "allocators": placement.find_allocators(root)},
     )
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import placement
 from .errors import ConfigError
 from .machine import Machine
 
 THREADING = "threading"   # tf.config.threading, before the runtime initialises
 TF_DATA = "tf_data"       # tf.data.Options().threading, on the user's dataset
 ENV = "env"               # environment variable, set before the child process starts
+PROCESS = "process"       # where the process runs: preloaded allocator, CPU set, instances
 
 
 def thread_ladder(n: int, *, over: float = 2.0) -> list[int]:
@@ -58,6 +60,8 @@ class Knob:
     is_valid: Callable[[Any], bool]
     candidates: Callable[[Machine], list[Any]]
     help: str
+    modes: tuple[str, ...] = ("train", "predict", "data")   # workload modes it applies to
+    needs_openmp: bool = False          # only meaningful on TensorFlow builds that use OpenMP
 
     def check(self, value: Any, where: str) -> Any:
         if isinstance(value, str) and value == "default":
@@ -76,6 +80,45 @@ def _onednn_candidates(machine: Machine) -> list[Any]:
     if machine.onednn_default is None:
         return [None, "0", "1"]
     return [None, "0" if machine.onednn_default else "1"]
+
+
+def _allocator_value(value: Any) -> bool:
+    return value in placement.ALLOCATOR_NAMES
+
+
+def _cpus_candidates(m: Machine) -> list[Any]:
+    # Fewer CPUs than the process may use only pays off for specific counts: one hardware thread
+    # per physical core (hyperthreaded machines), one NUMA node, or the quota's size when the
+    # cgroup allows less CPU time than the affinity mask has CPUs.
+    total = len(m.affinity)
+    counts = {m.physical_cores, m.usable_cpus}
+    if m.numa_nodes > 1:
+        counts.update(len(g) for g in _per_node(m).values())
+    return [None, *sorted(c for c in counts if 1 <= c < total)]
+
+
+def _per_node(m: Machine) -> dict[int, list[int]]:
+    nodes: dict[int, list[int]] = {}
+    for group in m.extra.get("cpu_cores") or []:
+        nodes.setdefault(group["node"], []).extend(group["cpus"])
+    return nodes
+
+
+def _instance_candidates(m: Machine) -> list[Any]:
+    # powers of two up to one instance per usable CPU
+    return [n for n in (1, 2, 4, 8, 16) if n <= max(1, m.usable_cpus)]
+
+
+def _omp_threads_value(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.isdigit() and int(value) >= 1)
+
+
+def _digits_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.isdigit())
+
+
+def _str_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and bool(value))
 
 
 KNOBS: dict[str, Knob] = {knob.name: knob for knob in (
@@ -114,6 +157,48 @@ KNOBS: dict[str, Knob] = {knob.name: knob for knob in (
         is_valid=_onednn_value,
         candidates=_onednn_candidates,
         help="oneDNN (MKL-DNN) optimised CPU kernels",
+    ),
+    Knob(
+        name="allocator", applied=PROCESS, target="allocator", default="system",
+        allowed="'system', 'tcmalloc' or 'jemalloc' (the latter two when installed)",
+        is_valid=_allocator_value,
+        candidates=lambda m: ["system", *sorted(m.allocators)],
+        help="memory allocator, preloaded (LD_PRELOAD) before the process starts",
+    ),
+    Knob(
+        name="cpus", applied=PROCESS, target="cpus", default=None,
+        allowed="an integer >= 1 (pin to that many CPUs: physical cores first, one NUMA node "
+                "first), null or 'default' (no pinning)",
+        is_valid=_pos_int_or_none,
+        candidates=_cpus_candidates,
+        help="how many CPUs the job is pinned to (through its CPU affinity)",
+    ),
+    Knob(
+        name="instances", applied=PROCESS, target="instances", default=1,
+        allowed="an integer >= 1 (processes, each pinned to its own share of the CPUs)",
+        is_valid=lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        candidates=_instance_candidates, modes=("predict", "data"),
+        help="independent processes sharing the CPUs; throughput is their sum",
+    ),
+    Knob(
+        name="env.OMP_NUM_THREADS", applied=ENV, target="OMP_NUM_THREADS", default=None,
+        allowed="a positive integer as a string, null or 'default'", is_valid=_omp_threads_value,
+        candidates=lambda m: [None, *[str(v) for v in thread_ladder(m.usable_cpus, over=1.0)]],
+        help="OpenMP threads (builds that use OpenMP only)", needs_openmp=True,
+    ),
+    Knob(
+        name="env.KMP_BLOCKTIME", applied=ENV, target="KMP_BLOCKTIME", default=None,
+        allowed="milliseconds as a string ('0', '1', '200'), null or 'default'",
+        is_valid=_digits_or_none,
+        candidates=lambda m: [None, "0", "1"],
+        help="how long an OpenMP thread spins before sleeping (Intel OpenMP only)",
+        needs_openmp=True,
+    ),
+    Knob(
+        name="env.KMP_AFFINITY", applied=ENV, target="KMP_AFFINITY", default=None,
+        allowed="an Intel OpenMP affinity string, null or 'default'", is_valid=_str_or_none,
+        candidates=lambda m: [None, "granularity=fine,compact,1,0"],
+        help="how Intel OpenMP binds its threads to cores", needs_openmp=True,
     ),
 )}
 
@@ -179,7 +264,33 @@ def check_overrides(overrides: dict[str, Any], where: str = "space") -> dict[str
     return checked
 
 
-def build_space(machine: Machine, overrides: dict[str, Any], where: str = "space") -> Space:
+def _check_available(name: str, value: Any, machine: Machine, mode: str, where: str) -> None:
+    """A value the config asks for that this machine or workload cannot honour: a config error,
+    not a trial that silently measures something else."""
+    knob = KNOBS[name]
+    field = f"{where}.{name}"
+    if value == knob.default:
+        return
+    if mode not in knob.modes:
+        raise ConfigError(f"{field}: {value!r} applies to workload modes "
+                          f"{', '.join(knob.modes)} only, not {mode!r}")
+    if knob.needs_openmp and not machine.openmp:
+        raise ConfigError(f"{field}: {value!r} has no effect: this TensorFlow build does not use "
+                          f"OpenMP (stock builds use their own thread pool); remove it")
+    if name == "allocator" and value not in machine.allocators:
+        raise ConfigError(f"{field}: {value!r} is not installed on this machine (none of "
+                          f"{', '.join(placement.ALLOCATORS[value])} found); install it "
+                          f"({placement.INSTALL_HINT[value]}) or remove it")
+    if name == "cpus" and value > len(machine.affinity):
+        raise ConfigError(f"{field}: {value} CPUs asked for, but this process may run on "
+                          f"{len(machine.affinity)}")
+    if name == "instances" and value > len(machine.affinity):
+        raise ConfigError(f"{field}: {value} instances need {value} CPUs at least; this process "
+                          f"may run on {len(machine.affinity)}")
+
+
+def build_space(machine: Machine, overrides: dict[str, Any], where: str = "space",
+                mode: str = "predict") -> Space:
     """The default space for ``machine`` with the config's ``space`` section applied.
 
     An override is a list (narrow the candidates), a single value (fix the knob) or ``default``
@@ -193,10 +304,14 @@ def build_space(machine: Machine, overrides: dict[str, Any], where: str = "space
     fixed: dict[str, Any] = {}
     for name, knob in KNOBS.items():
         if name not in overrides:
-            values = knob.candidates(machine)
+            unavailable = mode not in knob.modes or (knob.needs_openmp and not machine.openmp)
+            values = [knob.default] if unavailable else knob.candidates(machine)
         elif isinstance(overrides[name], list):
             values = list(overrides[name])
+            for v in values:
+                _check_available(name, v, machine, mode, where)
         else:
+            _check_available(name, overrides[name], machine, mode, where)
             fixed[name] = overrides[name]
             continue
         for ref in references:
@@ -222,18 +337,38 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (1, value)
 
 
-def nest_settings(flat: dict[str, Any]) -> dict[str, Any]:
-    """Flat knob settings -> the tuned file's ``settings`` layout."""
+def placement_of(flat: dict[str, Any], machine: Machine | None) -> dict[str, Any]:
+    """The concrete CPU sets behind flat ``cpus`` / ``instances`` counts on ``machine``:
+    ``{"cpus": [0, 1] | None, "instances": {"count": 2, "cpus": [[0], [1]] | None}}``."""
+    count = flat.get("cpus")
+    instances = flat.get("instances") or 1
+    if machine is None:
+        if count is not None or instances > 1:
+            raise ValueError("CPU sets need the machine")
+        return {"cpus": None, "instances": {"count": 1, "cpus": None}}
+    cpus = placement.cpu_set(machine, count)
+    sets = placement.instance_sets(machine, instances, count) if instances > 1 else None
+    return {"cpus": cpus, "instances": {"count": instances, "cpus": sets}}
+
+
+def nest_settings(flat: dict[str, Any], machine: Machine | None = None) -> dict[str, Any]:
+    """Flat knob settings -> the tuned file's ``settings`` layout. CPU counts become the CPU sets
+    they mean on ``machine`` (needed only when they are not the defaults)."""
     nested: dict[str, Any] = {k.target: k.default for k in KNOBS.values() if k.applied == THREADING}
     nested.update({"tf_data": {}, "env": {}})
     for name, value in flat.items():
-        knob = KNOBS[name]
+        knob = KNOBS.get(name)
+        if knob is None:
+            continue
         if knob.applied == THREADING:
             nested[knob.target] = value
         elif knob.applied == TF_DATA:
             nested["tf_data"][knob.target] = value
-        elif value is not None:
-            nested["env"][knob.target] = value
+        elif knob.applied == ENV:
+            if value is not None:
+                nested["env"][knob.target] = value
+    nested["allocator"] = flat.get("allocator") or "system"
+    nested.update(placement_of(flat, machine))
     return nested
 
 
@@ -245,9 +380,22 @@ def flatten_settings(nested: dict[str, Any]) -> dict[str, Any]:
             flat[name] = nested.get(knob.target, knob.default)
         elif knob.applied == TF_DATA:
             flat[name] = (nested.get("tf_data") or {}).get(knob.target, knob.default)
-        else:
+        elif knob.applied == ENV:
             flat[name] = (nested.get("env") or {}).get(knob.target, knob.default)
+    flat["allocator"] = nested.get("allocator") or "system"
+    cpus = nested.get("cpus")
+    flat["cpus"] = len(cpus) if isinstance(cpus, list) and cpus else None
+    instances = nested.get("instances")
+    if isinstance(instances, dict):
+        flat["instances"] = instances.get("count") or 1
+    elif isinstance(instances, int):
+        flat["instances"] = instances
     return flat
+
+
+ALWAYS_SHOWN = ("intra_op_parallelism_threads", "inter_op_parallelism_threads",
+                "tf_data.private_threadpool_size", "tf_data.max_intra_op_parallelism",
+                "env.TF_ENABLE_ONEDNN_OPTS")
 
 
 def short(settings: dict[str, Any], only: list[str] | None = None) -> str:
@@ -255,10 +403,14 @@ def short(settings: dict[str, Any], only: list[str] | None = None) -> str:
     abbrev = {"intra_op_parallelism_threads": "intra", "inter_op_parallelism_threads": "inter",
               "tf_data.private_threadpool_size": "data.pool",
               "tf_data.max_intra_op_parallelism": "data.intra",
-              "env.TF_ENABLE_ONEDNN_OPTS": "onednn"}
+              "env.TF_ENABLE_ONEDNN_OPTS": "onednn", "allocator": "alloc",
+              "instances": "inst", "env.OMP_NUM_THREADS": "omp",
+              "env.KMP_BLOCKTIME": "kmp.block", "env.KMP_AFFINITY": "kmp.aff"}
     parts = []
     for name in only if only is not None else list(KNOBS):
-        value = settings.get(name)
+        value = settings.get(name, KNOBS[name].default)
+        if only is None and name not in ALWAYS_SHOWN and value == KNOBS[name].default:
+            continue  # the newer knobs appear only when a trial sets them
         shown = "-" if value is None or (value == 0 and KNOBS[name].applied == THREADING) else value
         parts.append(f"{abbrev.get(name, name)}={shown}")
     return " ".join(parts)

@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import time
 import warnings
@@ -194,7 +195,31 @@ class Search:
 
         with host_lock(on_wait=waiting):
             return run_child(self._task(kind), timeout=self.config.search.trial_timeout,
-                             settings=settings, watch=watch, worker=_worker_command())
+                             settings=settings, watch=watch, worker=_worker_command(),
+                             **self._placement(settings))
+
+    def _placement(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The allocator library, CPU set and instance CPU sets a trial's settings mean here."""
+        allocator = settings.get("allocator") or "system"
+        where = space_mod.placement_of(settings, self.machine)
+        return {"preload": self.machine.allocators.get(allocator) if allocator != "system"
+                else None,
+                "cpus": where["cpus"], "instances": where["instances"]["cpus"]}
+
+    def score(self, attrs: dict[str, Any]) -> float:
+        """What the study maximises for one measurement: throughput (samples/s), or for a latency
+        objective the inverse of that latency percentile (1000 / ms), so that "higher is better"
+        and a ratio of scores is a speedup everywhere (pruning, ranking, validation)."""
+        pct = self.config.objective.percentile
+        if pct is None:
+            return float(attrs["throughput"]["median"])
+        return 1000.0 / float(attrs["step_latency_ms"][pct])
+
+    def feasible(self, attrs: dict[str, Any]) -> bool:
+        """Whether a measurement meets the latency budget (always, without one)."""
+        budget = self.config.objective.latency_budget_ms
+        return budget is None or float((attrs.get("step_latency_ms") or {}).get(
+            "p95", float("inf"))) <= budget
 
     def measure(self, settings: dict[str, Any]) -> dict[str, Any]:
         """One measurement of ``settings`` in a fresh child, under the host lock."""
@@ -210,7 +235,8 @@ class Search:
             raise WorkloadError(f"{self.config.path}: workload preflight failed: {exc.reason}") \
                 from None
         self.preflight = result
-        self.machine = self.machine.with_tensorflow(result["tf_version"], result.get("onednn_enabled"))
+        self.machine = self.machine.with_tensorflow(result["tf_version"], result.get("onednn_enabled"),
+                                                    result.get("openmp"))
         self.child_estimate = _estimate_child_seconds(result, self.config)
         self.say(f"preflight ok: TensorFlow {result['tf_version']}, batch size "
                  f"{result['batch_size']}, first step {result['timings']['first_step']:.2f} s, "
@@ -247,11 +273,16 @@ class Search:
             return optuna.samplers.RandomSampler(seed=search.seed), "random"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            budget = self.config.objective.latency_budget_ms
             # constant_liar: another worker's running trial counts as a poor result, so workers do
             # not all sample the same promising point (no effect with one worker)
             sampler = optuna.samplers.TPESampler(
                 seed=search.seed, multivariate=True, group=True, constant_liar=True,
-                n_startup_trials=max(4, min(10, search.n_trials // 3)))
+                n_startup_trials=max(4, min(10, search.n_trials // 3)),
+                # Optuna < 5 takes constraints this way; 5 reads trial.set_constraint (objective)
+                **({"constraints_func": lambda t: (t.user_attrs.get("latency_excess_ms", 0.0),)}
+                   if budget is not None and not hasattr(optuna.trial.Trial, "set_constraint")
+                   else {}))
         return sampler, "tpe"
 
     def open_study(self, locks: coord.Locks | None = None) -> optuna.Study:
@@ -270,8 +301,10 @@ class Search:
                 joining = False
             sampler, sampler_name = self._sampler(self.space, joining=joining)
             self.sampler_name = sampler_name
+            # windows report throughput, so they can only prune a throughput objective
             pruner: optuna.pruners.BasePruner = (
-                ClearlyWorsePruner(self.config.search.prune_ratio) if self.config.search.pruning
+                ClearlyWorsePruner(self.config.search.prune_ratio)
+                if self.config.search.pruning and self.config.objective.percentile is None
                 else optuna.pruners.NopPruner())
             study = optuna.create_study(storage=storage, study_name=self.config.study_name,
                                         direction="maximize", sampler=sampler, pruner=pruner,
@@ -384,6 +417,8 @@ class Search:
         windows: list[float] = []
 
         def on_window(index: int, throughput: float) -> None:
+            if self.config.objective.percentile is not None:
+                return  # windows report throughput; a latency objective is judged at the end
             windows.append(throughput)
             trial.report(stats.median(windows), index)
             if trial.should_prune():
@@ -406,7 +441,14 @@ class Search:
         self.trial_walls.append(result["wall_seconds"])
         for key, value in result_attrs(result).items():
             trial.set_user_attr(key, value)
-        return result_attrs(result)["throughput"]["median"]
+        attrs = result_attrs(result)
+        budget = self.config.objective.latency_budget_ms
+        if budget is not None:
+            excess = attrs["step_latency_ms"]["p95"] - budget
+            trial.set_user_attr("latency_excess_ms", excess)
+            if hasattr(trial, "set_constraint"):  # feasible when <= 0; constrained TPE uses it
+                trial.set_constraint("latency_budget", excess)
+        return self.score(attrs)
 
     def after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         self._run_added += 1
@@ -454,7 +496,7 @@ class Search:
         chosen = []
         complete = [t for t in self._mine(study.get_trials(deepcopy=False,
                                                            states=(TrialState.COMPLETE,)))
-                    if "settings" in t.user_attrs]
+                    if "settings" in t.user_attrs and self.feasible(t.user_attrs)]
         for t in sorted(complete, key=lambda t: t.value, reverse=True):
             key = _json_key(t.user_attrs["settings"])
             if key in seen:
@@ -506,7 +548,7 @@ class Search:
                 winner = None
             else:
                 best_label = max(alive, key=lambda lb: stats.median(
-                    [m["throughput"]["median"] for m in screening[lb]]))
+                    [self.score(m) for m in screening[lb]]))
                 winner = labels[best_label]
         final: dict[str, list[dict[str, Any]]] = {}
         final_stop = None
@@ -551,8 +593,8 @@ class Search:
             return None
         if len(candidate) < self.FUTILITY_MIN_ROUNDS or len(baseline) < self.FUTILITY_MIN_ROUNDS:
             return None
-        cand = [m["throughput"]["median"] for m in candidate]
-        base = [m["throughput"]["median"] for m in baseline]
+        cand = [self.score(m) for m in candidate]
+        base = [self.score(m) for m in baseline]
         lo, hi = stats.ratio_ci(cand, base)
         if hi < cfg.min_speedup:
             return (f"the speedup's 95% interval ({lo:.3f}-{hi:.3f}x) is entirely below the "
@@ -581,7 +623,7 @@ class Search:
             mark = time.monotonic()
             self.run_preflight()
             self.phase_seconds["preflight"] = time.monotonic() - mark
-            self.space = space_mod.build_space(self.machine, cfg.space)
+            self.space = space_mod.build_space(self.machine, cfg.space, mode=cfg.workload.mode)
             return self._run_shared(locks)
         except (optuna.exceptions.StorageInternalError, _sqlalchemy_error()) as exc:
             # the database went away mid-run, beyond the retries: one line, never a traceback
@@ -597,11 +639,13 @@ class Search:
             v.candidates * v.screen_rounds * (v.candidates > 1) + 2 * v.rounds)
         prior = len([t for t in study.get_trials(deepcopy=False)
                      if t.state != TrialState.WAITING])  # enqueued references are not history
+        space = self.space
+        assert space is not None
         self.say(
             f"study {cfg.study_name!r} in {tuned.mask_url(cfg.storage)}: "
             f"{'resuming with ' + str(prior) + ' trials' if prior else 'new'}; sampler "
-            f"{self.sampler_name}, space of {self.space.size} points over "  # type: ignore[union-attr]
-            f"{', '.join(self.space.searched) or 'nothing'}; {cfg.search.n_trials} trials of "  # type: ignore[union-attr]
+            f"{self.sampler_name}, space of {space.size} points over "
+            f"{', '.join(space.searched) or 'nothing'}; {cfg.search.n_trials} trials of "
             f"~{self.child_estimate:.0f} s, then ~{_fmt_seconds(self.validation_estimate)} "
             f"of validation")
         self.say(f"machine: {self.machine.cpu_model}, {self.machine.usable_cpus} usable CPUs "
@@ -649,7 +693,8 @@ class Search:
         backup = tuned.write(document, cfg.output, study_name=cfg.study_name,
                              storage=cfg.storage, force=cfg.force)
         study.set_user_attr(ATTR_PREFIX + "last_result", {
-            "verdict": document["verdict"], "result": document["result"], "written": _now(),
+            "verdict": document["verdict"], "settings": document["settings"],
+            "result": document["result"], "written": _now(),
             "output": os.path.abspath(cfg.output)})
         return SearchOutcome(tuned_path=cfg.output, tuned=document,
                              backup=str(backup) if backup else None, interrupted=interrupted)
@@ -663,7 +708,7 @@ class Search:
             frozen = study.get_trials(deepcopy=False)[self._interrupted_trial]
             if frozen.state == TrialState.FAIL:
                 coord.RetryStaleTrial()(study, frozen)
-        except Exception as exc:  # best effort while stopping; the trial is already FAIL
+        except Exception as exc:  # noqa: BLE001 - best effort while stopping; the trial is FAIL
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             self.say(f"  could not queue trial {self._interrupted_trial} again: "
                      f"{tuned.mask_secret(first, self.config.storage)}")
@@ -740,6 +785,7 @@ class Search:
         reasons: dict[str, int] = {}
         for t in failed:
             reason = t.user_attrs.get("fail_reason", "unknown reason")
+            reason = re.sub(r"^instance \d+ of \d+: ", "", reason)  # the same failure, N times
             reasons[reason] = reasons.get(reason, 0) + 1
         if not reasons:
             raise StudyError("no trial completed (the search was stopped before the first one "
@@ -777,8 +823,11 @@ class Search:
             validation_doc: dict[str, Any] = {"done": False}
         else:
             verdict, chosen, result, validation_doc = self._validated(validation)
+        pct = cfg.objective.percentile
+        better = f"{pct} step latency {result['speedup']:.3f}x lower" if pct else \
+            f"{result['speedup']:.3f}x faster"
         summary = {
-            "tuned": f"{result['speedup']:.3f}x faster than TensorFlow's defaults "
+            "tuned": f"{better} than TensorFlow's defaults "
                      f"(95% CI {result['speedup_ci95'][0]:.3f}-{result['speedup_ci95'][1]:.3f}, "
                      f"p={result['p_value']:.3g})" if verdict == "tuned" else None,
             "defaults": "no configuration was faster than TensorFlow's defaults beyond noise; "
@@ -792,20 +841,27 @@ class Search:
             "created": _now(),
             "verdict": verdict,
             "summary": summary,
-            "settings": space_mod.nest_settings(chosen),
+            "settings": space_mod.nest_settings(chosen, self.machine),
             "workload": {"model": cfg.workload.model, "data": cfg.workload.data,
                          "mode": cfg.workload.mode,
                          "batch_size": self.preflight.get("batch_size"),
                          "config": os.path.abspath(cfg.path)},
-            "objective": cfg.objective,
+            "objective": {"metric": cfg.objective.metric,
+                          "latency_budget_ms": cfg.objective.latency_budget_ms,
+                          "means": cfg.objective.describe() + (
+                              "; speedup = baseline latency / tuned latency"
+                              if cfg.objective.percentile else "")},
             "machine": self.machine.as_dict(),
             "result": result,
             "validation": validation_doc,
             "search": {
-                "best_trial": {"number": best.number, "settings": space_mod.nest_settings(
-                    best.user_attrs["settings"]), "throughput": _trial_throughput(best)},
+                "best_trial": {"number": best.number,
+                               "settings": space_mod.nest_settings(best.user_attrs["settings"],
+                                                                   self.machine),
+                               "throughput": _trial_throughput(best)},
                 "expert_rule": {
-                    "settings": space_mod.nest_settings(space_mod.expert_settings(self.machine)),
+                    "settings": space_mod.nest_settings(space_mod.expert_settings(self.machine),
+                                                        self.machine),
                     "throughput": _trial_throughput(expert) if expert else None,
                     "speedup_in_search": (expert.value / base.value) if expert and base else None,
                 },
@@ -835,7 +891,7 @@ class Search:
         base_runs = final.get("baseline", [])
         if not base_runs:
             raise StudyError("validation: no baseline measurement succeeded")
-        base_values = [m["throughput"]["median"] for m in base_runs]
+        base_values = [self.score(m) for m in base_runs]
         winner: FrozenTrial | None = v["winner"]
         label = f"#{winner.number}" if winner is not None else None
         win_runs = final.get(label, []) if label else []
@@ -850,15 +906,16 @@ class Search:
             "alpha": cfg.alpha,
             "min_speedup": cfg.min_speedup,
             "candidates": [
-                {"trial": t.number, "settings": space_mod.nest_settings(t.user_attrs["settings"]),
-                 "search_throughput": t.value,
-                 "screen_throughput": [m["throughput"]["median"]
+                {"trial": t.number,
+                 "settings": space_mod.nest_settings(t.user_attrs["settings"], self.machine),
+                 "search_score": t.value,
+                 "screen_score": [self.score(m)
                                        for m in v["screening"].get(f"#{t.number}", [])],
                  **({"failed": v["failures"][f"#{t.number}"]}
                     if f"#{t.number}" in v["failures"] else {})}
                 for t in v["candidates"]],
         }
-        baseline_block = _throughput_block(base_values)
+        baseline_block = _throughput_block([m["throughput"]["median"] for m in base_runs])
         base_sat = stats.median([m["cpu_saturation"] for m in base_runs])
         if winner is None or len(win_runs) < 2:
             why = (f"the winner failed in validation: {v['failures'][label]}"
@@ -869,19 +926,27 @@ class Search:
                       "baseline_cpu_saturation": base_sat,
                       "step_latency_ms": _median_latency(base_runs), "note": why}
             return "defaults", space_mod.default_settings(), result, validation_doc
-        win_values = [m["throughput"]["median"] for m in win_runs]
+        win_values = [self.score(m) for m in win_runs]
         comparison = stats.compare(win_values, base_values, alpha=cfg.alpha,
                                    min_speedup=cfg.min_speedup)
         winner_block = {
             "trial": winner.number,
-            "settings": space_mod.nest_settings(winner.user_attrs["settings"]),
-            "throughput": _throughput_block(win_values),
+            "settings": space_mod.nest_settings(winner.user_attrs["settings"], self.machine),
+            "throughput": _throughput_block([m["throughput"]["median"] for m in win_runs]),
             "speedup": comparison["speedup"], "speedup_ci95": comparison["speedup_ci95"],
             "p_value": comparison["p_value"], "significant": comparison["significant"],
             "rejected_because": comparison["reason"] or None,
             "cpu_saturation": stats.median([m["cpu_saturation"] for m in win_runs]),
             "step_latency_ms": _median_latency(win_runs),
         }
+        budget = self.config.objective.latency_budget_ms
+        if comparison["significant"] and budget is not None \
+                and winner_block["step_latency_ms"]["p95"] > budget:
+            comparison = {**comparison, "significant": False,
+                          "reason": f"its p95 step latency in validation, "
+                                    f"{winner_block['step_latency_ms']['p95']:.2f} ms, is over "
+                                    f"the {budget:g} ms budget"}
+            winner_block.update(significant=False, rejected_because=comparison["reason"])
         validation_doc["winner"] = winner_block
         if comparison["significant"]:
             result = {"throughput": winner_block["throughput"], "baseline_throughput": baseline_block,
@@ -890,6 +955,7 @@ class Search:
                       "cpu_saturation": winner_block["cpu_saturation"],
                       "baseline_cpu_saturation": base_sat,
                       "step_latency_ms": winner_block["step_latency_ms"],
+                      "baseline_step_latency_ms": _median_latency(base_runs),
                       "input_wait": stats.median([m["input_wait"] for m in win_runs])}
             return "tuned", winner.user_attrs["settings"], result, validation_doc
         result = {"throughput": baseline_block, "baseline_throughput": baseline_block,
@@ -915,6 +981,10 @@ def result_attrs(result: dict[str, Any]) -> dict[str, Any]:
     timings["total"] = result.get("wall_seconds", 0.0)
     return {
         "throughput": summary,
+        # plain numbers next to the nested block, so optuna-dashboard can list and sort them
+        "throughput_median": summary["median"],
+        "throughput_spread": summary["rel_spread"],
+        "step_latency_p50_ms": (result.get("step_latency_ms") or {}).get("p50"),
         "cpu_saturation": result["cpu_saturation"],
         "per_core_busy": result.get("per_core_busy"),
         "input_wait": result.get("input_wait"),
@@ -923,6 +993,9 @@ def result_attrs(result: dict[str, Any]) -> dict[str, Any]:
         "threads": result.get("threads"),
         "tf_threading": result.get("tf_threading"),
         "batch_size": result.get("batch_size"),
+        "allocator": result.get("allocator"),   # what was really mapped into the child
+        "affinity": result.get("affinity"),
+        **({"instances": result["instances"]} if result.get("instances") else {}),
         "timings": timings,
     }
 
@@ -942,8 +1015,9 @@ def _trial_throughput(t: FrozenTrial | None) -> dict[str, Any] | None:
 
 
 def _median_latency(runs: list[dict[str, Any]]) -> dict[str, float]:
-    keys = ("p50", "p90", "p99")
-    return {k: stats.median([m["step_latency_ms"][k] for m in runs]) for k in keys}
+    keys = ("p50", "p90", "p95", "p99")
+    return {k: stats.median([m["step_latency_ms"][k] for m in runs])
+            for k in keys if all(k in m["step_latency_ms"] for m in runs)}
 
 
 def _sqlalchemy_error() -> type[BaseException]:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import space
+from . import placement, space
 from .errors import TrialFailed
 from .worker import PROTOCOL
 
@@ -32,10 +33,14 @@ _CHILD_DEFAULTS = {"CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2",
                    "PYTHONUNBUFFERED": "1"}
 
 
-def child_env(settings: dict[str, Any], base: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(settings: dict[str, Any], base: dict[str, str] | None = None,
+              preload: str | None = None) -> dict[str, str]:
     """The child's environment: the user's, minus every variable a knob controls, plus the
-    trial's environment knobs. A copy, not an allowlist: user code may need its own variables."""
+    trial's environment knobs and, for an allocator, ``LD_PRELOAD`` with its library first.
+    A copy, not an allowlist: user code may need its own variables."""
     env = dict(os.environ if base is None else base)
+    if preload:
+        env["LD_PRELOAD"] = placement.preload_value(preload, env.get("LD_PRELOAD"))
     for name in space.CONTROLLED_ENV:
         env.pop(name, None)
     for key, value in _CHILD_DEFAULTS.items():
@@ -116,63 +121,188 @@ class Watch:
             self.on_window(int(event["window"]), float(event["throughput"]))
 
 
-def run_child(task: dict[str, Any], *, timeout: float, settings: dict[str, Any],
-              watch: Watch | None = None, poll: float = 0.1,
-              worker: list[str] | None = None) -> dict[str, Any]:
-    """Run one task in a fresh child and return its result dict, or raise TrialFailed.
+class _Child:
+    """One started child: its files, its process, and the progress lines read so far."""
 
-    ``worker`` replaces ``python -m tuner.worker`` (a fake worker speaking the same protocol)."""
-    watch = watch or Watch()
-    workdir = Path(tempfile.mkdtemp(prefix="tuner-child-"))
-    task_path, result_path = workdir / "task.json", workdir / "result.json"
-    progress_path, log_path = workdir / "progress.jsonl", workdir / "output.log"
-    task = {**task, "protocol": PROTOCOL, "settings": settings, "progress": str(progress_path)}
-    task_path.write_text(json.dumps(task))
-    progress_path.touch()
-    started = time.perf_counter()
-    spawned = time.time()
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        with open(log_path, "wb") as log, open(progress_path) as progress:
-            proc = subprocess.Popen(
-                [*(worker or [sys.executable, "-m", "tuner.worker"]), str(task_path),
-                 str(result_path)],
-                env=child_env(settings), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
-            pending = ""
-            while True:
-                code = proc.poll()
-                chunk = progress.read()
-                if chunk:
-                    pending += chunk
-                    *complete, pending = pending.split("\n")
-                    for line in complete:
-                        watch.feed(line)
-                if code is not None:
-                    break
-                if time.perf_counter() - started > timeout:
-                    _kill_group(proc)
-                    raise TrialFailed(f"timed out after {timeout:g} s (phase: {watch.phase}); "
-                                      f"the child was killed")
-                time.sleep(poll)
-        wall = time.perf_counter() - started
-        result = _read_result(proc, result_path, log_path, task["kind"])
-        result["wall_seconds"] = wall
-        # Interpreter start and imports before the worker's main() ran.
-        result["startup_seconds"] = max(0.0, float(result.get("child_started", spawned)) - spawned)
-        return result
-    finally:
-        if proc is not None:
-            _kill_group(proc)
-        for path in (task_path, result_path, progress_path, log_path):
+    def __init__(self, task: dict[str, Any], settings: dict[str, Any], worker: list[str] | None,
+                 env: dict[str, str], label: str = "") -> None:
+        self.label = label
+        self.workdir = Path(tempfile.mkdtemp(prefix="tuner-child-"))
+        self.task_path = self.workdir / "task.json"
+        self.result_path = self.workdir / "result.json"
+        self.progress_path = self.workdir / "progress.jsonl"
+        self.log_path = self.workdir / "output.log"
+        self.task = {**task, "protocol": PROTOCOL, "settings": settings,
+                     "progress": str(self.progress_path)}
+        self.task_path.write_text(json.dumps(self.task))
+        self.progress_path.touch()
+        self.pending = ""
+        self.spawned = time.time()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = open(self.log_path, "wb")
+        self.progress = open(self.progress_path)
+        self.proc = subprocess.Popen(
+            [*(worker or [sys.executable, "-m", "tuner.worker"]), str(self.task_path),
+             str(self.result_path)],
+            env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def lines(self) -> list[str]:
+        chunk = self.progress.read()
+        if not chunk:
+            return []
+        self.pending += chunk
+        *complete, self.pending = self.pending.split("\n")
+        return complete
+
+    def close(self) -> None:
+        if self.proc is not None:
+            _kill_group(self.proc)
+        for handle in (self.log, self.progress):
+            handle.close()
+        for path in (self.task_path, self.result_path, self.progress_path, self.log_path):
             try:
                 path.unlink()
             except OSError:
                 pass
-        try:
-            workdir.rmdir()
-        except OSError:
-            pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def run_child(task: dict[str, Any], *, timeout: float, settings: dict[str, Any],
+              watch: Watch | None = None, poll: float = 0.1,
+              worker: list[str] | None = None, preload: str | None = None,
+              cpus: list[int] | None = None,
+              instances: list[list[int]] | None = None) -> dict[str, Any]:
+    """Run one task in a fresh child and return its result dict, or raise TrialFailed.
+
+    ``worker`` replaces ``python -m tuner.worker`` (a fake worker speaking the same protocol).
+    ``preload`` is an allocator library for ``LD_PRELOAD``; ``cpus`` pins the child to those
+    CPUs. ``instances`` runs one child per CPU set instead, all at once (they warm up, wait for
+    each other, then measure the same seconds); the result is their sum (see
+    :func:`combine_instances`), and pruning sees instance 0's windows times the count."""
+    watch = watch or Watch()
+    env = child_env(settings, preload=preload)
+    sets = instances if instances and len(instances) > 1 else None
+    children: list[_Child] = []
+    barrier_dir: str | None = None
+    started = time.perf_counter()
+    try:
+        if sets is None:
+            child_task = dict(task)
+            if cpus:
+                child_task.update(cpus=list(cpus), affinity=list(cpus), usable_cpus=len(cpus))
+            children.append(_Child(child_task, settings, worker, env))
+        else:
+            barrier_dir = tempfile.mkdtemp(prefix="tuner-barrier-")
+            for index, cpu_set in enumerate(sets):
+                child_task = {**task, "cpus": list(cpu_set), "affinity": list(cpu_set),
+                              "usable_cpus": len(cpu_set),
+                              "barrier": {"dir": barrier_dir, "index": index, "count": len(sets),
+                                          "timeout": timeout}}
+                children.append(_Child(child_task, settings, worker, env,
+                                       f"instance {index} of {len(sets)}"))
+        scale = len(children)
+        first = children[0]
+        while True:
+            codes = [c.proc.poll() for c in children]  # type: ignore[union-attr]
+            for line in first.lines():
+                if scale > 1:
+                    line = _scaled(line, scale)
+                watch.feed(line)
+            for other in children[1:]:
+                other.lines()
+            if all(code is not None for code in codes):
+                break
+            failed = [c for c, code in zip(children, codes) if code not in (None, 0)]
+            if failed:  # one instance died: the others would wait at the barrier for nothing
+                break
+            if time.perf_counter() - started > timeout:
+                for c in children:
+                    _kill_group(c.proc)  # type: ignore[arg-type]
+                raise TrialFailed(f"timed out after {timeout:g} s (phase: {watch.phase}); "
+                                  f"the child was killed")
+            time.sleep(poll)
+        wall = time.perf_counter() - started
+        results = []
+        # A failed instance's own reason first, not "killed" for the others stopped because of it.
+        ended = {id(c): code for c, code in zip(children, codes)}
+        for child in sorted(children, key=lambda c: ended[id(c)] in (None, 0)):
+            if child.proc.poll() is None:  # type: ignore[union-attr]
+                _kill_group(child.proc)  # type: ignore[arg-type]
+            try:
+                result = _read_result(child.proc, child.result_path, child.log_path,  # type: ignore[arg-type]
+                                      task["kind"])
+            except TrialFailed as exc:
+                if child.label:
+                    raise TrialFailed(f"{child.label}: {exc.reason}") from None
+                raise
+            result["wall_seconds"] = wall
+            # Interpreter start and imports before the worker's main() ran.
+            result["startup_seconds"] = max(0.0, float(result.get("child_started", child.spawned))
+                                            - child.spawned)
+            results.append((children.index(child), result))
+        results = [r for _, r in sorted(results, key=lambda pair: pair[0])]
+        if len(results) == 1:
+            return results[0]
+        return combine_instances(results, sets)  # type: ignore[arg-type]
+    finally:
+        for child in children:
+            child.close()
+        if barrier_dir is not None:
+            shutil.rmtree(barrier_dir, ignore_errors=True)
+
+
+def _scaled(line: str, factor: int) -> str:
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return line
+    if isinstance(event, dict) and "throughput" in event:
+        event["throughput"] = float(event["throughput"]) * factor
+    return json.dumps(event)
+
+
+def combine_instances(results: list[dict[str, Any]], sets: list[list[int]]) -> dict[str, Any]:
+    """N concurrent instances as one measurement: throughput is the sum per window, step
+    latency the worst instance's, CPU saturation weighted by each instance's CPUs."""
+    sizes = [len(s) for s in sets]
+    total_cpus = sum(sizes)
+    n_windows = min(len(r["windows"]) for r in results)
+    windows = []
+    for i in range(n_windows):
+        parts = [r["windows"][i] for r in results]
+        windows.append({
+            "index": i,
+            "seconds": max(w["seconds"] for w in parts),
+            "steps": sum(w.get("steps", 0) for w in parts),
+            "samples": sum(w.get("samples", 0) for w in parts),
+            "throughput": sum(w["throughput"] for w in parts),
+            "cpu_saturation": sum(w.get("cpu_saturation", 0.0) * n
+                                  for w, n in zip(parts, sizes)) / total_cpus,
+            "input_wait": sum(w.get("input_wait", 0.0) for w in parts) / len(parts),
+        })
+    first = results[0]
+    latency = {key: max(r["step_latency_ms"].get(key, 0.0) for r in results)
+               for key in first.get("step_latency_ms", {}) if key != "steps"}
+    latency["steps"] = sum(r["step_latency_ms"].get("steps", 0) for r in results)
+    combined = dict(first)
+    combined.update({
+        "windows": windows,
+        "step_latency_ms": latency,
+        "cpu_saturation": sum(r["cpu_saturation"] * n for r, n in zip(results, sizes)) / total_cpus,
+        "per_core_busy": [b for r in results for b in (r.get("per_core_busy") or [])],
+        "input_wait": sum(r.get("input_wait", 0.0) for r in results) / len(results),
+        "peak_rss_bytes": sum(r.get("peak_rss_bytes", 0) for r in results),
+        "threads": sum(r.get("threads", 0) for r in results),
+        "affinity": sorted(c for r in results for c in (r.get("affinity") or [])),
+        "instances": [{"cpus": list(s), "affinity": r.get("affinity"),
+                       "throughput": sorted(w["throughput"] for w in r["windows"])[
+                           len(r["windows"]) // 2],
+                       "step_latency_ms": r.get("step_latency_ms")}
+                      for r, s in zip(results, sets)],
+        "startup_seconds": max(r.get("startup_seconds", 0.0) for r in results),
+    })
+    return combined
 
 
 def _read_result(proc: subprocess.Popen[bytes], result_path: Path, log_path: Path,

@@ -58,7 +58,7 @@ def mask_secret(text: str, url: str) -> str:
         from sqlalchemy.engine import make_url
 
         password = make_url(url).password
-    except Exception:  # not a SQLAlchemy URL: mask_url above did what can be done
+    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL: mask_url did what can be done
         return text
     if password:
         for spelling in {str(password), quote(str(password), safe=""), unquote(str(password))}:

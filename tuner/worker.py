@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from . import placement
 from .files import write_json_atomic
 
 PROTOCOL = 1
@@ -310,6 +311,9 @@ def measure(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
     warmup_steps += 1
     timings["warmup"] = time.perf_counter() - t0
 
+    barrier = task.get("barrier")
+    if barrier:
+        _wait_for_instances(barrier, progress)
     progress.emit(phase="measure")
     process = psutil.Process()
     cores_before = psutil.cpu_times(percpu=True)
@@ -361,6 +365,7 @@ def measure(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
         "step_latency_ms": {
             "p50": _percentile(latencies, 0.50) * 1e3,
             "p90": _percentile(latencies, 0.90) * 1e3,
+            "p95": _percentile(latencies, 0.95) * 1e3,
             "p99": _percentile(latencies, 0.99) * 1e3,
             "steps": len(latencies),
         },
@@ -373,8 +378,24 @@ def measure(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
             "intra_op": work.tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op": work.tf.config.threading.get_inter_op_parallelism_threads(),
         },
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "allocator": placement.allocator_in_process(),
         "timings": timings,
     }
+
+
+def _wait_for_instances(barrier: dict[str, Any], progress: _Progress) -> None:
+    """Instances start measuring together: each marks itself ready after warm-up, then waits
+    until all are (they run concurrently, so throughput is their sum over the same seconds)."""
+    folder = Path(barrier["dir"])
+    (folder / f"ready-{barrier['index']}").touch()
+    progress.emit(phase="waiting for the other instances")
+    deadline = time.monotonic() + float(barrier.get("timeout", 120))
+    while len(list(folder.glob("ready-*"))) < int(barrier["count"]):
+        if time.monotonic() > deadline:
+            raise WorkloadProblem(f"instance {barrier['index']}: the other instances did not "
+                                  f"finish warming up within {barrier.get('timeout', 120)} s")
+        time.sleep(0.005)
 
 
 def preflight(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
@@ -394,6 +415,7 @@ def preflight(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
         "element_spec": work.element_spec,
         "tf_version": tf.__version__,
         "onednn_enabled": _onednn_enabled(),
+        "openmp": placement.uses_openmp(),
         "model_params": int(work.model.count_params()) if work.model is not None else None,
         "timings": timings,
     }
@@ -421,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         task = json.loads(Path(task_path).read_text())
+        # Pin before TensorFlow starts any thread: threads inherit the affinity they start with.
+        why = placement.set_affinity(task.get("cpus"))
+        if why:
+            raise WorkloadProblem(why)
         payload = {"protocol": PROTOCOL, "ok": True, **run_task(task)}
         code = 0
     except WorkloadProblem as exc:
