@@ -9,7 +9,8 @@ chosen trials misbehave: ``crash-intra-N`` (os.abort when intra == N), ``hang-in
 ``raise-intra-N``, ``garble-intra-N``, ``exit-intra-N``, ``crash-all``, ``crash-measure``
 (every trial, not the preflight), ``preflight-fail``. With several instances each reports its
 share of the throughput, times ``FAKE_INSTANCE_GAIN`` (default 1: instances neither help nor
-hurt), so per-step latency grows with the instance count.
+hurt), so per-step latency grows with the instance count. ``FAKE_TF_VERSION`` is the TensorFlow
+version the preflight reports (default fake-1.0): another value is another machine type.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main() -> None:
     progress = open(task["progress"], "a", buffering=1)
     if task["kind"] == "preflight":
         payload = {"protocol": PROTOCOL, "ok": True, "batch_size": 32, "element_spec": "fake",
-                   "tf_version": "fake-1.0", "onednn_enabled": True, "model_params": 1,
+                   "tf_version": os.environ.get("FAKE_TF_VERSION", "fake-1.0"),
+                   "onednn_enabled": True, "model_params": 1,
                    "openmp": os.environ.get("FAKE_OPENMP") == "1",
                    "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
                                "first_step": 0.01, "second_step": 0.001},

@@ -4,9 +4,11 @@ what failures become, resume, and what the tuned file holds."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -66,7 +68,8 @@ def test_search_finds_the_known_optimum_and_validates_it(fake_worker, write_conf
     assert doc["search"]["sampler"] == "grid"
     assert doc["study"] == {"name": "study", "storage": "sqlite:///results/study.db",
                             "n_trials": 14, "complete": doc["study"]["complete"],
-                            "pruned": doc["study"]["pruned"], "fail": 0}
+                            "pruned": doc["study"]["pruned"], "fail": 0,
+                            "hosts": [socket.gethostname()]}
     assert len(doc["validation"]["winner"]["throughput"]["per_process"]) == 5
     text = open(outcome.tuned_path).read()
     assert text.startswith("# Tuned TensorFlow CPU configuration")
@@ -200,9 +203,13 @@ def test_a_trial_left_running_by_a_killed_search_is_marked_failed(fake_worker, w
     orphan.set_user_attr("tuner.host", socket.gethostname())
     orphan.set_user_attr("tuner.pid", int(dead))
     run_search(path, n_trials=1)
-    frozen = load_study().trials[orphan.number]
+    trials = load_study().trials
+    frozen = trials[orphan.number]
     assert frozen.state == optuna.trial.TrialState.FAIL
     assert "search process" in frozen.user_attrs["fail_reason"]
+    # its settings are queued again, and the next trial of this run measured them
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
 
 
 def test_resuming_on_another_machine_or_workload_is_refused(fake_worker, write_config):
@@ -250,6 +257,20 @@ def test_study_wide_cap_stops_the_search(fake_worker, write_config):
     path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 8\n  max_trials: 3"))
     run_search(path)
     assert len(load_study().trials) == 3
+
+
+def test_a_worker_finding_the_cap_reached_writes_the_tuned_file_from_the_stored_validation(
+        fake_worker, write_config, tmp_path):
+    path = write_config()
+    path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 4\n  max_trials: 4"))
+    first = run_search(path)
+    late = run_search(path, output=str(tmp_path / "late.yaml"))
+    assert len(load_study().trials) == 4
+    assert any("no trials to add" in line for line in late.lines)
+    assert any("validation: reusing the validation stored by" in line for line in late.lines)
+    assert not any("final round" in line for line in late.lines)
+    assert late.tuned["validation"] == first.tuned["validation"]
+    assert late.tuned["result"] == first.tuned["result"]
 
 
 def test_timeout_too_small_for_validation_is_refused(fake_worker, write_config):
@@ -337,6 +358,39 @@ def test_small_budgets_skip_the_screening(fake_worker, write_config):
     path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 8\n  sampler: tpe"))
     run_search(path)
     assert not [t for t in load_study().trials if t.user_attrs.get("role") == "screen"]
+
+
+def test_a_worker_stopped_by_sigterm_queues_its_trial_again(fake_worker, write_config,
+                                                            monkeypatch):
+    monkeypatch.setenv("FAKE_WINDOW_SLEEP", "0.5")
+    path = write_config()
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "search", "--config", str(path),
+                             "--n-trials", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    running = []
+    while not running and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if not os.path.exists("results/study.db"):
+            continue
+        try:
+            trials = load_study().get_trials(deepcopy=False)
+        except KeyError:  # the study is not created yet
+            continue
+        if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):  # one to write
+            running = [t for t in trials
+                       if t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values]
+    assert running, proc.communicate()
+    proc.send_signal(signal.SIGTERM)  # what an orchestrator sends to stop a worker
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    trials = load_study().trials
+    stopped = trials[running[0].number]
+    assert stopped.state == optuna.trial.TrialState.FAIL
+    assert stopped.user_attrs["fail_reason"] == "interrupted (Ctrl-C or SIGTERM)"
+    again = [t for t in trials if t.system_attrs.get("failed_trial") == stopped.number]
+    assert len(again) == 1 and again[0].state == optuna.trial.TrialState.WAITING
+    assert again[0].params == stopped.params
 
 
 # -- objectives and instances (fake worker: instances share the throughput, FAKE_INSTANCE_GAIN) --

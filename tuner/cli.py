@@ -7,6 +7,7 @@ Errors print as one line, ``error: ...``, and exit with the error's code (2 for 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import traceback
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigError, TunerError
+
+STORAGE_ENV = "TUNER_STORAGE"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,10 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-trials", type=_positive_int, help="trials this run adds (as in Optuna)")
     s.add_argument("--timeout", type=_seconds, help="seconds for the whole run, validation included")
     s.add_argument("--trial-timeout", type=_seconds, help="seconds one trial's child may take")
-    s.add_argument("--storage", help="Optuna storage URL (default sqlite:///results/<study>.db)")
+    s.add_argument("--max-trials", type=_positive_int,
+                   help="study-wide cap: every worker stops once the study holds this many trials")
+    s.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://USER:PASS@HOST/DB to "
+                   "share one study among several machines (default: $TUNER_STORAGE, else "
+                   "sqlite:///results/<study>.db)")
     s.add_argument("--study-name", help="study name (default: the config file's name)")
     s.add_argument("--output", help="tuned YAML path (default results/<study>/tuned.yaml)")
     s.add_argument("--seed", type=_nonneg_int, help="sampler seed")
+    s.add_argument("--allow-other-machines", action="store_true",
+                   help="join a study recorded on another machine type; each machine type's "
+                   "trials and validation are kept apart")
     s.add_argument("--force", action="store_true",
                    help="replace an output file that belongs to another study (kept as .bak)")
     s.add_argument("--quiet", action="store_true", help="print only the final summary")
@@ -162,8 +172,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     cfg = config_mod.with_overrides(
         config_mod.load(args.config), n_trials=args.n_trials, timeout=args.timeout,
-        trial_timeout=args.trial_timeout, storage=args.storage, study_name=args.study_name,
-        output=args.output, seed=args.seed, force=args.force)
+        trial_timeout=args.trial_timeout,
+        # the environment keeps a password out of the command line (and `ps`): a Secret's value
+        storage=args.storage or os.environ.get(STORAGE_ENV) or None, study_name=args.study_name,
+        output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
+        allow_other_machines=args.allow_other_machines)
     quiet = args.quiet
     printer = study_mod.Printer((lambda line: None) if quiet else None)
     outcome = study_mod.search(cfg, printer)

@@ -40,6 +40,11 @@ class Search:
     seed: int | None = 0
     pruning: bool = True
     prune_ratio: float = 0.5    # prune a trial measuring below this share of the best so far
+    # Several workers sharing one study (see tuner/coord.py): a worker whose heartbeat is older
+    # than grace_period seconds is taken for dead, and its trial is failed and retried.
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    allow_other_machines: bool = False  # join a study recorded on another machine type
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,8 @@ SEARCH_RULES = {
     "sampler": lambda v, w: _choice(v, SAMPLERS, w), "seed": _int(0, allow_none=True),
     "pruning": _bool,
     "prune_ratio": lambda v, w: _ratio(v, w),
+    "heartbeat_interval": _int(1), "grace_period": _int(1),
+    "allow_other_machines": _bool,
 }
 MEASURE_RULES = {
     "warmup_seconds": _float(0), "min_warmup_steps": _int(1),
@@ -277,6 +284,10 @@ def parse(data: Any, path: Path) -> Config:
                         mode=mode, base_dir=str(base_dir))
 
     search = _section(Search, data.get("search"), path, "search", SEARCH_RULES)
+    if search.grace_period <= search.heartbeat_interval:
+        raise ConfigError(f"{_where(path, 'search.grace_period')}: expected more than "
+                          f"search.heartbeat_interval ({search.heartbeat_interval}), got "
+                          f"{search.grace_period}")
     measure = _section(Measure, data.get("measure"), path, "measure", MEASURE_RULES)
     validate = _section(Validate, data.get("validate"), path, "validate", VALIDATE_RULES)
     space = check_overrides(_flatten_space(data.get("space"), path), _where(path, "space"))
@@ -346,7 +357,8 @@ def check_storage(url: Any, where: str) -> str:
 def with_overrides(config: Config, *, n_trials: int | None = None, timeout: float | None = None,
                    trial_timeout: float | None = None, storage: str | None = None,
                    study_name: str | None = None, output: str | None = None,
-                   seed: int | None = None, force: bool = False) -> Config:
+                   seed: int | None = None, force: bool = False, max_trials: int | None = None,
+                   allow_other_machines: bool = False) -> Config:
     """Apply CLI flags on top of the file. A new study name moves the default storage and output
     with it unless the file or a flag set those explicitly."""
     changes: dict[str, Any] = {}
@@ -360,6 +372,10 @@ def with_overrides(config: Config, *, n_trials: int | None = None, timeout: floa
                                                                           "--trial-timeout")
     if seed is not None:
         search_changes["seed"] = _int(0)(seed, "--seed")
+    if max_trials is not None:
+        search_changes["max_trials"] = _int(1)(max_trials, "--max-trials")
+    if allow_other_machines:
+        search_changes["allow_other_machines"] = True
     if search_changes:
         changes["search"] = dataclasses.replace(config.search, **search_changes)
     if study_name is not None:

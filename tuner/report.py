@@ -39,7 +39,7 @@ def open_study(storage: str, name: str | None) -> Any:
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types; all mean "cannot open it"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StudyError(f"--storage: cannot open {tuned.mask_url(storage)}: "
-                         f"{tuned.mask_url(first)}") from None
+                         f"{tuned.mask_secret(first, storage)}") from None
     if name is None:
         if len(names) != 1:
             raise ConfigError(f"--study-name: required, {tuned.mask_url(storage)} holds "

@@ -5,13 +5,16 @@ Flow of :func:`search`:
 1. Detect the machine; preflight the workload once in a child (a typo costs seconds).
 2. Open or resume the Optuna study (any RDB storage URL; SQLite by default). A resumed study must
    belong to the same workload, measurement and machine. Trials left RUNNING by a dead search on
-   this host are marked FAIL at once; Optuna's heartbeat catches the rest.
+   this host are marked FAIL at once; Optuna's heartbeat catches the rest, and both re-enqueue
+   the lost trial's parameters. Several workers (on several identical machines) may share one
+   study through PostgreSQL: see :mod:`tuner.coord` for what they coordinate and how.
 3. The first trials are TensorFlow's defaults (the baseline) and the expert rule; then the sampler
    (exhaustive grid when the space fits the budget, TPE otherwise) proposes the rest. Every trial is
    a fresh child under the host-wide lock; clearly bad trials are pruned after a few windows.
 4. One trial is one process, and processes differ by up to 1.6x, so the best trial is only a
    candidate: the best few are re-measured in fresh, interleaved processes, and the fastest against
-   the baseline.
+   the baseline. With several workers, the last one to finish its trials validates and stores the
+   result in the study; the others write their tuned file from it.
    The winner's speedup and interval come from those rounds alone (not from the trials that
    selected it), and unless it is faster beyond noise, the verdict keeps TensorFlow's defaults.
 """
@@ -20,12 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
 import re
 import shlex
-import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,15 +37,20 @@ from typing import Any, Callable, Iterable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from . import coord, stats, tuned
 from . import machine as machine_mod
 from . import space as space_mod
-from . import stats, tuned
 from .config import Config
 from .errors import StudyError, StudyMismatchError, TrialFailed, WorkloadError
 from .lock import host_lock
 from .trial import Watch, run_child
 
 ATTR_PREFIX = "tuner."
+# per trial: which machine type measured it (a short hash of the machine fingerprint)
+MACHINE_ID = ATTR_PREFIX + "machine_id"
+# per study and machine type: the stored validation, which every worker's tuned file comes from
+VALIDATION = ATTR_PREFIX + "validation."
+SEARCH_LOCK = "search"  # see tuner/coord.py
 BASELINE, EXPERT, SCREEN = "baseline", "expert", "screen"
 # Below this many trials, the screening points would leave the model-based sampler too little.
 MIN_TRIALS_FOR_SCREEN = 12
@@ -104,11 +112,13 @@ class ClearlyWorsePruner(optuna.pruners.BasePruner):
         step = trial.last_step
         if step is None or step + 1 < self.min_windows:
             return False
-        try:
-            best = study.best_value
-        except ValueError:
+        # the best of this machine type: another type's speed says nothing about this one
+        mid = trial.user_attrs.get(MACHINE_ID)
+        values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.user_attrs.get(MACHINE_ID, mid) == mid]
+        if not values:
             return False
-        return trial.intermediate_values[step] < self.ratio * best
+        return trial.intermediate_values[step] < self.ratio * max(values)
 
 
 def _json_key(settings: dict[str, Any]) -> str:
@@ -125,6 +135,10 @@ def _estimate_child_seconds(preflight: dict[str, Any], config: Config) -> float:
 def _fmt_seconds(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def machine_id(fingerprint: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _worker_command() -> list[str] | None:
@@ -147,6 +161,20 @@ class Search:
         self.sampler_name = ""
         self.phase_seconds: dict[str, float] = {}
         self._run_added = 0
+        self._study_machine_id = ""  # the machine type the study was first recorded on
+        self._interrupted_trial: int | None = None
+
+    @property
+    def machine_id(self) -> str:
+        return machine_id(self.machine.fingerprint())
+
+    def _mine(self, trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+        """The trials measured on this machine type (all of them, unless the study was joined
+        with --allow-other-machines). Trials from before machine ids were recorded belong to the
+        machine type the study was recorded on."""
+        mine = self.machine_id
+        return [t for t in trials
+                if t.user_attrs.get(MACHINE_ID, self._study_machine_id or mine) == mine]
 
     # -- children ------------------------------------------------------------------------------
 
@@ -222,17 +250,19 @@ class Search:
             path = url[len("sqlite:///"):]
             if path and path != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=60)
-        except Exception as exc:  # SQLAlchemy raises many types; all mean "cannot open it"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StudyError(f"--storage: cannot open {tuned.mask_url(url)}: "
-                             f"{tuned.mask_url(first)}") from None
+        return coord.open_storage(url, heartbeat_interval=self.config.search.heartbeat_interval,
+                                  grace_period=self.config.search.grace_period, say=self.say)
 
-    def _sampler(self, space: space_mod.Space) -> tuple[optuna.samplers.BaseSampler, str]:
+    def _sampler(self, space: space_mod.Space, joining: bool = False
+                 ) -> tuple[optuna.samplers.BaseSampler, str]:
         search = self.config.search
+        seed = search.seed
+        if joining and seed is not None:
+            # Workers joining a study must not replay the first worker's random draws (two
+            # workers with one seed propose the same points); the study's creator keeps --seed.
+            seed = int(hashlib.sha256(f"{seed}|{coord.process_space()}|{os.getpid()}".encode())
+                       .hexdigest()[:8], 16)
+        search = dataclasses.replace(search, seed=seed)
         kind = search.sampler
         if kind == "auto":
             # the baseline and expert trials come on top of the grid (they are enqueued)
@@ -244,8 +274,10 @@ class Search:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             budget = self.config.objective.latency_budget_ms
+            # constant_liar: another worker's running trial counts as a poor result, so workers do
+            # not all sample the same promising point (no effect with one worker)
             sampler = optuna.samplers.TPESampler(
-                seed=search.seed, multivariate=True, group=True,
+                seed=search.seed, multivariate=True, group=True, constant_liar=True,
                 n_startup_trials=max(4, min(10, search.n_trials // 3)),
                 # Optuna < 5 takes constraints this way; 5 reads trial.set_constraint (objective)
                 **({"constraints_func": lambda t: (t.user_attrs.get("latency_excess_ms", 0.0),)}
@@ -253,25 +285,33 @@ class Search:
                    else {}))
         return sampler, "tpe"
 
-    def open_study(self) -> optuna.Study:
+    def open_study(self, locks: coord.Locks | None = None) -> optuna.Study:
+        """Create or join the study, check it is this workload's and machine's, fail trials of
+        dead workers and enqueue the reference trials: all under the setup lock, so workers
+        starting together enqueue the references once."""
         assert self.space is not None
-        sampler, sampler_name = self._sampler(self.space)
-        self.sampler_name = sampler_name
-        # windows report throughput, so they can only prune a throughput objective
-        pruner: optuna.pruners.BasePruner = (
-            ClearlyWorsePruner(self.config.search.prune_ratio)
-            if self.config.search.pruning and self.config.objective.percentile is None
-            else optuna.pruners.NopPruner())
-        storage = self._storage()
-        try:
+        locks = locks or coord.Locks(self.config.storage, self.config.study_name)
+        with locks.holding("setup", "setup", on_wait=lambda: self.say(
+                "  waiting: another worker is setting up this study")):
+            storage = self._storage()
+            try:
+                storage.get_study_id_from_name(self.config.study_name)
+                joining = True
+            except KeyError:
+                joining = False
+            sampler, sampler_name = self._sampler(self.space, joining=joining)
+            self.sampler_name = sampler_name
+            # windows report throughput, so they can only prune a throughput objective
+            pruner: optuna.pruners.BasePruner = (
+                ClearlyWorsePruner(self.config.search.prune_ratio)
+                if self.config.search.pruning and self.config.objective.percentile is None
+                else optuna.pruners.NopPruner())
             study = optuna.create_study(storage=storage, study_name=self.config.study_name,
                                         direction="maximize", sampler=sampler, pruner=pruner,
                                         load_if_exists=True)
-        except Exception as exc:
-            raise StudyError(f"--storage: cannot create study {self.config.study_name!r} in "
-                             f"{tuned.mask_url(self.config.storage)}: {exc}") from None
-        self._check_or_record(study)
-        self._fail_dead_trials(study)
+            self._check_or_record(study)
+            self._fail_stale_trials(study)
+            self.enqueue_references(study)
         return study
 
     def _check_or_record(self, study: optuna.Study) -> None:
@@ -283,35 +323,62 @@ class Search:
                 study.set_user_attr(ATTR_PREFIX + key, value)
             study.set_user_attr(ATTR_PREFIX + "machine_full", self.machine.as_dict())
             study.set_user_attr(ATTR_PREFIX + "created", _now())
+            self._study_machine_id = self.machine_id
             return
+        self._study_machine_id = machine_id(attrs[ATTR_PREFIX + "machine"])
         where = f"study {self.config.study_name!r} in {tuned.mask_url(self.config.storage)}"
         if attrs[ATTR_PREFIX + "config"] != mine["config"]:
             raise StudyMismatchError(f"{where} was made for another workload or measurement "
                                      f"({_diff(attrs[ATTR_PREFIX + 'config'], mine['config'])}); "
                                      f"use a new --study-name")
         diffs = machine_mod.fingerprint_differences(attrs[ATTR_PREFIX + "machine"], mine["machine"])
+        if diffs and not self.config.search.allow_other_machines:
+            raise StudyMismatchError(
+                f"{where} was measured on another machine type ({'; '.join(diffs)}); this "
+                f"worker does not join it. Use a new --study-name, or pass "
+                f"--allow-other-machines to add this machine type to the study (each machine "
+                f"type's trials and validation are then kept apart)")
         if diffs:
-            raise StudyMismatchError(f"{where} was measured on another machine ({'; '.join(diffs)}); "
-                                     f"use a new --study-name")
+            self.say(f"note: joining {where}, recorded on another machine type "
+                     f"({'; '.join(diffs)}), as machine type {self.machine_id}: only its trials "
+                     f"measured here are compared, validated and written")
+            study.set_user_attr(f"{ATTR_PREFIX}machine.{self.machine_id}", mine["machine"])
         if attrs[ATTR_PREFIX + "space"] != mine["space"]:
             raise StudyMismatchError(f"{where} searched another space "
                                      f"({_diff(attrs[ATTR_PREFIX + 'space'], mine['space'])}); "
                                      f"use a new --study-name")
 
     def _fail_dead_trials(self, study: optuna.Study) -> None:
-        """A trial RUNNING for a search process on this host that no longer exists never ends:
-        mark it FAIL now rather than waiting for the heartbeat grace period."""
-        host = socket.gethostname()
+        """A trial RUNNING for a search process on this host (and in this pid namespace) that no
+        longer exists never ends: mark it FAIL now, rather than after the heartbeat grace period,
+        and re-enqueue its parameters as the heartbeat would. Other hosts' trials are left to the
+        heartbeat."""
+        host, here = coord.host_id(), coord.process_space()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = t.user_attrs.get(ATTR_PREFIX + "pid")
-            if t.user_attrs.get(ATTR_PREFIX + "host") != host or not isinstance(pid, int):
+            if not isinstance(pid, int) or t.user_attrs.get(ATTR_PREFIX + "host") != host:
+                continue
+            if t.user_attrs.get(ATTR_PREFIX + "pidns", here) != here:
                 continue
             if pid != os.getpid() and not _alive(pid):
-                study._storage.set_trial_user_attr(
-                    t._trial_id, "fail_reason",
-                    f"interrupted: its search process (pid {pid}) ended while it ran")
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                self.say(f"marked trial {t.number} FAIL: its search process (pid {pid}) is gone")
+                reason = f"interrupted: its search process (pid {pid}) ended while it ran"
+                study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+                try:
+                    if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                        continue
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    continue  # another worker's heartbeat check got there first
+                coord.RetryStaleTrial()(study, study._storage.get_trial(t._trial_id))
+                self.say(f"marked trial {t.number} FAIL: its search process (pid {pid}) is gone; "
+                         f"its settings are queued again")
+
+    def _fail_stale_trials(self, study: optuna.Study) -> None:
+        """Trials of dead workers: Optuna's heartbeat check (which Optuna also runs before each
+        trial, without a reason on the trial) and this host's dead pids."""
+        for number in coord.fail_stale_trials(study):
+            self.say(f"marked trial {number} FAIL: its worker stopped sending heartbeats; its "
+                     f"settings are queued again")
+        self._fail_dead_trials(study)
 
     def enqueue_references(self, study: optuna.Study) -> None:
         assert self.space is not None
@@ -343,8 +410,10 @@ class Search:
         else:
             settings = self.space.settings(sampled)
         trial.set_user_attr("settings", settings)
-        trial.set_user_attr(ATTR_PREFIX + "host", socket.gethostname())
+        trial.set_user_attr(ATTR_PREFIX + "host", coord.host_id())
         trial.set_user_attr(ATTR_PREFIX + "pid", os.getpid())
+        trial.set_user_attr(ATTR_PREFIX + "pidns", coord.process_space())
+        trial.set_user_attr(MACHINE_ID, self.machine_id)
         windows: list[float] = []
 
         def on_window(index: int, throughput: float) -> None:
@@ -367,6 +436,7 @@ class Search:
             raise
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM)")
+            self._interrupted_trial = trial.number
             raise
         self.trial_walls.append(result["wall_seconds"])
         for key, value in result_attrs(result).items():
@@ -383,10 +453,16 @@ class Search:
     def after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         self._run_added += 1
         self.say(self.trial_line(study, frozen))
-        cap = self.config.search.max_trials
-        if cap is not None and len(study.get_trials(deepcopy=False, states=(
-                TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))) >= cap:
+        self._fail_stale_trials(study)  # before Optuna's own check, to say why on the trial
+        if self._cap_reached(study):
             study.stop()
+
+    def _cap_reached(self, study: optuna.Study) -> bool:
+        """The study-wide cap counts every worker's trials, running ones included, so workers
+        stop together instead of each starting one more."""
+        cap = self.config.search.max_trials
+        return cap is not None and len(study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING))) >= cap
 
     def trial_line(self, study: optuna.Study, t: FrozenTrial) -> str:
         settings = t.user_attrs.get("settings") or {}
@@ -401,11 +477,11 @@ class Search:
             body = f"PRUNED  {t.user_attrs.get('prune_reason', '')}"
         else:
             body = f"FAIL  {t.user_attrs.get('fail_reason', 'unknown reason')}"
-        try:
-            best = study.best_trial
+        done = self._mine(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        best_text = ""
+        if done:
+            best = max(done, key=lambda c: c.value)
             best_text = f"  best {best.value:.1f} (#{best.number})"
-        except ValueError:
-            best_text = ""
         remaining = self.config.search.n_trials - self._run_added
         mean = (sum(self.trial_walls) / len(self.trial_walls)) if self.trial_walls else \
             self.child_estimate
@@ -418,7 +494,8 @@ class Search:
         defaults = _json_key(space_mod.default_settings())
         seen = {defaults}
         chosen = []
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        complete = [t for t in self._mine(study.get_trials(deepcopy=False,
+                                                           states=(TrialState.COMPLETE,)))
                     if "settings" in t.user_attrs and self.feasible(t.user_attrs)]
         for t in sorted(complete, key=lambda t: t.value, reverse=True):
             key = _json_key(t.user_attrs["settings"])
@@ -537,22 +614,38 @@ class Search:
     def _run_all(self) -> SearchOutcome:
         cfg = self.config
         tuned.check_replaceable(cfg.output, cfg.study_name, cfg.storage, cfg.force)
-        mark = time.monotonic()
-        self.run_preflight()
-        self.phase_seconds["preflight"] = time.monotonic() - mark
-        self.space = space_mod.build_space(self.machine, cfg.space, mode=cfg.workload.mode)
-        study = self.open_study()
-        self.enqueue_references(study)
+        locks = coord.Locks(cfg.storage, cfg.study_name)
+        try:
+            # Held (shared) from before the preflight to the end of this worker's trials, so a
+            # worker started together with others never validates before they have all searched.
+            locks.acquire(SEARCH_LOCK, SEARCH_LOCK, shared=True, on_wait=lambda: self.say(
+                "waiting: another worker is validating this study; this one starts after"))
+            mark = time.monotonic()
+            self.run_preflight()
+            self.phase_seconds["preflight"] = time.monotonic() - mark
+            self.space = space_mod.build_space(self.machine, cfg.space, mode=cfg.workload.mode)
+            return self._run_shared(locks)
+        except (optuna.exceptions.StorageInternalError, _sqlalchemy_error()) as exc:
+            # the database went away mid-run, beyond the retries: one line, never a traceback
+            raise coord.cannot_connect(cfg.storage, exc) from None
+        finally:
+            locks.close()
+
+    def _run_shared(self, locks: coord.Locks) -> SearchOutcome:
+        cfg = self.config
+        study = self.open_study(locks)
         v = cfg.validate
         self.validation_estimate = self.child_estimate * (
             v.candidates * v.screen_rounds * (v.candidates > 1) + 2 * v.rounds)
         prior = len([t for t in study.get_trials(deepcopy=False)
                      if t.state != TrialState.WAITING])  # enqueued references are not history
+        space = self.space
+        assert space is not None
         self.say(
             f"study {cfg.study_name!r} in {tuned.mask_url(cfg.storage)}: "
             f"{'resuming with ' + str(prior) + ' trials' if prior else 'new'}; sampler "
-            f"{self.sampler_name}, space of {self.space.size} points over "
-            f"{', '.join(self.space.searched) or 'nothing'}; {cfg.search.n_trials} trials of "
+            f"{self.sampler_name}, space of {space.size} points over "
+            f"{', '.join(space.searched) or 'nothing'}; {cfg.search.n_trials} trials of "
             f"~{self.child_estimate:.0f} s, then ~{_fmt_seconds(self.validation_estimate)} "
             f"of validation")
         self.say(f"machine: {self.machine.cpu_model}, {self.machine.usable_cpus} usable CPUs "
@@ -569,14 +662,20 @@ class Search:
                                  f"s); allow more")
         mark = time.monotonic()
         try:
-            study.optimize(self.objective, n_trials=cfg.search.n_trials, timeout=search_timeout,
-                           catch=(TrialFailed,), callbacks=[self.after_trial])
+            if self._cap_reached(study):
+                self.say(f"the study already holds {cfg.search.max_trials} trials (the "
+                         f"study-wide cap): no trials to add")
+            else:
+                study.optimize(self.objective, n_trials=cfg.search.n_trials,
+                               timeout=search_timeout, catch=(TrialFailed,),
+                               callbacks=[self.after_trial])
         except KeyboardInterrupt:
             interrupted = True
             self.say("interrupted: stopping the search; writing the best result so far "
                      "(not validated)")
+            self._requeue_interrupted(study)
         self.phase_seconds["trials"] = time.monotonic() - mark
-        trials = study.get_trials(deepcopy=False)
+        trials = self._mine(study.get_trials(deepcopy=False))
         self._require_some_success(trials)
         self.say("")
         self.say("best trials of the search (one process each; validation follows):")
@@ -585,9 +684,7 @@ class Search:
         validation = None
         if not interrupted:
             try:
-                mark = time.monotonic()
-                validation = self.validate(study)
-                self.phase_seconds["validation"] = time.monotonic() - mark
+                validation = self.validate_once(study, locks)
             except KeyboardInterrupt:
                 interrupted = True
                 self.say("interrupted during validation; writing the best result so far "
@@ -601,6 +698,84 @@ class Search:
             "output": os.path.abspath(cfg.output)})
         return SearchOutcome(tuned_path=cfg.output, tuned=document,
                              backup=str(backup) if backup else None, interrupted=interrupted)
+
+    def _requeue_interrupted(self, study: optuna.Study) -> None:
+        """A trial cut short by Ctrl-C or SIGTERM (an orchestrator stopping a worker) lost only
+        its measurement: queue its settings again for another worker, or the next run."""
+        if self._interrupted_trial is None:
+            return
+        try:
+            frozen = study.get_trials(deepcopy=False)[self._interrupted_trial]
+            if frozen.state == TrialState.FAIL:
+                coord.RetryStaleTrial()(study, frozen)
+        except Exception as exc:  # noqa: BLE001 - best effort while stopping; the trial is FAIL
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.say(f"  could not queue trial {self._interrupted_trial} again: "
+                     f"{tuned.mask_secret(first, self.config.storage)}")
+
+    # -- validation once per study ------------------------------------------------------------
+
+    def validate_once(self, study: optuna.Study, locks: coord.Locks) -> dict[str, Any]:
+        """Validate, unless a validation stored in the study already covers every complete trial
+        of this machine type: then reuse it. Runs under the search lock taken exclusively, so it
+        waits until no worker is still running trials (or about to: a worker holds the lock
+        shared from its start), and only one worker validates at a time (the others then find
+        its result)."""
+
+        def waiting() -> None:
+            self.say("waiting: other workers are still running trials or validating; the last "
+                     "to finish validates, the others write their tuned file from its result")
+
+        locks.release(SEARCH_LOCK)  # this worker's trials are done
+        with locks.holding(SEARCH_LOCK, SEARCH_LOCK, poll=2.0, on_wait=waiting) as waited:
+            if waited > 1:
+                self.phase_seconds["waiting_for_workers"] = waited
+            self._fail_stale_trials(study)
+            stored = self.stored_validation(study)
+            if stored is not None:
+                record = study.user_attrs[VALIDATION + self.machine_id]
+                self.say(f"validation: reusing the validation stored by {record['by']} at "
+                         f"{record['at']} (it covers all {len(record['complete'])} complete "
+                         f"trials of this machine type)")
+                return stored
+            mark = time.monotonic()
+            validation = self.validate(study)
+            self.phase_seconds["validation"] = time.monotonic() - mark
+            study.set_user_attr(VALIDATION + self.machine_id, self._validation_record(
+                study, validation))
+            return validation
+
+    def _complete_numbers(self, study: optuna.Study) -> list[int]:
+        return sorted(t.number for t in self._mine(study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,))))
+
+    def _validation_record(self, study: optuna.Study, v: dict[str, Any]) -> dict[str, Any]:
+        """What :meth:`validate` returned, JSON-ready (trials by number), with what it covers."""
+        return {
+            "complete": self._complete_numbers(study),
+            "validate": dataclasses.asdict(self.config.validate),
+            "by": f"{coord.host_id()} (pid {os.getpid()})",
+            "at": _now(),
+            "candidates": [t.number for t in v["candidates"]],
+            "winner": v["winner"].number if v["winner"] is not None else None,
+            "screening": v["screening"], "final": v["final"], "failures": v["failures"],
+            "stopped_early": v["stopped_early"],
+        }
+
+    def stored_validation(self, study: optuna.Study) -> dict[str, Any] | None:
+        """The stored validation of this machine type, if it is still current: it saw the same
+        complete trials and ran with the same validation settings."""
+        record = study.user_attrs.get(VALIDATION + self.machine_id)
+        if not isinstance(record, dict):
+            return None
+        if record.get("complete") != self._complete_numbers(study) or \
+                record.get("validate") != dataclasses.asdict(self.config.validate):
+            return None
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        return {"candidates": [trials[n] for n in record["candidates"]],
+                "winner": trials[record["winner"]] if record["winner"] is not None else None,
+                "screening": record["screening"], "final": record["final"],
+                "failures": record["failures"], "stopped_early": record["stopped_early"]}
 
     def _require_some_success(self, trials: list[FrozenTrial]) -> None:
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -623,7 +798,8 @@ class Search:
 
     def document(self, study: optuna.Study, validation: dict[str, Any] | None) -> dict[str, Any]:
         cfg = self.config
-        trials = study.get_trials(deepcopy=False)
+        everything = study.get_trials(deepcopy=False)
+        trials = self._mine(everything)
         by_role = {t.user_attrs.get("role"): t for t in trials
                    if t.user_attrs.get("role") and t.state == TrialState.COMPLETE}
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -699,7 +875,13 @@ class Search:
                             "windows": cfg.measure.windows},
             },
             "study": {"name": cfg.study_name, "storage": tuned.mask_url(cfg.storage),
-                      "n_trials": len(trials), **counts},
+                      "n_trials": len(trials), **counts,
+                      # workers that measured these trials (several when the study is shared)
+                      "hosts": sorted({t.user_attrs[ATTR_PREFIX + "host"] for t in trials
+                                       if ATTR_PREFIX + "host" in t.user_attrs}),
+                      **({"machine_id": self.machine_id, "other_machine_trials":
+                          len(everything) - len(trials)} if len(everything) > len(trials)
+                         else {})},
         }
 
     def _validated(self, v: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any],
@@ -836,6 +1018,12 @@ def _median_latency(runs: list[dict[str, Any]]) -> dict[str, float]:
     keys = ("p50", "p90", "p95", "p99")
     return {k: stats.median([m["step_latency_ms"][k] for m in runs])
             for k in keys if all(k in m["step_latency_ms"] for m in runs)}
+
+
+def _sqlalchemy_error() -> type[BaseException]:
+    import sqlalchemy.exc
+
+    return sqlalchemy.exc.SQLAlchemyError
 
 
 def _alive(pid: int) -> bool:

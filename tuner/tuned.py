@@ -48,6 +48,25 @@ def mask_url(url: str) -> str:
         return url
 
 
+def mask_secret(text: str, url: str) -> str:
+    """``text`` with the storage URL's password, in any spelling, replaced by ***: driver error
+    messages may quote parts of a connection string."""
+    text = text.replace(url, mask_url(url))
+    try:
+        from urllib.parse import quote, unquote
+
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL: mask_url did what can be done
+        return text
+    if password:
+        for spelling in {str(password), quote(str(password), safe=""), unquote(str(password))}:
+            if spelling:
+                text = text.replace(spelling, "***")
+    return text
+
+
 def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
