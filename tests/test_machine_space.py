@@ -201,7 +201,7 @@ def test_process_knobs_offered_where_they_apply(tmp_path):
     ({"cpus": 32}, "predict", "32 CPUs asked for, but this process may run on 16"),
 ])
 def test_unavailable_process_knobs_are_config_errors(tmp_path, override, mode, message):
-    m = _sixteen(tmp_path)
+    m = _sixteen(tmp_path).with_tensorflow("2.21.0", True, openmp=False)
     with pytest.raises(ConfigError, match=message):
         space.build_space(m, override, mode=mode)
 
@@ -225,3 +225,20 @@ def test_real_machine_detection_is_consistent():
     assert 1 <= m.usable_cpus <= m.visible_cpus
     assert 1 <= m.physical_cores <= m.usable_cpus
     assert set(m.affinity) <= set(range(m.visible_cpus)) or len(m.affinity) <= m.visible_cpus
+
+
+def test_openmp_is_read_from_what_tensorflow_links(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("gcc") is None or shutil.which("ldd") is None:
+        pytest.skip("needs gcc and ldd")
+    (tmp_path / "x.c").write_text("int f(void) { return 1; }\n")
+    for name, flags in (("omp", ["-fopenmp"]), ("plain", [])):
+        (tmp_path / name).mkdir()
+        subprocess.run(["gcc", "-shared", "-fPIC", *flags, "-o",
+                        str(tmp_path / name / "libtensorflow_framework.so.2"), str(tmp_path / "x.c"),
+                        *(["-Wl,--no-as-needed", "-lgomp"] if flags else [])], check=True)
+    assert placement.tf_uses_openmp(tmp_path / "omp") is True
+    assert placement.tf_uses_openmp(tmp_path / "plain") is False
+    assert placement.tf_uses_openmp(tmp_path / "nothing-here") is None

@@ -53,7 +53,8 @@ class Machine:
 
     @property
     def openmp(self) -> bool:
-        """Whether the installed TensorFlow runs on an OpenMP runtime (stock builds do not)."""
+        """Whether the installed TensorFlow links an OpenMP runtime (stock builds do not); False
+        when unknown, so OpenMP knobs are not offered unless the config asks for them."""
         return bool(self.extra.get("openmp"))
 
     def fingerprint(self) -> dict[str, Any]:

@@ -81,11 +81,26 @@ def allocator_in_process() -> str:
     return "system"
 
 
-def uses_openmp() -> bool:
-    """Whether an OpenMP runtime is mapped into this process (call after importing TensorFlow
-    and running an op). Stock TensorFlow builds use Eigen's own thread pool, not OpenMP, and
-    ignore OMP_NUM_THREADS, KMP_BLOCKTIME and KMP_AFFINITY."""
-    return any(n.startswith(("libgomp", "libiomp5", "libomp.")) for n in loaded_libraries())
+def tf_uses_openmp(tf_dir: str | Path) -> bool | None:
+    """Whether TensorFlow's own libraries link an OpenMP runtime (libgomp, libiomp5, libomp), from
+    ``ldd`` on them; None when that cannot be told. Stock builds use Eigen's thread pool and do not,
+    so OMP_NUM_THREADS, KMP_BLOCKTIME and KMP_AFFINITY do nothing there. (Whether OpenMP is mapped
+    into the process says nothing: NumPy, or anything else imported, may bring it.)"""
+    import shutil
+    import subprocess
+
+    tf_dir = Path(tf_dir)
+    libs = [p for p in (*sorted(tf_dir.glob("lib*.so*")),
+                        tf_dir / "python" / "_pywrap_tensorflow_internal.so") if p.is_file()]
+    ldd = shutil.which("ldd")
+    if not libs or ldd is None:
+        return None
+    try:
+        out = subprocess.run([ldd, *map(str, libs)], capture_output=True, text=True, timeout=60,
+                             check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return re.search(r"\blib(gomp|iomp5|omp)\.so", out) is not None
 
 
 def _read(path: Path) -> str | None:

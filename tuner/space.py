@@ -274,7 +274,7 @@ def _check_available(name: str, value: Any, machine: Machine, mode: str, where: 
     if mode not in knob.modes:
         raise ConfigError(f"{field}: {value!r} applies to workload modes "
                           f"{', '.join(knob.modes)} only, not {mode!r}")
-    if knob.needs_openmp and not machine.openmp:
+    if knob.needs_openmp and machine.extra.get("openmp") is False:
         raise ConfigError(f"{field}: {value!r} has no effect: this TensorFlow build does not use "
                           f"OpenMP (stock builds use their own thread pool); remove it")
     if name == "allocator" and value not in machine.allocators:

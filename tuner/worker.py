@@ -415,7 +415,7 @@ def preflight(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
         "element_spec": work.element_spec,
         "tf_version": tf.__version__,
         "onednn_enabled": _onednn_enabled(),
-        "openmp": placement.uses_openmp(),
+        "openmp": placement.tf_uses_openmp(os.path.dirname(tf.__file__)),
         "model_params": int(work.model.count_params()) if work.model is not None else None,
         "timings": timings,
     }
