@@ -22,7 +22,6 @@ import datetime as _dt
 import json
 import math
 import os
-import shlex
 import socket
 import time
 import warnings
@@ -38,7 +37,7 @@ from . import stats, tuned
 from .config import Config
 from .errors import StudyError, StudyMismatchError, TrialFailed, WorkloadError
 from .lock import host_lock
-from .trial import Watch, run_child
+from .trial import Watch, run_child, worker_command
 
 ATTR_PREFIX = "tuner."
 BASELINE, EXPERT, SCREEN = "baseline", "expert", "screen"
@@ -125,12 +124,6 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def _worker_command() -> list[str] | None:
-    """TUNER_WORKER replaces the real worker (tests use a fake one that speaks the protocol)."""
-    value = os.environ.get("TUNER_WORKER")
-    return shlex.split(value) if value else None
-
-
 class Search:
     def __init__(self, config: Config, printer: Printer | None = None) -> None:
         self.config = config
@@ -165,7 +158,7 @@ class Search:
 
         with host_lock(on_wait=waiting):
             return run_child(self._task(kind), timeout=self.config.search.trial_timeout,
-                             settings=settings, watch=watch, worker=_worker_command())
+                             settings=settings, watch=watch, worker=worker_command())
 
     def measure(self, settings: dict[str, Any]) -> dict[str, Any]:
         """One measurement of ``settings`` in a fresh child, under the host lock."""

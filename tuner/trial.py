@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -47,6 +48,12 @@ def child_env(settings: dict[str, Any], base: dict[str, str] | None = None) -> d
     paths = [_PACKAGE_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
+
+
+def worker_command() -> list[str] | None:
+    """TUNER_WORKER replaces the real worker (tests use a fake one that speaks the protocol)."""
+    value = os.environ.get("TUNER_WORKER")
+    return shlex.split(value) if value else None
 
 
 def _signal_name(number: int) -> str:
