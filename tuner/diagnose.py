@@ -254,7 +254,8 @@ def _findings(f: dict[str, Any]) -> list[dict[str, Any]]:
     usable, cap, search = f["usable"], f["cap"], f["search"]
     threads = f["threads"]
     out: list[dict[str, Any]] = []
-    pools = (f"intra-op pool {f['intra_pool']} thread{'s' if f['intra_pool'] != 1 else ''}, inter-op pool {f['inter_pool']}, "
+    intra_s = "" if f["intra_pool"] == 1 else "s"
+    pools = (f"intra-op pool {f['intra_pool']} thread{intra_s}, inter-op pool {f['inter_pool']}, "
              f"tf.data {threads.get('tf_data', 0)}")
 
     # -- fewer CPUs than the machine shows

@@ -543,8 +543,9 @@ def _inspect_pipeline(tf: Any, dataset: Any) -> dict[str, Any]:
     graph.ParseFromString(serialized.numpy())
     library = {f.signature.name: f for f in graph.library.function}
 
-    def closure(names: list[str]) -> tuple[set[str], bool]:
-        """Python ops and statefulness over functions and everything they call."""
+    def closure(names: list[str]) -> tuple[set[str], bool, set[str]]:
+        """Python ops, statefulness and the functions reached, over functions and everything
+        they call."""
         python: set[str] = set()
         stateful = False
         seen: set[str] = set()
@@ -563,7 +564,7 @@ def _inspect_pipeline(tf: Any, dataset: Any) -> dict[str, Any]:
                 op_def = op_def_registry.get(node.op)
                 if op_def is not None and op_def.is_stateful:
                     stateful = True
-        return python, stateful
+        return python, stateful, seen
 
     options = dataset.options().experimental_optimization
     parallelize = options.map_parallelization
@@ -574,13 +575,13 @@ def _inspect_pipeline(tf: Any, dataset: Any) -> dict[str, Any]:
         if "Dataset" not in node.op or node.op == "OptionsDataset":
             continue
         functions = _attr_functions(node)
-        python, stateful = closure(functions)
-        labels = [_function_label(f) for f in functions
-                  if not f.startswith("__inference_Dataset_from_generator_")]
+        python, stateful, reached = closure(functions)
+        generator = "__inference_Dataset_from_generator_"
+        labels = [_function_label(f) for f in functions if not f.startswith(generator)]
         step = {"op": node.op, "functions": labels, "python": sorted(python)}
-        if node.op == "GeneratorDataset" or any(f.startswith("__inference_Dataset_from_generator")
-                                                for f in functions):
+        if node.op == "GeneratorDataset" or any(f.startswith(generator) for f in reached):
             step["from_generator"] = True
+            step["functions"] = []
         if node.op in SEQUENTIAL:
             step["sequential"] = not (node.op == "MapDataset" and parallelize and not stateful)
             step["stateful"] = stateful
