@@ -22,6 +22,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 
 PROTOCOL = 1
 
@@ -59,15 +60,14 @@ def fake_diagnosis(task: dict) -> dict:
     before = machine.cpu_throttling(root)
     extra = int(os.environ.get("FAKE_THROTTLE", "0"))
     if before and extra:
-        stat = os.path.join(root, before["cgroup"].lstrip("/"), "cpu.stat")
-        lines = open(stat).read().splitlines()
+        stat = Path(root) / before["cgroup"].lstrip("/") / "cpu.stat"
         bumped = []
-        for line in lines:
+        for line in stat.read_text().splitlines():
             key, value = line.split()
             add = {"nr_periods": 2 * extra, "nr_throttled": extra,
                    "throttled_usec": extra * 50000}.get(key, 0)
             bumped.append(f"{key} {int(value) + add}")
-        open(stat, "w").write("\n".join(bumped) + "\n")
+        stat.write_text("\n".join(bumped) + "\n")
     after = machine.cpu_throttling(root)
     cpus = len(task["affinity"])
     input_bound = os.environ.get("FAKE_DIAG") == "input"

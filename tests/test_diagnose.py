@@ -12,8 +12,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from test_machine_space import fake_machine
+
 from tuner import cli, config, diagnose, machine
 
 HERE = Path(__file__).resolve().parent
@@ -153,7 +153,8 @@ def test_sequential_and_python_maps_are_named_when_input_bound(two_cpus):
         pipeline={"inspected": True, "transformations": steps}), config_path="c.yaml")
     findings = {f["kind"]: f for f in report["findings"]}
     assert report["input_bound"] is True
-    assert findings["sequential_map"]["title"] == "Sequential map(parse_jpeg): one element at a time"
+    assert findings["sequential_map"]["title"] == ("Sequential map(parse_jpeg): one element at "
+                                                   "a time")
     assert "num_parallel_calls=tf.data.AUTOTUNE" in findings["sequential_map"]["advice"]
     assert findings["python_in_pipeline"]["title"] == ("Python in the pipeline: map(parse_jpeg) "
                                                        "calls tf.numpy_function")
@@ -206,8 +207,8 @@ def test_cli_text_report(write_config, fake_worker, capsys, monkeypatch):
     assert cli.main(["diagnose", "--config", str(path), "--seconds", "1"]) == 0
     out = capsys.readouterr().out
     for needle in ("CPUs", "Saturation", "Input or compute", "-> input-bound", "Findings",
-                   "Sequential map(decode)", "Python in the pipeline: map(decode) calls "
-                   "tf.py_function", f"python -m tuner search --config {path}"):
+                   "Sequential map(decode)",
+                   "Python in the pipeline: map(decode) calls tf.py_function", f"python -m tuner search --config {path}"):
         assert needle in out
 
 
@@ -227,8 +228,8 @@ def test_cli_bad_config_is_a_one_line_error(write_config, capsys):
                         "  mode: fit\n")
     assert cli.main(["diagnose", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == f"error: {path}: workload.mode: 'fit' is not allowed; allowed: predict, " \
-                          f"train, data"
+    assert err.strip() == (f"error: {path}: workload.mode: 'fit' is not allowed; allowed: "
+                           f"predict, train, data")
 
 
 def test_a_crashing_child_is_a_one_line_error_exit_1(write_config, fake_worker, capsys,
@@ -280,7 +281,7 @@ def test_real_taskset_one_cpu_is_reported_with_a_finding(tmp_path):
     path = real_config(tmp_path, "tiny.py:build_model", "tiny.py:build_data")
     proc = subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "tuner", "diagnose",
                            "--config", str(path), "--format", "json", "--seconds", "2"],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["usable_cpus"] == 1 and report["visible_cpus"] == os.cpu_count()
@@ -315,8 +316,8 @@ def test_real_pipeline_inspection_names_sequential_python_and_parallel_steps():
     """)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                          text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     step = {name: steps[1] if len(steps) > 1 else steps[0] for name, steps in out.items()}

@@ -124,6 +124,11 @@ def _num(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
+def _cpus(value: float) -> str:
+    """'1 CPU', '2 CPUs', '1.5 CPUs'."""
+    return f"{_num(value)} CPU" + ("" if value == 1 else "s")
+
+
 def _throttling(result: dict[str, Any], wall: float) -> dict[str, Any] | None:
     before = (result.get("throttling") or {}).get("before")
     after = (result.get("throttling") or {}).get("after")
@@ -216,6 +221,7 @@ def analyse(machine: machine_mod.Machine, result: dict[str, Any], config: Config
         "usable_cpus": usable,
         "affinity": list(machine.affinity),
         "cpu_quota": machine.cpu_quota,
+        "cpu_capacity": round(cap, 3),
         "threads": threads,
         "cpu_saturation": round(saturation, 4),
         "cores_busy": round(cores_busy, 3),
@@ -265,7 +271,7 @@ def _findings(f: dict[str, Any]) -> list[dict[str, Any]]:
             why.append(f"its CPU affinity allows {len(machine.affinity)} "
                        f"(CPU {_cpu_list(machine.affinity)})")
         if machine.cpu_quota is not None and machine.cpu_quota < len(machine.affinity):
-            why.append(f"its cgroup CPU quota allows {_num(machine.cpu_quota)} CPUs' worth of time")
+            why.append(f"its cgroup CPU quota allows {_cpus(machine.cpu_quota)}' worth of time")
         sized = (f"TensorFlow sized its pools from the affinity mask ({pools})"
                  + (", not from the quota, which it does not read"
                     if machine.cpu_quota is not None and machine.cpu_quota < len(machine.affinity)
@@ -323,7 +329,7 @@ def _findings(f: dict[str, Any]) -> list[dict[str, Any]]:
             f"Throttled by the cgroup CPU quota in {t['throttled_periods_share']:.0%} of periods",
             f"cgroup {t['cgroup']}: nr_throttled {t['nr_throttled']} of {t['nr_periods']} periods, "
             f"{t['throttled_seconds']:.2f} s throttled during {t['measured_seconds']:.1f} s "
-            f"measured; quota {_num(machine.cpu_quota or 0)} CPUs.",
+            f"measured; quota {_cpus(machine.cpu_quota or 0)}.",
             "The job used up its quota before each period ended and was stopped until the next: "
             "bursts of more threads than the quota allows make steps stall.",
             f"Use at most as many threads as the quota (intra-op {usable}, inter-op 1-2), or raise "
@@ -338,17 +344,26 @@ def _findings(f: dict[str, Any]) -> list[dict[str, Any]]:
                     f"data {f['wait']:.0%} of the step loop's time")
         by_group = threads.get("cpus_by_group") or {}
         if by_group:
+            op_pools = by_group.get("intra_op_pool", 0) + by_group.get("inter_op_pool", 0)
             evidence += (f"; tf.data threads used {by_group.get('tf_data', 0):.2f} CPUs, the op "
-                         f"pools {by_group.get('intra_op_pool', 0) + by_group.get('inter_op_pool', 0):.2f}")
-        steps = (f["pipeline"].get("transformations") or [])
+                         f"pools {op_pools:.2f}")
+        steps = f["pipeline"].get("transformations") or []
+        inspected = bool(f["pipeline"].get("inspected"))
         has_prefetch = any(s["op"].startswith("Prefetch") for s in steps)
-        advice = ("Make the pipeline parallel and overlapped: .map(..., "
-                  "num_parallel_calls=tf.data.AUTOTUNE), .prefetch(tf.data.AUTOTUNE) as the last "
-                  "step, .cache() after expensive steps whose output does not change. ")
-        if f["pipeline"].get("inspected") and not has_prefetch:
+        parallel = inspected and has_prefetch and not f["sequential"] and not f["python"]
+        if parallel:
+            advice = ("The pipeline is already parallel and prefetched, so its per-element work "
+                      "is the cost: .cache() what does not change between epochs, batch before "
+                      "a vectorisable map, or preprocess offline. ")
+        else:
+            advice = ("Make the pipeline parallel and overlapped: .map(..., "
+                      "num_parallel_calls=tf.data.AUTOTUNE), .prefetch(tf.data.AUTOTUNE) as the "
+                      "last step, .cache() after expensive steps whose output does not change. ")
+        if inspected and not has_prefetch:
             advice = "The pipeline has no prefetch: add .prefetch(tf.data.AUTOTUNE) last. " + advice
         advice += (f"Then tune tf.data's threads against the model's: `{search}` "
-                   f"(tf_data.private_threadpool_size, tf_data.max_intra_op_parallelism, intra-op).")
+                   f"(tf_data.private_threadpool_size, tf_data.max_intra_op_parallelism, "
+                   f"intra-op).")
         out.append(_finding(
             "input_bound",
             f"Input-bound: the pipeline delivers {ratio:.2f}x what the model can process",
@@ -372,15 +387,28 @@ def _findings(f: dict[str, Any]) -> list[dict[str, Any]]:
                 ["num_parallel_calls"]))
         for step in f["python"]:
             name = _step_name(step)
-            calls = ", ".join(step.get("python") or ["a Python generator"])
+            if step.get("from_generator"):
+                out.append(_finding(
+                    "python_in_pipeline",
+                    "Python in the pipeline: Dataset.from_generator runs a Python generator",
+                    f"{step['op']} pulls every element from a Python generator "
+                    f"({', '.join(step.get('python') or ['py_func'])}).",
+                    "One Python thread produces every element, one at a time, under the GIL; "
+                    "tf.data cannot parallelise a generator.",
+                    "Read the data with tf.data sources instead (from_tensor_slices over file "
+                    "names, then map(tf.io.read_file + decode, num_parallel_calls=AUTOTUNE), "
+                    "TFRecordDataset), or interleave several generators; preprocess once offline "
+                    "where you can.", ["num_parallel_calls"]))
+                continue
+            calls = ", ".join(step.get("python") or ["Python"])
             out.append(_finding(
                 "python_in_pipeline", f"Python in the pipeline: {name} calls {calls}",
                 f"{step['op']} runs Python ({calls}) for every element.",
-                "Python code holds the GIL: only one element is processed at a time whatever "
-                "num_parallel_calls says, and every call crosses from C++ into Python.",
-                "Rewrite it with TensorFlow ops (tf.image, tf.io, tf.strings, tf.numpy ops) so it "
-                "runs in parallel in C++; or preprocess once offline (TFRecord, .cache() to a "
-                "file) so the job does not run it every epoch.", ["num_parallel_calls"]))
+                "Python code holds the GIL, so elements are processed largely one at a time "
+                "whatever num_parallel_calls says, and every call crosses from C++ into Python.",
+                "Rewrite it with TensorFlow ops (tf.image, tf.io, tf.strings, "
+                "tf.experimental.numpy) so it runs in parallel in C++; or preprocess once offline (TFRecord, .cache() "
+                "to a file) so the job does not run it every epoch.", ["num_parallel_calls"]))
 
     # -- idle CPUs, not explained by the input or by other processes taking them
     others = f["others"]
@@ -448,27 +476,29 @@ def format_text(report: dict[str, Any]) -> str:
     lines.append(f"diagnose {r['config']}: {wl['mode']}, batch {wl.get('batch_size')}, "
                  f"TensorFlow {r.get('tf_version')}")
     m = r["measured_seconds"]
-    cached = f", then {m['cached_batch']:.1f} s on one cached batch" if m.get("cached_batch") else ""
+    cached = (f", then {m['cached_batch']:.1f} s on one cached batch" if m.get("cached_batch")
+              else "")
     lines.append(f"measured {m['pipeline']:.1f} s with TensorFlow's defaults on the real "
                  f"pipeline{cached}")
     lines.append("")
     t = r["threads"]
-    quota = f"{_num(r['cpu_quota'])} CPUs" if r["cpu_quota"] is not None else "none"
+    quota = _cpus(r["cpu_quota"]) if r["cpu_quota"] is not None else "none"
     lines.append("CPUs")
     lines.append(f"  visible (os.cpu_count): {r['visible_cpus']}   usable: {r['usable_cpus']}   "
                  f"affinity: {_cpu_list(r['affinity'])}   cgroup quota: {quota}")
+    over = t.get("oversubscription")
     lines.append(f"  TensorFlow threads: intra-op pool {t.get('intra_op_pool')}, inter-op pool "
-                 f"{t.get('inter_op_pool')}, tf.data {t.get('tf_data')}, main {t.get('main')}, other "
-                 f"{t.get('other')} (total {t.get('total')})"
-                 + (f"; {t['oversubscription']:.3g}x the usable CPUs"
-                    if t.get("oversubscription") and t["oversubscription"] > 1 else ""))
+                 f"{t.get('inter_op_pool')}, tf.data {t.get('tf_data')}, main {t.get('main')}, "
+                 f"other {t.get('other')} (total {t.get('total')})"
+                 + (f"; intra-op {over:.3g}x the usable CPUs" if over and over > 1 else ""))
     wait = t.get("run_queue_wait_per_cpu_second")
     lines.append(f"  busy threads: {t.get('busy_threads')}"
-                 + (f"; run-queue wait {wait:.2f} s per CPU-second run" if wait is not None else ""))
+                 + (f"; run-queue wait {wait:.2f} s per CPU-second run" if wait is not None
+                    else ""))
     lines.append("")
     lines.append("Saturation")
-    lines.append(f"  cores busy {r['cores_busy']:.2f} of {_num(min(len(r['affinity']), r['cpu_quota'] or 1e9))} "
-                 f"usable ({r['cpu_saturation']:.0%}); user {r['user_seconds']:.1f} s, system "
+    lines.append(f"  cores busy {r['cores_busy']:.2f} of {_num(r['cpu_capacity'])} usable "
+                 f"({r['cpu_saturation']:.0%}); user {r['user_seconds']:.1f} s, system "
                  f"{r['system_seconds']:.1f} s ({r['system_share']:.0%} system)")
     if r["per_core_busy"]:
         cores = ", ".join(f"cpu{c} {b:.0%}" for c, b in zip(r["affinity"], r["per_core_busy"]))

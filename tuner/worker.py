@@ -146,7 +146,8 @@ class _Workload:
 
     def __init__(self, task: dict[str, Any], progress: _Progress, timings: dict[str, float],
                  on_phase: Callable[[str], None] | None = None) -> None:
-        """``on_phase(name)`` runs as each phase begins (diagnose counts the threads each starts)."""
+        """``on_phase(name)`` runs as each phase begins (diagnose counts the threads each
+        phase starts)."""
         on_phase = on_phase or (lambda phase: None)
         wl = task["workload"]
         settings = task["settings"]
@@ -501,7 +502,8 @@ PYTHON_OPS = {"EagerPyFunc": "tf.py_function", "PyFunc": "tf.numpy_function",
 SEQUENTIAL = {"MapDataset": "map", "InterleaveDataset": "interleave"}
 PARALLEL = {"ParallelMapDataset": "map", "ParallelMapDatasetV2": "map",
             "MapAndBatchDataset": "map", "ParallelInterleaveDatasetV2": "interleave",
-            "ParallelInterleaveDatasetV3": "interleave", "ParallelInterleaveDatasetV4": "interleave",
+            "ParallelInterleaveDatasetV3": "interleave",
+            "ParallelInterleaveDatasetV4": "interleave",
             "ParallelBatchDataset": "batch"}
 CALL_OPS = {"PartitionedCall", "StatefulPartitionedCall"}
 # Ops TensorFlow's own statefulness check skips when deciding to parallelise a map.
@@ -687,8 +689,8 @@ def diagnose(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
         t = time.perf_counter()
         while time.perf_counter() - t < cfg["cached_warmup_seconds"]:
             work.run_step(cached)
-        probe = _run_windows(work, lambda: cached, cfg["cached_windows"], cfg["window_seconds"],
-                             usable, progress)
+        probe = _run_windows(work, lambda: cached, cfg["cached_windows"],
+                             cfg["cached_window_seconds"], usable, progress)
         timings["cached_probe"] = time.perf_counter() - t
         result["cached"] = {"seconds": probe.wall, "throughput": probe.throughput(),
                             "windows": [round(w["throughput"], 2) for w in probe.windows],
