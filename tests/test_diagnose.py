@@ -174,6 +174,27 @@ def test_idle_cpus_and_competing_load(two_cpus):
     assert "Other processes used 1.10 of this job's 2 CPUs" == busy["findings"][0]["title"]
 
 
+def test_garbled_diagnosis_is_a_one_line_error(write_config, tmp_path, capsys, monkeypatch):
+    worker = tmp_path / "garbled.py"
+    worker.write_text("import json, sys\n"
+                      "json.dump({'protocol': 1, 'ok': True, 'measured': {'seconds': 0}},"
+                      " open(sys.argv[2], 'w'))\n")
+    monkeypatch.setenv("TUNER_WORKER", f"{sys.executable} {worker}")
+    assert cli.main(["diagnose", "--config", str(write_config()), "--format", "json"]) == 1
+    assert "garbled result: measured throughput None" in capsys.readouterr().err
+
+
+def test_data_mode_is_the_pipeline_alone(tmp_path, two_cpus):
+    path = tmp_path / "data.yaml"
+    (tmp_path / "wl.py").write_text("def build_data():\n    pass\n")
+    path.write_text("workload:\n  data: wl.py:build_data\n  mode: data\n")
+    result = _result(cached=None)
+    report = diagnose.analyse(two_cpus, result, config.load(path))
+    assert report["input_bound"] is True and report["throughput"]["cached_batch"] is None
+    assert [f["kind"] for f in report["findings"]] == ["ok"]
+    assert "input-bound by definition" in diagnose.format_text(report)
+
+
 def test_affinity_restriction_is_a_finding(tmp_path):
     one = machine.detect(fake_machine(tmp_path / "m", cpus=4), affinity=[2])
     result = _result(threads__intra_op_pool=1, threads__inter_op_pool=1,

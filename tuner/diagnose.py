@@ -524,8 +524,12 @@ def format_text(report: dict[str, Any]) -> str:
                      f"{r['input_wait']:.0%} of the time")
     else:
         lines.append(f"  pipeline alone {_num(tp['pipeline'])} samples/s (data mode)")
-    lines.append(f"  -> {'input-bound' if r['input_bound'] else 'not input-bound'} (input-bound "
-                 f"below {INPUT_BOUND_RATIO}x or at {INPUT_WAIT_SHARE:.0%} waiting)")
+    if wl["mode"] == "data":
+        lines.append("  -> input-bound by definition: the pipeline is the whole workload")
+    else:
+        lines.append(f"  -> {'input-bound' if r['input_bound'] else 'not input-bound'} "
+                     f"(input-bound below {INPUT_BOUND_RATIO}x or at {INPUT_WAIT_SHARE:.0%} "
+                     f"waiting)")
     p = r["pipeline"]
     if p.get("inspected"):
         chain = " -> ".join(_step_label(s) for s in p.get("transformations") or [])

@@ -103,6 +103,21 @@ def _check_measure_result(result: dict[str, Any]) -> None:
             raise TrialFailed(f"garbled result: window throughput {value!r}")
 
 
+def _check_diagnose_result(result: dict[str, Any]) -> None:
+    measured = result.get("measured")
+    if not isinstance(measured, dict):
+        raise TrialFailed("garbled result: no measurement")
+    for key in ("seconds", "throughput", "cpu_seconds", "user_seconds", "system_seconds",
+                "input_wait"):
+        value = measured.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise TrialFailed(f"garbled result: measured {key} {value!r}")
+    if not measured["seconds"] > 0 or not measured["throughput"] > 0:
+        raise TrialFailed("garbled result: nothing measured")
+    if not isinstance(result.get("threads"), dict):
+        raise TrialFailed("garbled result: no thread counts")
+
+
 class Watch:
     """What the parent learns while the child runs; ``on_window`` may raise to stop it early."""
 
@@ -206,4 +221,6 @@ def _read_result(proc: subprocess.Popen[bytes], result_path: Path, log_path: Pat
         raise TrialFailed(f"exited with code {code} after writing its result")
     if kind == "measure":
         _check_measure_result(result)
+    elif kind == "diagnose":
+        _check_diagnose_result(result)
     return result
