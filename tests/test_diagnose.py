@@ -195,6 +195,18 @@ def test_data_mode_is_the_pipeline_alone(tmp_path, two_cpus):
     assert "input-bound by definition" in diagnose.format_text(report)
 
 
+def test_a_fractional_quota_is_the_capacity(tmp_path):
+    m = machine.detect(fake_machine(tmp_path / "m", cpus=16, cgroup="0::/a\n", files={
+        "sys/fs/cgroup/a/cpu.max": "150000 100000\n"}), affinity=list(range(16)))
+    report = diagnose.analyse(m, _result(threads__intra_op_pool=16, measured__cpu_seconds=15.0),
+                              config_path="c.yaml")
+    assert report["usable_cpus"] == 2 and report["cpu_capacity"] == 1.5
+    assert report["cpu_saturation"] == pytest.approx(1.0)
+    titles = [f["title"] for f in report["findings"]]
+    assert ("TensorFlow sized its pools for 16 CPUs but the cgroup quota allows 1.5 "
+            "(10.7x oversubscribed)") in titles
+
+
 def test_affinity_restriction_is_a_finding(tmp_path):
     one = machine.detect(fake_machine(tmp_path / "m", cpus=4), affinity=[2])
     result = _result(threads__intra_op_pool=1, threads__inter_op_pool=1,

@@ -173,7 +173,8 @@ def analyse(machine: machine_mod.Machine, result: dict[str, Any], config: Config
     threads = dict(result.get("threads") or {})
     intra_pool = int(threads.get("intra_op_pool") or 0)
     inter_pool = int(threads.get("inter_op_pool") or 0)
-    oversubscription = round(intra_pool / usable, 2) if usable else None
+    # Against the CPU time the process may use: 16 threads under a 1.5-CPU quota are 10.7x.
+    oversubscription = round(intra_pool / cap, 2) if cap > 0 else None
     threads["oversubscription"] = oversubscription
     threads["tf_settings"] = result.get("tf_threading")
 
@@ -293,7 +294,7 @@ def _findings(f: dict[str, Any]) -> list[dict[str, Any]]:
 
     # -- more threads than CPUs
     if f["intra_pool"] > usable:
-        ratio = f["intra_pool"] / usable
+        ratio = f["intra_pool"] / cap
         quota_bound = machine.cpu_quota is not None and f["intra_pool"] == len(machine.affinity)
         if quota_bound:
             title = (f"TensorFlow sized its pools for {f['intra_pool']} CPUs but the cgroup quota "

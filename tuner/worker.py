@@ -441,7 +441,9 @@ INTER_OP_NAME = "tf_Compute"
 
 
 class _ThreadCensus:
-    """Which pool each thread belongs to, from the phase that started it."""
+    """Which pool each thread belongs to, from the phase that started it: threads that appear
+    when the runtime starts are the op pools, threads that appear once the input pipeline is
+    built are counted as tf.data's (anything else started that late is rare, and lands there)."""
 
     def __init__(self) -> None:
         self.main = os.getpid()  # the main thread's id is the process id
