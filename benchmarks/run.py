@@ -44,12 +44,12 @@ from tuner import machine as machine_mod  # noqa: E402
 from tuner import space as space_mod  # noqa: E402
 from tuner import study as study_mod  # noqa: E402
 
-QUICK = {"n_trials": 12, "warmup": 1.5, "window": 1.0, "windows": 3, "candidates": 2,
+QUICK = {"n_trials": 10, "warmup": 1.5, "window": 1.0, "windows": 4, "candidates": 2,
          "screen_rounds": 1, "rounds": 4, "remeasure_rounds": 4, "remeasure_seconds": 4.0,
-         "seeds": 10, "efficiency_example": "branchy"}
+         "remeasure_warmup": 1.0, "seeds": 10, "efficiency_example": "branchy"}
 FULL = {"n_trials": 24, "warmup": 3.0, "window": 2.0, "windows": 5, "candidates": 3,
         "screen_rounds": 2, "rounds": 5, "remeasure_rounds": 8, "remeasure_seconds": 8.0,
-        "seeds": 30, "efficiency_example": "branchy"}
+        "remeasure_warmup": 2.0, "seeds": 30, "efficiency_example": "branchy"}
 
 
 def bench_config(path: Path, mode: dict, stamp: str, out: Path) -> config_mod.Config:
@@ -76,7 +76,8 @@ def compare_example(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
     tuned_path = str(Path(outcome.tuned_path).resolve())
     wl = doc["workload"]
     common = {"base_dir": str(Path(wl["config"]).parent), "model": wl["model"], "data": wl["data"],
-              "mode": wl["mode"], "seconds": mode["remeasure_seconds"], "warmup": 2.0}
+              "mode": wl["mode"], "seconds": mode["remeasure_seconds"],
+              "warmup": mode["remeasure_warmup"]}
     expert = doc["search"]["expert_rule"]["settings"]
     defaults = space_mod.nest_settings(space_mod.default_settings())
     entries = [("defaults", {"settings": defaults, "apply": None}),
@@ -102,10 +103,11 @@ def compare_example(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
             "reported_ci95": doc["result"]["speedup_ci95"],
             "remeasured": summary, "search_seconds": search_seconds,
             "phases": doc["search"].get("seconds", {}),
-            "overhead": overhead(trials), "tuned_file": tuned_path}
+            "overhead": overhead(trials, mode["warmup"]),
+            "validation_rounds": doc["validation"].get("rounds"), "tuned_file": tuned_path}
 
 
-def overhead(trials) -> dict:
+def overhead(trials, warmup_cap: float) -> dict:
     parts = ("startup", "import", "build_model", "build_data", "warmup", "measure")
     done = [t for t in trials if t.state == TrialState.COMPLETE and "timings" in t.user_attrs]
     if not done:
@@ -115,6 +117,9 @@ def overhead(trials) -> dict:
     mean["other"] = max(0.0, total - sum(mean.values()))
     mean["total"] = total
     mean["measuring_share"] = mean["measure"] / total
+    # warm-up ended on its own (rate settled) rather than at its cap
+    mean["warmup_settled"] = statistics.mean(
+        t.user_attrs["timings"].get("warmup", warmup_cap) < 0.97 * warmup_cap for t in done)
     return mean
 
 
@@ -259,16 +264,17 @@ def render(report: dict) -> str:
     lines += ["", "3. Overhead per trial (mean seconds), and where the time to a tuned file goes",
               "",
               "| example | start-up | import | build model | build data | warm-up | measure | "
-              "other | total | measuring share | preflight | trials | validation | to tuned file |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "other | total | measuring share | warm-up settled | preflight | trials | validation "
+              "(final rounds) | to tuned file |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in report["comparisons"]:
         o = c["overhead"]
         lines.append(f"| {c['example']} | " + " | ".join(
             f"{o.get(k, 0):.1f}" for k in ("startup", "import", "build_model", "build_data",
                                            "warmup", "measure", "other", "total"))
-            + f" | {o.get('measuring_share', 0):.0%} | "
-            + " | ".join(f"{c['phases'].get(k, 0):.0f} s" for k in ("preflight", "trials",
-                                                                   "validation"))
+            + f" | {o.get('measuring_share', 0):.0%} | {o.get('warmup_settled', 0):.0%} | "
+            + " | ".join(f"{c['phases'].get(k, 0):.0f} s" for k in ("preflight", "trials"))
+            + f" | {c['phases'].get('validation', 0):.0f} s ({c.get('validation_rounds')})"
             + f" | {c['search_seconds'] / 60:.1f} min |")
     lines += ["", "4. Agreement: speedup reported by the search vs re-measured", "",
               "| example | reported | re-measured | difference |", "|---|---|---|---|"]

@@ -100,6 +100,21 @@ def test_when_nothing_beats_the_defaults_the_file_says_so(fake_worker, write_con
     assert "keeping the defaults" in doc["summary"]
 
 
+def test_validation_stops_early_when_the_candidate_cannot_reach_the_minimum(
+        fake_worker, write_config, monkeypatch):
+    # every setting is equally fast: whichever candidate wins screening, three final rounds show
+    # its whole interval below 1.05x, and the remaining rounds are skipped
+    monkeypatch.setenv("FAKE_SHAPE", "flat")
+    monkeypatch.setenv("FAKE_NOISE", "0.01")
+    doc = run_search(write_config()).tuned
+    assert doc["verdict"] == "defaults"
+    validation = doc["validation"]
+    assert validation["max_rounds"] == 5
+    assert validation["rounds"] == 3
+    assert "entirely below the minimum worth adopting" in validation["stopped_early"]
+    assert len(validation["winner"]["throughput"]["per_process"]) == 3
+
+
 def test_crashing_trials_fail_with_their_reason_and_the_study_goes_on(fake_worker, write_config,
                                                                        monkeypatch):
     monkeypatch.setenv("FAKE_BEHAVIOUR", "crash-intra-1")

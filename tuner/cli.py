@@ -10,7 +10,8 @@ import argparse
 import signal
 import sys
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .errors import ConfigError, TunerError
 
@@ -94,7 +95,72 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("tuned", help="the tuned YAML")
     e.add_argument("--format", default="shell", help="shell (default), dotenv, docker or k8s")
     e.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    sh = commands.add_parser("show", help="summarise one tuned file (or study)")
+    sh.add_argument("tuned", nargs="?", help="the tuned YAML")
+    sh.add_argument("--storage", help="Optuna storage URL, to show a study instead of a file")
+    sh.add_argument("--study-name", help="the study in --storage (optional if it holds one)")
+    sh.add_argument("--format", default="text", help="text (default), json or markdown")
+    sh.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    c = commands.add_parser(
+        "compare", help="compare tuned files or studies: settings, throughput, significance",
+        usage="python -m tuner compare A B [C ...] [--storage URL --study-name NAME ...] "
+              "[--format text|json|markdown]")
+    c.add_argument("sources", nargs="*", action=_Ordered, metavar="TUNED",
+                   help="tuned YAML files; the first result given is the reference (A)")
+    c.add_argument("--storage", action=_Ordered,
+                   help="Optuna storage URL for the --study-name options that follow it")
+    c.add_argument("--study-name", action=_Ordered,
+                   help="a study to compare (repeatable), from the last --storage given")
+    c.add_argument("--format", default="text", help="text (default), json or markdown")
+    c.add_argument("--alpha", type=_fraction, default=0.05, help="significance level (0.05)")
+    c.add_argument("--min-ratio", type=_ratio, default=1.05,
+                   help="smallest difference called real between separate runs (1.05)")
+    c.add_argument("--strict", action="store_true",
+                   help="refuse results from different machines or TensorFlow versions")
+    c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    rp = commands.add_parser("report", help="one study's trials, importances and plots "
+                                            "(terminal, or one offline HTML file)")
+    rp.add_argument("--storage", required=True, help="Optuna storage URL")
+    rp.add_argument("--study-name", help="the study (optional if the storage holds one)")
+    rp.add_argument("--html", help="also write a self-contained HTML report with plots here")
+    rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+class _Ordered(argparse.Action):
+    """Keeps files, --storage and --study-name in command-line order: the first result given is
+    the reference, and a --storage applies to the --study-name options after it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        order = getattr(namespace, "order", None) or []
+        kind = {"--storage": "storage", "--study-name": "study"}.get(option_string or "", "file")
+        for value in values if isinstance(values, list) else [values]:
+            order.append((kind, value))
+        namespace.order = order
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a ratio >= 1 (e.g. 1.05), got {text!r}")
+    return value
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -158,6 +224,84 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_optuna() -> None:
+    """Optuna's log lines ("There are no complete trials.") would only repeat what these commands
+    print; the commands are the process's last act, so a global setting is fine here."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from . import compare
+
+    compare.check_format(args.format)
+    if args.tuned and (args.storage or args.study_name):
+        raise ConfigError("show: give a tuned file or --storage/--study-name, not both")
+    if args.tuned:
+        result = compare.from_tuned_file(args.tuned)
+    elif args.storage:
+        _quiet_optuna()
+        result = compare.from_study(args.storage, args.study_name)
+    else:
+        raise ConfigError("show: give a tuned file (python -m tuner show tuned.yaml) or "
+                          "--storage URL [--study-name NAME]")
+    sys.stdout.write(compare.format_show(result, args.format))
+    return 0
+
+
+def sources(order: list[tuple[str, str]]) -> list[tuple[str, str | None, str | None]]:
+    """(kind, path or storage, study name) per result, in command-line order."""
+    storages = [value for kind, value in order if kind == "storage"]
+    out: list[tuple[str, str | None, str | None]] = []
+    storage = None
+    for kind, value in order:
+        if kind == "storage":
+            storage = value
+        elif kind == "file":
+            out.append(("file", value, None))
+        else:
+            use = storage or (storages[0] if len(storages) == 1 else None)
+            if use is None:
+                raise ConfigError(f"--study-name {value!r}: no --storage given before it")
+            out.append(("study", use, value))
+    if storages and not any(kind == "study" for kind, _, _ in out):
+        # --storage without --study-name: the storage's only study
+        out += [("study", storage_url, None) for storage_url in storages]
+    return out
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from . import compare
+
+    compare.check_format(args.format)
+    results = []
+    if args.storage or args.study_name:
+        _quiet_optuna()
+    for kind, where, name in sources(getattr(args, "order", None) or []):
+        results.append(compare.from_tuned_file(where) if kind == "file"
+                       else compare.from_study(where, name))  # type: ignore[arg-type]
+    comparison = compare.compare(results, alpha=args.alpha, min_ratio=args.min_ratio,
+                                 strict=args.strict)
+    sys.stdout.write(compare.format_compare(comparison, args.format))
+    if args.format != "text":
+        for warning in comparison.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    _quiet_optuna()
+    built = report.build(args.storage, args.study_name)
+    sys.stdout.write(report.format_text(built))
+    if args.html:
+        report.write_html(built, args.html)
+        print(f"wrote {args.html}")
+    return 0
+
+
 def print_summary(doc: dict[str, Any], path: str, backup: str | None) -> None:
     from . import space as space_mod
 
@@ -215,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             commands = {"search": cmd_search, "diagnose": cmd_diagnose, "run": cmd_run,
-                        "export": cmd_export}
+                        "export": cmd_export, "show": cmd_show, "compare": cmd_compare,
+                        "report": cmd_report}
             return commands[args.subcommand](args)
         finally:
             signal.signal(signal.SIGTERM, previous)

@@ -52,7 +52,7 @@ class Measure:
 
 @dataclass(frozen=True)
 class Validate:
-    candidates: int = 3         # best distinct trials re-measured against the baseline
+    candidates: int = 3         # best distinct trials screened; the fastest meets the baseline
     screen_rounds: int = 2      # interleaved rounds to pick the winner among candidates
     rounds: int = 5             # interleaved rounds winner vs baseline: the reported speedup
     alpha: float = 0.05         # significance level for "faster than TensorFlow's defaults"

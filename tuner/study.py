@@ -10,7 +10,8 @@ Flow of :func:`search`:
    (exhaustive grid when the space fits the budget, TPE otherwise) proposes the rest. Every trial is
    a fresh child under the host-wide lock; clearly bad trials are pruned after a few windows.
 4. One trial is one process, and processes differ by up to 1.6x, so the best trial is only a
-   candidate: the best few are re-measured against the baseline in fresh, interleaved processes.
+   candidate: the best few are re-measured in fresh, interleaved processes, and the fastest against
+   the baseline.
    The winner's speedup and interval come from those rounds alone (not from the trials that
    selected it), and unless it is faster beyond noise, the verdict keeps TensorFlow's defaults.
 """
@@ -409,15 +410,13 @@ class Search:
         labels = {f"#{t.number}": t for t in candidates}
         winner: FrozenTrial | None = candidates[0] if candidates else None
         if len(candidates) > 1 and cfg.screen_rounds > 0:
-            self.say(f"validation: screening {len(candidates)} candidates against the baseline, "
+            # Screening only picks among the candidates, so the baseline is not measured here:
+            # it is measured against the winner in every final round.
+            self.say(f"validation: screening {len(candidates)} candidates, "
                      f"{cfg.screen_rounds} interleaved rounds in fresh processes")
-            entries = [("baseline", baseline)] + [(label, t.user_attrs["settings"])
-                                                  for label, t in labels.items()]
+            entries = [(label, t.user_attrs["settings"]) for label, t in labels.items()]
             for r in range(cfg.screen_rounds):
                 self._measure_round(entries, r, cfg.screen_rounds, "screen", screening, failures)
-            if "baseline" in failures:
-                raise StudyError(f"validation: the baseline (TensorFlow's defaults) failed: "
-                                 f"{failures['baseline']}")
             alive = [label for label in labels if label not in failures and label in screening]
             if not alive:
                 winner = None
@@ -426,6 +425,7 @@ class Search:
                     [m["throughput"]["median"] for m in screening[lb]]))
                 winner = labels[best_label]
         final: dict[str, list[dict[str, Any]]] = {}
+        final_stop = None
         if winner is not None:
             label = f"#{winner.number}"
             self.say(f"validation: trial {label} ({space_mod.short(winner.user_attrs['settings'])})"
@@ -434,17 +434,46 @@ class Search:
             failures.pop(label, None)
             for r in range(cfg.rounds):
                 self._measure_round(entries, r, cfg.rounds, "final", final, failures)
+                stop = self._futile(final.get(label, []), final.get("baseline", []), r + 1)
+                if stop:
+                    self.say(f"  stopping after {r + 1} of {cfg.rounds} rounds: {stop}")
+                    final_stop = stop
+                    break
             if "baseline" in failures:
                 raise StudyError(f"validation: the baseline (TensorFlow's defaults) failed: "
                                  f"{failures['baseline']}")
         else:
+            # Nothing to compare: a few runs give the baseline's numbers for the tuned file.
+            runs = min(cfg.rounds, self.FUTILITY_MIN_ROUNDS)
             self.say(f"validation: no candidate beyond TensorFlow's defaults; measuring the "
-                     f"baseline {cfg.rounds} times")
-            for r in range(cfg.rounds):
-                self._measure_round([("baseline", baseline)], r, cfg.rounds, "final", final,
-                                    failures)
+                     f"baseline {runs} times")
+            for r in range(runs):
+                self._measure_round([("baseline", baseline)], r, runs, "final", final, failures)
         return {"candidates": candidates, "winner": winner, "screening": screening,
-                "final": final, "failures": failures}
+                "final": final, "failures": failures, "stopped_early": final_stop}
+
+    FUTILITY_MIN_ROUNDS = 3
+
+    def _futile(self, candidate: list[dict[str, Any]], baseline: list[dict[str, Any]],
+                done: int) -> str | None:
+        """Why more final rounds cannot change the verdict to "tuned", or None.
+
+        Only a futility stop: once at least three rounds ran, a candidate whose whole 95% interval
+        lies below the minimum speedup worth adopting cannot be adopted by the remaining rounds
+        in any plausible outcome, so they are skipped. There is no early stop for success: that
+        would be a second look at the p-value and inflate the false-positive rate."""
+        cfg = self.config.validate
+        if done >= cfg.rounds or done < self.FUTILITY_MIN_ROUNDS:
+            return None
+        if len(candidate) < self.FUTILITY_MIN_ROUNDS or len(baseline) < self.FUTILITY_MIN_ROUNDS:
+            return None
+        cand = [m["throughput"]["median"] for m in candidate]
+        base = [m["throughput"]["median"] for m in baseline]
+        lo, hi = stats.ratio_ci(cand, base)
+        if hi < cfg.min_speedup:
+            return (f"the speedup's 95% interval ({lo:.3f}-{hi:.3f}x) is entirely below the "
+                    f"minimum worth adopting ({cfg.min_speedup:g}x)")
+        return None
 
     # -- the whole run -------------------------------------------------------------------------
 
@@ -467,7 +496,7 @@ class Search:
         self.enqueue_references(study)
         v = cfg.validate
         self.validation_estimate = self.child_estimate * (
-            (v.candidates + 1) * v.screen_rounds * (v.candidates > 1) + 2 * v.rounds)
+            v.candidates * v.screen_rounds * (v.candidates > 1) + 2 * v.rounds)
         prior = len([t for t in study.get_trials(deepcopy=False)
                      if t.state != TrialState.WAITING])  # enqueued references are not history
         self.say(
@@ -518,7 +547,8 @@ class Search:
         backup = tuned.write(document, cfg.output, study_name=cfg.study_name,
                              storage=cfg.storage, force=cfg.force)
         study.set_user_attr(ATTR_PREFIX + "last_result", {
-            "verdict": document["verdict"], "result": document["result"], "written": _now(),
+            "verdict": document["verdict"], "settings": document["settings"],
+            "result": document["result"], "written": _now(),
             "output": os.path.abspath(cfg.output)})
         return SearchOutcome(tuned_path=cfg.output, tuned=document,
                              backup=str(backup) if backup else None, interrupted=interrupted)
@@ -628,7 +658,9 @@ class Search:
             "method": "fresh process per measurement; configurations interleaved, order rotated "
                       "each round; winner picked in screening rounds, speedup from final rounds",
             "screen_rounds": cfg.screen_rounds if len(v["candidates"]) > 1 else 0,
-            "rounds": cfg.rounds,
+            "rounds": len(base_runs),
+            "max_rounds": cfg.rounds,
+            **({"stopped_early": v["stopped_early"]} if v.get("stopped_early") else {}),
             "alpha": cfg.alpha,
             "min_speedup": cfg.min_speedup,
             "candidates": [
@@ -639,8 +671,6 @@ class Search:
                  **({"failed": v["failures"][f"#{t.number}"]}
                     if f"#{t.number}" in v["failures"] else {})}
                 for t in v["candidates"]],
-            "screen_baseline_throughput": [m["throughput"]["median"]
-                                           for m in v["screening"].get("baseline", [])],
         }
         baseline_block = _throughput_block(base_values)
         base_sat = stats.median([m["cpu_saturation"] for m in base_runs])
@@ -699,6 +729,10 @@ def result_attrs(result: dict[str, Any]) -> dict[str, Any]:
     timings["total"] = result.get("wall_seconds", 0.0)
     return {
         "throughput": summary,
+        # plain numbers next to the nested block, so optuna-dashboard can list and sort them
+        "throughput_median": summary["median"],
+        "throughput_spread": summary["rel_spread"],
+        "step_latency_p50_ms": (result.get("step_latency_ms") or {}).get("p50"),
         "cpu_saturation": result["cpu_saturation"],
         "per_core_busy": result.get("per_core_busy"),
         "input_wait": result.get("input_wait"),

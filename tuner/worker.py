@@ -272,16 +272,19 @@ def _core_busy(before: Any, after: Any, cpus: list[int]) -> list[float]:
 
 
 WARMUP_CHUNK_SECONDS = 0.3
-WARMUP_STABLE = 0.03
+WARMUP_STABLE = 0.05
 
 
-def _warm_up(work: _Workload, cfg: dict[str, Any], start: float) -> int:
-    """Run steps until the step rate is stable, at most ``warmup_seconds``; returns the steps.
+def _warm_up(work: _Workload, cfg: dict[str, Any], start: float) -> tuple[int, list[float]]:
+    """Run steps until the step rate settles, at most ``warmup_seconds``; returns the steps taken
+    and the rate of each ~0.3 s chunk.
 
-    Stable: the last three chunks of ~0.3 s agree within 3%. A fixed warm-up long enough for the
-    slowest workload wastes seconds on every trial of the others; the measurement windows that
-    follow are the check (their spread is reported). ``start`` is when warm-up began (tracing
-    counts against the limit)."""
+    Settled: two consecutive chunks agree within 5%. On the benchmark workloads the rate right
+    after tracing is already within noise of the steady state, except for one chunk that drains a
+    prefetch buffer filled during tracing (up to 1.25x fast); a stricter test (three chunks within
+    3%) almost never passed on a noisy VM and so always ran to the limit. The measurement windows
+    that follow are the real check: their spread is reported. ``start`` is when warm-up began
+    (tracing counts against the limit)."""
     steps = 0
     rates: list[float] = []
     while True:
@@ -298,10 +301,9 @@ def _warm_up(work: _Workload, cfg: dict[str, Any], start: float) -> int:
         rates.append(samples / (now - chunk_start))
         if steps >= cfg["min_warmup_steps"]:
             if now - start >= cfg["warmup_seconds"]:
-                return steps
-            last = rates[-3:]
-            if len(last) == 3 and (max(last) - min(last)) <= WARMUP_STABLE * max(last):
-                return steps
+                return steps, rates
+            if len(rates) >= 2 and abs(rates[-1] - rates[-2]) <= WARMUP_STABLE * max(rates[-2:]):
+                return steps, rates
 
 
 class _Run:
@@ -373,7 +375,8 @@ def measure(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
     progress.emit(phase="warmup")
     t0 = time.perf_counter()
     work.run_step(work.first)  # traces the step function
-    warmup_steps = 1 + _warm_up(work, cfg, t0)
+    warmup_steps, warmup_rates = _warm_up(work, cfg, t0)
+    warmup_steps += 1
     timings["warmup"] = time.perf_counter() - t0
 
     progress.emit(phase="measure")
@@ -389,6 +392,7 @@ def measure(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
         "batch_size": work.batch_size,
         "windows": windows,
         "warmup_steps": warmup_steps,
+        "warmup_rates": warmup_rates,
         "step_latency_ms": {
             "p50": _percentile(latencies, 0.50) * 1e3,
             "p90": _percentile(latencies, 0.90) * 1e3,
@@ -636,8 +640,9 @@ def diagnose(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
     progress.emit(phase="warmup")
     t0 = time.perf_counter()
     work.run_step(work.first)
-    warmup_steps = 1 + _warm_up(work, {"warmup_seconds": cfg["warmup_seconds"],
-                                       "min_warmup_steps": 3}, t0)
+    warmup_steps, _ = _warm_up(work, {"warmup_seconds": cfg["warmup_seconds"],
+                                      "min_warmup_steps": 3}, t0)
+    warmup_steps += 1
     timings["warmup"] = time.perf_counter() - t0
 
     progress.emit(phase="measure")

@@ -1,0 +1,76 @@
+"""Plain tables for the terminal and for Markdown, shared by ``show``, ``compare`` and ``report``.
+
+A table is a header row and body rows of strings; a row may be marked (``compare`` marks the rows
+whose values differ). Nothing here knows about tuned files or studies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMATS = ("text", "json", "markdown")
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    marked: list[bool] = field(default_factory=list)
+    title: str = ""
+
+    def add(self, *cells: Any, mark: bool = False) -> None:
+        self.rows.append([str(c) for c in cells])
+        self.marked.append(mark)
+
+    def text(self, mark: str = "*") -> str:
+        """Aligned columns; marked rows start with ``mark``, others with a space."""
+        widths = [max(len(r[i]) for r in [self.header, *self.rows]) for i in range(len(self.header))]
+        any_marked = any(self.marked)
+
+        def line(cells: Sequence[str], marked: bool) -> str:
+            prefix = (mark + " " if marked else "  ") if any_marked else ""
+            return (prefix + "  ".join(c.ljust(w) for c, w in zip(cells, widths))).rstrip()
+
+        out = [self.title] if self.title else []
+        if any(self.header):
+            out.append(line(self.header, False))
+        out += [line(r, m) for r, m in zip(self.rows, self.marked)]
+        return "\n".join(out)
+
+    def markdown(self) -> str:
+        """A GitHub pipe table; marked rows are bold."""
+        def esc(cell: str) -> str:
+            return cell.replace("|", "\\|")
+
+        out = [f"**{self.title}**", ""] if self.title else []
+        out.append("| " + " | ".join(esc(h) for h in self.header) + " |")
+        out.append("|" + "|".join("---" for _ in self.header) + "|")
+        for row, marked in zip(self.rows, self.marked):
+            cells = [esc(c) for c in row]
+            if marked:
+                cells = [f"**{c}**" if c else c for c in cells]
+            out.append("| " + " | ".join(cells) + " |")
+        return "\n".join(out)
+
+
+def num(value: Any, digits: int = 1) -> str:
+    """A number with fixed decimals; ``-`` for a missing or NaN value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def interval(ci: Sequence[float] | None, digits: int = 1, suffix: str = "") -> str:
+    if not ci:
+        return ""
+    return f"{ci[0]:.{digits}f}{suffix}-{ci[1]:.{digits}f}{suffix}"
+
+
+def value(v: Any) -> str:
+    """A setting's value as a user would write it in YAML."""
+    if v is None:
+        return "null"
+    return str(v)

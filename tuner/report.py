@@ -1,0 +1,381 @@
+"""``report``: one study's trials, best against baseline and expert rule, parameter importances
+and plots, in the terminal or as one self-contained HTML file (plotly.js inline, nothing loaded
+from the network, so it opens offline and can be attached to a ticket).
+
+Plots use Optuna's visualisations where they fit (optimisation history, importances); the
+intra x inter heatmap and the saturation scatter are plain plotly figures built from the trials'
+user attributes.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import render, tuned
+from .errors import ConfigError, StudyError
+from .render import Table
+
+ATTR = "tuner."
+ROLES = ("baseline", "expert", "screen")
+COLUMNS = {"intra_op_parallelism_threads": "intra", "inter_op_parallelism_threads": "inter",
+           "tf_data.private_threadpool_size": "data.pool",
+           "tf_data.max_intra_op_parallelism": "data.intra", "env.TF_ENABLE_ONEDNN_OPTS": "onednn"}
+
+
+def open_study(storage: str, name: str | None) -> Any:
+    """Load an existing study; never creates a database or a study. Without ``name``, the
+    storage's only study."""
+    import optuna
+
+    if storage.startswith("sqlite:///"):
+        path = storage[len("sqlite:///"):]
+        if path and path != ":memory:" and not os.path.isfile(path):
+            raise ConfigError(f"--storage: {storage}: no such database file ({path!r})")
+    try:
+        names = optuna.get_all_study_names(storage=storage)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types; all mean "cannot open it"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudyError(f"--storage: cannot open {tuned.mask_url(storage)}: "
+                         f"{tuned.mask_url(first)}") from None
+    if name is None:
+        if len(names) != 1:
+            raise ConfigError(f"--study-name: required, {tuned.mask_url(storage)} holds "
+                              f"{len(names)} studies: {', '.join(names) or 'none'}")
+        name = names[0]
+    if name not in names:
+        raise ConfigError(f"--study-name: no study {name!r} in {tuned.mask_url(storage)}; "
+                          f"available: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@dataclass
+class TrialRow:
+    number: int
+    role: str
+    state: str
+    settings: dict[str, Any]
+    throughput: float | None
+    spread: float | None          # half the window range, relative to the median
+    saturation: float | None
+    note: str
+
+    def cells(self) -> list[str]:
+        spread = f"±{self.spread * 100:.1f}%" if self.spread is not None else ""
+        return [str(self.number), self.role, self.state,
+                *(_setting(self.settings, name) for name in COLUMNS),
+                render.num(self.throughput), spread, render.num(self.saturation, 2), self.note]
+
+
+def _setting(settings: dict[str, Any], name: str) -> str:
+    from . import space
+
+    if name not in settings:
+        return "?"
+    value = settings[name]
+    if value == space.KNOBS[name].default:
+        return "-"
+    return str(value)
+
+
+@dataclass
+class StudyReport:
+    name: str
+    storage: str
+    machine: dict[str, Any]
+    workload: dict[str, Any]
+    rows: list[TrialRow]
+    counts: dict[str, int]
+    references: list[dict[str, Any]]
+    last_result: dict[str, Any] | None
+    importances: dict[str, float] | None
+    importance_note: str
+    study: Any = field(repr=False, default=None)
+
+
+def build(storage: str, name: str | None) -> StudyReport:
+    from optuna.trial import TrialState
+
+    study = open_study(storage, name)
+    trials = study.get_trials(deepcopy=False)
+    rows = []
+    for t in trials:
+        attrs = t.user_attrs
+        tp = attrs.get("throughput") if t.state == TrialState.COMPLETE else None
+        note = attrs.get("fail_reason") or attrs.get("prune_reason") or ""
+        rows.append(TrialRow(
+            number=t.number, role=attrs.get("role") or "search", state=t.state.name,
+            # a WAITING trial has no params yet, only the values it was enqueued with
+            settings=attrs.get("settings") or dict(t.params) or
+            dict(t.system_attrs.get("fixed_params") or {}),
+            throughput=tp["median"] if tp else None,
+            spread=tp["rel_spread"] / 2 if tp and tp.get("rel_spread") is not None else None,
+            saturation=attrs.get("cpu_saturation") if tp else None, note=note))
+    counts = {s.name.lower(): sum(1 for t in trials if t.state == s)
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                        TrialState.RUNNING, TrialState.WAITING)}
+    importances, why = _importances(study)
+    config = study.user_attrs.get(ATTR + "config") or {}
+    return StudyReport(
+        name=study.study_name, storage=tuned.mask_url(storage),
+        machine=study.user_attrs.get(ATTR + "machine_full") or
+        study.user_attrs.get(ATTR + "machine") or {},
+        workload=config.get("workload") or {}, rows=rows, counts=counts,
+        references=_references(rows), last_result=study.user_attrs.get(ATTR + "last_result"),
+        importances=importances, importance_note=why, study=study)
+
+
+def _references(rows: list[TrialRow]) -> list[dict[str, Any]]:
+    done = [r for r in rows if r.throughput is not None]
+    if not done:
+        return []
+    base = next((r for r in done if r.role == "baseline"), None)
+    out = []
+    for what, row in (("best", max(done, key=lambda r: r.throughput)),  # type: ignore[arg-type]
+                      ("baseline", base),
+                      ("expert rule", next((r for r in done if r.role == "expert"), None))):
+        if row is None:
+            continue
+        out.append({"what": what, "trial": row.number, "settings": row.settings,
+                    "throughput": row.throughput, "saturation": row.saturation,
+                    "vs_baseline": row.throughput / base.throughput if base else None})
+    return out
+
+
+def _importances(study: Any) -> tuple[dict[str, float] | None, str]:
+    from optuna.importance import get_param_importances
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return None, f"parameter importances need at least 2 complete trials ({len(complete)} here)"
+    varied = [n for n in {k for t in complete for k in t.params}
+              if len({repr(t.params.get(n)) for t in complete}) > 1]
+    if not varied:
+        return None, "parameter importances need parameters that vary across complete trials"
+    try:
+        return dict(get_param_importances(study)), "PED-ANOVA, Optuna's default evaluator"
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        return None, f"Optuna could not compute parameter importances: {exc}"
+
+
+# -- terminal ----------------------------------------------------------------------------------
+
+
+def trial_table(report: StudyReport) -> Table:
+    t = Table(header=["#", "role", "state", *COLUMNS.values(), "samples/s", "spread", "sat",
+                      "note"])
+    for row in report.rows:
+        t.add(*row.cells())
+    return t
+
+
+def reference_table(report: StudyReport) -> Table:
+    from . import space
+
+    t = Table(header=["", "trial", "settings", "samples/s", "x baseline", "sat"])
+    for ref in report.references:
+        t.add(ref["what"], f"#{ref['trial']}", space.short(ref["settings"]),
+              render.num(ref["throughput"]), render.num(ref["vs_baseline"], 3),
+              render.num(ref["saturation"], 2))
+    return t
+
+
+def _validated_line(last: dict[str, Any] | None) -> str:
+    if not last:
+        return "no search of this study has finished validation yet"
+    r = last.get("result") or {}
+    if last.get("verdict") == "tuned":
+        from . import space
+
+        lo, hi = r["speedup_ci95"]
+        settings = last.get("settings")  # recorded since show/compare were added
+        which = f" ({space.short(space.flatten_settings(settings))})" if settings else ""
+        return (f"tuned{which}: {r['speedup']:.3f}x TensorFlow's defaults (95% CI "
+                f"{lo:.3f}-{hi:.3f}, p={r['p_value']:.3g}), measured in fresh interleaved "
+                f"processes")
+    if last.get("verdict") == "defaults":
+        rejected = r.get("rejected")
+        extra = (f"; best candidate trial {rejected['trial']} measured {rejected['speedup']:.3f}x, "
+                 f"not adopted: {rejected.get('rejected_because')}") if rejected else ""
+        return f"defaults: nothing beat TensorFlow's defaults beyond noise{extra}"
+    return f"{last.get('verdict')}: not validated"
+
+
+def header_lines(report: StudyReport) -> list[str]:
+    m, w, c = report.machine, report.workload, report.counts
+    return [
+        f"study {report.name} in {report.storage}: {len(report.rows)} trials ({c['complete']} "
+        f"complete, {c['pruned']} pruned, {c['fail']} failed"
+        + (f", {c['running']} running" if c["running"] else "") + ")",
+        f"workload: {w.get('model')} / {w.get('data')}, {w.get('mode')}",
+        (f"machine: {m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} usable CPUs, "
+         f"TensorFlow {m.get('tf_version', '?')}"),
+    ]
+
+
+def format_text(report: StudyReport) -> str:
+    out = [*header_lines(report), "", trial_table(report).text(), "",
+           "best vs baseline vs expert rule (search trials, one process each):",
+           reference_table(report).text() if report.references else "  no complete trial yet",
+           "",
+           "validated: " + _validated_line(report.last_result), ""]
+    if report.importances:
+        out.append(f"parameter importances ({report.importance_note}):")
+        width = max(len(k) for k in report.importances)
+        for name, value in report.importances.items():
+            out.append(f"  {name.ljust(width)}  {value:.3f}  {'#' * round(value * 40)}")
+    else:
+        out.append(f"parameter importances: {report.importance_note}")
+    return "\n".join(out) + "\n"
+
+
+# -- HTML --------------------------------------------------------------------------------------
+
+
+def figures(report: StudyReport) -> list[tuple[str, Any, str]]:
+    """(title, plotly figure or None, note) for each plot."""
+    import optuna.visualization as vis
+
+    study = report.study
+    out: list[tuple[str, Any, str]] = []
+    fig = vis.plot_optimization_history(study, target_name="throughput (samples/s)")
+    out.append(("Optimisation history", _styled(fig),
+                "each dot is one trial (one process); the line is the best so far"))
+    if report.importances:
+        fig = vis.plot_param_importances(study, target_name="throughput (samples/s)")
+        out.append(("Parameter importances", _styled(fig), report.importance_note))
+    else:
+        out.append(("Parameter importances", None, report.importance_note))
+    out.append(("Throughput over intra-op x inter-op threads", heatmap(report),
+                ("best complete trial per cell (samples/s); the other knobs vary between trials; "
+                 "empty cells were not measured; 0 = TensorFlow's default")))
+    out.append(("CPU saturation vs throughput", saturation_scatter(report),
+                "saturation: the share of the usable CPUs the process kept busy while measuring"))
+    return out
+
+
+def _styled(fig: Any) -> Any:
+    fig.update_layout(template="plotly_white", height=420, margin={"l": 60, "r": 20, "t": 50,
+                                                                   "b": 50})
+    return fig
+
+
+def heatmap(report: StudyReport) -> Any:
+    import plotly.graph_objects as go
+
+    intra_key, inter_key = "intra_op_parallelism_threads", "inter_op_parallelism_threads"
+    done = [r for r in report.rows if r.throughput is not None]
+    intras = sorted({r.settings.get(intra_key) or 0 for r in done})
+    inters = sorted({r.settings.get(inter_key) or 0 for r in done})
+    best: dict[tuple[int, int], TrialRow] = {}
+    for r in done:
+        key = (r.settings.get(intra_key) or 0, r.settings.get(inter_key) or 0)
+        if key not in best or r.throughput > best[key].throughput:  # type: ignore[operator]
+            best[key] = r
+    z = [[best[(a, e)].throughput if (a, e) in best else None for e in inters] for a in intras]
+    text = [[f"{best[(a, e)].throughput:.0f}<br>#{best[(a, e)].number}" if (a, e) in best else ""
+             for e in inters] for a in intras]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[str(e) for e in inters], y=[str(a) for a in intras], text=text,
+        texttemplate="%{text}", colorscale="Viridis", colorbar={"title": "samples/s"},
+        hovertemplate="intra %{y}, inter %{x}: %{z:.1f} samples/s<extra></extra>"))
+    fig.update_xaxes(title="inter_op_parallelism_threads", type="category")
+    fig.update_yaxes(title="intra_op_parallelism_threads", type="category")
+    return _styled(fig)
+
+
+def saturation_scatter(report: StudyReport) -> Any:
+    import plotly.graph_objects as go
+
+    from . import space
+
+    fig = go.Figure()
+    for role in (*ROLES, "search"):
+        rows = [r for r in report.rows if r.role == role and r.throughput is not None]
+        if not rows:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r.saturation for r in rows], y=[r.throughput for r in rows], mode="markers",
+            name=role, marker={"size": 11 if role in ("baseline", "expert") else 8},
+            text=[f"#{r.number} {space.short(r.settings)}" for r in rows],
+            hovertemplate="%{text}<br>saturation %{x:.2f}, %{y:.1f} samples/s<extra></extra>"))
+    fig.update_xaxes(title="CPU saturation")
+    fig.update_yaxes(title="throughput (samples/s)")
+    return _styled(fig)
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
+th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; }
+th { background: #f4f4f4; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+tr.FAIL td { color: #a00; } tr.PRUNED td { color: #777; }
+.plot { margin: 12px 0 28px; } .note { color: #555; font-size: 13px; }
+"""
+
+
+def _html_table(table: Table, classes: list[str] | None = None, numeric: set[int] = frozenset()
+                ) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    body = []
+    for i, row in enumerate(table.rows):
+        cls = f' class="{html.escape(classes[i])}"' if classes else ""
+        cells = "".join(f'<td{" class=n" if j in numeric else ""}>{html.escape(c)}</td>'
+                        for j, c in enumerate(row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def format_html(report: StudyReport) -> str:
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        raise ConfigError("--html: the plots need plotly: pip install 'tuner[report]' (or "
+                          "pip install plotly)") from None
+    title = f"tuner report: {html.escape(report.name)}"
+    parts = [(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+             f"<style>{CSS}</style></head><body><h1>{title}</h1>")]
+    parts += [f"<p>{html.escape(line)}</p>" for line in header_lines(report)]
+    parts.append("<h2>Best vs baseline vs expert rule</h2>"
+                 "<p class=note>search trials, one process each</p>"
+                 + _html_table(reference_table(report), numeric={3, 4, 5})
+                 + f"<p><b>Validated:</b> {html.escape(_validated_line(report.last_result))}</p>")
+    first = True
+    for title, fig, note in figures(report):
+        parts.append(f"<h2>{html.escape(title)}</h2><p class=note>{html.escape(note)}</p>")
+        if fig is None:
+            continue
+        # plotly.js goes in once, inline, with the first figure: one file that works offline
+        parts.append("<div class=plot>" + fig.to_html(
+            full_html=False, include_plotlyjs=first,
+            config={"displaylogo": False, "responsive": True}) + "</div>")
+        first = False
+        if title == "Parameter importances" and report.importances:
+            t = Table(header=["parameter", "importance"])
+            for name, value in report.importances.items():
+                t.add(name, f"{value:.3f}")
+            parts.append(_html_table(t, numeric={1}))
+    table = trial_table(report)
+    parts.append("<h2>Trials</h2><p class=note>settings: - = TensorFlow's default; spread: half "
+                 "the range over the trial's measurement windows</p>"
+                 + _html_table(table, classes=[r.state for r in report.rows],
+                               numeric={0, 8, 9, 10}))
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def write_html(report: StudyReport, path: str) -> None:
+    from .files import write_text_atomic
+
+    text = format_html(report)
+    if "<script src=\"http" in text or "<script src='http" in text:
+        raise StudyError("report: the page would load a script from the network; refusing to "
+                         "write a report that does not open offline")
+    write_text_atomic(path, text)
+    os.chmod(path, 0o644)  # a report is for sharing; mkstemp made it private
+
+
