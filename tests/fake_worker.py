@@ -93,8 +93,10 @@ def fake_diagnosis(task: dict) -> dict:
                      "per_core_busy": [0.9] * min(cpus, 2),
                      "step_latency_ms": {"p50": 30.0, "p90": 33.0}},
         "cached": {"seconds": 3.0, "throughput": 1000.0, "windows": [1000.0] * 3,
-                   "cpu_seconds": 5.7},
-        "throttling": {"before": before, "after": after},
+                   "round_ratios": [pipeline_tp / 1000.0] * 3},
+        "throttling": ({**after, **{k: after[k] - before[k] for k in
+                                    ("nr_periods", "nr_throttled", "throttled_seconds")}}
+                       if before and after else None),
         "warmup_steps": 5, "timings": {"import": 0.0, "warmup": 0.0, "measure": 10.0},
     }
 

@@ -105,7 +105,7 @@ def _result(**overrides):
                      "input_wait": 0.02, "cpu_seconds": 19.0, "user_seconds": 18.5,
                      "system_seconds": 0.5, "per_core_busy": [0.96, 0.96]},
         "cached": {"seconds": 3.0, "throughput": 1000.0, "windows": [1000.0] * 3},
-        "throttling": {"before": None, "after": None},
+        "throttling": None,
     }
     for key, value in overrides.items():
         section, _, name = key.partition("__")

@@ -29,6 +29,7 @@ Report history (``FORMAT_VERSION``):
 from __future__ import annotations
 
 import shlex
+import statistics
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,16 +57,17 @@ class DiagnoseError(TunerError):
 
 
 def plan(seconds: float) -> dict[str, Any]:
-    """How ``seconds`` of measuring are spent: at most 10% warming up (less once the step rate
-    is stable), 70% on the real pipeline in 5 windows, 20% on the cached batch."""
+    """How ``seconds`` of measuring are spent: up to 10% warming up (less once the step rate
+    settles), then 3 to 6 rounds, each 70/87 on the real pipeline and 17/87 on the cached batch
+    (at 60 s: 6 rounds of 7 s and 1.7 s)."""
+    rounds = max(3, min(6, round(seconds / 10)))
     return {
         "seconds": seconds,
         "warmup_seconds": min(5.0, max(0.5, 0.1 * seconds)),
-        "windows": 5,
-        "window_seconds": 0.7 * seconds / 5,
         "cached_warmup_seconds": min(1.0, 0.03 * seconds),
-        "cached_windows": 3,
-        "cached_window_seconds": 0.17 * seconds / 3,
+        "rounds": rounds,
+        "pipeline_seconds": 0.70 * seconds / rounds,
+        "cached_seconds": 0.17 * seconds / rounds,
     }
 
 
@@ -130,15 +132,13 @@ def _cpus(value: float) -> str:
 
 
 def _throttling(result: dict[str, Any], wall: float) -> dict[str, Any] | None:
-    before = (result.get("throttling") or {}).get("before")
-    after = (result.get("throttling") or {}).get("after")
-    if not before or not after:
+    """The child's throttling counters over the pipeline rounds, with the share of periods."""
+    counted = result.get("throttling")
+    if not counted:
         return None
-    periods = after["nr_periods"] - before["nr_periods"]
-    throttled = after["nr_throttled"] - before["nr_throttled"]
-    seconds = after["throttled_seconds"] - before["throttled_seconds"]
-    return {"cgroup": after["cgroup"], "nr_periods": periods, "nr_throttled": throttled,
-            "throttled_seconds": round(seconds, 3),
+    periods, throttled = counted["nr_periods"], counted["nr_throttled"]
+    return {"cgroup": counted["cgroup"], "nr_periods": periods, "nr_throttled": throttled,
+            "throttled_seconds": round(counted["throttled_seconds"], 3),
             "throttled_periods_share": round(throttled / periods, 4) if periods > 0 else 0.0,
             "measured_seconds": round(wall, 3)}
 
@@ -189,7 +189,11 @@ def analyse(machine: machine_mod.Machine, result: dict[str, Any], config: Config
     pipeline_tp = float(measured["throughput"])
     cached = result.get("cached")
     cached_tp = float(cached["throughput"]) if cached else None
-    ratio = pipeline_tp / cached_tp if cached_tp else None
+    # The median of the rounds' ratios: each round's pipeline against the cached batch measured
+    # right after it, so a change in other processes' load between rounds cancels.
+    round_ratios = (cached or {}).get("round_ratios") or []
+    ratio = (statistics.median(round_ratios) if round_ratios
+             else pipeline_tp / cached_tp if cached_tp else None)
     wait = float(measured["input_wait"])
     mode = (config.workload.mode if config is not None else result.get("mode")) or "predict"
     if mode == "data":
@@ -236,7 +240,8 @@ def analyse(machine: machine_mod.Machine, result: dict[str, Any], config: Config
                        "cached_batch": round(cached_tp, 2) if cached_tp else None,
                        "ratio": round(ratio, 4) if ratio is not None else None,
                        "pipeline_windows": measured.get("windows"),
-                       "cached_windows": cached.get("windows") if cached else None},
+                       "cached_windows": cached.get("windows") if cached else None,
+                       "round_ratios": (cached or {}).get("round_ratios")},
         "input_wait": round(wait, 4),
         "input_bound": input_bound,
         "pipeline": pipeline,
@@ -477,10 +482,13 @@ def format_text(report: dict[str, Any]) -> str:
     lines.append(f"diagnose {r['config']}: {wl['mode']}, batch {wl.get('batch_size')}, "
                  f"TensorFlow {r.get('tf_version')}")
     m = r["measured_seconds"]
-    cached = (f", then {m['cached_batch']:.1f} s on one cached batch" if m.get("cached_batch")
-              else "")
-    lines.append(f"measured {m['pipeline']:.1f} s with TensorFlow's defaults on the real "
-                 f"pipeline{cached}")
+    tp = r["throughput"]
+    if m.get("cached_batch"):
+        lines.append(f"measured with TensorFlow's defaults: {m['pipeline']:.1f} s on the real "
+                     f"pipeline and {m['cached_batch']:.1f} s on one cached batch, in "
+                     f"{len(tp['round_ratios'] or tp['cached_windows'] or [])} alternating rounds")
+    else:
+        lines.append(f"measured with TensorFlow's defaults: {m['pipeline']:.1f} s on the pipeline")
     lines.append("")
     t = r["threads"]
     quota = _cpus(r["cpu_quota"]) if r["cpu_quota"] is not None else "none"
@@ -518,11 +526,11 @@ def format_text(report: dict[str, Any]) -> str:
                      "  throttling: counters not readable")
     lines.append("")
     lines.append("Input or compute")
-    tp = r["throughput"]
     if tp["cached_batch"]:
         lines.append(f"  real pipeline {_num(tp['pipeline'])} samples/s, one cached batch "
-                     f"{_num(tp['cached_batch'])} samples/s: {tp['ratio']:.2f}x; waiting for data "
-                     f"{r['input_wait']:.0%} of the time")
+                     f"{_num(tp['cached_batch'])} samples/s: {tp['ratio']:.2f}x (median of "
+                     f"rounds: {', '.join(f'{x:.2f}' for x in tp.get('round_ratios') or [])}); "
+                     f"waiting for data {r['input_wait']:.0%} of the time")
     else:
         lines.append(f"  pipeline alone {_num(tp['pipeline'])} samples/s (data mode)")
     if wl["mode"] == "data":

@@ -476,30 +476,86 @@ class _ThreadCensus:
         counts["total"] = len(table)
         return counts
 
-    def usage(self, before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]],
-              wall: float) -> dict[str, Any]:
-        """CPUs used per group over a run, how many threads were busy, and the run-queue wait."""
+
+class _Accounts:
+    """CPU accounting summed over the pipeline's chunks only (the cached batch's chunks between
+    them are left out): this process's user and system time, per-core busy (all processes), each
+    thread's CPU and run-queue wait, and the cgroup's throttling counters."""
+
+    def __init__(self, census: _ThreadCensus, affinity: list[int], cgroup_root: str) -> None:
+        self.census = census
+        self.affinity = affinity
+        self.cgroup_root = cgroup_root
+        self.wall = self.user = self.system = 0.0
+        self.core_total = [0.0] * len(affinity)
+        self.core_idle = [0.0] * len(affinity)
+        self.ticks: dict[int, int] = {}
+        self.run_ns = self.wait_ns = 0
+        self.schedstat = True
+        self.throttle: dict[str, Any] | None = None
+        self._start: tuple[Any, ...] | None = None
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        import psutil
+
+        from . import machine
+
+        return (time.perf_counter(), os.times(), psutil.cpu_times(percpu=True), _thread_table(),
+                machine.cpu_throttling(self.cgroup_root))
+
+    def start(self) -> None:
+        self._start = self._snapshot()
+
+    def stop(self) -> None:
+        assert self._start is not None
+        t0, times0, cores0, threads0, throttle0 = self._start
+        t1, times1, cores1, threads1, throttle1 = self._snapshot()
+        self.wall += t1 - t0
+        self.user += times1.user - times0.user
+        self.system += times1.system - times0.system
+        for i, cpu in enumerate(self.affinity):
+            if cpu < len(cores0) and cpu < len(cores1):
+                a, b = cores0[cpu], cores1[cpu]
+                self.core_total[i] += sum(b) - sum(a)
+                self.core_idle[i] += (b.idle - a.idle) + (getattr(b, "iowait", 0.0)
+                                                          - getattr(a, "iowait", 0.0))
+        zero = {"ticks": 0, "run_ns": 0, "wait_ns": 0}
+        for tid, row in threads1.items():
+            old = threads0.get(tid, zero)
+            self.ticks[tid] = self.ticks.get(tid, 0) + row["ticks"] - old["ticks"]
+            if "run_ns" in row and "run_ns" in old:
+                self.run_ns += row["run_ns"] - old["run_ns"]
+                self.wait_ns += row["wait_ns"] - old["wait_ns"]
+            else:
+                self.schedstat = False
+        if throttle0 and throttle1:
+            total = self.throttle or {"cgroup": throttle1["cgroup"],
+                                      "quota_cpus": throttle1["quota_cpus"], "nr_periods": 0,
+                                      "nr_throttled": 0, "throttled_seconds": 0.0}
+            for key in ("nr_periods", "nr_throttled", "throttled_seconds"):
+                total[key] += throttle1[key] - throttle0[key]
+            self.throttle = total
+        self._start = None
+
+    def threads(self) -> dict[str, Any]:
+        """CPUs used per thread group, how many threads were busy, and the run-queue wait."""
         tick = os.sysconf("SC_CLK_TCK")
         cpus: dict[str, float] = {}
         busy = 0
-        run_ns = wait_ns = 0
-        schedstat = True
-        for tid, row in after.items():
-            old = before.get(tid, {"ticks": 0, "run_ns": 0, "wait_ns": 0})
-            seconds = (row["ticks"] - old["ticks"]) / tick
-            group = self.group.get(tid, "tf_data")
-            cpus[group] = cpus.get(group, 0.0) + seconds / wall
-            if seconds / wall >= 0.1:
+        for tid, ticks in self.ticks.items():
+            share = ticks / tick / self.wall
+            group = self.census.group.get(tid, "tf_data")
+            cpus[group] = cpus.get(group, 0.0) + share
+            if share >= 0.1:
                 busy += 1
-            if "run_ns" in row and "run_ns" in old:
-                run_ns += row["run_ns"] - old["run_ns"]
-                wait_ns += row["wait_ns"] - old["wait_ns"]
-            else:
-                schedstat = False
         return {"cpus_by_group": {k: round(v, 3) for k, v in sorted(cpus.items())},
                 "busy_threads": busy,
-                "run_queue_wait_per_cpu_second": (round(wait_ns / run_ns, 4)
-                                                  if schedstat and run_ns > 0 else None)}
+                "run_queue_wait_per_cpu_second": (round(self.wait_ns / self.run_ns, 4)
+                                                  if self.schedstat and self.run_ns > 0 else None)}
+
+    def per_core_busy(self) -> list[float]:
+        return [round(1.0 - idle / total, 4) if total > 0 else 0.0
+                for total, idle in zip(self.core_total, self.core_idle)]
 
 
 PYTHON_OPS = {"EagerPyFunc": "tf.py_function", "PyFunc": "tf.numpy_function",
@@ -601,12 +657,9 @@ def _inspect_pipeline(tf: Any, dataset: Any) -> dict[str, Any]:
 
 
 def diagnose(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
-    """Run the workload with TensorFlow's defaults on its real pipeline, then on one cached batch
-    (compute alone), and report threads, CPU use and the pipeline's make-up."""
-    import psutil
-
-    from . import machine
-
+    """Run the workload with TensorFlow's defaults on its real pipeline and, in alternating
+    rounds, on one cached batch (compute alone); report threads, CPU use and the pipeline's
+    make-up."""
     cfg = task["diagnose"]
     usable = float(task["capacity"])
     affinity = list(task.get("affinity") or range(int(task["usable_cpus"])))
@@ -645,19 +698,33 @@ def diagnose(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
     warmup_steps += 1
     timings["warmup"] = time.perf_counter() - t0
 
+    # Rounds of the real pipeline, each followed by the same step on one cached batch, so both
+    # see the same load on a shared machine (measured one after the other, a change in other
+    # processes' load between them looked like a 0.7x gap). The iterator stays alive during the
+    # cached chunks: a pipeline with background threads refills its buffers then, which slightly
+    # favours "not input-bound" - the side to err on.
     progress.emit(phase="measure")
-    throttle_before = machine.cpu_throttling(cgroup_root)
-    cores_before = psutil.cpu_times(percpu=True)
-    times_before = os.times()
-    threads_before = _thread_table()
-    run = _run_windows(work, work.next_batch, cfg["windows"], cfg["window_seconds"], usable,
-                       progress)
-    threads_after = _thread_table()
-    times_after = os.times()
-    cores_after = psutil.cpu_times(percpu=True)
-    throttle_after = machine.cpu_throttling(cgroup_root)
-    timings["measure"] = run.wall
+    accounts = _Accounts(census, affinity, cgroup_root)
+    cached = work.first
+    t = time.perf_counter()
+    if work.mode != "data":
+        while time.perf_counter() - t < cfg["cached_warmup_seconds"]:
+            work.run_step(cached)
+    runs: list[_Run] = []
+    probes: list[_Run] = []
+    for _ in range(cfg["rounds"]):
+        accounts.start()
+        runs.append(_run_windows(work, work.next_batch, 1, cfg["pipeline_seconds"], usable,
+                                 progress))
+        accounts.stop()
+        if work.mode != "data":
+            probes.append(_run_windows(work, lambda: cached, 1, cfg["cached_seconds"], usable,
+                                       progress))
+    timings["measure"] = time.perf_counter() - t
+    table = _thread_table()
 
+    wall = sum(r.wall for r in runs)
+    latencies = [x for r in runs for x in r.latencies]
     result: dict[str, Any] = {
         "batch_size": work.batch_size,
         "tf_version": tf.__version__,
@@ -666,42 +733,34 @@ def diagnose(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
             "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
         },
-        "threads": {**census.counts(threads_after),
-                    **census.usage(threads_before, threads_after, run.wall)},
+        "threads": {**census.counts(table), **accounts.threads()},
         "pipeline": pipeline,
         "measured": {
-            "seconds": run.wall,
-            "throughput": run.throughput(),
-            "windows": [round(w["throughput"], 2) for w in run.windows],
-            "input_wait": run.wait / run.wall,
-            "cpu_seconds": run.cpu,
-            "user_seconds": times_after.user - times_before.user,
-            "system_seconds": times_after.system - times_before.system,
-            "per_core_busy": _core_busy(cores_before, cores_after, affinity),
-            "step_latency_ms": {"p50": _percentile(run.latencies, 0.5) * 1e3,
-                                "p90": _percentile(run.latencies, 0.9) * 1e3},
+            "seconds": wall,
+            "throughput": sum(r.windows[0]["samples"] for r in runs) / wall,
+            "windows": [round(r.windows[0]["throughput"], 2) for r in runs],
+            "input_wait": sum(r.wait for r in runs) / wall,
+            "cpu_seconds": accounts.user + accounts.system,
+            "user_seconds": accounts.user,
+            "system_seconds": accounts.system,
+            "per_core_busy": accounts.per_core_busy(),
+            "step_latency_ms": {"p50": _percentile(latencies, 0.5) * 1e3,
+                                "p90": _percentile(latencies, 0.9) * 1e3},
         },
-        "throttling": {"before": throttle_before, "after": throttle_after},
+        "throttling": accounts.throttle,
         "warmup_steps": warmup_steps,
         "timings": timings,
     }
-
-    if work.mode != "data":
-        # Compute alone: the same step on one batch already in memory. The pipeline's iterator
-        # goes first, so its threads stop producing and do not compete with the probe.
-        progress.emit(phase="cached_probe")
-        work.iterator = None
-        gc.collect()
-        cached = work.first
-        t = time.perf_counter()
-        while time.perf_counter() - t < cfg["cached_warmup_seconds"]:
-            work.run_step(cached)
-        probe = _run_windows(work, lambda: cached, cfg["cached_windows"],
-                             cfg["cached_window_seconds"], usable, progress)
-        timings["cached_probe"] = time.perf_counter() - t
-        result["cached"] = {"seconds": probe.wall, "throughput": probe.throughput(),
-                            "windows": [round(w["throughput"], 2) for w in probe.windows],
-                            "cpu_seconds": probe.cpu}
+    if probes:
+        seconds = sum(p.wall for p in probes)
+        result["cached"] = {
+            "seconds": seconds,
+            "throughput": sum(p.windows[0]["samples"] for p in probes) / seconds,
+            "windows": [round(p.windows[0]["throughput"], 2) for p in probes],
+            # each round's pipeline against the cached batch right after it
+            "round_ratios": [round(r.windows[0]["throughput"] / p.windows[0]["throughput"], 4)
+                             for r, p in zip(runs, probes)],
+        }
     return result
 
 
