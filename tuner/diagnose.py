@@ -1,7 +1,8 @@
 """``python -m tuner diagnose``: why TensorFlow isn't using all the CPUs, measured.
 
-One child runs the workload with TensorFlow's defaults, as a trial would: on the real pipeline
-for most of the time, then on one batch held in memory (the same step, compute alone). It counts
+One child runs the workload with TensorFlow's defaults, as a trial would, in alternating rounds:
+a chunk on the real pipeline, then a shorter one on one batch held in memory (the same step,
+compute alone), so both see the same load from other processes. It counts
 the threads each pool started, the CPU each group of threads used, the wait for data, and reads
 the pipeline's graph. Here, in the parent, those numbers become a report: CPUs, saturation, input
 or compute, and findings, each with what was measured, what it means and what to try.
@@ -9,9 +10,10 @@ or compute, and findings, each with what was measured, what it means and what to
 Thresholds (module constants, reported in the JSON under ``thresholds``):
 
 - **input-bound**: the pipeline's throughput is below ``INPUT_BOUND_RATIO`` (0.8) of the cached
-  batch's, or the step loop waits for data ``INPUT_WAIT_SHARE`` (25%) of its time or more. The
-  same configuration varies by about ±10% from process to process on a busy VM, and both
-  measurements here come from one process a few seconds apart, so a gap under 20% is not called.
+  batch's (the median of the rounds' ratios), or the step loop waits for data
+  ``INPUT_WAIT_SHARE`` (25%) of its time or more. The same configuration varies by about ±10%
+  from process to process on a busy VM, and within one process from second to second, so a gap
+  under 20% is not called.
 - **idle CPUs**: cores busy below ``LOW_SATURATION`` (60%) of what the process may use.
 - **system time**: ``HIGH_SYSTEM_SHARE`` (25%) or more of the process's CPU time in the kernel.
 - **throttling**: the cgroup was throttled in ``THROTTLED_PERIODS`` (10%) or more of its periods.

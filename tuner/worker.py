@@ -16,7 +16,6 @@ Protocol history (``PROTOCOL``):
 
 from __future__ import annotations
 
-import gc
 import importlib
 import importlib.util
 import json
