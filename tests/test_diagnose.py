@@ -299,7 +299,8 @@ def test_real_input_bound_workload_is_diagnosed_input_bound(tmp_path):
 
 @pytest.mark.tf
 def test_real_compute_bound_workload_is_not_input_bound(tmp_path):
-    report = diagnose.diagnose(config.load(CONFIGS / "branchy.yaml"), 3.0)
+    # 6 s: six rounds, so a burst of other work on a shared machine cannot swing the median
+    report = diagnose.diagnose(config.load(CONFIGS / "branchy.yaml"), 6.0)
     assert report["input_bound"] is False, report["throughput"]
     assert report["throughput"]["ratio"] > 0.8
     assert "input_bound" not in [f["kind"] for f in report["findings"]]

@@ -60,16 +60,19 @@ class DiagnoseError(TunerError):
 
 def plan(seconds: float) -> dict[str, Any]:
     """How ``seconds`` of measuring are spent: up to 10% warming up (less once the step rate
-    settles), then 3 to 6 rounds, each 70/87 on the real pipeline and 17/87 on the cached batch
-    (at 60 s: 6 rounds of 7 s and 1.7 s)."""
-    rounds = max(3, min(6, round(seconds / 10)))
+    settles), then 5 to 30 rounds of a chunk on the real pipeline (50% of the time in all), one
+    on the cached batch (15%) and, before the next pipeline chunk, an uncounted drain (25%):
+    at 60 s, 30 rounds of 1 s, 0.3 s and 0.5 s. Short chunks follow the load of a shared machine
+    closely; many rounds let the median ratio ignore the few a burst of other work lands on."""
+    rounds = max(5, min(30, round(seconds)))
     return {
         "seconds": seconds,
         "warmup_seconds": min(5.0, max(0.5, 0.1 * seconds)),
         "cached_warmup_seconds": min(1.0, 0.03 * seconds),
         "rounds": rounds,
-        "pipeline_seconds": 0.70 * seconds / rounds,
-        "cached_seconds": 0.17 * seconds / rounds,
+        "pipeline_seconds": 0.50 * seconds / rounds,
+        "cached_seconds": 0.15 * seconds / rounds,
+        "drain_seconds": 0.25 * seconds / rounds,
     }
 
 
@@ -528,10 +531,12 @@ def format_text(report: dict[str, Any]) -> str:
                      "  throttling: counters not readable")
     lines.append("")
     lines.append("Input or compute")
+    ratios = tp.get("round_ratios") or []
+    spread = (f" (median of {len(ratios)} rounds, {min(ratios):.2f}-{max(ratios):.2f})"
+              if ratios else "")
     if tp["cached_batch"]:
         lines.append(f"  real pipeline {_num(tp['pipeline'])} samples/s, one cached batch "
-                     f"{_num(tp['cached_batch'])} samples/s: {tp['ratio']:.2f}x (median of "
-                     f"rounds: {', '.join(f'{x:.2f}' for x in tp.get('round_ratios') or [])}); "
+                     f"{_num(tp['cached_batch'])} samples/s: {tp['ratio']:.2f}x{spread}; "
                      f"waiting for data {r['input_wait']:.0%} of the time")
     else:
         lines.append(f"  pipeline alone {_num(tp['pipeline'])} samples/s (data mode)")

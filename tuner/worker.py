@@ -700,8 +700,12 @@ def diagnose(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
     # Rounds of the real pipeline, each followed by the same step on one cached batch, so both
     # see the same load on a shared machine (measured one after the other, a change in other
     # processes' load between them looked like a 0.7x gap). The iterator stays alive during the
-    # cached chunks: a pipeline with background threads refills its buffers then, which slightly
-    # favours "not input-bound" - the side to err on.
+    # cached chunks, and a pipeline with background threads refills its buffers then: the next
+    # pipeline chunk would start with free batches (with 0.7 s chunks a parallel Python map read
+    # 0.88x instead of 0.28x), so pipeline steps run uncounted for a while first (the drain, up
+    # to ~1.7x the cached chunk: enough unless the pipeline is nearly as fast as the model).
+    # The refill also competes with the cached chunk, which favours "not input-bound": the side
+    # to err on.
     progress.emit(phase="measure")
     accounts = _Accounts(census, affinity, cgroup_root)
     cached = work.first
@@ -711,7 +715,11 @@ def diagnose(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
             work.run_step(cached)
     runs: list[_Run] = []
     probes: list[_Run] = []
-    for _ in range(cfg["rounds"]):
+    for index in range(cfg["rounds"]):
+        if index and work.mode != "data":
+            drain = time.perf_counter()
+            while time.perf_counter() - drain < cfg["drain_seconds"]:
+                work.run_step(work.next_batch())
         accounts.start()
         runs.append(_run_windows(work, work.next_batch, 1, cfg["pipeline_seconds"], usable,
                                  progress))
