@@ -143,6 +143,18 @@ def test_input_bound_thresholds(two_cpus, throughput, wait, expected):
     assert ("input_bound" in [f["kind"] for f in report["findings"]]) is expected
 
 
+@pytest.mark.parametrize("rounds,expected", [
+    ([0.3, 0.35, 0.32, 0.9, 0.31, 0.33], True),      # clearly below in most rounds
+    ([0.94, 1.07, 0.69, 0.46, 0.47, 0.8], False),    # bursts of other work on half the rounds
+])
+def test_the_gap_must_hold_in_most_rounds(two_cpus, rounds, expected):
+    result = _result()
+    result["cached"] = {**result["cached"], "round_ratios": rounds}
+    report = diagnose.analyse(two_cpus, result, config_path="c.yaml")
+    assert report["throughput"]["ratio"] < 0.8
+    assert report["input_bound"] is expected
+
+
 def test_sequential_and_python_maps_are_named_when_input_bound(two_cpus):
     steps = [{"op": "RangeDataset", "functions": [], "python": []},
              {"op": "MapDataset", "functions": ["parse_jpeg"], "python": ["tf.numpy_function"],

@@ -10,8 +10,8 @@ or compute, and findings, each with what was measured, what it means and what to
 Thresholds (module constants, reported in the JSON under ``thresholds``):
 
 - **input-bound**: the pipeline's throughput is below ``INPUT_BOUND_RATIO`` (0.8) of the cached
-  batch's (the median of the rounds' ratios), or the step loop waits for data
-  ``INPUT_WAIT_SHARE`` (25%) of its time or more. The same configuration varies by about ±10%
+  batch's (the median of the rounds' ratios, and in at least ``INPUT_BOUND_ROUNDS``, 3/4, of the
+  rounds), or the step loop waits for data ``INPUT_WAIT_SHARE`` (25%) of its time or more. The same configuration varies by about ±10%
   from process to process on a busy VM, and within one process from second to second, so a gap
   under 20% is not called.
 - **idle CPUs**: cores busy below ``LOW_SATURATION`` (60%) of what the process may use.
@@ -45,6 +45,7 @@ from .trial import run_child
 FORMAT_VERSION = 1
 
 INPUT_BOUND_RATIO = 0.8
+INPUT_BOUND_ROUNDS = 0.75
 INPUT_WAIT_SHARE = 0.25
 LOW_SATURATION = 0.6
 HIGH_SYSTEM_SHARE = 0.25
@@ -204,8 +205,13 @@ def analyse(machine: machine_mod.Machine, result: dict[str, Any], config: Config
     if mode == "data":
         input_bound = True  # the pipeline is the whole workload
     else:
-        input_bound = bool((ratio is not None and ratio < INPUT_BOUND_RATIO)
-                           or wait >= INPUT_WAIT_SHARE)
+        below = ratio is not None and ratio < INPUT_BOUND_RATIO
+        if below and round_ratios:
+            # The gap must hold in most rounds, not just the median: bursts of other work on a
+            # shared machine slowed half the rounds of a compute-bound model to 0.5-0.7x.
+            share = sum(r < INPUT_BOUND_RATIO for r in round_ratios) / len(round_ratios)
+            below = share >= INPUT_BOUND_ROUNDS
+        input_bound = bool(below or wait >= INPUT_WAIT_SHARE)
     pipeline = result.get("pipeline") or {"inspected": False}
     sequential, python = _maps(pipeline)
 
@@ -254,7 +260,9 @@ def analyse(machine: machine_mod.Machine, result: dict[str, Any], config: Config
         "measured_seconds": {"pipeline": round(wall, 2),
                              "cached_batch": round(cached["seconds"], 2) if cached else None},
         "findings": findings,
-        "thresholds": {"input_bound_ratio": INPUT_BOUND_RATIO, "input_wait_share": INPUT_WAIT_SHARE,
+        "thresholds": {"input_bound_ratio": INPUT_BOUND_RATIO,
+                       "input_bound_rounds": INPUT_BOUND_ROUNDS,
+                       "input_wait_share": INPUT_WAIT_SHARE,
                        "low_saturation": LOW_SATURATION, "high_system_share": HIGH_SYSTEM_SHARE,
                        "throttled_periods": THROTTLED_PERIODS, "competing_load": COMPETING_LOAD},
     }
