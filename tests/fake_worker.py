@@ -11,6 +11,11 @@ chosen trials misbehave: ``crash-intra-N`` (os.abort when intra == N), ``hang-in
 share of the throughput, times ``FAKE_INSTANCE_GAIN`` (default 1: instances neither help nor
 hurt), so per-step latency grows with the instance count. ``FAKE_TF_VERSION`` is the TensorFlow
 version the preflight reports (default fake-1.0): another value is another machine type.
+
+``diagnose`` tasks get a plausible result: TensorFlow-like pools sized from the affinity mask;
+``FAKE_DIAG=input`` makes the pipeline 0.3x the cached batch with a sequential Python map, and
+``FAKE_THROTTLE=N`` adds N throttled periods to the simulated cgroup's cpu.stat during the run
+(the counters are read through tuner.machine, as the real worker does).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 
 PROTOCOL = 1
 
@@ -48,6 +54,54 @@ def misbehave(kind: str, settings: dict) -> str | None:
     if value and kind == "measure" and settings.get("intra_op_parallelism_threads") == int(value):
         return action
     return None
+
+
+def fake_diagnosis(task: dict) -> dict:
+    from tuner import machine
+
+    root = task["cgroup_root"]
+    before = machine.cpu_throttling(root)
+    extra = int(os.environ.get("FAKE_THROTTLE", "0"))
+    if before and extra:
+        stat = Path(root) / before["cgroup"].lstrip("/") / "cpu.stat"
+        bumped = []
+        for line in stat.read_text().splitlines():
+            key, value = line.split()
+            add = {"nr_periods": 2 * extra, "nr_throttled": extra,
+                   "throttled_usec": extra * 50000}.get(key, 0)
+            bumped.append(f"{key} {int(value) + add}")
+        stat.write_text("\n".join(bumped) + "\n")
+    after = machine.cpu_throttling(root)
+    cpus = len(task["affinity"])
+    input_bound = os.environ.get("FAKE_DIAG") == "input"
+    pipeline_tp = 300.0 if input_bound else 980.0
+    transformations = [{"op": "RangeDataset", "functions": [], "python": []}]
+    if input_bound:
+        transformations.append({"op": "MapDataset", "functions": ["decode"],
+                                "python": ["tf.py_function"], "sequential": True,
+                                "stateful": True})
+    transformations.append({"op": "BatchDatasetV2", "functions": [], "python": []})
+    return {
+        "batch_size": 32, "tf_version": "fake-1.0", "onednn_enabled": True,
+        "tf_threading": {"intra_op": 0, "inter_op": 0},
+        "threads": {"main": 1, "intra_op_pool": cpus, "inter_op_pool": cpus, "tf_data": 3,
+                    "other": 2, "total": 2 * cpus + 6, "busy_threads": 3,
+                    "cpus_by_group": {"intra_op_pool": 1.5, "tf_data": 0.2},
+                    "run_queue_wait_per_cpu_second": 0.1},
+        "pipeline": {"inspected": True, "transformations": transformations,
+                     "map_parallelization": True},
+        "measured": {"seconds": 10.0, "throughput": pipeline_tp,
+                     "windows": [pipeline_tp] * 5, "input_wait": 0.6 if input_bound else 0.02,
+                     "cpu_seconds": 18.0, "user_seconds": 17.0, "system_seconds": 1.0,
+                     "per_core_busy": [0.9] * min(cpus, 2),
+                     "step_latency_ms": {"p50": 30.0, "p90": 33.0}},
+        "cached": {"seconds": 3.0, "throughput": 1000.0, "windows": [1000.0] * 3,
+                   "round_ratios": [pipeline_tp / 1000.0] * 3},
+        "throttling": ({**after, **{k: after[k] - before[k] for k in
+                                    ("nr_periods", "nr_throttled", "throttled_seconds")}}
+                       if before and after else None),
+        "warmup_steps": 5, "timings": {"import": 0.0, "warmup": 0.0, "measure": 10.0},
+    }
 
 
 def main() -> None:
@@ -80,6 +134,9 @@ def main() -> None:
                    "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
                                "first_step": 0.01, "second_step": 0.001},
                    "child_started": started}
+    elif task["kind"] == "diagnose":
+        payload = {"protocol": PROTOCOL, "ok": True, "child_started": started,
+                   **fake_diagnosis(task)}
     else:
         rng = random.Random()
         noise = float(os.environ.get("FAKE_NOISE", "0.01"))

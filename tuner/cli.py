@@ -94,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     r.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
 
+    d = commands.add_parser("diagnose", help="measure why TensorFlow isn't using all the CPUs")
+    d.add_argument("--config", required=True, help="the workload config YAML (as for search)")
+    d.add_argument("--format", default="text", choices=("text", "json"),
+                   help="text (default) or json (only JSON on stdout)")
+    d.add_argument("--seconds", type=_seconds, default=60.0,
+                   help="seconds of measuring (default 60): 70%% on the real pipeline, 20%% on "
+                        "one cached batch, up to 10%% warm-up; start-up comes on top")
+    d.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
     e = commands.add_parser("export", help="print a tuned file's settings as environment variables")
     e.add_argument("tuned", help="the tuned YAML")
     e.add_argument("--format", default="shell", help="shell (default), dotenv, docker or k8s")
@@ -182,6 +191,30 @@ def cmd_search(args: argparse.Namespace) -> int:
     outcome = study_mod.search(cfg, printer)
     print_summary(outcome.tuned, outcome.tuned_path, outcome.backup)
     return 130 if outcome.interrupted else 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    from . import config as config_mod
+    from . import diagnose as diagnose_mod
+    from .trial import worker_command
+
+    cfg = config_mod.load(args.config)
+    text = args.format == "text"
+    if text:
+        print(f"diagnosing {cfg.path}: about {args.seconds:g} s of measuring plus start-up",
+              file=sys.stderr)
+
+    def waiting() -> None:
+        print("waiting: another tuner process is measuring on this host", file=sys.stderr)
+
+    report = diagnose_mod.diagnose(cfg, args.seconds, worker=worker_command(), on_wait=waiting)
+    if text:
+        sys.stdout.write(diagnose_mod.format_text(report))
+    else:
+        print(json.dumps(report, indent=2))
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -342,8 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            commands = {"search": cmd_search, "run": cmd_run, "export": cmd_export,
-                        "show": cmd_show, "compare": cmd_compare, "report": cmd_report}
+            commands = {"search": cmd_search, "diagnose": cmd_diagnose, "run": cmd_run,
+                        "export": cmd_export, "show": cmd_show, "compare": cmd_compare,
+                        "report": cmd_report}
             return commands[args.subcommand](args)
         finally:
             signal.signal(signal.SIGTERM, previous)

@@ -119,18 +119,20 @@ def _ancestors(path: str) -> list[str]:
     return ["/" + "/".join(parts[:i]) for i in range(len(parts), -1, -1)]
 
 
-def cgroup_cpu_quota(root: Path = Path("/")) -> float | None:
-    """The tightest CPU quota (in CPUs) over this process's cgroup and its ancestors, or None."""
+def _quota_cgroups(root: Path) -> list[tuple[float, Path]]:
+    """(quota in CPUs, cgroup directory) for every CPU quota over this process's cgroup and its
+    ancestors, cgroup v2 and v1 alike."""
     paths = _cgroup_paths(root)
-    quotas: list[float] = []
+    found: list[tuple[float, Path]] = []
     # cgroup v2: cpu.max holds "max 100000" or "<quota> <period>".
     if "" in paths:
         for rel in _ancestors(paths[""]):
-            text = _read(root / "sys/fs/cgroup" / rel.lstrip("/") / "cpu.max")
+            directory = root / "sys/fs/cgroup" / rel.lstrip("/")
+            text = _read(directory / "cpu.max")
             if text:
                 fields = text.split()
                 if len(fields) == 2 and fields[0] != "max":
-                    quotas.append(int(fields[0]) / int(fields[1]))
+                    found.append((int(fields[0]) / int(fields[1]), directory))
     # cgroup v1: cpu.cfs_quota_us is -1 when unlimited.
     for controller in ("cpu", "cpuacct"):
         if controller not in paths:
@@ -140,13 +142,48 @@ def cgroup_cpu_quota(root: Path = Path("/")) -> float | None:
             if not base.is_dir():
                 continue
             for rel in _ancestors(paths[controller]):
-                quota = _read(base / rel.lstrip("/") / "cpu.cfs_quota_us")
-                period = _read(base / rel.lstrip("/") / "cpu.cfs_period_us")
+                directory = base / rel.lstrip("/")
+                quota = _read(directory / "cpu.cfs_quota_us")
+                period = _read(directory / "cpu.cfs_period_us")
                 if quota and period and int(quota) > 0 and int(period) > 0:
-                    quotas.append(int(quota) / int(period))
+                    found.append((int(quota) / int(period), directory))
             break
         break
+    return found
+
+
+def cgroup_cpu_quota(root: Path = Path("/")) -> float | None:
+    """The tightest CPU quota (in CPUs) over this process's cgroup and its ancestors, or None."""
+    quotas = [quota for quota, _ in _quota_cgroups(root)]
     return min(quotas) if quotas else None
+
+
+def cpu_throttling(root: Path | str = Path("/")) -> dict[str, Any] | None:
+    """Throttling counters of the cgroup whose quota is the tightest, or None without a quota.
+
+    The kernel counts throttling where the quota is set (a child cgroup's own ``cpu.stat`` stays
+    at zero when an ancestor's limit bites), so this reads that cgroup's ``cpu.stat``: v2 reports
+    ``throttled_usec``, v1 ``throttled_time`` in nanoseconds. The counters are cumulative and
+    cover every process in that cgroup; callers take a difference over their run."""
+    root = Path(root)
+    limits = _quota_cgroups(root)
+    if not limits:
+        return None
+    quota, directory = min(limits, key=lambda item: item[0])
+    stats: dict[str, int] = {}
+    for line in (_read(directory / "cpu.stat") or "").splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            stats[key] = int(value)
+    if "throttled_usec" in stats:
+        throttled = stats["throttled_usec"] / 1e6
+    elif "throttled_time" in stats:
+        throttled = stats["throttled_time"] / 1e9
+    else:
+        return None
+    return {"cgroup": "/" + str(directory.relative_to(root)), "quota_cpus": round(quota, 3),
+            "nr_periods": stats.get("nr_periods", 0), "nr_throttled": stats.get("nr_throttled", 0),
+            "throttled_seconds": throttled}
 
 
 def _cpu_model(root: Path) -> str:

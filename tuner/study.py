@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import shlex
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from . import space as space_mod
 from .config import Config
 from .errors import StudyError, StudyMismatchError, TrialFailed, WorkloadError
 from .lock import host_lock
-from .trial import Watch, run_child
+from .trial import Watch, run_child, worker_command
 
 ATTR_PREFIX = "tuner."
 # per trial: which machine type measured it (a short hash of the machine fingerprint)
@@ -141,12 +140,6 @@ def machine_id(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _worker_command() -> list[str] | None:
-    """TUNER_WORKER replaces the real worker (tests use a fake one that speaks the protocol)."""
-    value = os.environ.get("TUNER_WORKER")
-    return shlex.split(value) if value else None
-
-
 class Search:
     def __init__(self, config: Config, printer: Printer | None = None) -> None:
         self.config = config
@@ -195,7 +188,7 @@ class Search:
 
         with host_lock(on_wait=waiting):
             return run_child(self._task(kind), timeout=self.config.search.trial_timeout,
-                             settings=settings, watch=watch, worker=_worker_command(),
+                             settings=settings, watch=watch, worker=worker_command(),
                              **self._placement(settings))
 
     def _placement(self, settings: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -52,6 +53,12 @@ def child_env(settings: dict[str, Any], base: dict[str, str] | None = None,
     paths = [_PACKAGE_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
+
+
+def worker_command() -> list[str] | None:
+    """TUNER_WORKER replaces the real worker (tests use a fake one that speaks the protocol)."""
+    value = os.environ.get("TUNER_WORKER")
+    return shlex.split(value) if value else None
 
 
 def _signal_name(number: int) -> str:
@@ -99,6 +106,21 @@ def _check_measure_result(result: dict[str, Any]) -> None:
         value = window.get("throughput") if isinstance(window, dict) else None
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise TrialFailed(f"garbled result: window throughput {value!r}")
+
+
+def _check_diagnose_result(result: dict[str, Any]) -> None:
+    measured = result.get("measured")
+    if not isinstance(measured, dict):
+        raise TrialFailed("garbled result: no measurement")
+    for key in ("seconds", "throughput", "cpu_seconds", "user_seconds", "system_seconds",
+                "input_wait"):
+        value = measured.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise TrialFailed(f"garbled result: measured {key} {value!r}")
+    if not measured["seconds"] > 0 or not measured["throughput"] > 0:
+        raise TrialFailed("garbled result: nothing measured")
+    if not isinstance(result.get("threads"), dict):
+        raise TrialFailed("garbled result: no thread counts")
 
 
 class Watch:
@@ -329,4 +351,6 @@ def _read_result(proc: subprocess.Popen[bytes], result_path: Path, log_path: Pat
         raise TrialFailed(f"exited with code {code} after writing its result")
     if kind == "measure":
         _check_measure_result(result)
+    elif kind == "diagnose":
+        _check_diagnose_result(result)
     return result
