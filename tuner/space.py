@@ -667,14 +667,16 @@ def short(settings: dict[str, Any], only: list[str] | None = None) -> str:
         if only is None and name not in ALWAYS_SHOWN and value == KNOBS[name].default:
             continue  # the newer knobs appear only when a trial sets them
         shown = "-" if value is None or (value == 0 and KNOBS[name].applied == THREADING) else value
-        parts.append(f"{ABBREV.get(name, name)}={_text(shown)}")
+        parts.append(f"{ABBREV.get(name, name)}={text(shown)}")
     if only is None:
-        parts.extend(f"{name[len(KNOB_PREFIX):]}={_text(value)}"
+        parts.extend(f"{name[len(KNOB_PREFIX):]}={text(value)}"
                      for name, value in settings.items() if name.startswith(KNOB_PREFIX))
     return " ".join(parts)
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """How a knob value reads in one line: true / false / null, else as it is."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return "null" if value is None else str(value)
+
