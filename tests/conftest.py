@@ -16,7 +16,8 @@ def _isolated(tmp_path, monkeypatch):
     tests never wait on, or disturb, a real search running on the same machine."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TUNER_LOCK_FILE", str(tmp_path / "measure.lock"))
-    for name in ("FAKE_BEHAVIOUR", "FAKE_SHAPE", "FAKE_NOISE", "FAKE_WINDOW_SLEEP", "TUNER_WORKER"):
+    for name in ("FAKE_BEHAVIOUR", "FAKE_SHAPE", "FAKE_NOISE", "FAKE_WINDOW_SLEEP", "TUNER_WORKER",
+                 "FAKE_TF_DATA", "FAKE_PIPELINE", "FAKE_KNOB_DEFAULTS", "KNOB_RECORD"):
         monkeypatch.delenv(name, raising=False)
 
 
