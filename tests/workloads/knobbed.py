@@ -43,3 +43,8 @@ def build_data_fixed():
 def build_data_needs(cycle_length):
     """A required argument: fine when declared as a knob, an error when not."""
     return build_data()
+
+
+def build_model_plain():
+    """A model builder that takes no knobs."""
+    return build_model()
