@@ -28,7 +28,7 @@ import random
 import sys
 import time
 
-PROTOCOL = 1
+PROTOCOL = 2
 
 TF_DATA_OPTIONS = ["tf_data.autotune.enabled", "tf_data.autotune.cpu_budget",
                    "tf_data.autotune.ram_budget", "tf_data.autotune.autotune_algorithm",

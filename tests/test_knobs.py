@@ -436,8 +436,8 @@ def test_check_settings_accepts_options_and_knobs_and_old_files():
      "settings.tf_data.autotune.budget: unknown; allowed: enabled, cpu_budget, ram_budget"),
     ({"tf_data": {"autotune": True}}, "settings.tf_data.autotune: expected a mapping, got True"),
     ({"tf_data": {"optimisation": {}}},
-     "settings.tf_data.optimisation: unknown; allowed: private_threadpool_size, "
-     "max_intra_op_parallelism, autotune, optimization"),
+     ("settings.tf_data.optimisation: unknown; allowed: private_threadpool_size, "
+     "max_intra_op_parallelism, autotune, optimization")),
     ({"knobs": [1]}, "settings.knobs: expected a mapping"),
     ({"knobs": {"a b": 1}}, "settings.knobs: 'a b' is not a valid knob name"),
     ({"knobs": {"prefetch": [1]}}, "settings.knobs.prefetch: expected a number, a string"),

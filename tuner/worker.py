@@ -7,8 +7,17 @@ time-based windows, and write the result as JSON to RESULT.json, a path user cod
 about, so nothing the workload prints can corrupt it. Progress (the phase, each window) goes to a
 side file the parent polls, for timeout messages and pruning; it is advisory only.
 
+Declared knobs: every builder that accepts a knob (by name or ``**kwargs``) is called with the
+trial's value (``autotune`` as ``tf.data.AUTOTUNE``); the preflight checks the signatures before
+anything is built and reports each knob's baseline (the builder's own default).
+
 Protocol history (``PROTOCOL``):
   1: first version.
+  2: tasks carry the declared ``knobs`` and settings ``knobs.<name>``; results report the tf.data
+     options the dataset carried and the knob values the builders got; the preflight reports the
+     optional tf.data options and autotune algorithms this TensorFlow has, the pipeline's
+     transformations and each knob's builders and baseline. (A version-1 child would ignore the
+     knobs and measure something else, hence the bump.)
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from typing import Any, Callable
 from . import placement, space
 from .files import write_json_atomic
 
-PROTOCOL = 1
+PROTOCOL = 2
 
 
 class WorkloadProblem(Exception):
