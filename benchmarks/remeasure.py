@@ -5,10 +5,12 @@
 Shares no measurement code with tuner: each round starts two fresh Python processes (order
 alternating) that build the workload named in the tuned file, warm up, and time a fixed number of
 seconds of steps. The defaults process sets nothing; the tuned process applies the file the way a
-production job does, with ``cfg = tuner.apply(path)`` and ``ds.with_options(cfg.dataset_options())``
-(``--plain`` applies it with plain TensorFlow calls instead). Applied through tuner, each tuned
-measurement runs under ``python -m tuner run``, so an allocator, a CPU set and several instances
-(their throughputs summed, measured over the same seconds) are applied as in production. Prints a table of both
+production job does, with ``cfg = tuner.apply(path)``, ``ds.with_options(cfg.dataset_options())``
+and declared knobs passed to the builders from ``cfg.knobs`` (``--plain`` applies it with plain
+TensorFlow calls and the file's knob values instead). The defaults process calls the builders
+without arguments: the pipeline as written. Applied through tuner, each tuned measurement runs
+under ``python -m tuner run``, so an allocator, a CPU set and several instances (their
+throughputs summed, measured over the same seconds) are applied as in production. Prints a table of both
 configurations (median with a bootstrap 95% interval over processes), the measured speedup, and
 the speedup the search reported.
 """
@@ -29,7 +31,7 @@ from pathlib import Path
 import yaml
 
 CHILD = textwrap.dedent("""
-    import importlib.util, json, os, sys, time
+    import importlib.util, inspect, json, os, sys, time
     spec = json.loads(sys.argv[1])
     if spec.get("apply"):
         import tuner
@@ -48,19 +50,36 @@ CHILD = textwrap.dedent("""
         m = importlib.util.spec_from_file_location("wl", file)
         mod = importlib.util.module_from_spec(m); m.loader.exec_module(mod)
         return getattr(mod, func)
-    ds = load(spec["data"])()
+    if spec.get("apply"):
+        knobs = cfg.knobs
+    else:
+        knobs = {k: tf.data.AUTOTUNE if v == "autotune" else v
+                 for k, v in (s.get("knobs") or {}).items()}
+    def call(func):
+        params = inspect.signature(func).parameters
+        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            return func(**knobs)
+        return func(**{k: v for k, v in knobs.items() if k in params})
+    ds = call(load(spec["data"]))
     opts = cfg.dataset_options() if spec.get("apply") else tf.data.Options()
     td = {} if spec.get("apply") else (s.get("tf_data") or {})
     if td.get("private_threadpool_size"):
         opts.threading.private_threadpool_size = td["private_threadpool_size"]
     if td.get("max_intra_op_parallelism"):
         opts.threading.max_intra_op_parallelism = td["max_intra_op_parallelism"]
+    for group, holder in (("autotune", opts.autotune),
+                          ("optimization", opts.experimental_optimization)):
+        for key, value in (td.get(group) or {}).items():
+            if value is not None and key == "autotune_algorithm":
+                value = tf.data.experimental.AutotuneAlgorithm[value]
+            if value is not None:
+                setattr(holder, key, value)
     it = iter(ds.with_options(opts).repeat())
     mode = spec["mode"]
     if mode == "data":
         step = lambda b: None
     else:
-        model = load(spec["model"])()
+        model = call(load(spec["model"]))
         if mode == "predict":
             f = tf.function(lambda x: model(x, training=False))
             step = lambda b: f(b[0] if isinstance(b, (tuple, list)) else b)

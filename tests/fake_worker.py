@@ -16,6 +16,14 @@ version the preflight reports (default fake-1.0): another value is another machi
 ``FAKE_DIAG=input`` makes the pipeline 0.3x the cached batch with a sequential Python map, and
 ``FAKE_THROTTLE=N`` adds N throttled periods to the simulated cgroup's cpu.stat during the run
 (the counters are read through tuner.machine, as the real worker does).
+
+tf.data and declared knobs: by default the fake stands for a TensorFlow without the optional
+tf.data options (the preflight reports none, as an old build would); ``FAKE_TF_DATA=all`` reports
+them all and ``FAKE_PIPELINE=Range,Map,Batch`` the pipeline's transformations. Declared knobs
+(the task's ``knobs``) reach every builder; each knob's baseline is its value in
+``FAKE_KNOB_DEFAULTS`` (JSON), else its first candidate. A trial's ``knobs.map_parallelism``
+multiplies throughput (1: 1x, 2: 1.6x, 4: 1.5x, autotune: 1.7x; the baseline 1), and every
+measurement reports the knob values and tf.data options it received.
 """
 
 from __future__ import annotations
@@ -27,7 +35,13 @@ import sys
 import time
 from pathlib import Path
 
-PROTOCOL = 1
+PROTOCOL = 2
+
+TF_DATA_OPTIONS = ["tf_data.autotune.enabled", "tf_data.autotune.cpu_budget",
+                   "tf_data.autotune.ram_budget", "tf_data.autotune.autotune_algorithm",
+                   "tf_data.autotune.min_parallelism", "tf_data.optimization.map_parallelization",
+                   "tf_data.optimization.inject_prefetch", "tf_data.optimization.parallel_batch"]
+MAP_PARALLELISM = {1: 1.0, 2: 1.6, 4: 1.5, "autotune": 1.7}
 
 
 def throughput(settings: dict) -> float:
@@ -37,6 +51,7 @@ def throughput(settings: dict) -> float:
     inter = settings.get("inter_op_parallelism_threads") or 0
     factor = {0: 1.0, 1: 0.6, 2: 1.2, 3: 0.9, 4: 0.8}.get(intra, 0.7)
     factor *= {0: 1.0, 1: 1.0833, 2: 1.0, 4: 0.9}.get(inter, 0.9)
+    factor *= MAP_PARALLELISM.get(settings.get("knobs.map_parallelism", 1), 1.0)
     return 1000.0 * factor
 
 
@@ -104,6 +119,13 @@ def fake_diagnosis(task: dict) -> dict:
     }
 
 
+def knob_info(declared: dict) -> dict:
+    defaults = json.loads(os.environ.get("FAKE_KNOB_DEFAULTS", "{}"))
+    return {name: {"builders": ["data"], "baseline": defaults.get(name, values[0]),
+                   "source": "builder default" if name in defaults else "first candidate"}
+            for name, values in declared.items()}
+
+
 def main() -> None:
     task_path, result_path = sys.argv[1:3]
     task = json.loads(open(task_path).read())
@@ -131,6 +153,13 @@ def main() -> None:
                    "tf_version": os.environ.get("FAKE_TF_VERSION", "fake-1.0"),
                    "onednn_enabled": True, "model_params": 1,
                    "openmp": os.environ.get("FAKE_OPENMP") == "1",
+                   "tf_data_options": TF_DATA_OPTIONS if os.environ.get("FAKE_TF_DATA") == "all"
+                   else [],
+                   "autotune_algorithms": ["DEFAULT", "HILL_CLIMB", "GRADIENT_DESCENT",
+                                           "MAX_PARALLELISM", "STAGE_BASED"],
+                   "pipeline": (os.environ["FAKE_PIPELINE"].split(",")
+                                if os.environ.get("FAKE_PIPELINE") else None),
+                   "knobs": knob_info(task.get("knobs") or {}),
                    "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
                                "first_step": 0.01, "second_step": 0.001},
                    "child_started": started}
@@ -163,6 +192,10 @@ def main() -> None:
                    "peak_rss_bytes": 100 * 2 ** 20, "threads": 5,
                    "tf_threading": {"intra_op": settings.get("intra_op_parallelism_threads"),
                                     "inter_op": settings.get("inter_op_parallelism_threads")},
+                   "knobs": {k[len("knobs."):]: v for k, v in settings.items()
+                             if k.startswith("knobs.")},
+                   "tf_data_options": {k: v for k, v in settings.items()
+                                       if k.startswith("tf_data.")},
                    "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
                                "warmup": 0.0, "measure": 0.05},
                    "child_started": started}

@@ -189,7 +189,7 @@ def test_idle_cpus_and_competing_load(two_cpus):
 def test_garbled_diagnosis_is_a_one_line_error(write_config, tmp_path, capsys, monkeypatch):
     worker = tmp_path / "garbled.py"
     worker.write_text("import json, sys\n"
-                      "json.dump({'protocol': 1, 'ok': True, 'measured': {'seconds': 0}},"
+                      "json.dump({'protocol': 2, 'ok': True, 'measured': {'seconds': 0}},"
                       " open(sys.argv[2], 'w'))\n")
     monkeypatch.setenv("TUNER_WORKER", f"{sys.executable} {worker}")
     assert cli.main(["diagnose", "--config", str(write_config()), "--format", "json"]) == 1

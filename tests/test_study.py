@@ -209,7 +209,9 @@ def test_a_trial_left_running_by_a_killed_search_is_marked_failed(fake_worker, w
     assert "search process" in frozen.user_attrs["fail_reason"]
     # its settings are queued again, and the next trial of this run measured them
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
-    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
+    # measured (a sampled point can be slow enough to be pruned, which is measured too)
+    assert len(retried) == 1 and retried[0].state in (optuna.trial.TrialState.COMPLETE,
+                                                      optuna.trial.TrialState.PRUNED)
 
 
 def test_resuming_on_another_machine_or_workload_is_refused(fake_worker, write_config):

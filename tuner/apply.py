@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import machine as machine_mod
-from . import placement, tuned
+from . import placement, space, tuned
 from .errors import ConfigError, TunerError
 
 TUNED_FILE_ENV = "TUNER_TUNED_FILE"
@@ -82,16 +82,31 @@ class Applied:
     def tf_data(self) -> dict[str, Any]:
         return dict(self.settings.get("tf_data") or {})
 
+    @property
+    def knobs(self) -> dict[str, Any]:
+        """The declared knobs' tuned values, ready to pass on: ``autotune`` is
+        ``tf.data.AUTOTUNE`` here (the file keeps the string), so
+        ``ds.map(f, num_parallel_calls=cfg.knobs["map_parallelism"])`` works as it is."""
+        raw = dict(self.settings.get("knobs") or {})
+        if space.AUTOTUNE in raw.values():
+            import tensorflow as tf
+
+            return {k: tf.data.AUTOTUNE if v == space.AUTOTUNE else v for k, v in raw.items()}
+        return raw
+
     def dataset_options(self) -> Any:
-        """A ``tf.data.Options`` with the file's tf.data settings; use ``ds.with_options(...)``."""
+        """A ``tf.data.Options`` with the file's tf.data settings (thread pool, autotune, graph
+        rewrites); use ``ds.with_options(...)``. An option this TensorFlow does not have is left
+        at its default, with a :class:`LateSettingWarning` naming it."""
         import tensorflow as tf
 
-        options = tf.data.Options()
-        data = self.tf_data
-        if data.get("private_threadpool_size") is not None:
-            options.threading.private_threadpool_size = int(data["private_threadpool_size"])
-        if data.get("max_intra_op_parallelism") is not None:
-            options.threading.max_intra_op_parallelism = int(data["max_intra_op_parallelism"])
+        flat = space.flatten_settings({"tf_data": self.tf_data})
+        options, missing = space.tf_data_options(tf, flat)
+        if missing:
+            warnings.warn(f"{self.path}: this TensorFlow ({tf.__version__}) has no tf.data "
+                          f"option {', '.join(missing)}; left at its default (the file was "
+                          f"tuned with another TensorFlow: re-run the search here)",
+                          LateSettingWarning, stacklevel=2)
         return options
 
     def info(self) -> dict[str, Any]:
@@ -99,7 +114,8 @@ class Applied:
             "path": self.path, "verdict": self.verdict,
             "env_set": dict(self.env_set), "env_kept": dict(self.env_kept),
             "threading": dict(self.threading), "threading_kept": dict(self.threading_kept),
-            "tf_data": self.tf_data, "late": list(self.late),
+            "tf_data": self.tf_data, "knobs": dict(self.settings.get("knobs") or {}),
+            "late": list(self.late),
             "machine_differences": list(self.machine_differences),
             "allocator": self.allocator, "cpus": self.cpus, "instance": self.instance,
             "pinning_note": self.pinning_note,
@@ -121,16 +137,17 @@ def check_settings(doc: dict[str, Any], path: str) -> dict[str, Any]:
         if not _int_at_least(settings[name], 0):
             raise ConfigError(f"{path}: settings.{name}: expected an integer >= 0, "
                               f"got {settings[name]!r}")
-    data = settings.get("tf_data") or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: settings.tf_data: expected a mapping, got {data!r}")
-    for key, value in data.items():
-        if key not in ("private_threadpool_size", "max_intra_op_parallelism"):
-            raise ConfigError(f"{path}: settings.tf_data.{key}: unknown; allowed: "
-                              f"private_threadpool_size, max_intra_op_parallelism")
-        if value is not None and not _int_at_least(value, 1):
-            raise ConfigError(f"{path}: settings.tf_data.{key}: expected an integer >= 1 or "
-                              f"null, got {value!r}")
+    _check_tf_data(settings.get("tf_data") or {}, path)
+    knobs = settings.get("knobs") or {}
+    if not isinstance(knobs, dict):
+        raise ConfigError(f"{path}: settings.knobs: expected a mapping of knob names to values, "
+                          f"got {knobs!r}")
+    for key, value in knobs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"{path}: settings.knobs: {key!r} is not a valid knob name")
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise ConfigError(f"{path}: settings.knobs.{key}: expected a number, a string, "
+                              f"true, false or null, got {value!r}")
     allocator = settings.get("allocator", "system")
     if allocator not in placement.ALLOCATOR_NAMES:
         raise ConfigError(f"{path}: settings.allocator: {allocator!r} is not allowed; allowed: "
@@ -159,6 +176,36 @@ def check_settings(doc: dict[str, Any], path: str) -> dict[str, Any]:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: settings.env.{key}: expected a string, got {value!r}")
     return settings
+
+
+# the tuned file's settings.tf_data layout: {private_threadpool_size: .., autotune: {enabled: ..}}
+_TF_DATA_FIELDS = {k.target: k for k in space.KNOBS.values() if k.applied == space.TF_DATA}
+
+
+def _check_tf_data(data: Any, path: str, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: settings.tf_data{'.' + prefix.rstrip('.') if prefix else ''}: "
+                          f"expected a mapping, got {data!r}")
+    for key, value in data.items():
+        target = f"{prefix}{key}"
+        knob = _TF_DATA_FIELDS.get(target)
+        if knob is not None:
+            if not knob.is_valid(value):
+                raise ConfigError(f"{path}: settings.tf_data.{target}: expected "
+                                  f"{_FILE_VALUES.get(knob.is_valid, knob.allowed)}, got {value!r}")
+        elif any(t.startswith(target + ".") for t in _TF_DATA_FIELDS):
+            _check_tf_data(value, path, target + ".")
+        else:
+            allowed = dict.fromkeys(t[len(prefix):].split(".")[0] for t in _TF_DATA_FIELDS
+                                    if t.startswith(prefix))
+            raise ConfigError(f"{path}: settings.tf_data.{target}: unknown; allowed: "
+                              f"{', '.join(allowed)}")
+
+
+# what a tuned file may hold, by validator (the config's 'default' is not a file value)
+_FILE_VALUES = {space._pos_int_or_none: "an integer >= 1 or null",
+                space._bool_or_none: "true, false or null",
+                space._algorithm_or_none: f"one of {', '.join(space.AUTOTUNE_ALGORITHMS)} or null"}
 
 
 def _cpu_list(value: Any) -> bool:

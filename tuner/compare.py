@@ -109,9 +109,10 @@ def _flat(settings: Any, where: str) -> dict[str, Any]:
         flat = {**space.default_settings(), **settings}
     else:
         flat = space.flatten_settings(settings)
-    # the newer knobs (allocator, CPU set, instances, OpenMP) only where they are set
+    # the newer knobs (allocator, CPU set, instances, OpenMP, tf.data options) only where they
+    # are set; declared knobs always
     return {k: v for k, v in flat.items()
-            if k in space.ALWAYS_SHOWN or v != space.KNOBS[k].default}
+            if k in space.ALWAYS_SHOWN or k not in space.KNOBS or v != space.KNOBS[k].default}
 
 
 def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
@@ -467,8 +468,9 @@ def show_table(r: Result) -> Table:
     defaults = space.default_settings()
     t.add("settings", "")
     for name, value in r.settings.items():
-        note = "" if value == defaults.get(name) else f"  (TensorFlow default: " \
-                                                      f"{render.value(defaults.get(name))})"
+        # a declared knob's default is the user's pipeline as written, not TensorFlow's
+        note = "" if name not in defaults or value == defaults[name] else \
+            f"  (TensorFlow default: {render.value(defaults[name])})"
         t.add(f"  {name}", render.value(value) + note)
     t.add("throughput", _tp(r.throughput) + " samples/s")
     t.add("baseline", (_tp(r.baseline) + " samples/s") if r.baseline else "-")
@@ -523,8 +525,10 @@ def compare_table(c: Comparison) -> Table:
     t.add("result", *(r.label for r in c.results))
     t.add("verdict", *(r.verdict for r in c.results))
     shown = [k for k in space.KNOBS if any(k in r.settings for r in c.results)]
+    shown += list(dict.fromkeys(k for r in c.results for k in r.settings if k not in space.KNOBS))
     for key in shown:
-        t.add(key, *(render.value(r.settings.get(key, space.KNOBS[key].default))
+        t.add(key, *(render.value(r.settings.get(key, space.KNOBS[key].default
+                                                 if key in space.KNOBS else None))
                      for r in c.results),
               mark=key in c.differing["settings"])
     t.add("throughput (samples/s)", *(_tp(r.throughput) for r in c.results))

@@ -7,6 +7,7 @@ value and what is allowed. The result is a frozen :class:`Config`; nothing mutat
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .space import check_overrides
+from .space import AUTOTUNE, check_overrides
 
 MODES = ("predict", "train", "data")
 SAMPLERS = ("auto", "grid", "tpe", "random")
@@ -96,6 +97,8 @@ class Config:
     measure: Measure = field(default_factory=Measure)
     validate: Validate = field(default_factory=Validate)
     space: dict[str, Any] = field(default_factory=dict)
+    # declared knobs: name -> candidate values, passed to the builders that accept them
+    knobs: dict[str, list[Any]] = field(default_factory=dict)
     objective: Objective = field(default_factory=Objective)
     study_name: str = "study"
     storage: str = "sqlite:///results/study.db"
@@ -115,7 +118,8 @@ class Config:
         }
 
 
-TOP_KEYS = ("workload", "search", "measure", "validate", "space", "objective", "study", "output")
+TOP_KEYS = ("workload", "search", "measure", "validate", "space", "knobs", "objective", "study",
+            "output")
 STUDY_KEYS = ("name", "storage")
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -232,18 +236,60 @@ def _ratio(value: Any, where: str) -> float:
 def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
     """``space: {tf_data: {private_threadpool_size: [...]}}`` -> ``{"tf_data.private_...": [...]}``."""
     data = _check_keys(data, ("intra_op_parallelism_threads", "inter_op_parallelism_threads",
-                              "tf_data", "env", "allocator", "cpus", "instances"), path, "space")
+                              "tf_data", "env", "allocator", "cpus", "instances", "knobs"), path,
+                       "space")
     flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        # tf_data nests (tf_data: {autotune: {enabled: ...}}); a value is never a mapping
+        if not isinstance(value, dict):
+            raise ConfigError(f"{_where(path, 'space.' + prefix)}: expected a mapping of knob "
+                              f"names to values, got {value!r}")
+        for sub, subvalue in value.items():
+            name = f"{prefix}.{sub}"
+            if isinstance(subvalue, dict) and prefix.startswith("tf_data"):
+                walk(name, subvalue)
+            else:
+                flat[name] = subvalue
+
     for key, value in data.items():
         if key in ("tf_data", "env"):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{_where(path, 'space.' + key)}: expected a mapping of knob "
-                                  f"names to values, got {value!r}")
-            for sub, subvalue in value.items():
-                flat[f"{key}.{sub}"] = subvalue
+            walk(key, value)
         else:
             flat[key] = value
     return flat
+
+
+def _knobs(data: Any, path: Path) -> dict[str, list[Any]]:
+    """``knobs: {map_parallelism: [1, 2, 4, autotune]}``: names a builder can take as keyword
+    arguments, each with a non-empty list of distinct plain values."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{_where(path, 'knobs')}: expected a mapping of knob names to lists "
+                          f"of candidate values, e.g. {{map_parallelism: [1, 2, 4, {AUTOTUNE}]}}, "
+                          f"got {data!r}")
+    knobs: dict[str, list[Any]] = {}
+    for name, values in data.items():
+        where = _where(path, f"knobs.{name}")
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise ConfigError(f"{_where(path, 'knobs')}: {name!r} is not a valid knob name; use "
+                              f"a Python identifier (the builder's keyword argument)")
+        if not isinstance(values, list):
+            raise ConfigError(f"{where}: expected a list of candidate values, got {values!r}")
+        if not values:
+            raise ConfigError(f"{where}: empty list; give at least one candidate value")
+        seen: list[tuple[type, Any]] = []
+        for value in values:
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                raise ConfigError(f"{where}: {value!r} is not allowed; allowed: numbers, "
+                                  f"strings, true, false, null and {AUTOTUNE} "
+                                  f"(tf.data.AUTOTUNE)")
+            if (type(value), value) in seen:
+                raise ConfigError(f"{where}: {value!r} is listed twice")
+            seen.append((type(value), value))
+        knobs[name] = list(values)
+    return knobs
 
 
 def load(path: str | Path) -> Config:
@@ -291,6 +337,7 @@ def parse(data: Any, path: Path) -> Config:
     measure = _section(Measure, data.get("measure"), path, "measure", MEASURE_RULES)
     validate = _section(Validate, data.get("validate"), path, "validate", VALIDATE_RULES)
     space = check_overrides(_flatten_space(data.get("space"), path), _where(path, "space"))
+    knobs = _knobs(data.get("knobs"), path)
     objective = _objective(data.get("objective", "throughput"), path)
 
     study = _check_keys(data.get("study"), STUDY_KEYS, path, "study")
@@ -303,7 +350,8 @@ def parse(data: Any, path: Path) -> Config:
         raise ConfigError(f"{_where(path, 'output')}: expected a path ending in .yaml, got {output!r}")
 
     return Config(path=str(path), workload=workload, search=search, measure=measure,
-                  validate=validate, space=space, objective=objective, study_name=name,
+                  validate=validate, space=space, knobs=knobs, objective=objective,
+                  study_name=name,
                   storage=storage, output=output)
 
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import placement
+from . import placement, space
 from .apply import (TUNED_FILE_ENV, allocator_library, check_machine, environment, instance_sets,
                     load_checked, pin, process_cpus)
 from .errors import ConfigError
@@ -29,12 +29,20 @@ FORMATS = ("shell", "dotenv", "docker", "k8s")
 
 
 def tf_data_note(doc: dict[str, Any]) -> str | None:
-    data = {k: v for k, v in (doc["settings"].get("tf_data") or {}).items() if v is not None}
-    if not data:
-        return None
-    settings = ", ".join(f"{k}={v}" for k, v in data.items())
-    return (f"tf.data settings ({settings}) cannot be set from the environment: call "
-            f"cfg = tuner.apply() in the job and use ds.with_options(cfg.dataset_options())")
+    """What the environment cannot carry: tf.data options and declared knobs live in the job."""
+    flat = space.flatten_settings(doc["settings"])
+    data = [f"{knob.target}={space.text(flat[name])}" for name, knob in space.KNOBS.items()
+            if knob.applied == space.TF_DATA and flat.get(name) is not None]
+    knobs = [f"{k}={space.text(v)}" for k, v in (doc["settings"].get("knobs") or {}).items()]
+    notes = []
+    if data:
+        notes.append(f"tf.data settings ({', '.join(data)}) cannot be set from the environment: "
+                     f"call cfg = tuner.apply() in the job and use "
+                     f"ds.with_options(cfg.dataset_options())")
+    if knobs:
+        notes.append(f"declared knobs ({', '.join(knobs)}) are the job's own arguments: pass "
+                     f"cfg.knobs[name] (cfg = tuner.apply()) where the pipeline takes them")
+    return "; ".join(notes) or None
 
 
 def launch_env(doc: dict[str, Any], path: str, base: dict[str, str] | None = None,

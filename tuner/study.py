@@ -55,15 +55,23 @@ BASELINE, EXPERT, SCREEN = "baseline", "expert", "screen"
 MIN_TRIALS_FOR_SCREEN = 12
 
 
-def screening_points(space: space_mod.Space, machine: machine_mod.Machine) -> list[dict[str, Any]]:
-    """One-knob-at-a-time points on the two thread counts, everything else at TensorFlow's
-    defaults: few trials that cover the biggest effects (on a many-branch CNN, intra=1 alone is
-    1.4x the defaults) before TPE models the rest. A random start found them only by luck."""
+def screening_points(space: space_mod.Space, machine: machine_mod.Machine, *,
+                     threads: bool = True) -> list[dict[str, Any]]:
+    """One-knob-at-a-time points, everything else at the baseline: first every listed value of
+    each declared knob (the user named them because they matter), then, with ``threads``, the
+    two thread counts. Few trials that cover the biggest effects (on a many-branch CNN, intra=1
+    alone is 1.4x the defaults; a sequential map made parallel, several times) before TPE models
+    the rest. A random start found them only by luck."""
     n = machine.usable_cpus
-    ladders = {"intra_op_parallelism_threads": [1, max(1, n // 2), n, 2 * n],
-               "inter_op_parallelism_threads": [1, n, 2 * n]}
-    base = {name: space_mod.KNOBS[name].default for name in space.searched}
-    seen = [base, {name: space_mod.expert_settings(machine)[name] for name in space.searched}]
+    ladders: dict[str, list[Any]] = {
+        name: values for name, values in space.searched.items()
+        if name.startswith(space_mod.KNOB_PREFIX)}
+    if threads:
+        ladders.update({"intra_op_parallelism_threads": [1, max(1, n // 2), n, 2 * n],
+                        "inter_op_parallelism_threads": [1, n, 2 * n]})
+    baseline, expert = space.baseline(), space.expert(machine)
+    base = {name: baseline[name] for name in space.searched}
+    seen = [base, {name: expert[name] for name in space.searched}]
     points = []
     for name, values in ladders.items():
         for value in values:
@@ -147,6 +155,7 @@ class Search:
         self.machine = machine_mod.detect()
         self.started = time.monotonic()
         self.preflight: dict[str, Any] = {}
+        self.pipeline = space_mod.Pipeline()
         self.space: space_mod.Space | None = None
         self.child_estimate = 20.0
         self.trial_walls: list[float] = []
@@ -171,6 +180,12 @@ class Search:
 
     # -- children ------------------------------------------------------------------------------
 
+    def _baseline(self) -> dict[str, Any]:
+        """TensorFlow's defaults with the user's pipeline as written (declared knobs at their
+        builder defaults): what every speedup is measured against."""
+        assert self.space is not None
+        return self.space.baseline()
+
     def _task(self, kind: str) -> dict[str, Any]:
         wl = self.config.workload
         return {
@@ -180,6 +195,7 @@ class Search:
             "measure": dataclasses.asdict(self.config.measure),
             "usable_cpus": self.machine.usable_cpus,
             "affinity": list(self.machine.affinity),
+            "knobs": {name: list(values) for name, values in self.config.knobs.items()},
         }
 
     def _run(self, kind: str, settings: dict[str, Any], watch: Watch | None = None) -> dict[str, Any]:
@@ -231,9 +247,15 @@ class Search:
         self.machine = self.machine.with_tensorflow(result["tf_version"], result.get("onednn_enabled"),
                                                     result.get("openmp"))
         self.child_estimate = _estimate_child_seconds(result, self.config)
+        self.pipeline = space_mod.Pipeline.from_preflight(result)
         self.say(f"preflight ok: TensorFlow {result['tf_version']}, batch size "
                  f"{result['batch_size']}, first step {result['timings']['first_step']:.2f} s, "
                  f"next step {result['timings']['second_step'] * 1e3:.1f} ms")
+        if self.pipeline.ops:
+            self.say(f"  pipeline: {' -> '.join(self.pipeline.ops)}")
+        for name, info in (result.get("knobs") or {}).items():
+            self.say(f"  knob {name}: to {' and '.join('build_' + r for r in info['builders'])}"
+                     f"; baseline {info['baseline']!r} ({info['source']})")
 
     # -- study ---------------------------------------------------------------------------------
 
@@ -378,15 +400,21 @@ class Search:
         roles = {t.user_attrs.get("role") for t in study.get_trials(deepcopy=False)}
         roles |= {t.user_attrs.get("role") for t in study.get_trials(
             deepcopy=False, states=(TrialState.WAITING,))}
-        for role, settings in ((BASELINE, space_mod.default_settings()),
-                               (EXPERT, space_mod.expert_settings(self.machine))):
+        for role, settings in ((BASELINE, self.space.baseline()),
+                               (EXPERT, self.space.expert(self.machine))):
             if role in roles:
                 continue
             params = {name: settings[name] for name in self.space.searched}
             study.enqueue_trial(params, user_attrs={"role": role})
-        if self.sampler_name == "tpe" and SCREEN not in roles and \
-                self.config.search.n_trials >= MIN_TRIALS_FOR_SCREEN:
-            for params in screening_points(self.space, self.machine):
+        if self.sampler_name == "tpe" and SCREEN not in roles:
+            if self.config.search.n_trials >= MIN_TRIALS_FOR_SCREEN:
+                points = screening_points(self.space, self.machine)
+            else:
+                # a small budget still screens the declared knobs when that leaves TPE half
+                points = screening_points(self.space, self.machine, threads=False)
+                if len(points) > self.config.search.n_trials // 2:
+                    points = []
+            for params in points:
                 study.enqueue_trial(params, user_attrs={"role": SCREEN})
 
     # -- trials --------------------------------------------------------------------------------
@@ -397,9 +425,9 @@ class Search:
         sampled = {name: trial.suggest_categorical(name, choices)
                    for name, choices in self.space.searched.items()}
         if role == BASELINE:
-            settings = space_mod.default_settings()
+            settings = self.space.baseline()
         elif role == EXPERT:
-            settings = space_mod.expert_settings(self.machine)
+            settings = self.space.expert(self.machine)
         else:
             settings = self.space.settings(sampled)
         trial.set_user_attr("settings", settings)
@@ -484,7 +512,7 @@ class Search:
     # -- validation ----------------------------------------------------------------------------
 
     def candidates(self, study: optuna.Study) -> list[FrozenTrial]:
-        defaults = _json_key(space_mod.default_settings())
+        defaults = _json_key(self._baseline())
         seen = {defaults}
         chosen = []
         complete = [t for t in self._mine(study.get_trials(deepcopy=False,
@@ -523,7 +551,7 @@ class Search:
     def validate(self, study: optuna.Study) -> dict[str, Any]:
         cfg = self.config.validate
         candidates = self.candidates(study)
-        baseline = space_mod.default_settings()
+        baseline = self._baseline()
         failures: dict[str, str] = {}
         screening: dict[str, list[dict[str, Any]]] = {}
         labels = {f"#{t.number}": t for t in candidates}
@@ -616,7 +644,8 @@ class Search:
             mark = time.monotonic()
             self.run_preflight()
             self.phase_seconds["preflight"] = time.monotonic() - mark
-            self.space = space_mod.build_space(self.machine, cfg.space, mode=cfg.workload.mode)
+            self.space = space_mod.build_space(self.machine, cfg.space, mode=cfg.workload.mode,
+                                               pipeline=self.pipeline, knobs=cfg.knobs)
             return self._run_shared(locks)
         except (optuna.exceptions.StorageInternalError, _sqlalchemy_error()) as exc:
             # the database went away mid-run, beyond the retries: one line, never a traceback
@@ -853,8 +882,9 @@ class Search:
                                                                    self.machine),
                                "throughput": _trial_throughput(best)},
                 "expert_rule": {
-                    "settings": space_mod.nest_settings(space_mod.expert_settings(self.machine),
-                                                        self.machine),
+                    "settings": space_mod.nest_settings(
+                        self.space.expert(self.machine),  # type: ignore[union-attr]
+                        self.machine),
                     "throughput": _trial_throughput(expert) if expert else None,
                     "speedup_in_search": (expert.value / base.value) if expert and base else None,
                 },
@@ -918,7 +948,7 @@ class Search:
                       "significant": False, "cpu_saturation": base_sat,
                       "baseline_cpu_saturation": base_sat,
                       "step_latency_ms": _median_latency(base_runs), "note": why}
-            return "defaults", space_mod.default_settings(), result, validation_doc
+            return "defaults", self._baseline(), result, validation_doc
         win_values = [self.score(m) for m in win_runs]
         comparison = stats.compare(win_values, base_values, alpha=cfg.alpha,
                                    min_speedup=cfg.min_speedup)
@@ -960,7 +990,7 @@ class Search:
                   "rejected": {k: winner_block[k] for k in ("trial", "settings", "speedup",
                                                             "speedup_ci95", "p_value",
                                                             "rejected_because")}}
-        return "defaults", space_mod.default_settings(), result, validation_doc
+        return "defaults", self._baseline(), result, validation_doc
 
 
 def result_attrs(result: dict[str, Any]) -> dict[str, Any]:
@@ -987,6 +1017,10 @@ def result_attrs(result: dict[str, Any]) -> dict[str, Any]:
         "tf_threading": result.get("tf_threading"),
         "batch_size": result.get("batch_size"),
         "allocator": result.get("allocator"),   # what was really mapped into the child
+        # the tf.data options the dataset really carried, and the knob values the builders got
+        **({"tf_data_options": result["tf_data_options"]} if result.get("tf_data_options")
+           else {}),
+        **({"knobs": result["knobs"]} if result.get("knobs") else {}),
         "affinity": result.get("affinity"),
         **({"instances": result["instances"]} if result.get("instances") else {}),
         "timings": timings,

@@ -10,14 +10,24 @@ side file the parent polls, for timeout messages and pruning; it is advisory onl
 Tasks: ``preflight`` (build once, two steps), ``measure`` (one trial's windows) and ``diagnose``
 (the defaults on the real pipeline, then on one cached batch, with thread and CPU accounting).
 
+Declared knobs: every builder that accepts a knob (by name or ``**kwargs``) is called with the
+trial's value (``autotune`` as ``tf.data.AUTOTUNE``); the preflight checks the signatures before
+anything is built and reports each knob's baseline (the builder's own default).
+
 Protocol history (``PROTOCOL``):
   1: first version (``diagnose`` added later; an old worker answers it "unknown task kind").
+  2: tasks carry the declared ``knobs`` and settings ``knobs.<name>``; results report the tf.data
+     options the dataset carried and the knob values the builders got; the preflight reports the
+     optional tf.data options and autotune algorithms this TensorFlow has, the pipeline's
+     transformations and each knob's builders and baseline. (A version-1 child would ignore the
+     knobs and measure something else, hence the bump.)
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -28,10 +38,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import placement
+from . import placement, space
 from .files import write_json_atomic
 
-PROTOCOL = 1
+PROTOCOL = 2
 
 
 class WorkloadProblem(Exception):
@@ -85,11 +95,89 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def _call_builder(func: Callable[[], Any], role: str, spec: str) -> Any:
+def _call_builder(func: Callable[..., Any], role: str, spec: str,
+                  kwargs: dict[str, Any] | None = None) -> Any:
     try:
-        return func()
+        return func(**(kwargs or {}))
     except BaseException as exc:
         raise WorkloadProblem(f"workload.{role}: {spec} raised {_describe(exc)}") from exc
+
+
+_NO_DEFAULT = object()
+
+
+def _parameters(func: Callable[..., Any], role: str, spec: str) -> tuple[dict[str, Any], bool]:
+    """A builder's keyword parameters (name -> default, or _NO_DEFAULT) and whether it takes
+    ``**kwargs``."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError) as exc:
+        raise WorkloadProblem(f"workload.{role}: cannot read the signature of {spec}: "
+                              f"{_describe(exc)}") from exc
+    named: dict[str, Any] = {}
+    var_keyword = False
+    for p in signature.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            var_keyword = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            named[p.name] = _NO_DEFAULT if p.default is p.empty else p.default
+    return named, var_keyword
+
+
+def _json_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+class _KnobPlan:
+    """Which builder receives which declared knob: every builder that accepts it, by name or
+    through ``**kwargs``. Checked before any builder runs, so a knob no builder takes, or a
+    builder argument that is no declared knob and has no default, fails the preflight at once."""
+
+    def __init__(self, builders: dict[str, tuple[Callable[..., Any], str]],
+                 declared: list[str]) -> None:
+        self.accepts: dict[str, list[str]] = {name: [] for name in declared}
+        self.defaults: dict[str, dict[str, Any]] = {}
+        for role, (func, spec) in builders.items():
+            named, var_keyword = _parameters(func, role, spec)
+            self.defaults[role] = named
+            for name, default in named.items():
+                if default is _NO_DEFAULT and name not in self.accepts:
+                    hint = ("declare it under knobs: with its candidate values, or give it a "
+                            "default" if name.isidentifier() else "give it a default")
+                    raise WorkloadProblem(f"workload.{role}: {spec} has a required argument "
+                                          f"{name!r} that is not a declared knob; {hint}")
+            for name in declared:
+                if name in named or var_keyword:
+                    self.accepts[name].append(role)
+        for name, roles in self.accepts.items():
+            if not roles:
+                specs = " nor ".join(spec for _, spec in builders.values())
+                raise WorkloadProblem(f"knobs.{name}: declared, but {specs} accepts no argument "
+                                      f"{name!r} (nor **kwargs); add a keyword argument "
+                                      f"{name}=... to the builder that should receive it, or "
+                                      f"remove the knob")
+
+    def baseline(self, candidates: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+        """Each knob's baseline: the pipeline as written, i.e. the default of the first builder
+        that names it (data before model); the first listed candidate when none gives one."""
+        info: dict[str, dict[str, Any]] = {}
+        for name, roles in self.accepts.items():
+            default = next((self.defaults[r][name] for r in roles
+                            if self.defaults[r].get(name, _NO_DEFAULT) is not _NO_DEFAULT),
+                           _NO_DEFAULT)
+            if default is _NO_DEFAULT or not _json_scalar(default):
+                base, source = candidates[name][0], "first candidate"
+            else:
+                base, source = default, "builder default"
+                # tf.data.AUTOTUNE written as a default is the listed "autotune"
+                if base == -1 and not isinstance(base, bool) and space.AUTOTUNE in candidates[name]:
+                    base = space.AUTOTUNE
+            info[name] = {"builders": roles, "baseline": base, "source": source}
+        return info
+
+    def kwargs(self, role: str, values: dict[str, Any], tf: Any) -> dict[str, Any]:
+        return {name: (tf.data.AUTOTUNE if value == space.AUTOTUNE else value)
+                for name, value in values.items() if role in self.accepts.get(name, ())}
 
 
 def _first_leaf(x: Any, tf: Any) -> Any:
@@ -122,14 +210,47 @@ def _check_element(element: Any, mode: str, spec: str) -> None:
 
 
 def _tf_data_options(tf: Any, settings: dict[str, Any]) -> Any:
-    options = tf.data.Options()
-    pool = settings.get("tf_data.private_threadpool_size")
-    intra = settings.get("tf_data.max_intra_op_parallelism")
-    if pool is not None:
-        options.threading.private_threadpool_size = int(pool)
-    if intra is not None:
-        options.threading.max_intra_op_parallelism = int(intra)
+    options, missing = space.tf_data_options(tf, settings)
+    if missing:
+        raise WorkloadProblem(f"this TensorFlow ({tf.__version__}) has no tf.data option "
+                              f"{', '.join(missing)}")
     return options
+
+
+def _options_in_effect(dataset: Any) -> dict[str, Any]:
+    """The tf.data knobs as the dataset really carries them (None: TensorFlow's default)."""
+    options = dataset.options()
+    found: dict[str, Any] = {}
+    for name, knob in space.KNOBS.items():
+        if knob.applied != space.TF_DATA:
+            continue
+        value: Any = options
+        for attr in knob.option.split("."):
+            value = getattr(value, attr, None)
+        found[name] = getattr(value, "name", value)  # an enum by its member name
+    return found
+
+
+def _pipeline_ops(dataset: Any) -> list[str] | None:
+    """The dataset's transformations, source first (``["Range", "Map", "Batch"]``), from the
+    Python dataset objects (nothing is serialised); None when this TensorFlow's classes cannot
+    be walked."""
+    ops: list[str] = []
+
+    def walk(node: Any, depth: int) -> None:
+        if depth > 200:
+            raise RecursionError
+        for parent in node._inputs():
+            walk(parent, depth + 1)
+        name = type(node).__name__.lstrip("_").removesuffix("Dataset")
+        if name != "Options":
+            ops.append(name)
+
+    try:
+        walk(dataset, 0)
+    except Exception:  # private attributes: unknown means every rewrite may apply
+        return None
+    return ops
 
 
 def _onednn_enabled() -> bool | None:
@@ -171,22 +292,36 @@ class _Workload:
         t = time.perf_counter()
         progress.emit(phase="build_model")
         on_phase("build_model")
+        builders = {"data": (_load_callable(wl["data"], wl["base_dir"], "data"), wl["data"])}
+        if self.mode != "data":
+            builders["model"] = (_load_callable(wl["model"], wl["base_dir"], "model"), wl["model"])
+        declared: dict[str, list[Any]] = task.get("knobs") or {}
+        values = {name[len(space.KNOB_PREFIX):]: value for name, value in settings.items()
+                  if name.startswith(space.KNOB_PREFIX)}
+        self.plan = _KnobPlan(builders, sorted(set(declared) | set(values)))
+        self.knob_info = self.plan.baseline(declared) if declared else {}
+        # the preflight builds the baseline: the pipeline as written
+        for name, info in self.knob_info.items():
+            values.setdefault(name, info["baseline"])
+        self.knobs = values
         self.model = None
         if self.mode != "data":
-            build_model = _load_callable(wl["model"], wl["base_dir"], "model")
-            self.model = _call_builder(build_model, "model", wl["model"])
+            func, spec = builders["model"]
+            self.model = _call_builder(func, "model", spec, self.plan.kwargs("model", values, tf))
             self._check_model(wl["model"])
         timings["build_model"] = time.perf_counter() - t
 
         t = time.perf_counter()
         progress.emit(phase="build_data")
         on_phase("build_data")
-        build_data = _load_callable(wl["data"], wl["base_dir"], "data")
-        dataset = _call_builder(build_data, "data", wl["data"])
+        func, spec = builders["data"]
+        dataset = _call_builder(func, "data", spec, self.plan.kwargs("data", values, tf))
         if not isinstance(dataset, tf.data.Dataset):
             raise WorkloadProblem(f"workload.data: {wl['data']} returned {type(dataset).__name__}, "
                                   f"expected a tf.data.Dataset")
+        self.pipeline = _pipeline_ops(dataset)
         dataset = dataset.with_options(_tf_data_options(tf, settings))
+        self.options_in_effect = _options_in_effect(dataset)
         self.dataset = dataset
         self.iterator = iter(dataset.repeat())
         try:
@@ -414,6 +549,8 @@ def measure(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
         },
         "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "allocator": placement.allocator_in_process(),
+        "tf_data_options": work.options_in_effect,
+        "knobs": work.knobs,
         "timings": timings,
     }
 
@@ -804,6 +941,7 @@ def preflight(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
     work.run_step(work.next_batch())
     timings["second_step"] = time.perf_counter() - t
     tf = work.tf
+    available, algorithms = space.tf_data_available(tf)
     return {
         "batch_size": work.batch_size,
         "element_spec": work.element_spec,
@@ -811,6 +949,11 @@ def preflight(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
         "onednn_enabled": _onednn_enabled(),
         "openmp": placement.tf_uses_openmp(os.path.dirname(tf.__file__)),
         "model_params": int(work.model.count_params()) if work.model is not None else None,
+        "tf_data_options": available,
+        "autotune_algorithms": algorithms,
+        "pipeline": work.pipeline,
+        "knobs": work.knob_info,
+        "options_in_effect": work.options_in_effect,
         "timings": timings,
     }
 
