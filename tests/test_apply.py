@@ -49,6 +49,12 @@ def py(code: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=120, **kwargs)
 
 
+def _default_sigint() -> None:
+    """A shell that starts its background jobs with SIGINT ignored passes that on, and an
+    ignored SIGINT stays ignored across exec: give the child the default, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def last_json(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -198,7 +204,8 @@ def test_launcher_sets_the_environment_and_passes_the_exit_code(tmp_path):
 def test_launcher_passes_signals_through(tmp_path, sig):
     path = make_tuned(tmp_path, env={})
     proc = subprocess.Popen([sys.executable, "-m", "tuner", "run", "--tuned", str(path), "--quiet",
-                             "--", "sleep", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--", "sleep", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
     deadline = time.time() + 20
     while time.time() < deadline:  # wait until the launcher has become `sleep`
         try:

@@ -213,7 +213,10 @@ def test_interrupt_marks_the_trial_failed_and_writes_the_best_so_far(workloads):
     path = config(workloads, "tiny.py:build_model", "tiny.py:build_data", n=20)
     proc = subprocess.Popen([sys.executable, "-m", "tuner", "search", "--config", str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            # as from a terminal, even when the tests run as a background job
+                            # (which starts with SIGINT ignored, and Python keeps it ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     seen = []
     while time.time() < deadline:
