@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -105,7 +106,9 @@ CHILD = textwrap.dedent("""
         t = time.perf_counter() - t0
         if t >= spec["seconds"]:
             break
-    print(json.dumps({"throughput": n / t}))
+    # one write, so the lines of concurrent instances sharing this pipe never interleave
+    sys.stdout.write(json.dumps({"throughput": n / t}) + "\n")
+    sys.stdout.flush()
 """)
 
 
@@ -128,8 +131,10 @@ def run_one(spec: dict) -> float:
         out = subprocess.run(child, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"child failed: {out.stderr[-2000:]}")
-    lines = [line for line in out.stdout.splitlines() if line.startswith('{"throughput"')]
-    return sum(json.loads(line)["throughput"] for line in lines)
+    values = [float(v) for v in re.findall(r'\{"throughput": ([0-9.eE+-]+)\}', out.stdout)]
+    if not values:
+        raise SystemExit(f"child printed no throughput: {out.stdout[-500:]} {out.stderr[-1500:]}")
+    return sum(values)
 
 
 def bootstrap(values: list[float], seed: int = 0) -> tuple[float, float]:

@@ -141,6 +141,17 @@ def _str_or_none(value: Any) -> bool:
     return value is None or (isinstance(value, str) and bool(value))
 
 
+def _rewrite(option: str, applies: Callable[[Any], bool], help: str) -> Knob:
+    """A tf.data graph rewrite (``Options().experimental_optimization``): on by default in
+    TensorFlow, searched as [default, off] where the pipeline has what it rewrites."""
+    return Knob(
+        name=f"tf_data.optimization.{option}", applied=TF_DATA,
+        target=f"optimization.{option}", option=f"experimental_optimization.{option}",
+        default=None, optional=True,
+        allowed="true, false, null or 'default' (TensorFlow's default: on)",
+        is_valid=_bool_or_none, candidates=lambda m: [None, False], applies=applies, help=help)
+
+
 KNOBS: dict[str, Knob] = {knob.name: knob for knob in (
     Knob(
         name="intra_op_parallelism_threads", applied=THREADING, target="intra_op_parallelism_threads",
@@ -212,36 +223,12 @@ KNOBS: dict[str, Knob] = {knob.name: knob for knob in (
         candidates=lambda m: [None],
         help="the least parallelism the autotuner gives an autotuned op",
     ),
-    Knob(
-        name="tf_data.optimization.map_parallelization", applied=TF_DATA,
-        target="optimization.map_parallelization",
-        option="experimental_optimization.map_parallelization", default=None, optional=True,
-        allowed="true, false, null or 'default' (TensorFlow's default: on)",
-        is_valid=_bool_or_none,
-        candidates=lambda m: [None, False],
-        applies=lambda ops: "Map" in ops,
-        help="rewrite: run sequential (num_parallel_calls=None) stateless maps in parallel",
-    ),
-    Knob(
-        name="tf_data.optimization.inject_prefetch", applied=TF_DATA,
-        target="optimization.inject_prefetch",
-        option="experimental_optimization.inject_prefetch", default=None, optional=True,
-        allowed="true, false, null or 'default' (TensorFlow's default: on)",
-        is_valid=_bool_or_none,
-        candidates=lambda m: [None, False],
-        applies=lambda ops: bool(ops) and ops[-1] != "Prefetch",
-        help="rewrite: add a prefetch after the last asynchronous transformation",
-    ),
-    Knob(
-        name="tf_data.optimization.parallel_batch", applied=TF_DATA,
-        target="optimization.parallel_batch",
-        option="experimental_optimization.parallel_batch", default=None, optional=True,
-        allowed="true, false, null or 'default' (TensorFlow's default: on)",
-        is_valid=_bool_or_none,
-        candidates=lambda m: [None, False],
-        applies=lambda ops: "Batch" in ops,
-        help="rewrite: copy the elements of a batch in parallel",
-    ),
+    _rewrite("map_parallelization", lambda ops: "Map" in ops,
+             "rewrite: run sequential (num_parallel_calls=None) stateless maps in parallel"),
+    _rewrite("inject_prefetch", lambda ops: bool(ops) and ops[-1] != "Prefetch",
+             "rewrite: add a prefetch after the last asynchronous transformation"),
+    _rewrite("parallel_batch", lambda ops: "Batch" in ops,
+             "rewrite: copy the elements of a batch in parallel"),
     Knob(
         name="env.TF_ENABLE_ONEDNN_OPTS", applied=ENV, target="TF_ENABLE_ONEDNN_OPTS",
         default=None, allowed="'0', '1', null or 'default' (unset)",
