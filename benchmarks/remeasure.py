@@ -107,7 +107,7 @@ CHILD = textwrap.dedent("""
         if t >= spec["seconds"]:
             break
     # one write, so the lines of concurrent instances sharing this pipe never interleave
-    sys.stdout.write(json.dumps({"throughput": n / t}) + "\n")
+    sys.stdout.write(json.dumps({"throughput": n / t}) + "\\n")
     sys.stdout.flush()
 """)
 
