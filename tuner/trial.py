@@ -182,12 +182,7 @@ class _Child:
             _kill_group(self.proc)
         for handle in (self.log, self.progress):
             handle.close()
-        for path in (self.task_path, self.result_path, self.progress_path, self.log_path):
-            try:
-                path.unlink()
-            except OSError:
-                pass
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)  # its four files and the folder
 
 
 def run_child(task: dict[str, Any], *, timeout: float, settings: dict[str, Any],
