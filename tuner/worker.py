@@ -262,6 +262,13 @@ def _onednn_enabled() -> bool | None:
         return None
 
 
+# Every workload a worker builds stays referenced until os._exit: dropping the last reference to a
+# tf.data iterator cancels its pipeline and joins its threads, which took about 5 s in most trials
+# of the benchmark examples (measured as "other" time after the last window). Nothing needs that
+# clean-up, since the process ends right after the result is written.
+_KEEP_ALIVE: list[Any] = []
+
+
 class _Workload:
     """The user's model, data and the step function one measurement repeats."""
 
@@ -337,6 +344,7 @@ class _Workload:
         self.first = first
         timings["build_data"] = time.perf_counter() - t
         self.step = self._make_step()
+        _KEEP_ALIVE.append(self)
 
     def _check_model(self, spec: str) -> None:
         tf = self.tf
