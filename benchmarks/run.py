@@ -44,12 +44,20 @@ from tuner import machine as machine_mod  # noqa: E402
 from tuner import space as space_mod  # noqa: E402
 from tuner import study as study_mod  # noqa: E402
 
-QUICK = {"n_trials": 10, "warmup": 1.5, "window": 1.0, "windows": 4, "candidates": 2,
-         "screen_rounds": 1, "rounds": 4, "remeasure_rounds": 4, "remeasure_seconds": 4.0,
-         "remeasure_warmup": 1.0, "seeds": 10, "efficiency_example": "branchy"}
+# Quick mode fits four examples and the grid in under 15 minutes on 2 cores. Every measurement is
+# a fresh process costing ~3 s before its first window (interpreter, TensorFlow import, build,
+# tracing, warm-up), so the budget is a count of processes: 10 trials and 4 final rounds per
+# search (the fewest with which the permutation test can reach p < 0.05), no screening round
+# between two candidates (the best trial goes straight to the final rounds), three interleaved
+# re-measurement rounds per example and a 4 x 4 grid. Trial windows stay long enough that
+# measuring is over half of each trial. The full mode is the thorough version.
+QUICK = {"n_trials": 10, "warmup": 1.5, "window": 0.9, "windows": 4, "candidates": 1,
+         "screen_rounds": 1, "rounds": 4, "remeasure_rounds": 3, "remeasure_seconds": 3.0,
+         "remeasure_warmup": 0.8, "seeds": 10, "efficiency_example": "branchy",
+         "grid": "reduced"}
 FULL = {"n_trials": 24, "warmup": 3.0, "window": 2.0, "windows": 5, "candidates": 3,
         "screen_rounds": 2, "rounds": 5, "remeasure_rounds": 8, "remeasure_seconds": 8.0,
-        "remeasure_warmup": 2.0, "seeds": 30, "efficiency_example": "branchy"}
+        "remeasure_warmup": 2.0, "seeds": 30, "efficiency_example": "branchy", "grid": "ladder"}
 
 
 def bench_config(path: Path, mode: dict, stamp: str, out: Path) -> config_mod.Config:
@@ -84,6 +92,7 @@ def compare_example(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
                ("tuned", {"settings": doc["settings"], "apply": tuned_path}),
                ("expert", {"settings": expert, "apply": None})]
     runs: dict[str, list[float]] = {name: [] for name, _ in entries}
+    t1 = time.monotonic()
     log(f"== {path.stem}: re-measure defaults / tuned (tuner.apply) / expert, "
         f"{mode['remeasure_rounds']} interleaved rounds ==")
     for r in range(mode["remeasure_rounds"]):
@@ -91,6 +100,7 @@ def compare_example(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
         for name, extra in entries[shift:] + entries[:shift]:
             runs[name].append(run_one({**common, **extra}))
         log("   round {}: ".format(r + 1) + "  ".join(f"{n} {runs[n][-1]:.1f}" for n, _ in entries))
+    remeasure_seconds = time.monotonic() - t1
     base = statistics.median(runs["defaults"])
     summary = {}
     for name, values in runs.items():
@@ -102,6 +112,7 @@ def compare_example(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
             "reported_speedup": doc["result"]["speedup"],
             "reported_ci95": doc["result"]["speedup_ci95"],
             "remeasured": summary, "search_seconds": search_seconds,
+            "remeasure_seconds": remeasure_seconds, "study": cfg.study_name,
             "phases": doc["search"].get("seconds", {}),
             "overhead": overhead(trials, mode["warmup"]),
             "validation_rounds": doc["validation"].get("rounds"), "tuned_file": tuned_path}
@@ -123,18 +134,41 @@ def overhead(trials, warmup_cap: float) -> dict:
     return mean
 
 
-def efficiency(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
+def efficiency(path: Path, mode: dict, stamp: str, out: Path, log,
+               reuse_study: str | None = None) -> dict:
+    """The ground-truth grid, then the samplers replayed on it. ``reuse_study`` is the same
+    example's comparison study (same measurement settings, same machine, minutes earlier): its
+    trials whose settings are exactly a grid point (the baseline and the expert rule) count as
+    that point's measurement instead of being measured again."""
     cfg = bench_config(path, mode, stamp, out)
     search = study_mod.Search(cfg, study_mod.Printer(lambda line: log("   " + line)))
-    search.run_preflight()
-    m = search.machine
-    intra = [0, *space_mod.thread_ladder(m.usable_cpus)]
+    m = search.machine  # grid points are plain thread settings: no preflight needed
+    ladder = space_mod.thread_ladder(m.usable_cpus)
+    if mode["grid"] == "reduced":  # powers of two only
+        ladder = [v for v in ladder if v & (v - 1) == 0]
+    intra = [0, *ladder]
     inter = space_mod.KNOBS["inter_op_parallelism_threads"].candidates(m)
+    known: dict[tuple[int, int], float] = {}
+    if reuse_study:
+        for t in optuna.load_study(study_name=reuse_study, storage=cfg.storage).get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE,)):
+            settings = t.user_attrs.get("settings") or {}
+            point = (settings.get("intra_op_parallelism_threads"),
+                     settings.get("inter_op_parallelism_threads"))
+            if point in [(a, b) for a in intra for b in inter] and settings == dict(
+                    space_mod.default_settings(), intra_op_parallelism_threads=point[0],
+                    inter_op_parallelism_threads=point[1]):
+                known[point] = t.user_attrs["throughput"]["median"]
     log(f"== {path.stem}: ground truth, {len(intra) * len(inter)} grid points "
-        f"(intra {intra} x inter {inter}), one fresh process each ==")
+        f"(intra {intra} x inter {inter}), one fresh process each; {len(known)} taken from the "
+        f"comparison search's trials ==")
     grid: dict[tuple[int, int], float] = {}
     for a in intra:
         for b in inter:
+            if (a, b) in known:
+                grid[(a, b)] = known[(a, b)]
+                log(f"   intra={a} inter={b}: {grid[(a, b)]:.1f} samples/s (search trial)")
+                continue
             settings = dict(space_mod.default_settings(), intra_op_parallelism_threads=a,
                             inter_op_parallelism_threads=b)
             result = search.measure(settings)
@@ -180,12 +214,13 @@ def efficiency(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
             for n in range(1, cap + 1):
                 t = s.ask()
                 point = tuple(t.suggest_categorical(k, v) for k, v in space.items())
-                s.tell(t, grid[point])
-                if grid[point] >= target:
+                if grid[point] >= target:  # before tell: the grid sampler stops when exhausted
                     hit = n
                     break
+                s.tell(t, grid[point])
             needed.setdefault(name, []).append(hit if hit is not None else cap + 1)
     result = {"example": path.stem, "grid": {f"{a},{b}": v for (a, b), v in grid.items()},
+              "from_search": [f"{a},{b}" for a, b in known],
               "optimum": best, "optimum_at": max(grid, key=grid.get), "seeds": mode["seeds"],
               "trials_to_98pct": {k: {"median": statistics.median(v), "runs": v,
                                       "p90": sorted(v)[int(0.9 * (len(v) - 1))]}
@@ -215,8 +250,11 @@ def main() -> None:
     comparisons = [compare_example(c, mode, stamp, out, log) for c in configs]
     eff = None
     if not args.skip_efficiency:
+        t0 = time.monotonic()
         example = ROOT / "configs" / f"{mode['efficiency_example']}.yaml"
-        eff = efficiency(example, mode, stamp, out, log)
+        same = [c["study"] for c in comparisons if c["example"] == example.stem]
+        eff = efficiency(example, mode, stamp, out, log, same[0] if same else None)
+        eff["seconds"] = time.monotonic() - t0
     machine = machine_mod.detect()
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "mode": "quick" if args.quick else "full", "settings": mode,
@@ -276,6 +314,12 @@ def render(report: dict) -> str:
             + " | ".join(f"{c['phases'].get(k, 0):.0f} s" for k in ("preflight", "trials"))
             + f" | {c['phases'].get('validation', 0):.0f} s ({c.get('validation_rounds')})"
             + f" | {c['search_seconds'] / 60:.1f} min |")
+    searches = sum(c["search_seconds"] for c in report["comparisons"])
+    remeasures = sum(c.get("remeasure_seconds", 0.0) for c in report["comparisons"])
+    grid = (eff or {}).get("seconds", 0.0)
+    lines += ["", f"This run: {report['wall_seconds'] / 60:.1f} min in all; searches "
+                  f"{searches / 60:.1f} min, re-measurements {remeasures / 60:.1f} min, grid "
+                  f"{grid / 60:.1f} min."]
     lines += ["", "4. Agreement: speedup reported by the search vs re-measured", "",
               "| example | reported | re-measured | difference |", "|---|---|---|---|"]
     for c in report["comparisons"]:

@@ -61,6 +61,7 @@ BAD_CONFIGS = [
     (GOOD + "search:\n  trial_timeout: 0\n", ["search.trial_timeout", "> 0"]),
     (GOOD + "measure:\n  windows: 1\n", ["measure.windows", ">= 2"]),
     (GOOD + "validate:\n  rounds: 3\n", ["validate.rounds", ">= 4"]),
+    (GOOD + "validate:\n  candidates: 0\n", ["validate.candidates", "0", ">= 1"]),
     (GOOD + "validate:\n  alpha: 2\n", ["validate.alpha", "between 0 and 1"]),
     (GOOD + "validate:\n  min_speedup: 0.9\n", ["validate.min_speedup", "0.9", ">= 1.0"]),
     (GOOD + "space:\n  threads: [1, 2]\n", ["space.threads", "unknown key"]),

@@ -220,7 +220,8 @@ MEASURE_RULES = {
     "window_seconds": _float(0, strictly_above=True), "windows": _int(2),
 }
 VALIDATE_RULES = {
-    "candidates": _int(0), "screen_rounds": _int(1),
+    # Validation always measures at least the best trial against the defaults.
+    "candidates": _int(1), "screen_rounds": _int(1),
     # An exact permutation test on n=m rounds cannot reach p < 0.05 below 4 rounds each.
     "rounds": _int(4), "alpha": lambda v, w: _ratio(v, w),
     "min_speedup": _float(1.0),
