@@ -10,9 +10,9 @@ and declared knobs passed to the builders from ``cfg.knobs`` (``--plain`` applie
 TensorFlow calls and the file's knob values instead). The defaults process calls the builders
 without arguments: the pipeline as written. Applied through tuner, each tuned measurement runs
 under ``python -m tuner run``, so an allocator, a CPU set and several instances (their
-throughputs summed, measured over the same seconds) are applied as in production. Prints a table of both
-configurations (median with a bootstrap 95% interval over processes), the measured speedup, and
-the speedup the search reported.
+throughputs summed, measured over the same seconds) are applied as in production. Prints a table
+of both configurations (median with a bootstrap 95% interval over processes), the measured
+speedup, and the speedup the search reported.
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--plain", action="store_true",
-                        help="apply the tuned settings with plain TensorFlow calls, not tuner.apply()")
+                        help="apply the tuned settings with plain TensorFlow calls, "
+                             "not tuner.apply()")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     doc = yaml.safe_load(Path(args.tuned).read_text())

@@ -1,6 +1,6 @@
 """tuner's own evidence: tuned vs defaults vs expert rule, search efficiency, overhead, agreement.
 
-    python benchmarks/run.py --quick     # about 15-18 minutes on 2 cores
+    python benchmarks/run.py --quick     # about 14 minutes on 2 cores
     python benchmarks/run.py             # the thorough version (about an hour on 2 cores)
 
 Prints four tables and writes everything it measured to results/benchmarks/<timestamp>.json:
@@ -10,9 +10,11 @@ Prints four tables and writes everything it measured to results/benchmarks/<time
    median with a bootstrap 95% interval. The tuned configuration is applied through the public
    ``tuner.apply()`` path, as production would (see benchmarks/remeasure.py).
 2. Search efficiency on one example: every point of a reduced space (intra x inter threads) is
-   measured once in a fresh process: the ground truth. Then searches with different seeds are
-   replayed on those measurements for each sampler, counting the trials each needs to reach 98%
-   of the grid optimum (the baseline and expert trials come first, as in a real search).
+   measured once in a fresh process: the ground truth (quick mode: powers of two only; points
+   the example's comparison search already measured with the same settings are taken from it).
+   Then searches with different seeds are replayed on those measurements for each sampler,
+   counting the trials each needs to reach 98% of the grid optimum (the baseline and expert
+   trials come first, as in a real search).
 3. Overhead: each trial's wall time split into start-up and import, model build, data build,
    warm-up and measurement; the share spent measuring; the time to a tuned file.
 4. Agreement: the speedup each search reported vs the speedup re-measured in (1).
@@ -99,7 +101,7 @@ def compare_example(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
         shift = r % len(entries)
         for name, extra in entries[shift:] + entries[:shift]:
             runs[name].append(run_one({**common, **extra}))
-        log("   round {}: ".format(r + 1) + "  ".join(f"{n} {runs[n][-1]:.1f}" for n, _ in entries))
+        log(f"   round {r + 1}: " + "  ".join(f"{n} {runs[n][-1]:.1f}" for n, _ in entries))
     remeasure_seconds = time.monotonic() - t1
     base = statistics.median(runs["defaults"])
     summary = {}
@@ -177,7 +179,8 @@ def efficiency(path: Path, mode: dict, stamp: str, out: Path, log,
     best = max(grid.values())
     target = 0.98 * best
     expert = space_mod.expert_settings(m)
-    refs = [(0, 0), (expert["intra_op_parallelism_threads"], expert["inter_op_parallelism_threads"])]
+    refs = [(0, 0),
+            (expert["intra_op_parallelism_threads"], expert["inter_op_parallelism_threads"])]
     space = {"intra_op_parallelism_threads": intra, "inter_op_parallelism_threads": inter}
     cap = 40
 
@@ -230,7 +233,8 @@ def efficiency(path: Path, mode: dict, stamp: str, out: Path, log,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="tuner's benchmarks")
-    parser.add_argument("--quick", action="store_true", help="small budgets: about 15 minutes")
+    parser.add_argument("--quick", action="store_true",
+                        help="small budgets: about 14 minutes on 2 cores")
     parser.add_argument("--configs", nargs="*", help="configs to compare (default configs/*.yaml)")
     parser.add_argument("--skip-efficiency", action="store_true")
     args = parser.parse_args()
@@ -295,7 +299,8 @@ def render(report: dict) -> str:
         lines += ["", f"2. Search efficiency on {eff['example']}: trials to reach 98% of the grid "
                       f"optimum ({eff['optimum']:.0f} samples/s at intra,inter="
                       f"{eff['optimum_at'][0]},{eff['optimum_at'][1]}; {len(eff['grid'])} points "
-                      f"measured once each), replayed over {eff['seeds']} seeds",
+                      f"measured once each, {len(eff.get('from_search', []))} of them by the "
+                      f"comparison search), replayed over {eff['seeds']} seeds",
                   "", "| sampler | median trials | 90th percentile |", "|---|---|---|"]
         for name, v in eff["trials_to_98pct"].items():
             lines.append(f"| {name} | {v['median']:g} | {v['p90']:g} |")

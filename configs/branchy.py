@@ -8,9 +8,9 @@ is the example where inter_op_parallelism_threads changes throughput.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 
 INPUT_SHAPE = (16, 16, 32)
 NUM_BRANCHES = 16

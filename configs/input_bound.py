@@ -8,9 +8,9 @@ parallel — i.e. by tf.data.Options().threading and num_parallel_calls.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 
 # A small pool of pre-encoded JPEGs stands in for files on disk: decoding is
 # the realistic, CPU-heavy part of an image pipeline, and encoding only a
@@ -37,7 +37,7 @@ def _make_jpeg_pool() -> tf.Tensor:
     h, w, _ = SOURCE_SHAPE
     yy, xx = np.mgrid[0:h, 0:w].astype("float32")
     images = []
-    for i in range(POOL_SIZE):
+    for _ in range(POOL_SIZE):
         fx, fy, phase = rng.uniform(0.01, 0.08), rng.uniform(0.01, 0.08), rng.uniform(0, 6.3)
         base = np.stack(
             [np.sin(fx * xx + phase), np.cos(fy * yy + phase), np.sin(fx * xx + fy * yy)],

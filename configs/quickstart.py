@@ -7,9 +7,9 @@ pooling + dense head) that intra-op threading visibly changes step time.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 
 IMAGE_SHAPE = (64, 64, 3)
 NUM_CLASSES = 10

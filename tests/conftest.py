@@ -23,7 +23,8 @@ def _isolated(tmp_path, monkeypatch):
     tests never wait on, or disturb, a real search running on the same machine."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TUNER_LOCK_FILE", str(tmp_path / "measure.lock"))
-    for name in ("FAKE_BEHAVIOUR", "FAKE_SHAPE", "FAKE_NOISE", "FAKE_WINDOW_SLEEP", "FAKE_TF_VERSION",
+    for name in ("FAKE_BEHAVIOUR", "FAKE_SHAPE", "FAKE_NOISE", "FAKE_WINDOW_SLEEP",
+                 "FAKE_TF_VERSION",
                  "TUNER_WORKER", "TUNER_HOST_ID", "TUNER_STORAGE", "FAKE_TF_DATA", "FAKE_PIPELINE",
                  "FAKE_KNOB_DEFAULTS", "KNOB_RECORD"):
         monkeypatch.delenv(name, raising=False)

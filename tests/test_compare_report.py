@@ -99,7 +99,8 @@ def test_different_machine_is_flagged_loudly_with_what_differs(in_fixtures, caps
     doc = json.loads(out)
     pair = doc["comparisons"][0]
     assert pair["same_machine"] is False
-    assert any(d.startswith("tf_version: '2.21.0' vs '2.20.0'") for d in pair["machine_differences"])
+    assert any(d.startswith("tf_version: '2.21.0' vs '2.20.0'")
+               for d in pair["machine_differences"])
     assert set(doc["differing"]["machine"]) >= {"cpu_model", "usable_cpus", "tf_version"}
     assert doc["differing"]["settings"] == ["intra_op_parallelism_threads"]
     # each over its own baseline, the two runs agree: that is the number to compare

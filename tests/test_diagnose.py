@@ -253,7 +253,8 @@ def test_cli_text_report(write_config, fake_worker, capsys, monkeypatch):
     out = capsys.readouterr().out
     for needle in ("CPUs", "Saturation", "Input or compute", "-> input-bound", "Findings",
                    "Sequential map(decode)",
-                   "Python in the pipeline: map(decode) calls tf.py_function", f"python -m tuner search --config {path}"):
+                   "Python in the pipeline: map(decode) calls tf.py_function",
+                   f"python -m tuner search --config {path}"):
         assert needle in out
 
 

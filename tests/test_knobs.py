@@ -48,7 +48,8 @@ def assert_one_line_error(capsys, path, *needles):
 
 def test_declared_knobs_parse_in_order(write_config):
     cfg = config.load(write_config(GOOD + "knobs:\n  map_parallelism: [1, 2, 4, autotune]\n"
-                                          "  prefetch: [1, 2, autotune]\n  mode: [a, null, 0.5, true]\n"))
+                                          "  prefetch: [1, 2, autotune]\n"
+                                          "  mode: [a, null, 0.5, true]\n"))
     assert cfg.knobs == {"map_parallelism": [1, 2, 4, "autotune"], "prefetch": [1, 2, "autotune"],
                          "mode": ["a", None, 0.5, True]}
     assert config.load(write_config(GOOD)).knobs == {}
@@ -65,7 +66,8 @@ def test_declared_knobs_parse_in_order(write_config):
     ("knobs:\n  prefetch: [1, 1]\n", ["knobs.prefetch: 1 is listed twice"]),
     ("knobs: [prefetch]\n", ["knobs: expected a mapping of knob names"]),
     ("knobs: {}\n", ["knobs: expected a mapping of knob names"]),
-    ("space:\n  knobs:\n    prefetch: [1]\n", ["space.knobs: declared knobs are not narrowed here"]),
+    ("space:\n  knobs:\n    prefetch: [1]\n",
+     ["space.knobs: declared knobs are not narrowed here"]),
     ("space:\n  tf_data:\n    autotune:\n      enable: [false]\n",
      ["space.tf_data.autotune.enable: unknown knob", "tf_data.autotune.enabled"]),
     ("space:\n  tf_data:\n    autotune:\n      autotune_algorithm: FASTEST\n",
@@ -392,7 +394,8 @@ def test_tf_data_options_are_searched_and_written_nested(fake_worker, write_conf
     for t in trials:
         if t.state == optuna.trial.TrialState.COMPLETE:
             received = t.user_attrs["tf_data_options"]
-            assert received["tf_data.autotune.cpu_budget"] == t.params["tf_data.autotune.cpu_budget"]
+            budget = "tf_data.autotune.cpu_budget"
+            assert received[budget] == t.params[budget]
     best = outcome.tuned["search"]["best_trial"]["settings"]["tf_data"]
     assert set(best) >= {"private_threadpool_size", "max_intra_op_parallelism"}
     check_settings({"settings": outcome.tuned["settings"]}, "t.yaml")

@@ -237,7 +237,8 @@ def test_openmp_is_read_from_what_tensorflow_links(tmp_path):
     for name, flags in (("omp", ["-fopenmp"]), ("plain", [])):
         (tmp_path / name).mkdir()
         subprocess.run(["gcc", "-shared", "-fPIC", *flags, "-o",
-                        str(tmp_path / name / "libtensorflow_framework.so.2"), str(tmp_path / "x.c"),
+                        str(tmp_path / name / "libtensorflow_framework.so.2"),
+                        str(tmp_path / "x.c"),
                         *(["-Wl,--no-as-needed", "-lgomp"] if flags else [])], check=True)
     assert placement.tf_uses_openmp(tmp_path / "omp") is True
     assert placement.tf_uses_openmp(tmp_path / "plain") is False

@@ -102,7 +102,8 @@ space:
     private_threadpool_size: default
     max_intra_op_parallelism: default
     autotune: {{enabled: default}}
-    optimization: {{map_parallelization: default, inject_prefetch: default, parallel_batch: default}}
+    optimization: {{map_parallelization: default, inject_prefetch: default,
+                    parallel_batch: default}}
   env: {{TF_ENABLE_ONEDNN_OPTS: default}}
   allocator: default
   instances: default

@@ -177,7 +177,8 @@ def test_preflight_hang_is_a_timeout_not_a_hang(workloads, capsys):
 @pytest.mark.parametrize("builder,reason", [
     ("build_model_that_crashes_when_threads_are_1", "killed by SIGABRT"),
     ("build_model_that_hangs_when_threads_are_1", "timed out after 15 s (phase: build_model)"),
-    ("build_model_that_raises_when_threads_are_1", "RuntimeError: this workload refuses one thread"),
+    ("build_model_that_raises_when_threads_are_1",
+     "RuntimeError: this workload refuses one thread"),
 ])
 def test_trial_failures_are_recorded_and_the_study_goes_on(workloads, capsys, builder, reason):
     path = config(workloads, f"broken.py:{builder}", "tiny.py:build_data", n=3, timeout=15,

@@ -15,6 +15,7 @@ import time
 
 import optuna
 import pytest
+import sqlalchemy.exc
 import yaml
 from optuna.trial import TrialState
 
@@ -130,7 +131,7 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial_which_another_retries(
         time.sleep(0.2)
         try:
             study = optuna.load_study(study_name="shared", storage=pg_url)
-        except KeyError:
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # not created yet, or being created
             continue
         running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                    if t.intermediate_values]

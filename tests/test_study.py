@@ -12,6 +12,7 @@ import time
 
 import optuna
 import pytest
+import sqlalchemy.exc
 import yaml
 
 from tuner import cli, config, study, tuned
@@ -53,7 +54,8 @@ def test_search_finds_the_known_optimum_and_validates_it(fake_worker, write_conf
     # the fake peaks at intra=2, inter=1: 1.3x the defaults
     assert doc["settings"]["intra_op_parallelism_threads"] == 2
     assert doc["settings"]["inter_op_parallelism_threads"] == 1
-    assert set(doc["settings"]["tf_data"]) == {"private_threadpool_size", "max_intra_op_parallelism"}
+    assert set(doc["settings"]["tf_data"]) == {"private_threadpool_size",
+                                               "max_intra_op_parallelism"}
     assert isinstance(doc["settings"]["env"], dict)
     result = doc["result"]
     assert result["speedup"] == pytest.approx(1.3, rel=0.05)
@@ -377,7 +379,8 @@ def test_a_worker_stopped_by_sigterm_queues_its_trial_again(fake_worker, write_c
             continue
         try:
             trials = load_study().get_trials(deepcopy=False)
-        except KeyError:  # the study is not created yet
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+            # the study is not created yet, or its tables are being created right now
             continue
         if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):  # one to write
             running = [t for t in trials
@@ -441,7 +444,8 @@ def test_latency_objective_prefers_one_instance(fake_worker, write_config, monke
     assert doc["settings"]["intra_op_parallelism_threads"] == 2
     assert doc["objective"]["metric"] == "latency_p95"
     # speedup = baseline p95 / tuned p95
-    lat, base = doc["result"]["step_latency_ms"]["p95"], doc["result"]["baseline_step_latency_ms"]["p95"]
+    lat = doc["result"]["step_latency_ms"]["p95"]
+    base = doc["result"]["baseline_step_latency_ms"]["p95"]
     assert doc["result"]["speedup"] == pytest.approx(base / lat, rel=0.05)
     assert "p95 step latency" in doc["summary"] and "lower" in doc["summary"]
 

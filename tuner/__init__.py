@@ -7,13 +7,29 @@ lives in :mod:`tuner.study`; the command line in :mod:`tuner.cli`.
 
 from __future__ import annotations
 
-from .apply import (Applied, ExplicitSettingWarning, LateSettingWarning, MachineMismatchError,
-                    MachineMismatchWarning, PinningWarning, RuntimeInitializedError, apply)
-from .errors import ConfigError, StudyError, StudyMismatchError, TrialFailed, TunerError, WorkloadError
+from .apply import (
+    Applied,
+    ExplicitSettingWarning,
+    LateSettingWarning,
+    MachineMismatchError,
+    MachineMismatchWarning,
+    PinningWarning,
+    RuntimeInitializedError,
+    apply,
+)
+from .errors import (
+    ConfigError,
+    StudyError,
+    StudyMismatchError,
+    TrialFailed,
+    TunerError,
+    WorkloadError,
+)
 
 __version__ = "0.1.0"
 
 __all__ = ["Applied", "ConfigError", "ExplicitSettingWarning", "LateSettingWarning",
-           "MachineMismatchError", "MachineMismatchWarning", "PinningWarning", "RuntimeInitializedError",
+           "MachineMismatchError", "MachineMismatchWarning", "PinningWarning",
+           "RuntimeInitializedError",
            "StudyError", "StudyMismatchError", "TrialFailed", "TunerError", "WorkloadError",
            "__version__", "apply"]

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = commands.add_parser("search", help="run (or resume) a study and write the tuned YAML")
     s.add_argument("--config", required=True, help="the study config YAML")
     s.add_argument("--n-trials", type=_positive_int, help="trials this run adds (as in Optuna)")
-    s.add_argument("--timeout", type=_seconds, help="seconds for the whole run, validation included")
+    s.add_argument("--timeout", type=_seconds,
+                   help="seconds for the whole run, validation included")
     s.add_argument("--trial-timeout", type=_seconds, help="seconds one trial's child may take")
     s.add_argument("--max-trials", type=_positive_int,
                    help="study-wide cap: every worker stops once the study holds this many trials")
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     r = commands.add_parser("run", help="run a command with a tuned file's settings",
-                            usage="python -m tuner run --tuned FILE [--strict] -- COMMAND [ARGS...]")
+                            usage="python -m tuner run --tuned FILE [--strict] "
+                                  "-- COMMAND [ARGS...]")
     r.add_argument("--tuned", required=True, help="the tuned YAML")
     r.add_argument("--strict", action="store_true",
                    help="refuse a file measured on another machine instead of warning")

@@ -191,7 +191,8 @@ def from_study(storage: str, name: str | None) -> Result:
     where = f"study {study.study_name!r}"
     attrs = study.user_attrs
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and "throughput" in t.user_attrs]
+    complete = [t for t in trials
+                if t.state == TrialState.COMPLETE and "throughput" in t.user_attrs]
     if not complete:
         raise ConfigError(f"--study-name: {where} has no complete trial to show")
     by_role = {t.user_attrs.get("role"): t for t in complete if t.user_attrs.get("role")}
@@ -598,7 +599,8 @@ def format_compare(c: Comparison, fmt: str) -> str:
     if any(table.marked):
         out.append("(* = differs between the results)")
     out += ["", ratios.text(), ""]
-    for line in [f"{p['label']} / A: {p['interpretation']}" for p in c.pairs if p["interpretation"]]:
+    for line in [f"{p['label']} / A: {p['interpretation']}"
+                 for p in c.pairs if p["interpretation"]]:
         out += textwrap.wrap(line, width=100, subsequent_indent="  ")
     for n in c.notes:
         out += textwrap.wrap(f"note: {n}", width=100, subsequent_indent="  ")

@@ -147,7 +147,8 @@ def _number(value: Any, where: str, *, integer: bool, minimum: float, allow_none
         return None
     kind = "an integer" if integer else "a number"
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or (value <= minimum if strictly_above else value < minimum):
+    if (isinstance(value, bool) or not ok
+            or (value <= minimum if strictly_above else value < minimum)):
         bound = f"> {minimum}" if strictly_above else f">= {minimum}"
         extra = " or null" if allow_none else ""
         raise ConfigError(f"{where}: expected {kind} {bound}{extra}, got {value!r}")
@@ -175,7 +176,8 @@ def _builder(value: Any, where: str, base_dir: Path) -> str:
             raise ConfigError(f"{where}: file {str(file)!r} does not exist (paths are relative to "
                               f"the config file's directory)")
     elif not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", target):
-        raise ConfigError(f"{where}: {target!r} is neither a .py file nor an importable module name")
+        raise ConfigError(f"{where}: {target!r} is neither a .py file nor an importable "
+                          f"module name")
     return value
 
 
@@ -196,7 +198,8 @@ def _int(minimum: int, allow_none: bool = False):
 def _float(minimum: float, allow_none: bool = False, strictly_above: bool = False):
     return lambda v, w: float(x) if (x := _number(v, w, integer=False, minimum=minimum,
                                                    allow_none=allow_none,
-                                                   strictly_above=strictly_above)) is not None else None
+                                                   strictly_above=strictly_above)) is not None \
+        else None
 
 
 def _bool(value: Any, where: str) -> bool:
@@ -235,7 +238,8 @@ def _ratio(value: Any, where: str) -> float:
 
 
 def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
-    """``space: {tf_data: {private_threadpool_size: [...]}}`` -> ``{"tf_data.private_...": [...]}``."""
+    """``space: {tf_data: {private_threadpool_size: [...]}}``
+    -> ``{"tf_data.private_...": [...]}``."""
     data = _check_keys(data, ("intra_op_parallelism_threads", "inter_op_parallelism_threads",
                               "tf_data", "env", "allocator", "cpus", "instances", "knobs"), path,
                        "space")
@@ -327,7 +331,8 @@ def parse(data: Any, path: Path) -> Config:
                               f"'file.py:function' or 'package.module:function'")
     model = _builder(wl["model"], _where(path, "workload.model"), base_dir) \
         if wl.get("model") is not None else None
-    workload = Workload(model=model, data=_builder(wl["data"], _where(path, "workload.data"), base_dir),
+    workload = Workload(model=model,
+                        data=_builder(wl["data"], _where(path, "workload.data"), base_dir),
                         mode=mode, base_dir=str(base_dir))
 
     search = _section(Search, data.get("search"), path, "search", SEARCH_RULES)
@@ -348,7 +353,8 @@ def parse(data: Any, path: Path) -> Config:
     check_storage(storage, _where(path, "study.storage"))
     output = data.get("output") or default_output(name)
     if not isinstance(output, str) or not output.endswith((".yaml", ".yml")):
-        raise ConfigError(f"{_where(path, 'output')}: expected a path ending in .yaml, got {output!r}")
+        raise ConfigError(f"{_where(path, 'output')}: expected a path ending in .yaml, "
+                          f"got {output!r}")
 
     return Config(path=str(path), workload=workload, search=search, measure=measure,
                   validate=validate, space=space, knobs=knobs, objective=objective,
@@ -387,8 +393,8 @@ def default_output(name: str) -> str:
 
 def check_study_name(name: Any, where: str) -> str:
     if not isinstance(name, str) or not STUDY_NAME_RE.match(name):
-        raise ConfigError(f"{where}: {name!r} is not a valid study name; use 1-100 letters, digits, "
-                          f"'.', '_' or '-', starting with a letter or digit")
+        raise ConfigError(f"{where}: {name!r} is not a valid study name; use 1-100 letters, "
+                          f"digits, '.', '_' or '-', starting with a letter or digit")
     return name
 
 

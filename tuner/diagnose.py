@@ -11,9 +11,9 @@ Thresholds (module constants, reported in the JSON under ``thresholds``):
 
 - **input-bound**: the pipeline's throughput is below ``INPUT_BOUND_RATIO`` (0.8) of the cached
   batch's (the median of the rounds' ratios, and in at least ``INPUT_BOUND_ROUNDS``, 3/4, of the
-  rounds), or the step loop waits for data ``INPUT_WAIT_SHARE`` (25%) of its time or more. The same configuration varies by about ±10%
-  from process to process on a busy VM, and within one process from second to second, so a gap
-  under 20% is not called.
+  rounds), or the step loop waits for data ``INPUT_WAIT_SHARE`` (25%) of its time or more. The
+  same configuration varies by about ±10% from process to process on a busy VM, and within one
+  process from second to second, so a gap under 20% is not called.
 - **idle CPUs**: cores busy below ``LOW_SATURATION`` (60%) of what the process may use.
 - **system time**: ``HIGH_SYSTEM_SHARE`` (25%) or more of the process's CPU time in the kernel.
 - **throttling**: the cgroup was throttled in ``THROTTLED_PERIODS`` (10%) or more of its periods.
@@ -426,7 +426,8 @@ def _findings(f: dict[str, Any]) -> list[dict[str, Any]]:
                 "Python code holds the GIL, so elements are processed largely one at a time "
                 "whatever num_parallel_calls says, and every call crosses from C++ into Python.",
                 "Rewrite it with TensorFlow ops (tf.image, tf.io, tf.strings, "
-                "tf.experimental.numpy) so it runs in parallel in C++; or preprocess once offline (TFRecord, .cache() "
+                "tf.experimental.numpy) so it runs in parallel in C++; or preprocess once "
+                "offline (TFRecord, .cache() "
                 "to a file) so the job does not run it every epoch.", ["num_parallel_calls"]))
 
     # -- idle CPUs, not explained by the input or by other processes taking them

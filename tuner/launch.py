@@ -17,12 +17,21 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import placement, space
-from .apply import (TUNED_FILE_ENV, allocator_library, check_machine, environment, instance_sets,
-                    load_checked, pin, process_cpus)
+from .apply import (
+    TUNED_FILE_ENV,
+    allocator_library,
+    check_machine,
+    environment,
+    instance_sets,
+    load_checked,
+    pin,
+    process_cpus,
+)
 from .errors import ConfigError
 
 FORMATS = ("shell", "dotenv", "docker", "k8s")
@@ -207,7 +216,8 @@ def export(path: str, fmt: str) -> str:
     if not env:
         header.append("nothing to set: TensorFlow's defaults are the tuned configuration")
     if fmt == "shell":
-        lines = [f"# {h}" for h in header] + [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+        lines = [f"# {h}" for h in header] + [f"export {k}={shlex.quote(v)}"
+                                              for k, v in env.items()]
     elif fmt == "dotenv":
         lines = [f"# {h}" for h in header] + [f"{k}={_dotenv_quote(v)}" for k, v in env.items()]
     elif fmt == "docker":

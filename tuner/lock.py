@@ -12,8 +12,9 @@ import fcntl
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 LOCK_ENV = "TUNER_LOCK_FILE"
 

@@ -1,9 +1,10 @@
 """What CPUs this process can really use, and the machine fingerprint results carry.
 
 ``os.cpu_count()`` is the wrong answer in a container or under ``taskset``: the process may run on
-fewer CPUs (affinity) or get less CPU time (a cgroup quota) than the host shows. TensorFlow sizes its
-thread pools from the affinity mask alone, so a container limited to 2 CPUs on a 64-core host starts
-64 threads. Everything here reads plain files so tests can point ``root`` at a simulated machine.
+fewer CPUs (affinity) or get less CPU time (a cgroup quota) than the host shows. TensorFlow sizes
+its thread pools from the affinity mask alone, so a container limited to 2 CPUs on a 64-core host
+starts 64 threads. Everything here reads plain files so tests can point ``root`` at a simulated
+machine.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Machine:
 
     def with_tensorflow(self, tf_version: str, onednn_default: bool | None,
                         openmp: bool | None = None) -> Machine:
-        return Machine(**{**asdict(self), "tf_version": tf_version, "onednn_default": onednn_default,
+        return Machine(**{**asdict(self), "tf_version": tf_version,
+                          "onednn_default": onednn_default,
                           "extra": {**self.extra, "openmp": openmp}})
 
     @property

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 # Allocator name -> the shared libraries that provide it, most specific first. The Debian/Ubuntu
 # packages are libtcmalloc-minimal4 (gperftools) and libjemalloc2.

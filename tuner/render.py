@@ -27,7 +27,8 @@ class Table:
 
     def text(self, mark: str = "*") -> str:
         """Aligned columns; marked rows start with ``mark``, others with a space."""
-        widths = [max(len(r[i]) for r in [self.header, *self.rows]) for i in range(len(self.header))]
+        widths = [max(len(r[i]) for r in [self.header, *self.rows])
+                  for i in range(len(self.header))]
         any_marked = any(self.marked)
 
         def line(cells: Sequence[str], marked: bool) -> str:

@@ -52,7 +52,8 @@ def _bool_or_none(value: Any) -> bool:
 
 # tf.data.experimental.AutotuneAlgorithm's members (the preflight reports those the installed
 # TensorFlow really has)
-AUTOTUNE_ALGORITHMS = ("DEFAULT", "HILL_CLIMB", "GRADIENT_DESCENT", "MAX_PARALLELISM", "STAGE_BASED")
+AUTOTUNE_ALGORITHMS = ("DEFAULT", "HILL_CLIMB", "GRADIENT_DESCENT", "MAX_PARALLELISM",
+                       "STAGE_BASED")
 
 
 def _algorithm_or_none(value: Any) -> bool:
@@ -154,14 +155,16 @@ def _rewrite(option: str, applies: Callable[[Any], bool], help: str) -> Knob:
 
 KNOBS: dict[str, Knob] = {knob.name: knob for knob in (
     Knob(
-        name="intra_op_parallelism_threads", applied=THREADING, target="intra_op_parallelism_threads",
+        name="intra_op_parallelism_threads", applied=THREADING,
+        target="intra_op_parallelism_threads",
         default=0, allowed="an integer >= 0 (0 = TensorFlow's default), 'default'",
         is_valid=_nonneg_int,
         candidates=lambda m: [0, *thread_ladder(m.usable_cpus)],
         help="threads one op (a matmul, a convolution) may use",
     ),
     Knob(
-        name="inter_op_parallelism_threads", applied=THREADING, target="inter_op_parallelism_threads",
+        name="inter_op_parallelism_threads", applied=THREADING,
+        target="inter_op_parallelism_threads",
         default=0, allowed="an integer >= 0 (0 = TensorFlow's default), 'default'",
         is_valid=_nonneg_int,
         candidates=lambda m: [0, *sorted({1, 2, m.usable_cpus, *[2 ** i for i in range(8)
@@ -343,7 +346,8 @@ class Space:
         return size
 
     def describe(self) -> dict[str, Any]:
-        return {"searched": {k: list(v) for k, v in self.searched.items()}, "fixed": dict(self.fixed)}
+        return {"searched": {k: list(v) for k, v in self.searched.items()},
+                "fixed": dict(self.fixed)}
 
     def baseline(self) -> dict[str, Any]:
         """TensorFlow's defaults, and the user's pipeline as written."""

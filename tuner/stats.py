@@ -12,7 +12,7 @@ import itertools
 import math
 import random
 import statistics
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def median(values: Sequence[float]) -> float:

@@ -30,8 +30,9 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -198,7 +199,8 @@ class Search:
             "knobs": {name: list(values) for name, values in self.config.knobs.items()},
         }
 
-    def _run(self, kind: str, settings: dict[str, Any], watch: Watch | None = None) -> dict[str, Any]:
+    def _run(self, kind: str, settings: dict[str, Any],
+             watch: Watch | None = None) -> dict[str, Any]:
         def waiting() -> None:
             self.say("  waiting: another tuner process is measuring on this host")
 
@@ -244,7 +246,8 @@ class Search:
             raise WorkloadError(f"{self.config.path}: workload preflight failed: {exc.reason}") \
                 from None
         self.preflight = result
-        self.machine = self.machine.with_tensorflow(result["tf_version"], result.get("onednn_enabled"),
+        self.machine = self.machine.with_tensorflow(result["tf_version"],
+                                                    result.get("onednn_enabled"),
                                                     result.get("openmp"))
         self.child_estimate = _estimate_child_seconds(result, self.config)
         self.pipeline = space_mod.Pipeline.from_preflight(result)
@@ -576,7 +579,8 @@ class Search:
         if winner is not None:
             label = f"#{winner.number}"
             self.say(f"validation: trial {label} ({space_mod.short(winner.user_attrs['settings'])})"
-                     f" vs TensorFlow's defaults, {cfg.rounds} interleaved rounds in fresh processes")
+                     f" vs TensorFlow's defaults, {cfg.rounds} interleaved rounds"
+                     f" in fresh processes")
             entries = [("baseline", baseline), (label, winner.user_attrs["settings"])]
             failures.pop(label, None)
             for r in range(cfg.rounds):
@@ -972,7 +976,8 @@ class Search:
             winner_block.update(significant=False, rejected_because=comparison["reason"])
         validation_doc["winner"] = winner_block
         if comparison["significant"]:
-            result = {"throughput": winner_block["throughput"], "baseline_throughput": baseline_block,
+            result = {"throughput": winner_block["throughput"],
+                      "baseline_throughput": baseline_block,
                       "speedup": comparison["speedup"], "speedup_ci95": comparison["speedup_ci95"],
                       "p_value": comparison["p_value"], "significant": True,
                       "cpu_saturation": winner_block["cpu_saturation"],
@@ -1088,7 +1093,8 @@ def summarize_trials(trials: Iterable[FrozenTrial], limit: int = 10) -> list[str
     for t in done:
         tp = t.user_attrs.get("throughput", {})
         role = t.user_attrs.get("role")
-        lines.append(f"{t.number:>5}  {t.value:>10.1f}  {tp.get('rel_spread', math.nan) * 100:>6.1f}%"
+        lines.append(f"{t.number:>5}  {t.value:>10.1f}  "
+                     f"{tp.get('rel_spread', math.nan) * 100:>6.1f}%"
                      f"  {t.user_attrs.get('cpu_saturation', math.nan):>5.2f}  "
                      f"{space_mod.short(t.user_attrs.get('settings', {}))}"
                      f"{'  [' + role + ']' if role else ''}")

@@ -74,7 +74,8 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable tuned file: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: not a readable tuned file: "
+                          f"{str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict) or "format_version" not in data:
         raise ConfigError(f"{path}: not a tuned file (no format_version)")
     version = data["format_version"]

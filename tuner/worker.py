@@ -334,7 +334,8 @@ class _Workload:
         try:
             first = next(self.iterator)
         except StopIteration:
-            raise WorkloadProblem(f"workload.data: {wl['data']} returned an empty dataset") from None
+            raise WorkloadProblem(f"workload.data: {wl['data']} returned an empty "
+                                  f"dataset") from None
         except Exception as exc:
             raise WorkloadProblem(f"workload.data: reading the first batch raised "
                                   f"{_describe(exc)}") from exc
@@ -384,7 +385,8 @@ class _Workload:
         try:
             return next(self.iterator)
         except Exception as exc:
-            raise WorkloadProblem(f"workload.data: reading a batch raised {_describe(exc)}") from exc
+            raise WorkloadProblem(f"workload.data: reading a batch raised "
+                                  f"{_describe(exc)}") from exc
 
 
 def _percentile(values: list[float], q: float) -> float:

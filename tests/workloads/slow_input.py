@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import tensorflow as tf
-
 from tiny import build_model  # noqa: F401  (neighbours import like user code does)
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
 import keras
+import tensorflow as tf
 
 
 def build_model():
