@@ -150,32 +150,27 @@ def efficiency(path: Path, mode: dict, stamp: str, out: Path, log,
         ladder = [v for v in ladder if v & (v - 1) == 0]
     intra = [0, *ladder]
     inter = space_mod.KNOBS["inter_op_parallelism_threads"].candidates(m)
+    points = {(a, b): dict(space_mod.default_settings(), intra_op_parallelism_threads=a,
+                           inter_op_parallelism_threads=b) for a in intra for b in inter}
     known: dict[tuple[int, int], float] = {}
     if reuse_study:
         for t in optuna.load_study(study_name=reuse_study, storage=cfg.storage).get_trials(
                 deepcopy=False, states=(TrialState.COMPLETE,)):
-            settings = t.user_attrs.get("settings") or {}
-            point = (settings.get("intra_op_parallelism_threads"),
-                     settings.get("inter_op_parallelism_threads"))
-            if point in [(a, b) for a in intra for b in inter] and settings == dict(
-                    space_mod.default_settings(), intra_op_parallelism_threads=point[0],
-                    inter_op_parallelism_threads=point[1]):
-                known[point] = t.user_attrs["throughput"]["median"]
-    log(f"== {path.stem}: ground truth, {len(intra) * len(inter)} grid points "
+            for point, settings in points.items():
+                if t.user_attrs.get("settings") == settings:
+                    known[point] = t.user_attrs["throughput"]["median"]
+    log(f"== {path.stem}: ground truth, {len(points)} grid points "
         f"(intra {intra} x inter {inter}), one fresh process each; {len(known)} taken from the "
         f"comparison search's trials ==")
     grid: dict[tuple[int, int], float] = {}
-    for a in intra:
-        for b in inter:
-            if (a, b) in known:
-                grid[(a, b)] = known[(a, b)]
-                log(f"   intra={a} inter={b}: {grid[(a, b)]:.1f} samples/s (search trial)")
-                continue
-            settings = dict(space_mod.default_settings(), intra_op_parallelism_threads=a,
-                            inter_op_parallelism_threads=b)
-            result = search.measure(settings)
-            grid[(a, b)] = study_mod.result_attrs(result)["throughput"]["median"]
-            log(f"   intra={a} inter={b}: {grid[(a, b)]:.1f} samples/s")
+    for (a, b), settings in points.items():
+        if (a, b) in known:
+            grid[(a, b)] = known[(a, b)]
+            log(f"   intra={a} inter={b}: {grid[(a, b)]:.1f} samples/s (search trial)")
+            continue
+        result = search.measure(settings)
+        grid[(a, b)] = study_mod.result_attrs(result)["throughput"]["median"]
+        log(f"   intra={a} inter={b}: {grid[(a, b)]:.1f} samples/s")
     best = max(grid.values())
     target = 0.98 * best
     expert = space_mod.expert_settings(m)
@@ -256,8 +251,8 @@ def main() -> None:
     if not args.skip_efficiency:
         t0 = time.monotonic()
         example = ROOT / "configs" / f"{mode['efficiency_example']}.yaml"
-        same = [c["study"] for c in comparisons if c["example"] == example.stem]
-        eff = efficiency(example, mode, stamp, out, log, same[0] if same else None)
+        same = next((c["study"] for c in comparisons if c["example"] == example.stem), None)
+        eff = efficiency(example, mode, stamp, out, log, same)
         eff["seconds"] = time.monotonic() - t0
     machine = machine_mod.detect()
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
