@@ -36,6 +36,26 @@ def fake_worker(monkeypatch):
 
 
 @pytest.fixture
+def search_fails_in_preflight(capsys):
+    """``check(path, needles)`` runs ``tuner search`` on a config whose preflight must fail, and
+    checks what the user gets: exit 2, one ``error:`` line naming the preflight and every needle,
+    and no results folder."""
+    from tuner import cli
+
+    def check(path: Path, needles: list[str]) -> None:
+        code = cli.main(["search", "--config", str(path)])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+        assert "preflight failed" in err
+        for needle in needles:
+            assert needle in err
+        assert not Path("results").exists()
+
+    return check
+
+
+@pytest.fixture
 def write_config(tmp_path):
     """Write a config next to a dummy workload module; returns the config path."""
     module = tmp_path / "wl.py"

@@ -161,19 +161,12 @@ def test_declared_knobs_reach_the_builders_and_round_trip(workloads, capsys, mon
      [("workload.data: knobbed.py:build_data_needs has a required argument 'cycle_length' that "
       "is not a declared knob")]),
 ])
-def test_a_builder_that_cannot_take_the_knobs_is_one_line_exit_2(workloads, capsys, data, knobs,
-                                                                 needles):
+def test_a_builder_that_cannot_take_the_knobs_is_one_line_exit_2(
+        workloads, search_fails_in_preflight, data, knobs, needles):
     # build_model takes **kwargs, so only the data builder can be at fault
     path = write(workloads, data=data, knobs=knobs)
     if "cycle_length" in knobs:
         path.write_text(path.read_text().replace("knobbed.py:build_model",
                                                  "knobbed.py:build_model_plain"))
         needles = [n.replace("build_model", "build_model_plain") for n in needles]
-    code = cli.main(["search", "--config", str(path)])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
-    assert "preflight failed" in err
-    for needle in needles:
-        assert needle in err
-    assert not Path("results").exists()
+    search_fails_in_preflight(path, needles)
