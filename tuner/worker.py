@@ -404,16 +404,26 @@ def _cpu_seconds() -> float:
     return times.user + times.system
 
 
-def _core_busy(before: Any, after: Any, cpus: list[int]) -> list[float]:
-    busy = []
+def _core_times(before: Any, after: Any, cpus: list[int]) -> list[tuple[float, float] | None]:
+    """For each CPU in ``cpus``, (all time, idle time with iowait) between two
+    ``psutil.cpu_times(percpu=True)`` snapshots; None where a snapshot lacks that CPU."""
+    deltas: list[tuple[float, float] | None] = []
     for cpu in cpus:
         if cpu >= len(before) or cpu >= len(after):
+            deltas.append(None)
             continue
         a, b = before[cpu], after[cpu]
-        total = sum(b) - sum(a)
         idle = (b.idle - a.idle) + (getattr(b, "iowait", 0.0) - getattr(a, "iowait", 0.0))
-        busy.append(round(1.0 - idle / total, 4) if total > 0 else 0.0)
-    return busy
+        deltas.append((sum(b) - sum(a), idle))
+    return deltas
+
+
+def _busy_share(total: float, idle: float) -> float:
+    return round(1.0 - idle / total, 4) if total > 0 else 0.0
+
+
+def _core_busy(before: Any, after: Any, cpus: list[int]) -> list[float]:
+    return [_busy_share(*delta) for delta in _core_times(before, after, cpus) if delta is not None]
 
 
 WARMUP_CHUNK_SECONDS = 0.3
@@ -680,12 +690,10 @@ class _Accounts:
         self.wall += t1 - t0
         self.user += times1.user - times0.user
         self.system += times1.system - times0.system
-        for i, cpu in enumerate(self.affinity):
-            if cpu < len(cores0) and cpu < len(cores1):
-                a, b = cores0[cpu], cores1[cpu]
-                self.core_total[i] += sum(b) - sum(a)
-                self.core_idle[i] += (b.idle - a.idle) + (getattr(b, "iowait", 0.0)
-                                                          - getattr(a, "iowait", 0.0))
+        for i, delta in enumerate(_core_times(cores0, cores1, self.affinity)):
+            if delta is not None:
+                self.core_total[i] += delta[0]
+                self.core_idle[i] += delta[1]
         zero = {"ticks": 0, "run_ns": 0, "wait_ns": 0}
         for tid, row in threads1.items():
             old = threads0.get(tid, zero)
@@ -721,8 +729,7 @@ class _Accounts:
                                                   if self.schedstat and self.run_ns > 0 else None)}
 
     def per_core_busy(self) -> list[float]:
-        return [round(1.0 - idle / total, 4) if total > 0 else 0.0
-                for total, idle in zip(self.core_total, self.core_idle)]
+        return [_busy_share(total, idle) for total, idle in zip(self.core_total, self.core_idle)]
 
 
 PYTHON_OPS = {"EagerPyFunc": "tf.py_function", "PyFunc": "tf.numpy_function",
