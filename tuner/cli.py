@@ -368,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.version:
-            from . import __version__
+            from ._version import __version__
 
             print(__version__)
             return 0

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ._version import __version__
 from .errors import ConfigError, StudyMismatchError
 from .files import write_text_atomic
 
@@ -127,8 +128,6 @@ def _rounded(value: Any) -> Any:
 
 
 def dump(data: dict[str, Any], path: str | Path) -> str:
-    from . import __version__
-
     body = yaml.dump(_rounded(data), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                      width=100)
     return HEADER.format(tuner_version=__version__, path=path) + body
