@@ -23,6 +23,11 @@ from .files import write_text_atomic
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
+# The prefix of the attributes that hold tuner's bookkeeping in Optuna storage: a study's config,
+# machine and last result, a trial's host and process. A trial's measurements (throughput,
+# settings, role) go under plain names. The search writes them; show, compare and report read them.
+STUDY_ATTR_PREFIX = "tuner."
+
 HEADER = """\
 # Tuned TensorFlow CPU configuration, written by tuner {tuner_version}.
 # Use it in a job:   cfg = tuner.apply("{path}")   (first thing, before TensorFlow runs an op)
