@@ -18,8 +18,9 @@ from . import render
 from .errors import ConfigError, StudyError
 from .render import Table
 from .results import StudyRecord, read_study
+from .tuned import BASELINE, EXPERT, SCREEN
 
-ROLES = ("baseline", "expert", "screen")
+ROLES = (BASELINE, EXPERT, SCREEN)
 COLUMNS = {"intra_op_parallelism_threads": "intra", "inter_op_parallelism_threads": "inter",
            "tf_data.private_threadpool_size": "data.pool",
            "tf_data.max_intra_op_parallelism": "data.intra", "env.TF_ENABLE_ONEDNN_OPTS": "onednn"}
@@ -91,11 +92,11 @@ def _references(rows: list[TrialRow]) -> list[dict[str, Any]]:
     done = [r for r in rows if r.throughput is not None]
     if not done:
         return []
-    base = next((r for r in done if r.role == "baseline"), None)
+    base = next((r for r in done if r.role == BASELINE), None)
     out = []
     for what, row in (("best", max(done, key=lambda r: r.throughput)),  # type: ignore[arg-type]
                       ("baseline", base),
-                      ("expert rule", next((r for r in done if r.role == "expert"), None))):
+                      ("expert rule", next((r for r in done if r.role == EXPERT), None))):
         if row is None:
             continue
         out.append({"what": what, "trial": row.number, "settings": row.settings,
@@ -260,7 +261,7 @@ def saturation_scatter(report: StudyReport) -> Any:
             continue
         fig.add_trace(go.Scatter(
             x=[r.saturation for r in rows], y=[r.throughput for r in rows], mode="markers",
-            name=role, marker={"size": 11 if role in ("baseline", "expert") else 8},
+            name=role, marker={"size": 11 if role in (BASELINE, EXPERT) else 8},
             text=[f"#{r.number} {space.short(r.settings)}" for r in rows],
             hovertemplate="%{text}<br>saturation %{x:.2f}, %{y:.1f} samples/s<extra></extra>"))
     fig.update_xaxes(title="CPU saturation")

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import tuned
 from .errors import ConfigError, StudyError
+from .tuned import BASELINE, EXPERT
 from .tuned import STUDY_ATTR_PREFIX as ATTR
 
 WORKLOAD_KEYS = ("model", "data", "mode", "batch_size")
@@ -231,7 +232,6 @@ def from_study(storage: str, name: str | None) -> Result:
     """A :class:`Result` from a study: the validated result its last search recorded
     (``tuner.last_result``), else the best trial against the baseline trial (unvalidated)."""
     from . import space
-    from .study import BASELINE, EXPERT
 
     record = read_study(storage, name)
     where = f"study {record.name!r}"

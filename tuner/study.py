@@ -51,7 +51,7 @@ MACHINE_ID = ATTR_PREFIX + "machine_id"
 # per study and machine type: the stored validation, which every worker's tuned file comes from
 VALIDATION = ATTR_PREFIX + "validation."
 SEARCH_LOCK = "search"  # see tuner/coord.py
-BASELINE, EXPERT, SCREEN = "baseline", "expert", "screen"
+BASELINE, EXPERT, SCREEN = tuned.BASELINE, tuned.EXPERT, tuned.SCREEN
 # Below this many trials, the screening points would leave the model-based sampler too little.
 MIN_TRIALS_FOR_SCREEN = 12
 

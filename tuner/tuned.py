@@ -27,6 +27,9 @@ SUPPORTED_VERSIONS = (1,)
 # machine and last result, a trial's host and process. A trial's measurements (throughput,
 # settings, role) go under plain names. The search writes them; show, compare and report read them.
 STUDY_ATTR_PREFIX = "tuner."
+# A reference trial's "role" attribute: TensorFlow's defaults, the expert rule, a screening point.
+# Search trials have none.
+BASELINE, EXPERT, SCREEN = "baseline", "expert", "screen"
 
 HEADER = """\
 # Tuned TensorFlow CPU configuration, written by tuner {tuner_version}.
