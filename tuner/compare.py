@@ -81,7 +81,7 @@ class Comparison:
     min_ratio: float
 
     def as_json(self) -> dict[str, Any]:
-        return tuned._rounded({
+        return tuned.rounded({
             "reference": self.results[0].label,
             "alpha": self.alpha, "min_ratio": self.min_ratio,
             "results": [r.as_json() for r in self.results],

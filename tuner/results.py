@@ -47,7 +47,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return tuned._rounded(asdict(self))
+        return tuned.rounded(asdict(self))
 
 
 # -- from a tuned file -------------------------------------------------------------------------

@@ -123,20 +123,20 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
-def _rounded(value: Any) -> Any:
+def rounded(value: Any) -> Any:
     """Six significant digits: measurements are not more precise than that, and files stay
     readable."""
     if isinstance(value, float):
         return float(f"{value:.6g}")
     if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
+        return {k: rounded(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_rounded(v) for v in value]
+        return [rounded(v) for v in value]
     return value
 
 
 def dump(data: dict[str, Any], path: str | Path) -> str:
-    body = yaml.dump(_rounded(data), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+    body = yaml.dump(rounded(data), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                      width=100)
     return HEADER.format(tuner_version=__version__, path=path) + body
 
