@@ -201,7 +201,8 @@ def test_a_damaged_tuned_file_names_the_field(tmp_path, capsys):
 
 
 def test_importing_tuner_stays_light():
-    code = ("import sys; import tuner, tuner.cli, tuner.compare, tuner.report, tuner.render; "
+    code = ("import sys; import tuner, tuner.cli, tuner.compare, tuner.report, tuner.render, "
+            "tuner.results; "
             "heavy = [m for m in ('tensorflow', 'optuna', 'plotly') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=HERE.parent)

@@ -101,6 +101,8 @@ def test_missing_config_file(capsys, tmp_path):
     (["--timeout", "-5"], ["--timeout", "'-5'"]),
     (["--trial-timeout", "soon"], ["--trial-timeout", "'soon'"]),
     (["--seed", "-1"], ["--seed", "'-1'"]),
+    (["--max-trials", "0"], ["--max-trials", "'0'", "positive integer"]),
+    (["--timeout", "nan"], ["--timeout", "'nan'"]),
     (["--storage", "nowhere"], ["--storage", "'nowhere'", "storage URL"]),
     (["--study-name", "a b"], ["--study-name", "'a b'"]),
     (["--output", "x.txt"], ["--output", "x.txt", ".yaml"]),

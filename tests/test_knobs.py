@@ -11,7 +11,7 @@ import optuna
 import pytest
 import yaml
 
-from tuner import cli, compare, config, launch, space, study, worker
+from tuner import cli, compare, config, launch, results, space, study, worker
 from tuner.apply import Applied, check_settings, load_checked
 from tuner.errors import ConfigError
 from tuner.machine import Machine
@@ -477,9 +477,9 @@ def test_show_and_compare_list_declared_knobs(tmp_path):
     doc["settings"]["tf_data"]["autotune"] = {"enabled": False}
     path = tmp_path / "knobbed.yaml"
     path.write_text(yaml.safe_dump(doc))
-    shown = compare.show_table(compare.from_tuned_file(path)).text()
+    shown = compare.show_table(results.from_tuned_file(path)).text()
     assert "knobs.map_parallelism" in shown and "autotune" in shown
     assert "tf_data.autotune.enabled" in shown and "(TensorFlow default: null)" in shown
-    both = compare.compare_table(compare.compare([compare.from_tuned_file(fixture),
-                                                  compare.from_tuned_file(path)])).text()
+    both = compare.compare_table(compare.compare_results([results.from_tuned_file(fixture),
+                                                          results.from_tuned_file(path)])).text()
     assert "* knobs.map_parallelism" in both

@@ -23,7 +23,7 @@ def test_three_rounds_can_never_be_significant_at_5_percent():
 
 
 def test_identical_groups_are_not_significant():
-    result = stats.compare([100.0] * 5, [100.0] * 5)
+    result = stats.speedup_test([100.0] * 5, [100.0] * 5)
     assert result["speedup"] == 1.0
     assert not result["significant"]
     assert result["p_value"] == 1.0
@@ -33,7 +33,7 @@ def test_a_real_15_percent_gain_under_5_percent_noise_is_found():
     rng = random.Random(1)
     base = [1000 * (1 + rng.gauss(0, 0.05)) for _ in range(6)]
     cand = [1150 * (1 + rng.gauss(0, 0.05)) for _ in range(6)]
-    result = stats.compare(cand, base)
+    result = stats.speedup_test(cand, base)
     assert result["significant"]
     lo, hi = result["speedup_ci95"]
     assert lo <= result["speedup"] <= hi
@@ -46,14 +46,14 @@ def test_noise_alone_is_rarely_significant():
     for _ in range(100):
         base = [1000 * (1 + rng.gauss(0, 0.1)) for _ in range(5)]
         cand = [1000 * (1 + rng.gauss(0, 0.1)) for _ in range(5)]
-        hits += stats.compare(cand, base)["significant"]
+        hits += stats.speedup_test(cand, base)["significant"]
     assert hits <= 12  # nominal 5%; a broken test would call far more noise "faster"
 
 
 def test_bimodal_processes_do_not_make_a_slower_candidate_look_faster():
     base = [1000, 1010, 620, 990, 1005]  # one process landed in the slow mode
     cand = [950, 960, 955, 945, 958]
-    result = stats.compare(cand, base)
+    result = stats.speedup_test(cand, base)
     assert result["speedup"] < 1 and not result["significant"]
 
 
@@ -81,10 +81,10 @@ def test_summarize():
 def test_a_significant_but_tiny_gain_is_not_adopted():
     base = [1000, 1001, 1002, 1003, 1004]
     cand = [1020, 1021, 1022, 1023, 1024]   # 2% faster, every round, p = 1/252
-    result = stats.compare(cand, base, min_speedup=1.05)
+    result = stats.speedup_test(cand, base, min_speedup=1.05)
     assert result["p_value"] < 0.01
     assert not result["significant"] and "below the minimum" in result["reason"]
-    assert stats.compare(cand, base, min_speedup=1.0)["significant"]
+    assert stats.speedup_test(cand, base, min_speedup=1.0)["significant"]
 
 
 def test_p_below_alpha_with_an_interval_reaching_1_is_not_adopted():
@@ -92,7 +92,7 @@ def test_p_below_alpha_with_an_interval_reaching_1_is_not_adopted():
     # medians reaches below 1, so the evidence does not agree and the defaults are kept
     base = [967, 958, 948, 980, 1044]
     cand = [1012, 970, 1058, 1033, 1065]
-    result = stats.compare(cand, base, min_speedup=1.0)
+    result = stats.speedup_test(cand, base, min_speedup=1.0)
     assert result["p_value"] < 0.05
     assert result["speedup_ci95"][0] <= 1.0
     assert not result["significant"]

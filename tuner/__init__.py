@@ -7,6 +7,7 @@ lives in :mod:`tuner.study`; the command line in :mod:`tuner.cli`.
 
 from __future__ import annotations
 
+from ._version import __version__
 from .apply import (
     Applied,
     ExplicitSettingWarning,
@@ -25,8 +26,6 @@ from .errors import (
     TunerError,
     WorkloadError,
 )
-
-__version__ = "0.1.0"
 
 __all__ = ["Applied", "ConfigError", "ExplicitSettingWarning", "LateSettingWarning",
            "MachineMismatchError", "MachineMismatchWarning", "PinningWarning",

@@ -252,16 +252,16 @@ def _quiet_optuna() -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from . import compare
+    from . import compare, results
 
     compare.check_format(args.format)
     if args.tuned and (args.storage or args.study_name):
         raise ConfigError("show: give a tuned file or --storage/--study-name, not both")
     if args.tuned:
-        result = compare.from_tuned_file(args.tuned)
+        result = results.from_tuned_file(args.tuned)
     elif args.storage:
         _quiet_optuna()
-        result = compare.from_study(args.storage, args.study_name)
+        result = results.from_study(args.storage, args.study_name)
     else:
         raise ConfigError("show: give a tuned file (python -m tuner show tuned.yaml) or "
                           "--storage URL [--study-name NAME]")
@@ -291,17 +291,17 @@ def sources(order: list[tuple[str, str]]) -> list[tuple[str, str | None, str | N
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from . import compare
+    from . import compare, results
 
     compare.check_format(args.format)
-    results = []
+    read = []
     if args.storage or args.study_name:
         _quiet_optuna()
     for kind, where, name in sources(getattr(args, "order", None) or []):
-        results.append(compare.from_tuned_file(where) if kind == "file"
-                       else compare.from_study(where, name))  # type: ignore[arg-type]
-    comparison = compare.compare(results, alpha=args.alpha, min_ratio=args.min_ratio,
-                                 strict=args.strict)
+        read.append(results.from_tuned_file(where) if kind == "file"
+                    else results.from_study(where, name))  # type: ignore[arg-type]
+    comparison = compare.compare_results(read, alpha=args.alpha, min_ratio=args.min_ratio,
+                                         strict=args.strict)
     sys.stdout.write(compare.format_compare(comparison, args.format))
     if args.format != "text":
         for warning in comparison.warnings:
@@ -368,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.version:
-            from . import __version__
+            from ._version import __version__
 
             print(__version__)
             return 0

@@ -351,10 +351,7 @@ def parse(data: Any, path: Path) -> Config:
     check_study_name(name, _where(path, "study.name"))
     storage = study.get("storage") or default_storage(name)
     check_storage(storage, _where(path, "study.storage"))
-    output = data.get("output") or default_output(name)
-    if not isinstance(output, str) or not output.endswith((".yaml", ".yml")):
-        raise ConfigError(f"{_where(path, 'output')}: expected a path ending in .yaml, "
-                          f"got {output!r}")
+    output = check_output(data.get("output") or default_output(name), _where(path, "output"))
 
     return Config(path=str(path), workload=workload, search=search, measure=measure,
                   validate=validate, space=space, knobs=knobs, objective=objective,
@@ -409,26 +406,28 @@ def check_storage(url: Any, where: str) -> str:
     return url
 
 
+def check_output(path: Any, where: str) -> str:
+    if not isinstance(path, str) or not path.endswith((".yaml", ".yml")):
+        raise ConfigError(f"{where}: expected a path ending in .yaml, got {path!r}")
+    return path
+
+
 def with_overrides(config: Config, *, n_trials: int | None = None, timeout: float | None = None,
                    trial_timeout: float | None = None, storage: str | None = None,
                    study_name: str | None = None, output: str | None = None,
                    seed: int | None = None, force: bool = False, max_trials: int | None = None,
                    allow_other_machines: bool = False) -> Config:
     """Apply CLI flags on top of the file. A new study name moves the default storage and output
-    with it unless the file or a flag set those explicitly."""
+    with it unless the file or a flag set those explicitly.
+
+    The numbers arrive checked: the command line's parser turns each flag's text into a number
+    and refuses a bad one (:mod:`tuner.cli`). The study name, storage URL and output path are
+    checked here, by the same checks as the file's."""
     changes: dict[str, Any] = {}
     search_changes: dict[str, Any] = {}
-    if n_trials is not None:
-        search_changes["n_trials"] = _int(1)(n_trials, "--n-trials")
-    if timeout is not None:
-        search_changes["timeout"] = _float(0, strictly_above=True)(timeout, "--timeout")
-    if trial_timeout is not None:
-        search_changes["trial_timeout"] = _float(0, strictly_above=True)(trial_timeout,
-                                                                          "--trial-timeout")
-    if seed is not None:
-        search_changes["seed"] = _int(0)(seed, "--seed")
-    if max_trials is not None:
-        search_changes["max_trials"] = _int(1)(max_trials, "--max-trials")
+    numbers = {"n_trials": n_trials, "timeout": timeout, "trial_timeout": trial_timeout,
+               "seed": seed, "max_trials": max_trials}
+    search_changes.update({k: v for k, v in numbers.items() if v is not None})
     if allow_other_machines:
         search_changes["allow_other_machines"] = True
     if search_changes:
@@ -443,9 +442,7 @@ def with_overrides(config: Config, *, n_trials: int | None = None, timeout: floa
     if storage is not None:
         changes["storage"] = check_storage(storage, "--storage")
     if output is not None:
-        if not output.endswith((".yaml", ".yml")):
-            raise ConfigError(f"--output: expected a path ending in .yaml, got {output!r}")
-        changes["output"] = output
+        changes["output"] = check_output(output, "--output")
     if force:
         changes["force"] = True
     return config.replace(**changes)

@@ -168,8 +168,8 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
 
 
 def stale_reason(trial: FrozenTrial) -> str:
-    host = trial.user_attrs.get("tuner.host")
-    pid = trial.user_attrs.get("tuner.pid")
+    host = trial.user_attrs.get(tuned.STUDY_ATTR_PREFIX + "host")
+    pid = trial.user_attrs.get(tuned.STUDY_ATTR_PREFIX + "pid")
     where = f" (host {host}, pid {pid})" if host else ""
     return (f"interrupted: its worker stopped sending heartbeats (killed, or its machine or "
             f"network went away){where}")

@@ -11,44 +11,19 @@ from __future__ import annotations
 
 import html
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from . import render, tuned
+from . import render
 from .errors import ConfigError, StudyError
 from .render import Table
+from .results import StudyRecord, read_study
+from .tuned import BASELINE, EXPERT, SCREEN
 
-ATTR = "tuner."
-ROLES = ("baseline", "expert", "screen")
+ROLES = (BASELINE, EXPERT, SCREEN)
 COLUMNS = {"intra_op_parallelism_threads": "intra", "inter_op_parallelism_threads": "inter",
            "tf_data.private_threadpool_size": "data.pool",
            "tf_data.max_intra_op_parallelism": "data.intra", "env.TF_ENABLE_ONEDNN_OPTS": "onednn"}
-
-
-def open_study(storage: str, name: str | None) -> Any:
-    """Load an existing study; never creates a database or a study. Without ``name``, the
-    storage's only study."""
-    import optuna
-
-    if storage.startswith("sqlite:///"):
-        path = storage[len("sqlite:///"):]
-        if path and path != ":memory:" and not os.path.isfile(path):
-            raise ConfigError(f"--storage: {storage}: no such database file ({path!r})")
-    try:
-        names = optuna.get_all_study_names(storage=storage)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types; all mean "cannot open it"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StudyError(f"--storage: cannot open {tuned.mask_url(storage)}: "
-                         f"{tuned.mask_secret(first, storage)}") from None
-    if name is None:
-        if len(names) != 1:
-            raise ConfigError(f"--study-name: required, {tuned.mask_url(storage)} holds "
-                              f"{len(names)} studies: {', '.join(names) or 'none'}")
-        name = names[0]
-    if name not in names:
-        raise ConfigError(f"--study-name: no study {name!r} in {tuned.mask_url(storage)}; "
-                          f"available: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 @dataclass
@@ -82,26 +57,20 @@ def _setting(settings: dict[str, Any], name: str) -> str:
 
 @dataclass
 class StudyReport:
-    name: str
-    storage: str
-    machine: dict[str, Any]
-    workload: dict[str, Any]
+    record: StudyRecord
     rows: list[TrialRow]
     counts: dict[str, int]
     references: list[dict[str, Any]]
-    last_result: dict[str, Any] | None
     importances: dict[str, float] | None
     importance_note: str
-    study: Any = field(repr=False, default=None)
 
 
 def build(storage: str, name: str | None) -> StudyReport:
     from optuna.trial import TrialState
 
-    study = open_study(storage, name)
-    trials = study.get_trials(deepcopy=False)
+    record = read_study(storage, name)
     rows = []
-    for t in trials:
+    for t in record.trials:
         attrs = t.user_attrs
         tp = attrs.get("throughput") if t.state == TrialState.COMPLETE else None
         note = attrs.get("fail_reason") or attrs.get("prune_reason") or ""
@@ -113,29 +82,21 @@ def build(storage: str, name: str | None) -> StudyReport:
             throughput=tp["median"] if tp else None,
             spread=tp["rel_spread"] / 2 if tp and tp.get("rel_spread") is not None else None,
             saturation=attrs.get("cpu_saturation") if tp else None, note=note))
-    counts = {s.name.lower(): sum(1 for t in trials if t.state == s)
-              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
-                        TrialState.RUNNING, TrialState.WAITING)}
-    importances, why = _importances(study)
-    config = study.user_attrs.get(ATTR + "config") or {}
-    return StudyReport(
-        name=study.study_name, storage=tuned.mask_url(storage),
-        machine=study.user_attrs.get(ATTR + "machine_full") or
-        study.user_attrs.get(ATTR + "machine") or {},
-        workload=config.get("workload") or {}, rows=rows, counts=counts,
-        references=_references(rows), last_result=study.user_attrs.get(ATTR + "last_result"),
-        importances=importances, importance_note=why, study=study)
+    importances, why = _importances(record)
+    return StudyReport(record=record, rows=rows, counts=record.counts(),
+                       references=_references(rows), importances=importances,
+                       importance_note=why)
 
 
 def _references(rows: list[TrialRow]) -> list[dict[str, Any]]:
     done = [r for r in rows if r.throughput is not None]
     if not done:
         return []
-    base = next((r for r in done if r.role == "baseline"), None)
+    base = next((r for r in done if r.role == BASELINE), None)
     out = []
     for what, row in (("best", max(done, key=lambda r: r.throughput)),  # type: ignore[arg-type]
                       ("baseline", base),
-                      ("expert rule", next((r for r in done if r.role == "expert"), None))):
+                      ("expert rule", next((r for r in done if r.role == EXPERT), None))):
         if row is None:
             continue
         out.append({"what": what, "trial": row.number, "settings": row.settings,
@@ -144,11 +105,11 @@ def _references(rows: list[TrialRow]) -> list[dict[str, Any]]:
     return out
 
 
-def _importances(study: Any) -> tuple[dict[str, float] | None, str]:
+def _importances(record: StudyRecord) -> tuple[dict[str, float] | None, str]:
     from optuna.importance import get_param_importances
     from optuna.trial import TrialState
 
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = [t for t in record.trials if t.state == TrialState.COMPLETE]
     if len(complete) < 2:
         return None, f"parameter importances need at least 2 complete trials ({len(complete)} here)"
     varied = [n for n in {k for t in complete for k in t.params}
@@ -156,7 +117,7 @@ def _importances(study: Any) -> tuple[dict[str, float] | None, str]:
     if not varied:
         return None, "parameter importances need parameters that vary across complete trials"
     try:
-        return dict(get_param_importances(study)), "PED-ANOVA, Optuna's default evaluator"
+        return dict(get_param_importances(record.study)), "PED-ANOVA, Optuna's default evaluator"
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
         return None, f"Optuna could not compute parameter importances: {exc}"
 
@@ -205,10 +166,11 @@ def _validated_line(last: dict[str, Any] | None) -> str:
 
 
 def header_lines(report: StudyReport) -> list[str]:
-    m, w, c = report.machine, report.workload, report.counts
+    r, c = report.record, report.counts
+    m, w = r.machine, r.workload
     return [
-        f"study {report.name} in {report.storage}: {len(report.rows)} trials ({c['complete']} "
-        f"complete, {c['pruned']} pruned, {c['fail']} failed"
+        f"study {r.name} in {r.storage}: {len(report.rows)} trials ({c['complete']} complete, "
+        f"{c['pruned']} pruned, {c['fail']} failed"
         + (f", {c['running']} running" if c["running"] else "") + ")",
         f"workload: {w.get('model')} / {w.get('data')}, {w.get('mode')}",
         (f"machine: {m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} usable CPUs, "
@@ -221,7 +183,7 @@ def format_text(report: StudyReport) -> str:
            "best vs baseline vs expert rule (search trials, one process each):",
            reference_table(report).text() if report.references else "  no complete trial yet",
            "",
-           "validated: " + _validated_line(report.last_result), ""]
+           "validated: " + _validated_line(report.record.last_result), ""]
     if report.importances:
         out.append(f"parameter importances ({report.importance_note}):")
         width = max(len(k) for k in report.importances)
@@ -239,7 +201,7 @@ def figures(report: StudyReport) -> list[tuple[str, Any, str]]:
     """(title, plotly figure or None, note) for each plot."""
     import optuna.visualization as vis
 
-    study = report.study
+    study = report.record.study
     out: list[tuple[str, Any, str]] = []
     fig = vis.plot_optimization_history(study, target_name="throughput (samples/s)")
     out.append(("Optimisation history", _styled(fig),
@@ -299,7 +261,7 @@ def saturation_scatter(report: StudyReport) -> Any:
             continue
         fig.add_trace(go.Scatter(
             x=[r.saturation for r in rows], y=[r.throughput for r in rows], mode="markers",
-            name=role, marker={"size": 11 if role in ("baseline", "expert") else 8},
+            name=role, marker={"size": 11 if role in (BASELINE, EXPERT) else 8},
             text=[f"#{r.number} {space.short(r.settings)}" for r in rows],
             hovertemplate="%{text}<br>saturation %{x:.2f}, %{y:.1f} samples/s<extra></extra>"))
     fig.update_xaxes(title="CPU saturation")
@@ -336,14 +298,15 @@ def format_html(report: StudyReport) -> str:
     except ImportError:
         raise ConfigError("--html: the plots need plotly: pip install 'tuner[report]' (or "
                           "pip install plotly)") from None
-    title = f"tuner report: {html.escape(report.name)}"
+    title = f"tuner report: {html.escape(report.record.name)}"
     parts = [(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
              f"<style>{CSS}</style></head><body><h1>{title}</h1>")]
     parts += [f"<p>{html.escape(line)}</p>" for line in header_lines(report)]
+    validated = _validated_line(report.record.last_result)
     parts.append("<h2>Best vs baseline vs expert rule</h2>"
                  "<p class=note>search trials, one process each</p>"
                  + _html_table(reference_table(report), numeric={3, 4, 5})
-                 + f"<p><b>Validated:</b> {html.escape(_validated_line(report.last_result))}</p>")
+                 + f"<p><b>Validated:</b> {html.escape(validated)}</p>")
     first = True
     for title, fig, note in figures(report):
         parts.append(f"<h2>{html.escape(title)}</h2><p class=note>{html.escape(note)}</p>")

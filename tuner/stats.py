@@ -110,8 +110,9 @@ def permutation_p_greater(a: Sequence[float], b: Sequence[float], *, max_exact: 
     return hits / (resamples + 1)
 
 
-def compare(candidate: Sequence[float], baseline: Sequence[float], *, alpha: float = 0.05,
-            min_speedup: float = 1.0, seed: int = 0) -> dict[str, float | bool | list[float] | str]:
+def speedup_test(candidate: Sequence[float], baseline: Sequence[float], *, alpha: float = 0.05,
+                 min_speedup: float = 1.0, seed: int = 0
+                 ) -> dict[str, float | bool | list[float] | str]:
     """Speedup of ``candidate`` over ``baseline`` (one value per process each), its 95% interval,
     the one-sided p-value, and whether the candidate is faster beyond noise.
 

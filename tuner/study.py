@@ -45,13 +45,13 @@ from .errors import StudyError, StudyMismatchError, TrialFailed, WorkloadError
 from .lock import host_lock
 from .trial import Watch, run_child, worker_command
 
-ATTR_PREFIX = "tuner."
+ATTR_PREFIX = tuned.STUDY_ATTR_PREFIX
 # per trial: which machine type measured it (a short hash of the machine fingerprint)
 MACHINE_ID = ATTR_PREFIX + "machine_id"
 # per study and machine type: the stored validation, which every worker's tuned file comes from
 VALIDATION = ATTR_PREFIX + "validation."
 SEARCH_LOCK = "search"  # see tuner/coord.py
-BASELINE, EXPERT, SCREEN = "baseline", "expert", "screen"
+BASELINE, EXPERT, SCREEN = tuned.BASELINE, tuned.EXPERT, tuned.SCREEN
 # Below this many trials, the screening points would leave the model-based sampler too little.
 MIN_TRIALS_FOR_SCREEN = 12
 
@@ -954,8 +954,8 @@ class Search:
                       "step_latency_ms": _median_latency(base_runs), "note": why}
             return "defaults", self._baseline(), result, validation_doc
         win_values = [self.score(m) for m in win_runs]
-        comparison = stats.compare(win_values, base_values, alpha=cfg.alpha,
-                                   min_speedup=cfg.min_speedup)
+        comparison = stats.speedup_test(win_values, base_values, alpha=cfg.alpha,
+                                        min_speedup=cfg.min_speedup)
         winner_block = {
             "trial": winner.number,
             "settings": space_mod.nest_settings(winner.user_attrs["settings"], self.machine),

@@ -16,11 +16,20 @@ from typing import Any
 
 import yaml
 
+from ._version import __version__
 from .errors import ConfigError, StudyMismatchError
 from .files import write_text_atomic
 
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
+
+# The prefix of the attributes that hold tuner's bookkeeping in Optuna storage: a study's config,
+# machine and last result, a trial's host and process. A trial's measurements (throughput,
+# settings, role) go under plain names. The search writes them; show, compare and report read them.
+STUDY_ATTR_PREFIX = "tuner."
+# A reference trial's "role" attribute: TensorFlow's defaults, the expert rule, a screening point.
+# Search trials have none.
+BASELINE, EXPERT, SCREEN = "baseline", "expert", "screen"
 
 HEADER = """\
 # Tuned TensorFlow CPU configuration, written by tuner {tuner_version}.
@@ -114,22 +123,20 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
-def _rounded(value: Any) -> Any:
+def rounded(value: Any) -> Any:
     """Six significant digits: measurements are not more precise than that, and files stay
     readable."""
     if isinstance(value, float):
         return float(f"{value:.6g}")
     if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
+        return {k: rounded(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_rounded(v) for v in value]
+        return [rounded(v) for v in value]
     return value
 
 
 def dump(data: dict[str, Any], path: str | Path) -> str:
-    from . import __version__
-
-    body = yaml.dump(_rounded(data), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+    body = yaml.dump(rounded(data), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                      width=100)
     return HEADER.format(tuner_version=__version__, path=path) + body
 
