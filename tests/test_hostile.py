@@ -555,3 +555,13 @@ def test_a_search_stopped_by_a_signal_kills_its_child_group(workdir, workload_ch
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert _gone(child) and _gone(grandchild)
+
+
+def test_a_missing_xdg_runtime_dir_falls_back_to_the_per_uid_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("TUNER_LOCK_FILE", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "gone"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert lock.lock_path() == tmp_path / f"tuner-{os.geteuid()}" / "measure.lock"

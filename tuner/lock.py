@@ -44,7 +44,9 @@ def lock_dir() -> Path:
     Refused when it is a symlink, not a directory or owned by someone else: whoever owns it
     could swap the lock files for links."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isabs(runtime):
+    # su and sudo keep the variable of a user whose directory this process may not use
+    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime) \
+            and os.access(runtime, os.W_OK | os.X_OK):
         path = Path(runtime) / "tuner"
     else:
         path = Path(tempfile.gettempdir()) / f"tuner-{os.geteuid()}"
