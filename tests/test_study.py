@@ -18,6 +18,7 @@ import yaml
 
 from tuner import cli, config, study, tuned
 from tuner.errors import StudyError, StudyMismatchError, WorkloadError
+from tuner.urls import mask_url
 
 
 def run_search(path, **overrides):
@@ -293,8 +294,8 @@ def test_preflight_failure_is_a_workload_error(fake_worker, write_config, monkey
 
 
 def test_password_is_masked():
-    assert tuned.mask_url("postgresql://bob:s3cret@db/x") == "postgresql://bob:***@db/x"
-    assert tuned.mask_url("sqlite:///results/x.db") == "sqlite:///results/x.db"
+    assert mask_url("postgresql://bob:s3cret@db/x") == "postgresql://bob:***@db/x"
+    assert mask_url("sqlite:///results/x.db") == "sqlite:///results/x.db"
 
 
 def test_unknown_format_version_is_refused(tmp_path):

@@ -358,7 +358,8 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None) -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    # Orchestrators stop jobs with SIGTERM: clean up like Ctrl-C (kill the child, mark the trial).
+    # Orchestrators stop jobs with SIGTERM, and a closed terminal sends SIGHUP: clean up like
+    # Ctrl-C (kill the child and its process group, mark the trial).
     raise KeyboardInterrupt
 
 
@@ -375,14 +376,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.subcommand is None:
             build_parser().print_help()
             return 2
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm)}
+        # `run` forwards signals to its command itself; under nohup a hang-up stays ignored
+        if args.subcommand != "run" and signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_sigterm)
         try:
             commands = {"search": cmd_search, "diagnose": cmd_diagnose, "run": cmd_run,
                         "export": cmd_export, "show": cmd_show, "compare": cmd_compare,
                         "report": cmd_report}
             return commands[args.subcommand](args)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     except TunerError as exc:
         if debug:
             traceback.print_exc()

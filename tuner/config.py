@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import keyword
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,27 @@ STUDY_KEYS = ("name", "storage")
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, except that a key given twice in one mapping is an error: PyYAML
+    keeps the last silently, so a second ``search:`` would drop the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *defaults" overrides on purpose
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first.line + 1}); each "
+                    f"key may appear once", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def _where(path: Path, field_name: str) -> str:
     return f"{path}: {field_name}"
 
@@ -147,7 +169,8 @@ def _number(value: Any, where: str, *, integer: bool, minimum: float, allow_none
         return None
     kind = "an integer" if integer else "a number"
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if (isinstance(value, bool) or not ok
+    # nan compares false with everything and inf is no bound: neither is a number here
+    if (isinstance(value, bool) or not ok or not math.isfinite(value)
             or (value <= minimum if strictly_above else value < minimum)):
         bound = f"> {minimum}" if strictly_above else f">= {minimum}"
         extra = " or null" if allow_none else ""
@@ -232,7 +255,8 @@ VALIDATE_RULES = {
 
 
 def _ratio(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 < value < 1:
         raise ConfigError(f"{where}: expected a number between 0 and 1 (exclusive), got {value!r}")
     return float(value)
 
@@ -245,6 +269,13 @@ def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
                        "space")
     flat: dict[str, Any] = {}
 
+    def finite(name: str, value: Any) -> Any:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{_where(path, 'space.' + name)}: {item!r} is not allowed; "
+                                  f"a number must be finite")
+        return value
+
     def walk(prefix: str, value: Any) -> None:
         # tf_data nests (tf_data: {autotune: {enabled: ...}}); a value is never a mapping
         if not isinstance(value, dict):
@@ -255,13 +286,13 @@ def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
             if isinstance(subvalue, dict) and prefix.startswith("tf_data"):
                 walk(name, subvalue)
             else:
-                flat[name] = subvalue
+                flat[name] = finite(name, subvalue)
 
     for key, value in data.items():
         if key in ("tf_data", "env"):
             walk(key, value)
         else:
-            flat[key] = value
+            flat[key] = finite(key, value)
     return flat
 
 
@@ -286,6 +317,8 @@ def _knobs(data: Any, path: Path) -> dict[str, list[Any]]:
             raise ConfigError(f"{where}: empty list; give at least one candidate value")
         seen: list[tuple[type, Any]] = []
         for value in values:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where}: {value!r} is not allowed; a number must be finite")
             if value is not None and not isinstance(value, (bool, int, float, str)):
                 raise ConfigError(f"{where}: {value!r} is not allowed; allowed: numbers, "
                                   f"strings, true, false, null and {AUTOTUNE} "
@@ -300,10 +333,14 @@ def _knobs(data: Any, path: Path) -> dict[str, list[Any]]:
 def load(path: str | Path) -> Config:
     """Read and check a config file. Raises :class:`ConfigError` with a one-line message."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; expected a config YAML file")
+    if not path.exists():
         raise ConfigError(f"{path}: config file not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file; expected a config YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -315,6 +352,9 @@ def load(path: str | Path) -> Config:
 
 
 def parse(data: Any, path: Path) -> Config:
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; expected a mapping with a workload: "
+                          f"section")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'workload' section at the top, "
                           f"got {type(data).__name__}")
@@ -347,8 +387,15 @@ def parse(data: Any, path: Path) -> Config:
     objective = _objective(data.get("objective", "throughput"), path)
 
     study = _check_keys(data.get("study"), STUDY_KEYS, path, "study")
-    name = study.get("name", path.stem)
-    check_study_name(name, _where(path, "study.name"))
+    if "name" in study:
+        name = check_study_name(study["name"], _where(path, "study.name"))
+    else:
+        name = path.stem
+        if not isinstance(name, str) or not STUDY_NAME_RE.match(name):
+            raise ConfigError(f"{path}: the study name is taken from the file name, and {name!r} "
+                              f"is not a valid study name (1-100 letters, digits, '.', '_' or "
+                              f"'-', starting with a letter or digit); rename the file or set "
+                              f"study: {{name: ...}}")
     storage = study.get("storage") or default_storage(name)
     check_storage(storage, _where(path, "study.storage"))
     output = check_output(data.get("output") or default_output(name), _where(path, "output"))
@@ -368,7 +415,7 @@ def _objective(raw: Any, path: Path) -> Objective:
         budget = data.get("latency_budget_ms")
         if budget is not None:
             if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
-                    or not budget > 0 or budget == float("inf"):
+                    or not math.isfinite(budget) or not budget > 0:
                 raise ConfigError(f"{_where(path, 'objective.latency_budget_ms')}: expected "
                                   f"milliseconds (a number > 0), got {budget!r}")
             if metric != "throughput":

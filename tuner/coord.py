@@ -34,9 +34,10 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from . import tuned
 from .errors import StudyError
-from .lock import lock_path
+from .lock import LockError, lock_path, open_lock_file
+from .tuned import STUDY_ATTR_PREFIX
+from .urls import mask_secret, mask_url
 
 HOST_ENV = "TUNER_HOST_ID"
 # Transient errors are retried this many times, after 0.5, 1, 2, 4, 8 s (15 s in all).
@@ -168,8 +169,8 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
 
 
 def stale_reason(trial: FrozenTrial) -> str:
-    host = trial.user_attrs.get(tuned.STUDY_ATTR_PREFIX + "host")
-    pid = trial.user_attrs.get(tuned.STUDY_ATTR_PREFIX + "pid")
+    host = trial.user_attrs.get(STUDY_ATTR_PREFIX + "host")
+    pid = trial.user_attrs.get(STUDY_ATTR_PREFIX + "pid")
     where = f" (host {host}, pid {pid})" if host else ""
     return (f"interrupted: its worker stopped sending heartbeats (killed, or its machine or "
             f"network went away){where}")
@@ -225,7 +226,7 @@ def cannot_connect(url: str, exc: BaseException) -> StudyError:
     if isinstance(exc, ImportError) or isinstance(exc.__cause__, ImportError):
         extra = {"postgresql": "postgres"}.get(backend(url))
         hint = f"; install it with pip install 'tuner[{extra}]'" if extra else ""
-        return StudyError(f"--storage {tuned.mask_url(url)}: the database driver is not "
+        return StudyError(f"--storage {mask_url(url)}: the database driver is not "
                           f"installed{hint}")
     cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and \
         exc.__cause__ is not None else exc
@@ -235,8 +236,8 @@ def cannot_connect(url: str, exc: BaseException) -> StudyError:
     # psycopg2 puts the useful part (refused, auth failed) on the second line
     if len(lines) > 1 and first.startswith("connection to server"):
         first = f"{first} {lines[1]}"
-    return StudyError(f"--storage {tuned.mask_url(url)}: cannot connect: "
-                      f"{tuned.mask_secret(first, url)}")
+    return StudyError(f"--storage {mask_url(url)}: cannot connect: "
+                      f"{mask_secret(first, url)}")
 
 
 def open_storage(url: str, *, heartbeat_interval: int, grace_period: int,
@@ -334,7 +335,10 @@ class Locks:
         digest = hashlib.sha256("\0".join((db, self.study_name) + parts).encode()).hexdigest()
         path = lock_path().parent / f"tuner-study-{digest[:20]}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = open_lock_file(path)
+        except LockError as exc:
+            raise StudyError(f"study {self.study_name!r}: {exc}") from None
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -104,7 +104,7 @@ def diagnose(config: Config, seconds: float = DEFAULT_SECONDS, *, root: Path | s
     # Room for start-up, building and tracing on top of the measuring itself.
     timeout = seconds * 1.5 + config.search.trial_timeout
     try:
-        with host_lock(on_wait=on_wait):
+        with host_lock(on_wait=on_wait, timeout=config.search.timeout):
             result = run_child(task, timeout=timeout, settings=space.default_settings(),
                                worker=worker)
     except TrialFailed as exc:

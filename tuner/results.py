@@ -17,6 +17,7 @@ from . import tuned
 from .errors import ConfigError, StudyError
 from .tuned import BASELINE, EXPERT
 from .tuned import STUDY_ATTR_PREFIX as ATTR
+from .urls import mask_secret, mask_url
 
 WORKLOAD_KEYS = ("model", "data", "mode", "batch_size")
 
@@ -174,15 +175,15 @@ def open_study(storage: str, name: str | None) -> Any:
         names = optuna.get_all_study_names(storage=storage)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types; all mean "cannot open it"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StudyError(f"--storage: cannot open {tuned.mask_url(storage)}: "
-                         f"{tuned.mask_secret(first, storage)}") from None
+        raise StudyError(f"--storage: cannot open {mask_url(storage)}: "
+                         f"{mask_secret(first, storage)}") from None
     if name is None:
         if len(names) != 1:
-            raise ConfigError(f"--study-name: required, {tuned.mask_url(storage)} holds "
+            raise ConfigError(f"--study-name: required, {mask_url(storage)} holds "
                               f"{len(names)} studies: {', '.join(names) or 'none'}")
         name = names[0]
     if name not in names:
-        raise ConfigError(f"--study-name: no study {name!r} in {tuned.mask_url(storage)}; "
+        raise ConfigError(f"--study-name: no study {name!r} in {mask_url(storage)}; "
                           f"available: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=name, storage=storage)
 
@@ -221,7 +222,7 @@ def read_study(storage: str, name: str | None) -> StudyRecord:
     attrs = study.user_attrs
     config = attrs.get(ATTR + "config") or {}
     return StudyRecord(
-        name=study.study_name, storage=tuned.mask_url(storage),
+        name=study.study_name, storage=mask_url(storage),
         machine=attrs.get(ATTR + "machine_full") or attrs.get(ATTR + "machine") or {},
         workload=config.get("workload") or {}, last_result=attrs.get(ATTR + "last_result"),
         created=attrs.get(ATTR + "created"), trials=study.get_trials(deepcopy=False),

@@ -204,7 +204,7 @@ class Search:
         def waiting() -> None:
             self.say("  waiting: another tuner process is measuring on this host")
 
-        with host_lock(on_wait=waiting):
+        with host_lock(on_wait=waiting, timeout=self.config.search.timeout):
             return run_child(self._task(kind), timeout=self.config.search.trial_timeout,
                              settings=settings, watch=watch, worker=worker_command(),
                              **self._placement(settings))

@@ -2,7 +2,10 @@
 
 The parent owns the child's whole life. The child runs in its own process group; on a timeout, a
 prune, Ctrl-C or any exception here, the whole group is killed, so no TensorFlow process outlives
-its trial. Whatever goes wrong (a signal, an exit code, a hang, a garbled result) comes back as
+its trial, and so is whatever the workload started and left running when the child ends. Should
+the parent itself be killed outright (SIGKILL, out of memory), the child gets SIGKILL from the
+kernel (Linux's parent-death signal) and a small reaper process kills the rest of its group.
+Whatever goes wrong (a signal, an exit code, a hang, a garbled result) comes back as
 :class:`~tuner.errors.TrialFailed` with a one-line reason and the tail of the child's output.
 """
 
@@ -86,16 +89,90 @@ def _tail(path: Path, lines: int = 3, limit: int = 400) -> str:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
+    """Kill the child's process group: the child if it still runs, and every process its workload
+    started there (a data loader's workers, a server) even after the child itself exited.
+    A child already reaped had its group killed just before (see :meth:`_Child.ended`); its pid may
+    name another process by now."""
+    if proc.returncode is not None:
         return
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
+    except ProcessLookupError:
+        pass  # the child and everything in its group are gone
+    except PermissionError:
+        if proc.poll() is None:
+            proc.kill()
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:  # pragma: no cover - a zombie we cannot reap
         pass
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl: Any = None
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when this process dies (Linux).
+
+    The signal follows the thread that forks, so children are started from the thread that
+    waits for them. ``prctl`` is looked up here, in the parent: the child, forked from a process
+    with threads, calls it and nothing else."""
+    global _prctl
+    if not sys.platform.startswith("linux"):
+        return None
+    if _prctl is None:
+        import ctypes
+
+        try:
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+            _prctl = False
+    if not _prctl:
+        return None
+    prctl, parent = _prctl, os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above: nobody will tell us
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+class _Reaper:
+    """A shell waiting on a pipe that only this process writes to. If this process dies without
+    cleaning up, the pipe closes and the shell kills the child's process group: the parent-death
+    signal reaches the child only, not what its workload started."""
+
+    def __init__(self, pgid: int) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.fd = -1
+        shell = "/bin/sh"
+        if not os.path.exists(shell):  # pragma: no cover - not a POSIX system
+            return
+        read_end, self.fd = os.pipe()
+        try:
+            # its own session: Ctrl-C or a hang-up on the terminal must not stop it first
+            self.proc = subprocess.Popen(
+                [shell, "-c", 'read _; kill -s KILL -- "-$0" 2>/dev/null', str(pgid)],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)
+        except OSError:  # pragma: no cover - out of processes: the child still dies with us
+            os.close(self.fd)
+            self.fd = -1
+        finally:
+            os.close(read_end)
+
+    def stop(self) -> None:
+        """Stop the reaper without it firing (the parent kills the group itself)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _check_measure_result(result: dict[str, Any]) -> None:
@@ -163,11 +240,29 @@ class _Child:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = open(self.log_path, "wb")
         self.progress = open(self.progress_path)
+        self.reaper: _Reaper | None = None
         self.proc = subprocess.Popen(
             [*(worker or [sys.executable, "-m", "tuner.worker"]), str(self.task_path),
              str(self.result_path)],
             env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_die_with_parent())
+        self.reaper = _Reaper(self.proc.pid)
+
+    def ended(self) -> int | None:
+        """The child's exit code once it has ended, else None. The rest of its group is killed
+        before the child is reaped: until then its pid cannot name another process group."""
+        proc = self.proc
+        assert proc is not None
+        if proc.returncode is None:
+            try:
+                info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except (AttributeError, ChildProcessError):  # no waitid here, or reaped already
+                info = None
+            if info is not None:
+                if self.reaper is not None:
+                    self.reaper.stop()
+                _kill_group(proc)
+        return proc.poll()
 
     def lines(self) -> list[str]:
         chunk = self.progress.read()
@@ -178,6 +273,8 @@ class _Child:
         return complete
 
     def close(self) -> None:
+        if self.reaper is not None:
+            self.reaper.stop()
         if self.proc is not None:
             _kill_group(self.proc)
         for handle in (self.log, self.progress):
@@ -221,7 +318,7 @@ def run_child(task: dict[str, Any], *, timeout: float, settings: dict[str, Any],
         scale = len(children)
         first = children[0]
         while True:
-            codes = [c.proc.poll() for c in children]  # type: ignore[union-attr]
+            codes = [c.ended() for c in children]
             for line in first.lines():
                 if scale > 1:
                     line = _scaled(line, scale)

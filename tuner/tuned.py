@@ -19,6 +19,7 @@ import yaml
 from ._version import __version__
 from .errors import ConfigError, StudyMismatchError
 from .files import write_text_atomic
+from .urls import mask_url
 
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -37,43 +38,6 @@ HEADER = """\
 # or wrap a command: python -m tuner run --tuned {path} -- python train.py
 # format_version history: 1 = first version (settings, machine, result, validation, study).
 """
-
-
-def mask_url(url: str) -> str:
-    """The storage URL with any password replaced by ***."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-        if parsed.password:
-            return parsed.render_as_string(hide_password=True)
-        return url
-    except Exception:  # not a SQLAlchemy URL: mask user:pass@ by hand
-        if "@" in url and "://" in url:
-            scheme, rest = url.split("://", 1)
-            creds, host = rest.rsplit("@", 1)
-            if ":" in creds:
-                return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-        return url
-
-
-def mask_secret(text: str, url: str) -> str:
-    """``text`` with the storage URL's password, in any spelling, replaced by ***: driver error
-    messages may quote parts of a connection string."""
-    text = text.replace(url, mask_url(url))
-    try:
-        from urllib.parse import quote, unquote
-
-        from sqlalchemy.engine import make_url
-
-        password = make_url(url).password
-    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL: mask_url did what can be done
-        return text
-    if password:
-        for spelling in {str(password), quote(str(password), safe=""), unquote(str(password))}:
-            if spelling:
-                text = text.replace(spelling, "***")
-    return text
 
 
 def load(path: str | Path) -> dict[str, Any]:

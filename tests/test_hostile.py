@@ -1,0 +1,567 @@
+"""Hostile and malformed input, and a search killed in every way: the exact contract for each.
+
+Every refused input gives its exit code, a single ``error:`` line naming the field or file, no
+traceback and nothing written. Lock files cannot be turned against the user, waiting for one is
+bounded and names its holder, URLs never show a secret, and no measuring process outlives its
+search.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tuner import coord, lock, urls
+from tuner.errors import StudyError
+from tuner.trial import run_child
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+VALID = """\
+workload:
+  model: wl.py:build_model
+  data: wl.py:build_data
+  mode: predict
+search:
+  n_trials: 2
+  trial_timeout: 20
+measure:
+  warmup_seconds: 0
+  window_seconds: 0.01
+  windows: 3
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAKE_", "TUNER_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env["TUNER_LOCK_FILE"] = os.environ["TUNER_LOCK_FILE"]
+    env.update(extra)
+    return env
+
+
+def _tuner(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tuner", *args], capture_output=True, text=True,
+                          timeout=timeout, env=_env(**env), check=False)
+
+
+def _one_error(err: str, *needles: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+    return lines[0]
+
+
+def _listing(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "wl.py").write_text("def build_model():\n    pass\n\ndef build_data():\n    pass\n")
+    return tmp_path
+
+
+# -- config values checked like flags ----------------------------------------------------------
+
+NUMBER_FIELDS = [
+    ("search", "timeout"), ("search", "trial_timeout"), ("search", "prune_ratio"),
+    ("measure", "warmup_seconds"), ("measure", "window_seconds"),
+    ("validate", "alpha"), ("validate", "min_speedup"),
+]
+
+
+def _with(section: str, key: str, value: str) -> str:
+    header = f"{section}:\n"
+    lines = [line for line in VALID.splitlines(keepends=True)
+             if not line.startswith(f"  {key}:")]
+    text = "".join(lines) + ("" if header in lines else header)
+    return text.replace(header, f"{header}  {key}: {value}\n", 1)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize("section,key", NUMBER_FIELDS)
+def test_non_finite_numbers_in_the_config_are_refused(workdir, section, key, value):
+    config = workdir / "study.yaml"
+    config.write_text(_with(section, key, value))
+    before = _listing(workdir)
+    started = time.monotonic()
+    proc = _tuner("search", "--config", str(config), timeout=60)
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 2, proc.stderr
+    _one_error(proc.stderr, f"{section}.{key}")
+    assert proc.stdout == ""
+    assert _listing(workdir) == before
+
+
+@pytest.mark.parametrize("body,field", [
+    (VALID + "objective: {metric: throughput, latency_budget_ms: .nan}\n",
+     "objective.latency_budget_ms"),
+    (VALID + "knobs: {map_parallelism: [1, .nan]}\n", "knobs.map_parallelism"),
+    (VALID + "space: {tf_data: {autotune: {cpu_budget: [.inf]}}}\n",
+     "space.tf_data.autotune.cpu_budget"),
+])
+def test_non_finite_numbers_elsewhere_are_refused(workdir, body, field):
+    config = workdir / "study.yaml"
+    config.write_text(body)
+    before = _listing(workdir)
+    proc = _tuner("search", "--config", str(config))
+    assert proc.returncode == 2, proc.stderr
+    _one_error(proc.stderr, field)
+    assert _listing(workdir) == before
+
+
+def test_diagnose_refuses_a_nan_timeout_too(workdir):
+    config = workdir / "study.yaml"
+    config.write_text(_with("search", "trial_timeout", ".nan"))
+    proc = _tuner("diagnose", "--config", str(config))
+    assert proc.returncode == 2
+    _one_error(proc.stderr, "search.trial_timeout")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_an_empty_config_says_so(workdir, text):
+    config = workdir / "model.yaml"
+    config.write_text(text)
+    proc = _tuner("search", "--config", str(config))
+    assert proc.returncode == 2
+    line = _one_error(proc.stderr, str(config), "the file is empty", "workload:")
+    assert "NoneType" not in line
+
+
+def test_a_directory_as_config_says_so(workdir):
+    proc = _tuner("search", "--config", str(workdir))
+    assert proc.returncode == 2
+    _one_error(proc.stderr, str(workdir), "is a directory")
+
+
+@pytest.mark.parametrize("body,key,line", [
+    (VALID + "search:\n  n_trials: 3\n", "'search'", "line 12, column 1"),
+    (VALID.replace("  n_trials: 2\n", "  n_trials: 2\n  n_trials: 50\n"), "'n_trials'",
+     "line 7, column 3"),
+])
+def test_duplicate_keys_are_refused(workdir, body, key, line):
+    config = workdir / "study.yaml"
+    config.write_text(body)
+    proc = _tuner("search", "--config", str(config))
+    assert proc.returncode == 2
+    first = "first at line 5" if key == "'search'" else "first at line 6"
+    _one_error(proc.stderr, "duplicate key", key, line, first)
+    assert not (workdir / "results").exists()
+
+
+def test_a_merge_key_is_not_a_duplicate(workdir):
+    from tuner import config as config_mod
+
+    path = workdir / "study.yaml"
+    path.write_text(VALID.replace("measure:\n", "measure: &m\n")
+                    + "validate:\n  <<: {rounds: 6}\n  rounds: 7\n")
+    assert config_mod.load(path).validate.rounds == 7
+
+
+def test_a_file_name_that_is_no_study_name_says_where_the_name_came_from(workdir):
+    config = workdir / "my model.yaml"
+    config.write_text(VALID)
+    proc = _tuner("search", "--config", str(config))
+    assert proc.returncode == 2
+    line = _one_error(proc.stderr, "'my model'", "file name", "study: {name: ...}")
+    assert "study.name" not in line
+    assert not (workdir / "results").exists()
+
+
+def test_a_bad_study_name_in_the_file_still_names_the_field(workdir):
+    config = workdir / "study.yaml"
+    config.write_text(VALID + "study: {name: 'a b'}\n")
+    proc = _tuner("search", "--config", str(config))
+    assert proc.returncode == 2
+    _one_error(proc.stderr, "study.name", "'a b'")
+
+
+# -- URLs never show a secret ------------------------------------------------------------------
+
+@pytest.mark.parametrize("url,masked", [
+    ("postgresql://bob:s3cret@db/x", "postgresql://bob:***@db/x"),
+    ("postgresql://bob:s3c@ret@db/x", "postgresql://bob:***@db/x"),
+    ("postgresql://bob:s3c%40ret@db:5432/x", "postgresql://bob:***@db:5432/x"),
+    ("postgresql://:s3cret@db/x", "postgresql://:***@db/x"),
+    ("postgresql://bob:s3/c?r@t@db/x", "postgresql://bob:***@db/x"),
+    ("postgresql://db/x?password=s3cret&sslmode=require",
+     "postgresql://db/x?password=***&sslmode=require"),
+    ("postgresql://bob@db/x?sslmode=require&PassWord=s3cret",
+     "postgresql://bob@db/x?sslmode=require&PassWord=***"),
+    ("postgresql://bob:pw1@db/x?sslpassword=s3cret&sslkey=k.pem&token=t0k",
+     "postgresql://bob:***@db/x?sslpassword=***&sslkey=***&token=***"),
+    ("mysql+pymysql://u:s3cret@[::1]:3306/x?client_secret=abc",
+     "mysql+pymysql://u:***@[::1]:3306/x?client_secret=***"),
+    ("postgresql://bob:s3cret@h1:5432,h2:5433/x", "postgresql://bob:***@h1:5432,h2:5433/x"),
+    ("postgresql://bob:s3cret@db/x?application_name=me@host",
+     "postgresql://bob:***@db/x?application_name=me@host"),
+    ("sqlite:///results/study.db", "sqlite:///results/study.db"),
+    ("sqlite:///results/a@b:c.db", "sqlite:///results/a@b:c.db"),
+    ("postgresql://bob@db/x", "postgresql://bob@db/x"),
+])
+def test_every_url_form_is_masked(url, masked):
+    assert urls.mask_url(url) == masked
+    for secret in ("s3cret", "s3c@ret", "s3c%40ret", "pw1", "t0k", "abc", "s3/c?r@t"):
+        if secret in url:
+            assert secret not in urls.mask_url(url)
+
+
+def test_a_driver_message_loses_the_secret_in_any_spelling():
+    url = "postgresql://bob:p%40ss@db/x?sslpassword=k3y"
+    message = (f"could not connect to {url}: password authentication failed for p@ss "
+               f"(p%40ss); sslpassword k3y")
+    masked = urls.mask_secret(message, url)
+    for secret in ("p@ss", "p%40ss", "k3y"):
+        assert secret not in masked
+    assert "postgresql://bob:***@db/x?sslpassword=***" in masked
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://bob:p@ss@127.0.0.1:1/x",
+    "postgresql://bob@127.0.0.1:1/x?password=qs-s3cret",
+])
+def test_a_storage_that_cannot_be_reached_is_one_line_without_the_password(url):
+    err = str(coord.cannot_connect(url, OSError(f"cannot reach {url}")))
+    assert "\n" not in err
+    assert "p@ss" not in err and "qs-s3cret" not in err
+
+
+# -- lock files cannot be turned against the user ---------------------------------------------
+
+@pytest.fixture
+def default_lock(tmp_path, monkeypatch):
+    """No TUNER_LOCK_FILE: the per-user directory under a private XDG_RUNTIME_DIR."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.delenv("TUNER_LOCK_FILE", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    return runtime / "tuner"
+
+
+def test_the_lock_lives_in_a_private_directory(default_lock):
+    with lock.host_lock():
+        assert lock.lock_path() == default_lock / "measure.lock"
+        assert stat.S_IMODE(os.stat(default_lock).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(default_lock / "measure.lock").st_mode) == 0o600
+        assert (default_lock / "measure.lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_without_xdg_runtime_dir_the_directory_is_per_uid(tmp_path, monkeypatch):
+    monkeypatch.delenv("TUNER_LOCK_FILE", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert lock.lock_path() == tmp_path / f"tuner-{os.geteuid()}" / "measure.lock"
+
+
+@pytest.mark.parametrize("where", ["default", "named"])
+def test_a_symlink_at_the_lock_path_leaves_its_target_untouched(tmp_path, monkeypatch,
+                                                                  default_lock, where):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    victim.chmod(0o640)
+    if where == "default":
+        default_lock.mkdir(mode=0o700)
+        link = default_lock / "measure.lock"
+    else:
+        link = tmp_path / "shared.lock"
+        monkeypatch.setenv("TUNER_LOCK_FILE", str(link))
+    link.symlink_to(victim)
+    with pytest.raises(lock.LockError, match="symlink"), lock.host_lock():
+        pass
+    assert victim.read_text() == "precious\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o640
+
+
+def test_a_search_with_a_symlink_at_the_lock_path_is_one_error_line(workdir, fake_worker):
+    victim = workdir / "victim.txt"
+    victim.write_text("precious\n")
+    link = workdir / "measure.lock"
+    link.symlink_to(victim)
+    config = workdir / "study.yaml"
+    config.write_text(VALID)
+    proc = _tuner("search", "--config", str(config), TUNER_LOCK_FILE=str(link),
+                  TUNER_WORKER=f"{sys.executable} {HERE / 'fake_worker.py'}")
+    assert proc.returncode == 1, proc.stderr
+    _one_error(proc.stderr.splitlines()[-1], str(link), "symlink")
+    assert "Traceback" not in proc.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_fifo_at_the_lock_path_is_refused_without_hanging(tmp_path, monkeypatch):
+    fifo = tmp_path / "fifo.lock"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("TUNER_LOCK_FILE", str(fifo))
+    with pytest.raises(lock.LockError, match="not a regular file"), lock.host_lock():
+        pass
+
+
+def test_a_lock_directory_that_is_a_symlink_is_refused(tmp_path, default_lock):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    default_lock.symlink_to(elsewhere)
+    with pytest.raises(lock.LockError, match="not a directory"):
+        lock.lock_path()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_lock_directory_of_another_user_is_refused(default_lock, monkeypatch):
+    default_lock.mkdir(mode=0o777)
+    if os.geteuid() == 0:
+        os.chown(default_lock, 65534, 65534)
+    else:
+        real = os.geteuid()
+        monkeypatch.setattr(lock.os, "geteuid", lambda: real + 1)
+    with pytest.raises(lock.LockError, match="belongs to uid"):
+        lock.lock_path()
+    assert list(default_lock.iterdir()) == []
+
+
+def test_a_lock_file_of_another_user_is_neither_chmodded_nor_truncated(tmp_path, monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file to another user")
+    shared = tmp_path / "shared.lock"
+    shared.write_text("4242\n")
+    shared.chmod(0o604)
+    os.chown(shared, 65534, 65534)
+    monkeypatch.setenv("TUNER_LOCK_FILE", str(shared))
+    with lock.host_lock():
+        pass
+    assert shared.read_text() == "4242\n"
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o604
+
+
+def _hold(path: Path, pid_text: str | None = None) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.ftruncate(fd, 0)
+    os.write(fd, (pid_text or f"{os.getpid()}\n").encode())
+    return fd
+
+
+def test_the_wait_for_the_lock_is_bounded_and_names_the_holder(tmp_path, monkeypatch):
+    path = tmp_path / "measure.lock"
+    monkeypatch.setenv("TUNER_LOCK_FILE", str(path))
+    fd = _hold(path, "31337\n")
+    told = []
+    try:
+        started = time.monotonic()
+        with pytest.raises(lock.LockTimeout) as caught, \
+                lock.host_lock(on_wait=lambda: told.append(1), timeout=0.5, poll=0.1):
+            pass
+        assert time.monotonic() - started < 5
+        assert path.read_text() == "31337\n"  # a waiter writes nothing
+    finally:
+        os.close(fd)
+    message = str(caught.value)
+    assert "\n" not in message and "pid 31337" in message and str(path) in message
+    assert told == [1]
+
+
+def test_the_pid_is_written_only_once_the_lock_is_held(tmp_path, monkeypatch):
+    path = tmp_path / "measure.lock"
+    monkeypatch.setenv("TUNER_LOCK_FILE", str(path))
+    fd = _hold(path, "31337\n")
+    try:
+        with pytest.raises(lock.LockTimeout), lock.host_lock(timeout=0.2, poll=0.05):
+            pass
+    finally:
+        os.close(fd)
+    with lock.host_lock(timeout=1):
+        assert path.read_text() == f"{os.getpid()}\n"
+
+
+def test_a_search_waiting_for_the_lock_gives_up_at_its_timeout(workdir, fake_worker):
+    path = workdir / "measure.lock"
+    config = workdir / "study.yaml"
+    config.write_text(VALID)
+    fd = _hold(path)
+    try:
+        started = time.monotonic()
+        proc = _tuner("search", "--config", str(config), "--timeout", "2",
+                      TUNER_LOCK_FILE=str(path),
+                      TUNER_WORKER=f"{sys.executable} {HERE / 'fake_worker.py'}")
+        assert time.monotonic() - started < 40
+    finally:
+        os.close(fd)
+    assert proc.returncode == 1, proc.stderr
+    _one_error(proc.stderr.splitlines()[-1], f"pid {os.getpid()}", str(path))
+    assert "Traceback" not in proc.stderr
+
+
+def test_study_lock_files_are_private(tmp_path, default_lock):
+    locks = coord.Locks(f"sqlite:///{tmp_path / 'study.db'}", "s")
+    try:
+        assert locks.try_acquire("setup")
+        files = list(default_lock.glob("tuner-study-*.lock"))
+        assert len(files) == 1
+        assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    finally:
+        locks.close()
+
+
+def test_a_study_lock_file_another_user_keeps_to_himself_is_one_error_line(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setenv("TUNER_LOCK_FILE", str(tmp_path / "measure.lock"))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    theirs = coord.Locks(url, "s")
+    assert theirs.try_acquire("setup")
+    theirs.close()
+    (held,) = tmp_path.glob("tuner-study-*.lock")
+    real_open = os.open
+
+    def no_access(path, flags, *args):  # a 0600 file of another user, as a second user sees it
+        if Path(path) == held:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(lock.os, "open", no_access)
+    with pytest.raises(StudyError) as caught:
+        coord.Locks(url, "s").try_acquire("setup")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(held) in message and "Permission denied" in message and "TUNER_LOCK_FILE" in message
+
+
+# -- no orphan measurers -----------------------------------------------------------------------
+
+WORKLOAD_CHILD = """\
+import json, os, subprocess, sys, time
+task_path, result_path = sys.argv[1:3]
+task = json.load(open(task_path))
+grandchild = subprocess.Popen(["sleep", "300"])  # the child's own process group
+pids = os.environ["ORPHAN_PIDS"]
+with open(pids + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {grandchild.pid}")
+os.replace(pids + ".tmp", pids)
+if os.environ.get("ORPHAN_MODE") == "hang":
+    time.sleep(300)
+with open(result_path, "w") as f:
+    json.dump({"protocol": task["protocol"], "ok": True, "tf_version": "fake"}, f)
+"""
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    """Whether ``pid`` is dead (a zombie waiting for init to reap it counts) within seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _wait_for(path: Path, within: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + within
+    while not path.exists():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    return [int(x) for x in path.read_text().split()]
+
+
+@pytest.fixture
+def workload_child(tmp_path, monkeypatch):
+    script = tmp_path / "workload_child.py"
+    script.write_text(WORKLOAD_CHILD)
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("ORPHAN_PIDS", str(pids))
+    return script, pids
+
+
+def test_grandchildren_are_reaped_when_the_child_ends_normally(workload_child):
+    script, pids = workload_child
+    result = run_child({"kind": "preflight"}, timeout=60, settings={},
+                       worker=[sys.executable, str(script)])
+    assert result["ok"]
+    child, grandchild = _wait_for(pids)
+    assert _gone(child, 0.1)
+    assert _gone(grandchild), "the workload's grandchild outlived its trial"
+
+
+def test_grandchildren_are_reaped_on_a_timeout(workload_child, monkeypatch):
+    from tuner.errors import TrialFailed
+
+    script, pids = workload_child
+    monkeypatch.setenv("ORPHAN_MODE", "hang")
+    with pytest.raises(TrialFailed, match="timed out"):
+        run_child({"kind": "preflight"}, timeout=3, settings={},
+                  worker=[sys.executable, str(script)])
+    child, grandchild = _wait_for(pids)
+    assert _gone(child) and _gone(grandchild)
+
+
+PARENT = """\
+import sys
+sys.path.insert(0, {root!r})
+from tuner.trial import run_child
+run_child({{"kind": "preflight"}}, timeout=300, settings={{}},
+          worker=[sys.executable, {script!r}])
+"""
+
+
+def test_a_search_killed_outright_takes_its_child_and_grandchildren_along(workload_child,
+                                                                          monkeypatch):
+    script, pids = workload_child
+    monkeypatch.setenv("ORPHAN_MODE", "hang")
+    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(root=str(ROOT),
+                                                                    script=str(script))],
+                              start_new_session=True)
+    try:
+        child, grandchild = _wait_for(pids)
+    finally:
+        parent.kill()
+        parent.wait()
+    assert _gone(child), "the child outlived its killed search (no parent-death signal)"
+    assert _gone(grandchild), "the workload's grandchild outlived its killed search"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_a_search_stopped_by_a_signal_kills_its_child_group(workdir, workload_child, signum):
+    script, pids = workload_child
+    config = workdir / "study.yaml"
+    config.write_text(VALID)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "search", "--config", str(config)],
+        env=_env(TUNER_WORKER=f"{sys.executable} {script}", ORPHAN_PIDS=str(pids),
+                 ORPHAN_MODE="hang"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        child, grandchild = _wait_for(pids)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert _gone(child) and _gone(grandchild)
+
+
+def test_a_missing_xdg_runtime_dir_falls_back_to_the_per_uid_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("TUNER_LOCK_FILE", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "gone"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert lock.lock_path() == tmp_path / f"tuner-{os.geteuid()}" / "measure.lock"
