@@ -17,7 +17,7 @@ import optuna
 import pytest
 import yaml
 
-from tuner import cli, space
+from tuner import cli, settings, space
 from tuner.trial import run_child
 
 pytest.importorskip("tensorflow")
@@ -51,7 +51,7 @@ def test_options_reach_the_dataset_in_the_child_and_through_dataset_options(work
     tuned = tmp_path / "tuned.yaml"
     tuned.write_text(yaml.safe_dump({
         "format_version": 1, "verdict": "tuned", "machine": {},
-        "settings": space.nest_settings({**space.default_settings(), **OPTIONS,
+        "settings": settings.nest({**space.default_settings(), **OPTIONS,
                                          "knobs.map_parallelism": "autotune",
                                          "knobs.prefetch": 2}),
         "result": {"speedup": 1.5}, "study": {"name": "t"}}))

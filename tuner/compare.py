@@ -25,7 +25,7 @@ from typing import Any
 
 from . import render, stats, tuned
 from .errors import ConfigError, StudyMismatchError
-from .machine import FINGERPRINT_KEYS, fingerprint_differences
+from .host import FINGERPRINT_KEYS, fingerprint_differences
 from .render import Table
 
 ATTR = "tuner."
@@ -100,19 +100,20 @@ def _evidence(throughput: dict[str, Any] | None, verdict: str) -> str:
 
 
 def _flat(settings: Any, where: str) -> dict[str, Any]:
-    from . import space
+    from . import knobs
+    from . import settings as settings_mod
 
     if not isinstance(settings, dict):
         raise ConfigError(f"{where}: settings: expected a mapping, got {settings!r}")
     # the tuned file nests (tf_data:, env:); a study stores the flat knob names
-    if any(name in space.KNOBS and "." in name for name in settings):
-        flat = {**space.default_settings(), **settings}
+    if any(name in knobs.KNOBS and "." in name for name in settings):
+        flat = {**knobs.default_settings(), **settings}
     else:
-        flat = space.flatten_settings(settings)
+        flat = settings_mod.flatten(settings)
     # the newer knobs (allocator, CPU set, instances, OpenMP, tf.data options) only where they
     # are set; declared knobs always
-    return {k: v for k, v in flat.items()
-            if k in space.ALWAYS_SHOWN or k not in space.KNOBS or v != space.KNOBS[k].default}
+    return {k: v for k, v in flat.items() if k not in knobs.KNOBS
+            or knobs.KNOBS[k].always_shown or v != knobs.KNOBS[k].default}
 
 
 def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
@@ -157,7 +158,7 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
 
 def _placement_notes(settings: Any) -> list[str]:
     """The CPU sets behind the ``cpus`` / ``instances`` counts, which the table shows as counts."""
-    from .placement import format_cpus
+    from .host import format_cpus
 
     if not isinstance(settings, dict):
         return []
@@ -184,7 +185,7 @@ def from_study(storage: str, name: str | None) -> Result:
     (``tuner.last_result``), else the best trial against the baseline trial (unvalidated)."""
     from optuna.trial import TrialState
 
-    from . import report, space
+    from . import knobs, report
     from .study import BASELINE, EXPERT
 
     study = report.open_study(storage, name)
@@ -207,7 +208,7 @@ def from_study(storage: str, name: str | None) -> Result:
         verdict, result = last.get("verdict"), last["result"]
         settings = last.get("settings")
         if settings is None and verdict == "defaults":
-            settings = space.default_settings()
+            settings = knobs.default_settings()
         if settings is None:
             settings = _settings_from_output(last.get("output"), study.study_name)
         if settings is None:
@@ -461,12 +462,12 @@ def _study_line(s: dict[str, Any]) -> str:
 
 
 def show_table(r: Result) -> Table:
-    from . import space
+    from . import knobs
 
     t = Table(header=["", ""])
     t.add("result", r.label)
     t.add("verdict", f"{r.verdict}: {r.summary}")
-    defaults = space.default_settings()
+    defaults = knobs.default_settings()
     t.add("settings", "")
     for name, value in r.settings.items():
         # a declared knob's default is the user's pipeline as written, not TensorFlow's
@@ -519,17 +520,17 @@ def format_show(r: Result, fmt: str) -> str:
 
 
 def compare_table(c: Comparison) -> Table:
-    from . import space
+    from . import knobs
 
     names = letters(len(c.results))
     t = Table(header=["", *names])
     t.add("result", *(r.label for r in c.results))
     t.add("verdict", *(r.verdict for r in c.results))
-    shown = [k for k in space.KNOBS if any(k in r.settings for r in c.results)]
-    shown += list(dict.fromkeys(k for r in c.results for k in r.settings if k not in space.KNOBS))
+    shown = [k for k in knobs.KNOBS if any(k in r.settings for r in c.results)]
+    shown += list(dict.fromkeys(k for r in c.results for k in r.settings if k not in knobs.KNOBS))
     for key in shown:
-        t.add(key, *(render.value(r.settings.get(key, space.KNOBS[key].default
-                                                 if key in space.KNOBS else None))
+        t.add(key, *(render.value(r.settings.get(key, knobs.KNOBS[key].default
+                                                 if key in knobs.KNOBS else None))
                      for r in c.results),
               mark=key in c.differing["settings"])
     t.add("throughput (samples/s)", *(_tp(r.throughput) for r in c.results))

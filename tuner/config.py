@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .space import AUTOTUNE, check_overrides
+from .knobs import AUTOTUNE
+from .space import check_overrides
 
 MODES = ("predict", "train", "data")
 SAMPLERS = ("auto", "grid", "tpe", "random")
