@@ -350,7 +350,10 @@ def test_declared_knobs_reach_the_trials_and_the_tuned_file(fake_worker, write_c
     assert doc["settings"]["knobs"]["map_parallelism"] == "autotune"   # 1.7x in the fake
     assert doc["result"]["speedup"] == pytest.approx(1.7, rel=0.05)
     assert "  knob map_parallelism: to build_data; baseline 1 (builder default)" in outcome.lines
-    assert load_checked(outcome.tuned_path)["settings"]["knobs"]["prefetch"] in (1, "autotune")
+    winner = next(t for t in trials if t.number == doc["validation"]["winner"]["trial"])
+    assert winner.params["knobs.map_parallelism"] == "autotune"
+    assert load_checked(outcome.tuned_path)["settings"]["knobs"] == {
+        "map_parallelism": "autotune", "prefetch": winner.params["knobs.prefetch"]}
     shown = cli.main(["show", outcome.tuned_path])
     assert shown == 0
 

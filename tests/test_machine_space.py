@@ -3,6 +3,7 @@ space bounded by it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -224,7 +225,11 @@ def test_real_machine_detection_is_consistent():
     m = host.detect()
     assert 1 <= m.usable_cpus <= m.visible_cpus
     assert 1 <= m.physical_cores <= m.usable_cpus
-    assert set(m.affinity) <= set(range(m.visible_cpus)) or len(m.affinity) <= m.visible_cpus
+    assert m.affinity == tuple(sorted(os.sched_getaffinity(0)))
+    assert len(m.affinity) <= m.visible_cpus
+    online = Path("/sys/devices/system/cpu/online")
+    if online.exists():  # the CPUs this process may run on are online ones
+        assert set(m.affinity) <= set(host.parse_cpus(online.read_text()))
 
 
 def test_openmp_is_read_from_what_tensorflow_links(tmp_path):

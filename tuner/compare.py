@@ -119,6 +119,8 @@ def _flat(settings: Any, where: str) -> dict[str, Any]:
 def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
                     where: str) -> Result:
     """A :class:`Result` from a tuned file's content (``where`` names it in errors)."""
+    from . import settings as settings_mod
+
     result = doc.get("result")
     if not isinstance(result, dict):
         raise ConfigError(f"{where}: result: missing or not a mapping")
@@ -153,25 +155,7 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
         study={k: study.get(k) for k in ("name", "storage", "n_trials", "complete", "pruned",
                                          "fail")},
         created=doc.get("created"), rejected=rejected if isinstance(rejected, dict) else None,
-        expert=expert, notes=_placement_notes(doc.get("settings")))
-
-
-def _placement_notes(settings: Any) -> list[str]:
-    """The CPU sets behind the ``cpus`` / ``instances`` counts, which the table shows as counts."""
-    from .host import format_cpus
-
-    if not isinstance(settings, dict):
-        return []
-    notes = []
-    cpus = settings.get("cpus")
-    if isinstance(cpus, list) and cpus:
-        notes.append(f"pinned to CPUs {format_cpus(cpus)}")
-    instances = settings.get("instances")
-    if isinstance(instances, dict) and (instances.get("count") or 1) > 1 and instances.get("cpus"):
-        notes.append(f"{instances['count']} instances on CPUs "
-                     + " | ".join(format_cpus(s) for s in instances["cpus"])
-                     + " (python -m tuner run starts them)")
-    return notes
+        expert=expert, notes=settings_mod.notes(doc.get("settings")))
 
 
 def from_tuned_file(path: str | Path) -> Result:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .knobs import AUTOTUNE
+from .knobs import AUTOTUNE, SECTIONS
 from .space import check_overrides
 
 MODES = ("predict", "train", "data")
@@ -241,9 +241,7 @@ def _ratio(value: Any, where: str) -> float:
 def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
     """``space: {tf_data: {private_threadpool_size: [...]}}``
     -> ``{"tf_data.private_...": [...]}``."""
-    data = _check_keys(data, ("intra_op_parallelism_threads", "inter_op_parallelism_threads",
-                              "tf_data", "env", "allocator", "cpus", "instances", "knobs"), path,
-                       "space")
+    data = _check_keys(data, (*SECTIONS, "knobs"), path, "space")
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:

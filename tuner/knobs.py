@@ -164,6 +164,15 @@ class Knob:
         """The value in a progress line: ``-`` for TensorFlow's own choice."""
         return "-" if value is None else text(value)
 
+    def applied_by(self) -> str:
+        """How it is applied, in a few words (the knob table of the docs)."""
+        return self.how
+
+    def note(self, tree: Any) -> str | None:
+        """What a report says under the settings table about this knob's value in a tuned
+        file's (unchecked) ``settings`` ``tree``, beyond the value the table shows."""
+        return None
+
     # -- the tuned file's settings layout ---------------------------------------------------------
 
     def nest(self, tree: dict[str, Any], flat: dict[str, Any], machine: Machine | None) -> None:
@@ -221,6 +230,9 @@ class ThreadKnob(Knob):
         """Raises RuntimeError once the runtime has started with other counts."""
         getattr(tf.config.threading, self.setter)(int(value))
 
+    def applied_by(self) -> str:
+        return f"{self.how}: `{self.setter}`; `{self.variable}` under the launcher"
+
     def by_hand(self, value: int) -> str:
         """How a job sets it itself."""
         return (f"tf.config.threading.{self.setter}({value}) before the first op, "
@@ -269,6 +281,9 @@ class TfDataKnob(Knob):
 
     def read(self, tree: dict[str, Any]) -> Any:
         return _get(tree.get("tf_data") or {}, self.target, self.default)
+
+    def applied_by(self) -> str:
+        return f"{self.how}: `{self.option}`"
 
     def _holder(self, options: Any) -> tuple[Any, str]:
         *parents, leaf = self.option.split(".")
@@ -344,6 +359,9 @@ class EnvKnob(Knob):
         if _int(value):  # YAML reads OMP_NUM_THREADS: 4 as a number; the environment is text
             value = str(value)
         return super().check(value, where)
+
+    def applied_by(self) -> str:
+        return f"{self.how} `{self.variable}`"
 
     def nest(self, tree: dict[str, Any], flat: dict[str, Any], machine: Machine | None) -> None:
         value = flat.get(self.name, self.default)
@@ -427,6 +445,11 @@ class CpusKnob(ProcessKnob):
         cpus = tree.get(self.name)
         return len(cpus) if isinstance(cpus, list) and cpus else None
 
+    def note(self, tree: Any) -> str | None:
+        cpus = tree.get(self.name)
+        return f"pinned to CPUs {host.format_cpus(cpus)}" if isinstance(cpus, list) and cpus \
+            else None
+
 
 class InstancesKnob(ProcessKnob):
     """Independent processes sharing the CPUs (of the ``cpus`` knob when set), each pinned to its
@@ -461,6 +484,15 @@ class InstancesKnob(ProcessKnob):
         if _int(instances):
             return instances
         return self.default
+
+    def note(self, tree: Any) -> str | None:
+        instances = tree.get(self.name)
+        if isinstance(instances, dict) and (instances.get("count") or 1) > 1 \
+                and instances.get("cpus"):
+            return (f"{instances['count']} instances on CPUs "
+                    + " | ".join(host.format_cpus(s) for s in instances["cpus"])
+                    + " (python -m tuner run starts them)")
+        return None
 
 
 KNOB_PREFIX = "knobs."     # declared knobs: Optuna parameter "knobs.map_parallelism"
@@ -701,6 +733,10 @@ TF_DATA = [k for k in KNOBS.values() if isinstance(k, TfDataKnob)]
 ALLOCATOR: AllocatorKnob = KNOBS["allocator"]  # type: ignore[assignment]
 CPUS: CpusKnob = KNOBS["cpus"]  # type: ignore[assignment]
 INSTANCES: InstancesKnob = KNOBS["instances"]  # type: ignore[assignment]
+
+
+# the top-level keys of the config's space: section and of the tuned file's settings
+SECTIONS = tuple(dict.fromkeys(name.split(".")[0] for name in KNOBS))
 
 
 def knob(name: str) -> Knob:

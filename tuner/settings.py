@@ -78,6 +78,13 @@ def short(settings: dict[str, Any], only: list[str] | None = None) -> str:
     return " ".join(parts)
 
 
+def notes(tree: Any) -> list[str]:
+    """What a report says beyond the settings table (the CPU sets behind the CPU counts)."""
+    if not isinstance(tree, dict):
+        return []
+    return [note for k in KNOBS.values() if (note := k.note(tree))]
+
+
 # -- the process plan -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
