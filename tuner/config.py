@@ -16,8 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .knobs import AUTOTUNE, SECTIONS
-from .space import check_overrides
+from .knobs import AUTOTUNE, SECTIONS, check_overrides
 
 MODES = ("predict", "train", "data")
 SAMPLERS = ("auto", "grid", "tpe", "random")

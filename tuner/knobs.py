@@ -746,5 +746,27 @@ def knob(name: str) -> Knob:
     return KNOBS[name]
 
 
+def check_overrides(overrides: dict[str, Any], where: str = "space") -> dict[str, Any]:
+    """Check a config's ``space`` section (flattened to knob names) without knowing the machine:
+    each entry is a list of candidates, a single fixed value, or ``default``."""
+    checked: dict[str, Any] = {}
+    for name, raw in overrides.items():
+        field_name = f"{where}.{name}"
+        if name.startswith(KNOB_PREFIX) or name == KNOB_PREFIX.rstrip("."):
+            raise ConfigError(f"{field_name}: declared knobs are not narrowed here; list their "
+                              f"candidate values under the top-level knobs: section")
+        if name not in KNOBS:
+            raise ConfigError(f"{field_name}: unknown knob; allowed: {', '.join(KNOBS)}")
+        knob = KNOBS[name]
+        if isinstance(raw, list):
+            if not raw:
+                raise ConfigError(f"{field_name}: empty list; give candidate values, one value to "
+                                  f"fix the knob, or 'default' to leave it to TensorFlow")
+            checked[name] = [knob.check(v, field_name) for v in raw]
+        else:
+            checked[name] = knob.check(raw, field_name)
+    return checked
+
+
 def default_settings() -> dict[str, Any]:
     return {name: knob.default for name, knob in KNOBS.items()}
