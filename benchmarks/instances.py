@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tuner import config as config_mod  # noqa: E402
-from tuner import placement  # noqa: E402
+from tuner import host  # noqa: E402
+from tuner import knobs as knobs_mod  # noqa: E402
 from tuner import space as space_mod  # noqa: E402
 from tuner import study as study_mod  # noqa: E402
 
@@ -49,7 +50,7 @@ def main() -> None:
     search.run_preflight()
     m = search.machine
     counts = ([int(c) for c in args.counts.split(",")] if args.counts
-              else space_mod.KNOBS["instances"].candidates(m))
+              else knobs_mod.KNOBS["instances"].candidates(m))
     print(f"machine: {m.cpu_model}, {m.usable_cpus} usable CPUs, {m.physical_cores} physical "
           f"cores, {m.numa_nodes} NUMA node(s); TensorFlow {m.tf_version}", flush=True)
     runs: dict[int, list[dict]] = {k: [] for k in counts}
@@ -69,7 +70,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for k in counts:
         tps = [a["throughput"]["median"] for a in runs[k]]
-        sets = placement.instance_sets(m, k) if k > 1 else [list(m.affinity)]
+        sets = host.instance_sets(m, k) if k > 1 else [list(m.affinity)]
         p95 = statistics.median(a["step_latency_ms"]["p95"] for a in runs[k])
         sat = statistics.median(a["cpu_saturation"] for a in runs[k])
         rows.append({"instances": k, "cpus": sets, "throughput": tps,

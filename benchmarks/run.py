@@ -42,7 +42,9 @@ sys.path.insert(0, str(ROOT))
 from remeasure import bootstrap, run_one  # noqa: E402
 
 from tuner import config as config_mod  # noqa: E402
-from tuner import machine as machine_mod  # noqa: E402
+from tuner import host  # noqa: E402
+from tuner import knobs as knobs_mod  # noqa: E402
+from tuner import settings as settings_mod  # noqa: E402
 from tuner import space as space_mod  # noqa: E402
 from tuner import study as study_mod  # noqa: E402
 
@@ -89,7 +91,7 @@ def compare_example(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
               "mode": wl["mode"], "seconds": mode["remeasure_seconds"],
               "warmup": mode["remeasure_warmup"]}
     expert = doc["search"]["expert_rule"]["settings"]
-    defaults = space_mod.nest_settings(space_mod.default_settings())
+    defaults = settings_mod.nest(knobs_mod.default_settings())
     entries = [("defaults", {"settings": defaults, "apply": None}),
                ("tuned", {"settings": doc["settings"], "apply": tuned_path}),
                ("expert", {"settings": expert, "apply": None})]
@@ -145,11 +147,11 @@ def efficiency(path: Path, mode: dict, stamp: str, out: Path, log,
     cfg = bench_config(path, mode, stamp, out)
     search = study_mod.Search(cfg, study_mod.Printer(lambda line: log("   " + line)))
     m = search.machine  # grid points are plain thread settings: no preflight needed
-    ladder = space_mod.thread_ladder(m.usable_cpus)
+    ladder = knobs_mod.thread_ladder(m.usable_cpus)
     if mode["grid"] == "reduced":  # powers of two only
         ladder = [v for v in ladder if v & (v - 1) == 0]
     intra = [0, *ladder]
-    inter = space_mod.KNOBS["inter_op_parallelism_threads"].candidates(m)
+    inter = knobs_mod.KNOBS["inter_op_parallelism_threads"].candidates(m)
     points = {(a, b): dict(space_mod.default_settings(), intra_op_parallelism_threads=a,
                            inter_op_parallelism_threads=b) for a in intra for b in inter}
     known: dict[tuple[int, int], float] = {}
@@ -254,11 +256,11 @@ def main() -> None:
         same = next((c["study"] for c in comparisons if c["example"] == example.stem), None)
         eff = efficiency(example, mode, stamp, out, log, same)
         eff["seconds"] = time.monotonic() - t0
-    machine = machine_mod.detect()
+    machine = host.detect()
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "mode": "quick" if args.quick else "full", "settings": mode,
               "machine": {"cpu_model": machine.cpu_model, "usable_cpus": machine.usable_cpus,
-                          "tf_version": machine_mod.installed_tf_version(),
+                          "tf_version": host.installed_tf_version(),
                           "python": platform.python_version()},
               "comparisons": comparisons, "efficiency": eff,
               "wall_seconds": time.monotonic() - started}

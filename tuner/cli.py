@@ -322,10 +322,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def print_summary(doc: dict[str, Any], path: str, backup: str | None) -> None:
-    from . import space as space_mod
+    from . import settings as settings_mod
 
     result = doc["result"]
-    flat = space_mod.flatten_settings(doc["settings"])
+    flat = settings_mod.flatten(doc["settings"])
     print()
     print(f"verdict: {doc['verdict']} - {doc['summary']}")
     base = result.get("baseline_throughput") or {}
@@ -352,7 +352,7 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None) -> None:
         print(f"  expert rule (intra={expert['settings']['intra_op_parallelism_threads']}, "
               f"inter={expert['settings']['inter_op_parallelism_threads']}): "
               f"{expert['speedup_in_search']:.3f}x the defaults in its search trial")
-    print(f"  settings: {space_mod.short(flat)}")
+    print(f"  settings: {settings_mod.short(flat)}")
     print(f"  cpu saturation: {result.get('cpu_saturation') or float('nan'):.2f}")
     print(f"wrote {path}" + (f" (previous file kept as {backup})" if backup else ""))
 

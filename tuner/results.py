@@ -63,6 +63,8 @@ def from_tuned_file(path: str | Path) -> Result:
 def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
                     where: str) -> Result:
     """A :class:`Result` from a tuned file's content (``where`` names it in errors)."""
+    from . import settings as settings_mod
+
     result = doc.get("result")
     if not isinstance(result, dict):
         raise ConfigError(f"{where}: result: missing or not a mapping")
@@ -97,7 +99,7 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
         study={k: study.get(k) for k in ("name", "storage", "n_trials", "complete", "pruned",
                                          "fail")},
         created=doc.get("created"), rejected=rejected if isinstance(rejected, dict) else None,
-        expert=expert, notes=_placement_notes(doc.get("settings")))
+        expert=expert, notes=settings_mod.notes(doc.get("settings")))
 
 
 def _block(raw: Any, where: str) -> dict[str, Any] | None:
@@ -126,37 +128,20 @@ def _evidence(throughput: dict[str, Any] | None, verdict: str) -> str:
 
 
 def _flat(settings: Any, where: str) -> dict[str, Any]:
-    from . import space
+    from . import knobs
+    from . import settings as settings_mod
 
     if not isinstance(settings, dict):
         raise ConfigError(f"{where}: settings: expected a mapping, got {settings!r}")
     # the tuned file nests (tf_data:, env:); a study stores the flat knob names
-    if any(name in space.KNOBS and "." in name for name in settings):
-        flat = {**space.default_settings(), **settings}
+    if any(name in knobs.KNOBS and "." in name for name in settings):
+        flat = {**knobs.default_settings(), **settings}
     else:
-        flat = space.flatten_settings(settings)
+        flat = settings_mod.flatten(settings)
     # the newer knobs (allocator, CPU set, instances, OpenMP, tf.data options) only where they
     # are set; declared knobs always
-    return {k: v for k, v in flat.items()
-            if k in space.ALWAYS_SHOWN or k not in space.KNOBS or v != space.KNOBS[k].default}
-
-
-def _placement_notes(settings: Any) -> list[str]:
-    """The CPU sets behind the ``cpus`` / ``instances`` counts, which the table shows as counts."""
-    from .placement import format_cpus
-
-    if not isinstance(settings, dict):
-        return []
-    notes = []
-    cpus = settings.get("cpus")
-    if isinstance(cpus, list) and cpus:
-        notes.append(f"pinned to CPUs {format_cpus(cpus)}")
-    instances = settings.get("instances")
-    if isinstance(instances, dict) and (instances.get("count") or 1) > 1 and instances.get("cpus"):
-        notes.append(f"{instances['count']} instances on CPUs "
-                     + " | ".join(format_cpus(s) for s in instances["cpus"])
-                     + " (python -m tuner run starts them)")
-    return notes
+    return {k: v for k, v in flat.items() if k not in knobs.KNOBS
+            or knobs.KNOBS[k].always_shown or v != knobs.KNOBS[k].default}
 
 
 # -- from a study ------------------------------------------------------------------------------
@@ -232,7 +217,7 @@ def read_study(storage: str, name: str | None) -> StudyRecord:
 def from_study(storage: str, name: str | None) -> Result:
     """A :class:`Result` from a study: the validated result its last search recorded
     (``tuner.last_result``), else the best trial against the baseline trial (unvalidated)."""
-    from . import space
+    from . import knobs
 
     record = read_study(storage, name)
     where = f"study {record.name!r}"
@@ -249,7 +234,7 @@ def from_study(storage: str, name: str | None) -> Result:
         verdict, result = last.get("verdict"), last["result"]
         settings = last.get("settings")
         if settings is None and verdict == "defaults":
-            settings = space.default_settings()
+            settings = knobs.default_settings()
         if settings is None:
             settings = _settings_from_output(last.get("output"), record.name)
         if settings is None:

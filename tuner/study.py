@@ -38,7 +38,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from . import coord, stats, tuned
-from . import machine as machine_mod
+from . import host as host_mod
+from . import settings as settings_mod
 from . import space as space_mod
 from .config import Config
 from .errors import StudyError, StudyMismatchError, TrialFailed, WorkloadError
@@ -56,7 +57,7 @@ BASELINE, EXPERT, SCREEN = tuned.BASELINE, tuned.EXPERT, tuned.SCREEN
 MIN_TRIALS_FOR_SCREEN = 12
 
 
-def screening_points(space: space_mod.Space, machine: machine_mod.Machine, *,
+def screening_points(space: space_mod.Space, machine: host_mod.Machine, *,
                      threads: bool = True) -> list[dict[str, Any]]:
     """One-knob-at-a-time points, everything else at the baseline: first every listed value of
     each declared knob (the user named them because they matter), then, with ``threads``, the
@@ -153,7 +154,7 @@ class Search:
     def __init__(self, config: Config, printer: Printer | None = None) -> None:
         self.config = config
         self.say = printer or Printer()
-        self.machine = machine_mod.detect()
+        self.machine = host_mod.detect()
         self.started = time.monotonic()
         self.preflight: dict[str, Any] = {}
         self.pipeline = space_mod.Pipeline()
@@ -211,11 +212,8 @@ class Search:
 
     def _placement(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The allocator library, CPU set and instance CPU sets a trial's settings mean here."""
-        allocator = settings.get("allocator") or "system"
-        where = space_mod.placement_of(settings, self.machine)
-        return {"preload": self.machine.allocators.get(allocator) if allocator != "system"
-                else None,
-                "cpus": where["cpus"], "instances": where["instances"]["cpus"]}
+        plan = settings_mod.process_plan(settings, self.machine)
+        return {"preload": plan.preload, "cpus": plan.cpus, "instances": plan.instances}
 
     def score(self, attrs: dict[str, Any]) -> float:
         """What the study maximises for one measurement: throughput (samples/s), or for a latency
@@ -349,7 +347,7 @@ class Search:
             raise StudyMismatchError(f"{where} was made for another workload or measurement "
                                      f"({_diff(attrs[ATTR_PREFIX + 'config'], mine['config'])}); "
                                      f"use a new --study-name")
-        diffs = machine_mod.fingerprint_differences(attrs[ATTR_PREFIX + "machine"], mine["machine"])
+        diffs = host_mod.fingerprint_differences(attrs[ATTR_PREFIX + "machine"], mine["machine"])
         if diffs and not self.config.search.allow_other_machines:
             raise StudyMismatchError(
                 f"{where} was measured on another machine type ({'; '.join(diffs)}); this "
@@ -492,7 +490,7 @@ class Search:
         settings = t.user_attrs.get("settings") or {}
         role = t.user_attrs.get("role")
         label = f"[{role}] " if role else ""
-        head = f"trial {t.number:>3}  {space_mod.short(settings)}  {label}"
+        head = f"trial {t.number:>3}  {settings_mod.short(settings)}  {label}"
         if t.state == TrialState.COMPLETE:
             tp = t.user_attrs["throughput"]
             body = (f"{tp['median']:>10.1f} samples/s (±{tp['rel_spread'] * 50:.1f}%)  "
@@ -578,7 +576,8 @@ class Search:
         final_stop = None
         if winner is not None:
             label = f"#{winner.number}"
-            self.say(f"validation: trial {label} ({space_mod.short(winner.user_attrs['settings'])})"
+            shown = settings_mod.short(winner.user_attrs["settings"])
+            self.say(f"validation: trial {label} ({shown})"
                      f" vs TensorFlow's defaults, {cfg.rounds} interleaved rounds"
                      f" in fresh processes")
             entries = [("baseline", baseline), (label, winner.user_attrs["settings"])]
@@ -867,7 +866,7 @@ class Search:
             "created": _now(),
             "verdict": verdict,
             "summary": summary,
-            "settings": space_mod.nest_settings(chosen, self.machine),
+            "settings": settings_mod.nest(chosen, self.machine),
             "workload": {"model": cfg.workload.model, "data": cfg.workload.data,
                          "mode": cfg.workload.mode,
                          "batch_size": self.preflight.get("batch_size"),
@@ -882,11 +881,11 @@ class Search:
             "validation": validation_doc,
             "search": {
                 "best_trial": {"number": best.number,
-                               "settings": space_mod.nest_settings(best.user_attrs["settings"],
+                               "settings": settings_mod.nest(best.user_attrs["settings"],
                                                                    self.machine),
                                "throughput": _trial_throughput(best)},
                 "expert_rule": {
-                    "settings": space_mod.nest_settings(
+                    "settings": settings_mod.nest(
                         self.space.expert(self.machine),  # type: ignore[union-attr]
                         self.machine),
                     "throughput": _trial_throughput(expert) if expert else None,
@@ -934,7 +933,7 @@ class Search:
             "min_speedup": cfg.min_speedup,
             "candidates": [
                 {"trial": t.number,
-                 "settings": space_mod.nest_settings(t.user_attrs["settings"], self.machine),
+                 "settings": settings_mod.nest(t.user_attrs["settings"], self.machine),
                  "search_score": t.value,
                  "screen_score": [self.score(m)
                                        for m in v["screening"].get(f"#{t.number}", [])],
@@ -958,7 +957,7 @@ class Search:
                                         min_speedup=cfg.min_speedup)
         winner_block = {
             "trial": winner.number,
-            "settings": space_mod.nest_settings(winner.user_attrs["settings"], self.machine),
+            "settings": settings_mod.nest(winner.user_attrs["settings"], self.machine),
             "throughput": _throughput_block([m["throughput"]["median"] for m in win_runs]),
             "speedup": comparison["speedup"], "speedup_ci95": comparison["speedup_ci95"],
             "p_value": comparison["p_value"], "significant": comparison["significant"],
@@ -1096,6 +1095,6 @@ def summarize_trials(trials: Iterable[FrozenTrial], limit: int = 10) -> list[str
         lines.append(f"{t.number:>5}  {t.value:>10.1f}  "
                      f"{tp.get('rel_spread', math.nan) * 100:>6.1f}%"
                      f"  {t.user_attrs.get('cpu_saturation', math.nan):>5.2f}  "
-                     f"{space_mod.short(t.user_attrs.get('settings', {}))}"
+                     f"{settings_mod.short(t.user_attrs.get('settings', {}))}"
                      f"{'  [' + role + ']' if role else ''}")
     return lines
