@@ -15,14 +15,14 @@ import pytest
 import sqlalchemy.exc
 import yaml
 
-from tuner import cli, config, study, tuned
+from tuner import cli, config, search, tuned
 from tuner.errors import StudyError, StudyMismatchError, WorkloadError
 
 
 def run_search(path, **overrides):
     cfg = config.with_overrides(config.load(path), **overrides)
     lines: list[str] = []
-    outcome = study.search(cfg, study.Printer(lines.append))
+    outcome = search.run(cfg, lines.append)
     outcome.lines = lines
     return outcome
 

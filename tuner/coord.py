@@ -21,13 +21,15 @@ another still searches.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import fcntl
 import functools
 import hashlib
+import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +41,12 @@ from .errors import StudyError
 from .lock import lock_path
 
 HOST_ENV = "TUNER_HOST_ID"
+# Study and trial attributes the tuner writes are named "tuner.<what>".
+ATTR_PREFIX = "tuner."
+# per trial: which worker runs it, so a dead worker's trial can be found and failed
+HOST_ATTR, PID_ATTR, PIDNS_ATTR = ATTR_PREFIX + "host", ATTR_PREFIX + "pid", ATTR_PREFIX + "pidns"
+# per trial: which machine type measured it (see machine_id)
+MACHINE_ID = ATTR_PREFIX + "machine_id"
 # Transient errors are retried this many times, after 0.5, 1, 2, 4, 8 s (15 s in all).
 RETRIES = 5
 
@@ -49,6 +57,17 @@ def host_id() -> str:
     ``TUNER_HOST_ID`` exists so tests can play several hosts on one machine; in production the host
     name (a pod's name on Kubernetes) is what tells workers apart."""
     return os.environ.get(HOST_ENV) or socket.gethostname()
+
+
+def machine_id(fingerprint: dict[str, Any]) -> str:
+    """A machine type's short name in a study: a hash of its fingerprint. Workers on several
+    machine types may share a study; each type's trials are compared only with each other."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def now() -> str:
+    """The time stamp of a study record: UTC, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def process_space() -> str:
@@ -167,35 +186,79 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
         super().__call__(study, clean)
 
 
+def state_counts(trials: Iterable[FrozenTrial], states: tuple[TrialState, ...] = (
+        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)) -> dict[str, int]:
+    """How many of ``trials`` are in each of ``states``, by lower-case state name."""
+    trials = list(trials)
+    return {state.name.lower(): sum(1 for t in trials if t.state == state) for state in states}
+
+
+def _mark_failed(storage: Any, trial_id: int, reason: str) -> bool:
+    """Fail a RUNNING trial, saying why. A finished trial's attributes are read-only, so the
+    reason is written before the state changes. Two workers may find the same trial: the state
+    change is atomic, and True only for the worker that made it (which alone re-enqueues it)."""
+    try:
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # another worker failed it first, and retries it
+
+
 def stale_reason(trial: FrozenTrial) -> str:
-    host = trial.user_attrs.get("tuner.host")
-    pid = trial.user_attrs.get("tuner.pid")
+    host = trial.user_attrs.get(HOST_ATTR)
+    pid = trial.user_attrs.get(PID_ATTR)
     where = f" (host {host}, pid {pid})" if host else ""
     return (f"interrupted: its worker stopped sending heartbeats (killed, or its machine or "
             f"network went away){where}")
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Optuna's ``fail_stale_trials``, which also says on each trial why it failed: a finished
-    trial's attributes are read-only, so the reason is written before the state changes. Two
-    workers may find the same stale trial: the state change is atomic, and only the worker that
-    made it re-enqueues the trial. Returns the numbers of the trials failed here."""
+    """Optuna's ``fail_stale_trials``, which also says on each trial why it failed. Returns the
+    numbers of the trials failed here."""
     storage = study._storage
     if storage.get_heartbeat_interval() is None:  # type: ignore[attr-defined]
         return []
     failed = []
     for trial_id in storage._get_stale_trial_ids(study._study_id):  # type: ignore[attr-defined]
         trial = storage.get_trial(trial_id)
-        try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", stale_reason(trial))
-            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker failed it first, and retries it
+        if not _mark_failed(storage, trial_id, stale_reason(trial)):
+            continue
         callback = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
         if callback is not None:
             callback(study, storage.get_trial(trial_id))
         failed.append(trial.number)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(study: optuna.Study) -> list[tuple[int, int]]:
+    """A trial RUNNING for a search process on this host (and in this pid namespace) that no
+    longer exists never ends: mark it FAIL now, rather than after the heartbeat grace period,
+    and re-enqueue its parameters as the heartbeat would. Other hosts' trials are left to the
+    heartbeat. Returns (trial number, pid) of the trials failed here."""
+    host, here = host_id(), process_space()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get(PID_ATTR)
+        if not isinstance(pid, int) or t.user_attrs.get(HOST_ATTR) != host:
+            continue
+        if t.user_attrs.get(PIDNS_ATTR, here) != here:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        reason = f"interrupted: its search process (pid {pid}) ended while it ran"
+        if _mark_failed(study._storage, t._trial_id, reason):
+            RetryStaleTrial()(study, study._storage.get_trial(t._trial_id))
+            failed.append((t.number, pid))
     return failed
 
 
@@ -385,9 +448,6 @@ class Locks:
                 told = True
             time.sleep(poll)
         return time.monotonic() - start
-
-    def holds(self, name: str) -> bool:
-        return name in self._held
 
     @contextlib.contextmanager
     def holding(self, name: str, *parts: str, shared: bool = False, poll: float = 0.5,
