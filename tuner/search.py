@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from . import coord, measuring, study, tuned, validate, verdict
+from . import coord, measuring, storage, study, tuned, validate, verdict
 from . import machine as machine_mod
 from .config import Config
 from .errors import StudyError
@@ -66,7 +66,7 @@ def _run(cfg: Config, say: measuring.Say) -> SearchOutcome:
         return _search(measurer, pre, locks, started, seconds)
     except (optuna.exceptions.StorageInternalError, _sqlalchemy_error()) as exc:
         # the database went away mid-run, beyond the retries: one line, never a traceback
-        raise coord.cannot_connect(cfg.storage, exc) from None
+        raise storage.cannot_connect(cfg.storage, exc) from None
     finally:
         locks.close()
 

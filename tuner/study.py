@@ -16,18 +16,16 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from . import coord, measuring, sampling, stats, tuned
-from . import machine as machine_mod
 from . import space as space_mod
-from .errors import StudyError, StudyMismatchError, TrialFailed
+from . import storage as storage_mod
+from .errors import StudyError, TrialFailed
 from .trial import Watch
 
-ATTR_PREFIX = coord.ATTR_PREFIX
 BASELINE, EXPERT, SCREEN = "baseline", "expert", "screen"   # a reference trial's "role"
 
 
@@ -245,7 +243,7 @@ class Study:
         try:
             frozen = self.optuna.get_trials(deepcopy=False)[self._interrupted_trial]
             if frozen.state == TrialState.FAIL:
-                coord.RetryStaleTrial()(self.optuna, frozen)
+                storage_mod.RetryStaleTrial()(self.optuna, frozen)
         except Exception as exc:  # noqa: BLE001 - best effort while stopping; the trial is FAIL
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             self.say(f"  could not queue trial {self._interrupted_trial} again: "
@@ -314,11 +312,9 @@ def open_study(measurer: measuring.Measurer, pre: measuring.Preflight,
     cfg, say = measurer.config, measurer.say
     with locks.holding("setup", "setup", on_wait=lambda: say(
             "  waiting: another worker is setting up this study")):
-        url = cfg.storage
-        if url.startswith("sqlite:///") and url[len("sqlite:///"):] not in ("", ":memory:"):
-            os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])), exist_ok=True)
-        storage = coord.open_storage(url, heartbeat_interval=cfg.search.heartbeat_interval,
-                                     grace_period=cfg.search.grace_period, say=say)
+        storage = storage_mod.open_storage(
+            cfg.storage, heartbeat_interval=cfg.search.heartbeat_interval,
+            grace_period=cfg.search.grace_period, say=say)
         try:
             storage.get_study_id_from_name(cfg.study_name)
             joining = True
@@ -328,54 +324,12 @@ def open_study(measurer: measuring.Measurer, pre: measuring.Preflight,
         optuna_study = optuna.create_study(storage=storage, study_name=cfg.study_name,
                                            direction="maximize", sampler=sampler,
                                            pruner=sampling.pruner(cfg), load_if_exists=True)
-        recorded_on = _check_or_record(optuna_study, measurer, pre)
+        recorded_on = coord.check_or_record(
+            optuna_study, config=cfg.fingerprint(), machine=pre.machine.fingerprint(),
+            space=pre.space.describe(), machine_full=pre.machine.as_dict(),
+            where=f"study {cfg.study_name!r} in {tuned.mask_url(cfg.storage)}",
+            allow_other_machines=cfg.search.allow_other_machines, say=say)
         study = Study(optuna_study, measurer, pre, sampler_name, recorded_on)
         study.fail_stale_trials()
         study.enqueue_references()
     return study
-
-
-def _check_or_record(study: optuna.Study, measurer: measuring.Measurer,
-                     pre: measuring.Preflight) -> str:
-    """Record what the study is for on a new study, or check a joined one is for the same thing;
-    returns the id of the machine type the study was first recorded on."""
-    cfg, machine, say = measurer.config, pre.machine, measurer.say
-    attrs, here = study.user_attrs, coord.machine_id(machine.fingerprint())
-    mine = {"config": cfg.fingerprint(), "machine": machine.fingerprint(),
-            "space": pre.space.describe()}
-    if ATTR_PREFIX + "config" not in attrs:
-        for key, value in mine.items():
-            study.set_user_attr(ATTR_PREFIX + key, value)
-        study.set_user_attr(ATTR_PREFIX + "machine_full", machine.as_dict())
-        study.set_user_attr(ATTR_PREFIX + "created", coord.now())
-        return here
-    where = f"study {cfg.study_name!r} in {tuned.mask_url(cfg.storage)}"
-    if attrs[ATTR_PREFIX + "config"] != mine["config"]:
-        raise StudyMismatchError(f"{where} was made for another workload or measurement "
-                                 f"({_diff(attrs[ATTR_PREFIX + 'config'], mine['config'])}); "
-                                 f"use a new --study-name")
-    diffs = machine_mod.fingerprint_differences(attrs[ATTR_PREFIX + "machine"], mine["machine"])
-    if diffs and not cfg.search.allow_other_machines:
-        raise StudyMismatchError(
-            f"{where} was measured on another machine type ({'; '.join(diffs)}); this "
-            f"worker does not join it. Use a new --study-name, or pass "
-            f"--allow-other-machines to add this machine type to the study (each machine "
-            f"type's trials and validation are then kept apart)")
-    if diffs:
-        say(f"note: joining {where}, recorded on another machine type ({'; '.join(diffs)}), "
-            f"as machine type {here}: only its trials measured here are compared, validated "
-            f"and written")
-        study.set_user_attr(f"{ATTR_PREFIX}machine.{here}", mine["machine"])
-    if attrs[ATTR_PREFIX + "space"] != mine["space"]:
-        raise StudyMismatchError(f"{where} searched another space "
-                                 f"({_diff(attrs[ATTR_PREFIX + 'space'], mine['space'])}); "
-                                 f"use a new --study-name")
-    return coord.machine_id(attrs[ATTR_PREFIX + "machine"])
-
-
-def _diff(old: Any, new: Any, prefix: str = "") -> str:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                return _diff(old.get(key), new.get(key), f"{prefix}{key}.")
-    return f"{prefix.rstrip('.')}: was {old!r}, now {new!r}"
