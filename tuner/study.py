@@ -77,12 +77,10 @@ class Study:
         self._run_added = 0
         self._interrupted_trial: int | None = None
 
-    def mine(self, trials: Iterable[FrozenTrial] | None = None) -> list[FrozenTrial]:
+    def mine(self, trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
         """The trials measured on this machine type (all of them, unless the study was joined
         with --allow-other-machines). Trials from before machine ids were recorded belong to the
         machine type the study was recorded on."""
-        if trials is None:
-            trials = self.optuna.get_trials(deepcopy=False)
         return [t for t in trials
                 if t.user_attrs.get(coord.MACHINE_ID, self.recorded_on) == self.machine_id]
 
