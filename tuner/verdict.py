@@ -60,24 +60,7 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
         raise StudyError("validation: no baseline measurement succeeded")
     label = v.winner.label if v.winner is not None else None
     win_runs = v.final.get(label, []) if label else []
-    doc: dict[str, Any] = {
-        "done": True,
-        "method": "fresh process per measurement; configurations interleaved, order rotated "
-                  "each round; winner picked in screening rounds, speedup from final rounds",
-        "screen_rounds": cfg.screen_rounds if len(v.candidates) > 1 else 0,
-        "rounds": len(base_runs),
-        "max_rounds": cfg.rounds,
-        **({"stopped_early": v.stopped_early} if v.stopped_early else {}),
-        "alpha": cfg.alpha,
-        "min_speedup": cfg.min_speedup,
-        "candidates": [
-            {"trial": c.number,
-             "settings": space_mod.nest_settings(c.settings, machine),
-             "search_score": c.search_score,
-             "screen_score": scores(v.screening.get(c.label, [])),
-             **({"failed": v.failures[c.label]} if c.label in v.failures else {})}
-            for c in v.candidates],
-    }
+    doc = _validation_block(v, config, machine)
     baseline_block = _throughput_block([m["throughput"]["median"] for m in base_runs])
     base_sat = stats.median([m["cpu_saturation"] for m in base_runs])
     defaults = pre.space.baseline()
@@ -127,6 +110,31 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
         "input_wait": stats.median([m["input_wait"] for m in base_runs]),
         "rejected": {k: winner[k] for k in ("trial", "settings", "speedup", "speedup_ci95",
                                             "p_value", "rejected_because")}}, doc)
+
+
+def _validation_block(v: Validation, config: Config, machine: machine_mod.Machine
+                      ) -> dict[str, Any]:
+    """How the validation ran, and each candidate's scores (the winner's block follows)."""
+    cfg = config.validate
+    return {
+        "done": True,
+        "method": "fresh process per measurement; configurations interleaved, order rotated "
+                  "each round; winner picked in screening rounds, speedup from final rounds",
+        "screen_rounds": cfg.screen_rounds if len(v.candidates) > 1 else 0,
+        "rounds": len(v.final.get(BASELINE, [])),
+        "max_rounds": cfg.rounds,
+        **({"stopped_early": v.stopped_early} if v.stopped_early else {}),
+        "alpha": cfg.alpha,
+        "min_speedup": cfg.min_speedup,
+        "candidates": [
+            {"trial": c.number,
+             "settings": space_mod.nest_settings(c.settings, machine),
+             "search_score": c.search_score,
+             "screen_score": [measuring.score(m, config.objective)
+                              for m in v.screening.get(c.label, [])],
+             **({"failed": v.failures[c.label]} if c.label in v.failures else {})}
+            for c in v.candidates],
+    }
 
 
 def summary(verdict: Verdict, config: Config) -> str:
