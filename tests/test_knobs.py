@@ -11,7 +11,18 @@ import optuna
 import pytest
 import yaml
 
-from tuner import cli, compare, config, knobs, launch, results, settings, space, study, worker
+from tuner import (
+    cli,
+    compare,
+    config,
+    knobs,
+    launch,
+    results,
+    search,
+    settings,
+    space,
+    worker,
+)
 from tuner.apply import Applied, check_settings, load_checked
 from tuner.errors import ConfigError
 from tuner.host import Machine
@@ -324,7 +335,7 @@ knobs:
 
 def run_search(path):
     lines: list[str] = []
-    outcome = study.search(config.load(path), study.Printer(lines.append))
+    outcome = search.run(config.load(path), lines.append)
     outcome.lines = lines
     return outcome
 

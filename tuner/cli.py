@@ -179,7 +179,8 @@ def _ratio(text: str) -> float:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from . import config as config_mod
-    from . import study as study_mod
+    from . import measuring
+    from . import search as search_mod
 
     cfg = config_mod.with_overrides(
         config_mod.load(args.config), n_trials=args.n_trials, timeout=args.timeout,
@@ -188,9 +189,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         storage=args.storage or os.environ.get(STORAGE_ENV) or None, study_name=args.study_name,
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
         allow_other_machines=args.allow_other_machines)
-    quiet = args.quiet
-    printer = study_mod.Printer((lambda line: None) if quiet else None)
-    outcome = study_mod.search(cfg, printer)
+    outcome = search_mod.run(cfg, (lambda line: None) if args.quiet else measuring.print_line)
     print_summary(outcome.tuned, outcome.tuned_path, outcome.backup)
     return 130 if outcome.interrupted else 0
 
