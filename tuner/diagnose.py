@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import machine as machine_mod
-from . import space
+from . import protocol, space
 from .config import Config
 from .errors import TrialFailed, TunerError
 from .lock import host_lock
@@ -91,16 +91,9 @@ def diagnose(config: Config, seconds: float = DEFAULT_SECONDS, *, root: Path | s
     ``root`` and ``affinity`` simulate a machine (tests); ``worker`` replaces the worker
     command. Raises :class:`DiagnoseError` when the child fails."""
     machine = machine_mod.detect(root, affinity)
-    wl = config.workload
-    task = {
-        "kind": "diagnose",
-        "workload": {"model": wl.model, "data": wl.data, "mode": wl.mode, "base_dir": wl.base_dir},
-        "usable_cpus": machine.usable_cpus,
-        "affinity": list(machine.affinity),
-        "capacity": capacity(machine),
-        "cgroup_root": str(root),
-        "diagnose": plan(seconds),
-    }
+    task = protocol.task("diagnose", config.workload, usable_cpus=machine.usable_cpus,
+                         affinity=machine.affinity, capacity=capacity(machine),
+                         cgroup_root=str(root), diagnose=plan(seconds))
     # Room for start-up, building and tracing on top of the measuring itself.
     timeout = seconds * 1.5 + config.search.trial_timeout
     try:

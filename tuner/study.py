@@ -37,7 +37,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from . import coord, stats, tuned
+from . import coord, protocol, stats, tuned
 from . import machine as machine_mod
 from . import space as space_mod
 from .config import Config
@@ -188,16 +188,10 @@ class Search:
         return self.space.baseline()
 
     def _task(self, kind: str) -> dict[str, Any]:
-        wl = self.config.workload
-        return {
-            "kind": kind,
-            "workload": {"model": wl.model, "data": wl.data, "mode": wl.mode,
-                         "base_dir": wl.base_dir},
-            "measure": dataclasses.asdict(self.config.measure),
-            "usable_cpus": self.machine.usable_cpus,
-            "affinity": list(self.machine.affinity),
-            "knobs": {name: list(values) for name, values in self.config.knobs.items()},
-        }
+        return protocol.task(kind, self.config.workload, usable_cpus=self.machine.usable_cpus,
+                             affinity=self.machine.affinity,
+                             measure=dataclasses.asdict(self.config.measure),
+                             knobs=self.config.knobs)
 
     def _run(self, kind: str, settings: dict[str, Any],
              watch: Watch | None = None) -> dict[str, Any]:
