@@ -238,10 +238,21 @@ class Workload:
         wl = task["workload"]
         settings = task["settings"]
         self.mode = wl["mode"]
+        phases: tuple[tuple[str, Callable[[], None]], ...] = (
+            ("import", lambda: self._start_tensorflow(settings)),
+            ("build_model", lambda: self._build_model(wl, task.get("knobs") or {}, settings)),
+            ("build_data", lambda: self._build_data(wl, settings)),
+        )
+        for name, run in phases:
+            t = time.perf_counter()
+            progress.emit(phase=name)
+            on_phase(name)
+            run()
+            timings[name] = time.perf_counter() - t
+        self.step = self._make_step()
+        _KEEP_ALIVE.append(self)
 
-        t = time.perf_counter()
-        progress.emit(phase="import")
-        on_phase("import")
+    def _start_tensorflow(self, settings: dict[str, Any]) -> None:
         import tensorflow as tf
 
         self.tf = tf
@@ -252,15 +263,15 @@ class Workload:
             tf.config.threading.set_intra_op_parallelism_threads(int(intra))
         if inter:
             tf.config.threading.set_inter_op_parallelism_threads(int(inter))
-        timings["import"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        progress.emit(phase="build_model")
-        on_phase("build_model")
+    def _build_model(self, wl: dict[str, Any], declared: dict[str, list[Any]],
+                     settings: dict[str, Any]) -> None:
+        """Load the builders, check which takes which declared knob, and build the model."""
+        tf = self.tf
         builders = {"data": (_load_callable(wl["data"], wl["base_dir"], "data"), wl["data"])}
         if self.mode != "data":
             builders["model"] = (_load_callable(wl["model"], wl["base_dir"], "model"), wl["model"])
-        declared: dict[str, list[Any]] = task.get("knobs") or {}
+        self.builders = builders
         values = {name[len(space.KNOB_PREFIX):]: value for name, value in settings.items()
                   if name.startswith(space.KNOB_PREFIX)}
         self.plan = KnobPlan(builders, sorted(set(declared) | set(values)))
@@ -274,13 +285,12 @@ class Workload:
             func, spec = builders["model"]
             self.model = _call_builder(func, "model", spec, self.plan.kwargs("model", values, tf))
             self._check_model(wl["model"])
-        timings["build_model"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        progress.emit(phase="build_data")
-        on_phase("build_data")
-        func, spec = builders["data"]
-        dataset = _call_builder(func, "data", spec, self.plan.kwargs("data", values, tf))
+    def _build_data(self, wl: dict[str, Any], settings: dict[str, Any]) -> None:
+        """Build the dataset with the trial's tf.data options and read its first batch."""
+        tf = self.tf
+        func, spec = self.builders["data"]
+        dataset = _call_builder(func, "data", spec, self.plan.kwargs("data", self.knobs, tf))
         if not isinstance(dataset, tf.data.Dataset):
             raise WorkloadProblem(f"workload.data: {wl['data']} returned {type(dataset).__name__}, "
                                   f"expected a tf.data.Dataset")
@@ -301,9 +311,6 @@ class Workload:
         self.batch_size = _batch_size(first, tf)
         self.element_spec = str(dataset.element_spec)[:500]
         self.first = first
-        timings["build_data"] = time.perf_counter() - t
-        self.step = self._make_step()
-        _KEEP_ALIVE.append(self)
 
     def _check_model(self, spec: str) -> None:
         tf = self.tf
