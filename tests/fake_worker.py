@@ -35,12 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-PROTOCOL = 2
+from tuner.protocol import PROTOCOL
 
-TF_DATA_OPTIONS = ["tf_data.autotune.enabled", "tf_data.autotune.cpu_budget",
-                   "tf_data.autotune.ram_budget", "tf_data.autotune.autotune_algorithm",
-                   "tf_data.autotune.min_parallelism", "tf_data.optimization.map_parallelization",
-                   "tf_data.optimization.inject_prefetch", "tf_data.optimization.parallel_batch"]
 MAP_PARALLELISM = {1: 1.0, 2: 1.6, 4: 1.5, "autotune": 1.7}
 
 
@@ -119,6 +115,16 @@ def fake_diagnosis(task: dict) -> dict:
     }
 
 
+def tf_data_facts() -> tuple[list[str], list[str]]:
+    """The optional tf.data options (all, with FAKE_TF_DATA=all; else none) and the autotune
+    algorithms, as the real preflight reports them from an installed TensorFlow."""
+    from tuner import knobs
+
+    options = [name for name, knob in knobs.KNOBS.items() if getattr(knob, "optional", False)]
+    return (options if os.environ.get("FAKE_TF_DATA") == "all" else [],
+            list(knobs.AUTOTUNE_ALGORITHMS))
+
+
 def knob_info(declared: dict) -> dict:
     defaults = json.loads(os.environ.get("FAKE_KNOB_DEFAULTS", "{}"))
     return {name: {"builders": ["data"], "baseline": defaults.get(name, values[0]),
@@ -149,14 +155,12 @@ def main() -> None:
         sys.exit(3)
     progress = open(task["progress"], "a", buffering=1)
     if task["kind"] == "preflight":
+        options, algorithms = tf_data_facts()
         payload = {"protocol": PROTOCOL, "ok": True, "batch_size": 32, "element_spec": "fake",
                    "tf_version": os.environ.get("FAKE_TF_VERSION", "fake-1.0"),
                    "onednn_enabled": True, "model_params": 1,
                    "openmp": os.environ.get("FAKE_OPENMP") == "1",
-                   "tf_data_options": TF_DATA_OPTIONS if os.environ.get("FAKE_TF_DATA") == "all"
-                   else [],
-                   "autotune_algorithms": ["DEFAULT", "HILL_CLIMB", "GRADIENT_DESCENT",
-                                           "MAX_PARALLELISM", "STAGE_BASED"],
+                   "tf_data_options": options, "autotune_algorithms": algorithms,
                    "pipeline": (os.environ["FAKE_PIPELINE"].split(",")
                                 if os.environ.get("FAKE_PIPELINE") else None),
                    "knobs": knob_info(task.get("knobs") or {}),

@@ -343,7 +343,7 @@ def test_real_taskset_one_cpu_is_reported_with_a_finding(tmp_path):
 def test_real_pipeline_inspection_names_sequential_python_and_parallel_steps():
     code = textwrap.dedent("""
         import json, numpy as np, tensorflow as tf
-        from tuner.worker import _inspect_pipeline
+        from tuner.probes import inspect_pipeline
         def stateless(x): return x * 2
         def noisy(x): return tf.cast(x, tf.float32) + tf.random.uniform(())
         def py(x): return tf.numpy_function(lambda v: v, [x], tf.int64)
@@ -358,7 +358,7 @@ def test_real_pipeline_inspection_names_sequential_python_and_parallel_steps():
             "generator": tf.data.Dataset.from_generator(
                 gen, output_signature=tf.TensorSpec((3,), tf.float32)),
         }
-        print(json.dumps({k: _inspect_pipeline(tf, ds)["transformations"]
+        print(json.dumps({k: inspect_pipeline(tf, ds)["transformations"]
                           for k, ds in cases.items()}))
     """)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",

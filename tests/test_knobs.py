@@ -11,18 +11,7 @@ import optuna
 import pytest
 import yaml
 
-from tuner import (
-    cli,
-    compare,
-    config,
-    knobs,
-    launch,
-    results,
-    search,
-    settings,
-    space,
-    worker,
-)
+from tuner import cli, compare, config, knobs, launch, results, search, settings, space, workload
 from tuner.apply import Applied, check_settings, load_checked
 from tuner.errors import ConfigError
 from tuner.host import Machine
@@ -236,7 +225,7 @@ class _Enum:
 
 def _plan(declared, **builders):
     funcs = {role: (func, f"wl.py:{func.__name__}") for role, func in builders.items()}
-    return worker._KnobPlan(funcs, list(declared))
+    return workload.KnobPlan(funcs, list(declared))
 
 
 def test_each_knob_goes_to_every_builder_that_accepts_it():
@@ -282,7 +271,7 @@ def test_a_knob_no_builder_accepts_is_an_error_naming_both():
     def build_model():
         pass
 
-    with pytest.raises(worker.WorkloadProblem) as caught:
+    with pytest.raises(workload.WorkloadProblem) as caught:
         _plan(["cycle_length"], data=build_data, model=build_model)
     assert str(caught.value).startswith(
         "knobs.cycle_length: declared, but wl.py:build_data nor wl.py:build_model accepts no "
@@ -293,7 +282,7 @@ def test_a_required_builder_argument_must_be_a_declared_knob():
     def build_data(batch_size):
         pass
 
-    with pytest.raises(worker.WorkloadProblem, match="workload.data: wl.py:build_data has a "
+    with pytest.raises(workload.WorkloadProblem, match="workload.data: wl.py:build_data has a "
                                                      "required argument 'batch_size' that is not "
                                                      "a declared knob"):
         _plan([], data=build_data)

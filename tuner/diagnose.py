@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import shlex
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import host, knobs
+from . import host, knobs, protocol
 from .config import Config
 from .errors import TrialFailed, TunerError
 from .lock import host_lock
@@ -90,16 +91,9 @@ def diagnose(config: Config, seconds: float = DEFAULT_SECONDS, *, root: Path | s
     ``root`` and ``affinity`` simulate a machine (tests); ``worker`` replaces the worker
     command. Raises :class:`DiagnoseError` when the child fails."""
     machine = host.detect(root, affinity)
-    wl = config.workload
-    task = {
-        "kind": "diagnose",
-        "workload": {"model": wl.model, "data": wl.data, "mode": wl.mode, "base_dir": wl.base_dir},
-        "usable_cpus": machine.usable_cpus,
-        "affinity": list(machine.affinity),
-        "capacity": capacity(machine),
-        "cgroup_root": str(root),
-        "diagnose": plan(seconds),
-    }
+    task = protocol.task("diagnose", config.workload, usable_cpus=machine.usable_cpus,
+                         affinity=machine.affinity, capacity=capacity(machine),
+                         cgroup_root=str(root), diagnose=plan(seconds))
     # Room for start-up, building and tracing on top of the measuring itself.
     timeout = seconds * 1.5 + config.search.trial_timeout
     try:
@@ -134,14 +128,6 @@ def _throttling(result: dict[str, Any], wall: float) -> dict[str, Any] | None:
             "measured_seconds": round(wall, 3)}
 
 
-def _maps(pipeline: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(sequential transformations, transformations that call Python) in the pipeline."""
-    steps = pipeline.get("transformations") or []
-    sequential = [s for s in steps if s.get("sequential")]
-    python = [s for s in steps if s.get("python") or s.get("from_generator")]
-    return sequential, python
-
-
 def _step_name(step: dict[str, Any]) -> str:
     kind = {"MapDataset": "map", "ParallelMapDatasetV2": "map", "ParallelMapDataset": "map",
             "InterleaveDataset": "interleave", "FlatMapDataset": "flat_map",
@@ -152,64 +138,117 @@ def _step_name(step: dict[str, Any]) -> str:
     return f"{kind}({', '.join(functions)})" if functions else kind
 
 
-def analyse(machine: host.Machine, result: dict[str, Any], config: Config | None = None,
-            *, config_path: str | None = None) -> dict[str, Any]:
-    """The report, from the machine and the diagnosis child's result."""
-    path = config.path if config is not None else (config_path or "CONFIG.yaml")
-    search = f"python -m tuner search --config {shlex.quote(str(path))}"
+@dataclass(frozen=True)
+class Facts:
+    """What the diagnosis measured, in the terms the findings use."""
+
+    machine: host.Machine
+    search: str                       # the search command line, for the advice
+    mode: str
+    cap: float                        # CPUs' worth of time the process may use
+    threads: dict[str, Any]           # the child's counts, plus oversubscription and settings
+    intra_pool: int
+    inter_pool: int
+    cores_busy: float                 # CPUs this process kept busy on average
+    saturation: float
+    user: float
+    system: float
+    per_core: list[float]
+    others: float | None              # CPUs other processes kept busy (None: not measured)
+    throttling: dict[str, Any] | None
+    pipeline_tp: float
+    cached_tp: float | None
+    round_ratios: list[float]
+    ratio: float | None               # pipeline / cached batch
+    wait: float                       # share of the step loop spent waiting for data
+    pipeline: dict[str, Any]
+
+    @property
+    def usable(self) -> int:
+        return self.machine.usable_cpus
+
+    @property
+    def system_share(self) -> float:
+        return self.system / (self.user + self.system) if self.user + self.system > 0 else 0.0
+
+    @property
+    def input_bound(self) -> bool:
+        if self.mode == "data":
+            return True  # the pipeline is the whole workload
+        below = self.ratio is not None and self.ratio < INPUT_BOUND_RATIO
+        if below and self.round_ratios:
+            # The gap must hold in most rounds, not just the median: bursts of other work on a
+            # shared machine slowed half the rounds of a compute-bound model to 0.5-0.7x.
+            share = sum(r < INPUT_BOUND_RATIO for r in self.round_ratios) / len(self.round_ratios)
+            below = share >= INPUT_BOUND_ROUNDS
+        return bool(below or self.wait >= INPUT_WAIT_SHARE)
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        return self.pipeline.get("transformations") or []
+
+    @property
+    def sequential(self) -> list[dict[str, Any]]:
+        """The transformations that process one element at a time."""
+        return [s for s in self.steps if s.get("sequential")]
+
+    @property
+    def python(self) -> list[dict[str, Any]]:
+        """The transformations that call Python."""
+        return [s for s in self.steps if s.get("python") or s.get("from_generator")]
+
+    @property
+    def pools(self) -> str:
+        intra_s = "" if self.intra_pool == 1 else "s"
+        return (f"intra-op pool {self.intra_pool} thread{intra_s}, inter-op pool "
+                f"{self.inter_pool}, tf.data {self.threads.get('tf_data', 0)}")
+
+    @property
+    def quota_below_affinity(self) -> bool:
+        quota = self.machine.cpu_quota
+        return quota is not None and quota < len(self.machine.affinity)
+
+
+def _facts(machine: host.Machine, result: dict[str, Any], search: str,
+           mode: str) -> Facts:
     measured = result["measured"]
     wall = float(measured["seconds"])
     cap = capacity(machine)
-    usable = machine.usable_cpus
     threads = dict(result.get("threads") or {})
     intra_pool = int(threads.get("intra_op_pool") or 0)
-    inter_pool = int(threads.get("inter_op_pool") or 0)
     # Against the CPU time the process may use: 16 threads under a 1.5-CPU quota are 10.7x.
-    oversubscription = round(intra_pool / cap, 2) if cap > 0 else None
-    threads["oversubscription"] = oversubscription
+    threads["oversubscription"] = round(intra_pool / cap, 2) if cap > 0 else None
     threads["tf_settings"] = result.get("tf_threading")
-
     cores_busy = float(measured["cpu_seconds"]) / wall
-    saturation = min(1.0, cores_busy / cap) if cap > 0 else 0.0
-    user, system = float(measured["user_seconds"]), float(measured["system_seconds"])
-    system_share = system / (user + system) if user + system > 0 else 0.0
     per_core = list(measured.get("per_core_busy") or [])
-    others = max(0.0, sum(per_core) - cores_busy) if per_core else None
-    throttling = _throttling(result, wall)
-
     pipeline_tp = float(measured["throughput"])
     cached = result.get("cached")
     cached_tp = float(cached["throughput"]) if cached else None
     # The median of the rounds' ratios: each round's pipeline against the cached batch measured
     # right after it, so a change in other processes' load between rounds cancels.
     round_ratios = (cached or {}).get("round_ratios") or []
-    ratio = (statistics.median(round_ratios) if round_ratios
-             else pipeline_tp / cached_tp if cached_tp else None)
-    wait = float(measured["input_wait"])
+    return Facts(
+        machine=machine, search=search, mode=mode, cap=cap, threads=threads,
+        intra_pool=intra_pool, inter_pool=int(threads.get("inter_op_pool") or 0),
+        cores_busy=cores_busy, saturation=min(1.0, cores_busy / cap) if cap > 0 else 0.0,
+        user=float(measured["user_seconds"]), system=float(measured["system_seconds"]),
+        per_core=per_core, others=max(0.0, sum(per_core) - cores_busy) if per_core else None,
+        throttling=_throttling(result, wall), pipeline_tp=pipeline_tp, cached_tp=cached_tp,
+        round_ratios=round_ratios,
+        ratio=(statistics.median(round_ratios) if round_ratios
+               else pipeline_tp / cached_tp if cached_tp else None),
+        wait=float(measured["input_wait"]),
+        pipeline=result.get("pipeline") or {"inspected": False})
+
+
+def analyse(machine: host.Machine, result: dict[str, Any], config: Config | None = None,
+            *, config_path: str | None = None) -> dict[str, Any]:
+    """The report, from the machine and the diagnosis child's result."""
+    path = config.path if config is not None else (config_path or "CONFIG.yaml")
     mode = (config.workload.mode if config is not None else result.get("mode")) or "predict"
-    if mode == "data":
-        input_bound = True  # the pipeline is the whole workload
-    else:
-        below = ratio is not None and ratio < INPUT_BOUND_RATIO
-        if below and round_ratios:
-            # The gap must hold in most rounds, not just the median: bursts of other work on a
-            # shared machine slowed half the rounds of a compute-bound model to 0.5-0.7x.
-            share = sum(r < INPUT_BOUND_RATIO for r in round_ratios) / len(round_ratios)
-            below = share >= INPUT_BOUND_ROUNDS
-        input_bound = bool(below or wait >= INPUT_WAIT_SHARE)
-    pipeline = result.get("pipeline") or {"inspected": False}
-    sequential, python = _maps(pipeline)
-
-    facts = {
-        "path": path, "search": search, "machine": machine, "cap": cap, "usable": usable,
-        "threads": threads, "intra_pool": intra_pool, "inter_pool": inter_pool,
-        "cores_busy": cores_busy, "saturation": saturation, "system_share": system_share,
-        "others": others, "throttling": throttling, "pipeline_tp": pipeline_tp,
-        "cached_tp": cached_tp, "ratio": ratio, "wait": wait, "input_bound": input_bound,
-        "mode": mode, "sequential": sequential, "python": python, "pipeline": pipeline,
-    }
-    findings = _findings(facts)
-
+    f = _facts(machine, result, f"python -m tuner search --config {shlex.quote(str(path))}",
+               mode)
+    measured, cached = result["measured"], result.get("cached")
     return {
         "format_version": FORMAT_VERSION,
         "config": str(path),
@@ -219,32 +258,32 @@ def analyse(machine: host.Machine, result: dict[str, Any], config: Config | None
         "tf_version": result.get("tf_version"),
         "onednn_enabled": result.get("onednn_enabled"),
         "visible_cpus": machine.visible_cpus,
-        "usable_cpus": usable,
+        "usable_cpus": f.usable,
         "affinity": list(machine.affinity),
         "cpu_quota": machine.cpu_quota,
-        "cpu_capacity": round(cap, 3),
-        "threads": threads,
-        "cpu_saturation": round(saturation, 4),
-        "cores_busy": round(cores_busy, 3),
-        "per_core_busy": per_core,
-        "other_processes_cpus": round(others, 3) if others is not None else None,
-        "user_seconds": round(user, 3),
-        "system_seconds": round(system, 3),
-        "system_share": round(system_share, 4),
-        "throttling": throttling,
-        "throughput": {"unit": "samples/s", "pipeline": round(pipeline_tp, 2),
-                       "cached_batch": round(cached_tp, 2) if cached_tp else None,
-                       "ratio": round(ratio, 4) if ratio is not None else None,
+        "cpu_capacity": round(f.cap, 3),
+        "threads": f.threads,
+        "cpu_saturation": round(f.saturation, 4),
+        "cores_busy": round(f.cores_busy, 3),
+        "per_core_busy": f.per_core,
+        "other_processes_cpus": round(f.others, 3) if f.others is not None else None,
+        "user_seconds": round(f.user, 3),
+        "system_seconds": round(f.system, 3),
+        "system_share": round(f.system_share, 4),
+        "throttling": f.throttling,
+        "throughput": {"unit": "samples/s", "pipeline": round(f.pipeline_tp, 2),
+                       "cached_batch": round(f.cached_tp, 2) if f.cached_tp else None,
+                       "ratio": round(f.ratio, 4) if f.ratio is not None else None,
                        "pipeline_windows": measured.get("windows"),
                        "cached_windows": cached.get("windows") if cached else None,
                        "round_ratios": (cached or {}).get("round_ratios")},
-        "input_wait": round(wait, 4),
-        "input_bound": input_bound,
-        "pipeline": pipeline,
+        "input_wait": round(f.wait, 4),
+        "input_bound": f.input_bound,
+        "pipeline": f.pipeline,
         "step_latency_ms": measured.get("step_latency_ms"),
-        "measured_seconds": {"pipeline": round(wall, 2),
+        "measured_seconds": {"pipeline": round(float(measured["seconds"]), 2),
                              "cached_batch": round(cached["seconds"], 2) if cached else None},
-        "findings": findings,
+        "findings": _findings(f),
         "thresholds": {"input_bound_ratio": INPUT_BOUND_RATIO,
                        "input_bound_rounds": INPUT_BOUND_ROUNDS,
                        "input_wait_share": INPUT_WAIT_SHARE,
@@ -253,223 +292,271 @@ def analyse(machine: host.Machine, result: dict[str, Any], config: Config | None
     }
 
 
+# -- findings: one rule each, in report order ----------------------------------------------------
+
+Finding = dict[str, Any]
+
+
 def _finding(kind: str, title: str, evidence: str, meaning: str, advice: str,
-             knobs: list[str] | None = None) -> dict[str, Any]:
+             knobs: list[str] | None = None) -> Finding:
     return {"kind": kind, "title": title, "evidence": evidence, "meaning": meaning,
-            "advice": advice, "knobs": knobs or []}
+            "advice": advice, "knobs": list(knobs or [])}
 
 
-def _findings(f: dict[str, Any]) -> list[dict[str, Any]]:
-    machine: host.Machine = f["machine"]
-    usable, cap, search = f["usable"], f["cap"], f["search"]
-    threads = f["threads"]
-    out: list[dict[str, Any]] = []
-    intra_s = "" if f["intra_pool"] == 1 else "s"
-    pools = (f"intra-op pool {f['intra_pool']} thread{intra_s}, inter-op pool {f['inter_pool']}, "
-             f"tf.data {threads.get('tf_data', 0)}")
+def _plural(n: int) -> str:
+    return "" if n == 1 else "s"
 
-    # -- fewer CPUs than the machine shows
-    if usable < machine.visible_cpus:
-        why = []
-        if len(machine.affinity) < machine.visible_cpus:
-            why.append(f"its CPU affinity allows {len(machine.affinity)} "
-                       f"(CPU {host.format_cpus(machine.affinity)})")
-        if machine.cpu_quota is not None and machine.cpu_quota < len(machine.affinity):
-            why.append(f"its cgroup CPU quota allows {_cpus(machine.cpu_quota)}' worth of time")
-        sized = (f"TensorFlow sized its pools from the affinity mask ({pools})"
-                 + (", not from the quota, which it does not read"
-                    if machine.cpu_quota is not None and machine.cpu_quota < len(machine.affinity)
-                    else ""))
-        out.append(_finding(
-            "restricted_cpus",
-            f"This process may use {usable} of the {machine.visible_cpus} CPUs the machine shows",
-            f"os.cpu_count() = {machine.visible_cpus}; " + "; ".join(why)
-            + f"; usable CPUs: {usable}. {sized}.",
-            f"Anything sized from os.cpu_count() (thread pools in your code or libraries, "
-            f"num_parallel_calls={machine.visible_cpus}, multiprocessing workers) starts "
-            f"{machine.visible_cpus / usable:.3g}x too many threads for what this process gets.",
-            f"If the limit is intended, size threads from the usable CPUs "
-            f"(len(os.sched_getaffinity(0)), and the quota) and tune under the same limit: "
-            f"`{search}` run the same way bounds its thread counts by the {usable} usable "
-            f"CPU{'s' if usable != 1 else ''}. If it is not, widen it (taskset -c, docker --cpus "
-            f"or --cpuset-cpus, the pod's CPU limit).",
-            ["intra_op_parallelism_threads", "inter_op_parallelism_threads"]))
 
-    # -- more threads than CPUs
-    if f["intra_pool"] > usable:
-        ratio = f["intra_pool"] / cap
-        quota_bound = machine.cpu_quota is not None and f["intra_pool"] == len(machine.affinity)
-        if quota_bound:
-            title = (f"TensorFlow sized its pools for {f['intra_pool']} CPUs but the cgroup quota "
-                     f"allows {_num(machine.cpu_quota)} ({ratio:.3g}x oversubscribed)")
-        else:
-            title = (f"TensorFlow's intra-op pool has {f['intra_pool']} threads for {usable} "
-                     f"usable CPU{'s' if usable != 1 else ''} ({ratio:.3g}x oversubscribed)")
-        evidence = f"{pools}; {threads.get('busy_threads', '?')} threads busy during the run"
-        wait_ratio = threads.get("run_queue_wait_per_cpu_second")
-        if wait_ratio is not None:
-            evidence += f"; threads waited {wait_ratio:.2f} s for a CPU per second they ran"
-        if f["throttling"]:
-            t = f["throttling"]
-            evidence += (f"; throttled in {t['nr_throttled']} of {t['nr_periods']} quota periods "
-                         f"({t['throttled_seconds']:.2f} s)")
-        out.append(_finding(
-            "oversubscribed", title, evidence + ".",
-            "Each op is split into as many shards as the pool has threads; with more threads than "
-            "CPUs they queue for the CPUs (and, under a quota, use it up early in each period and "
-            "are stopped until the next), so steps get slower and less predictable.",
-            f"Size the pools to the {usable} usable CPU{'s' if usable != 1 else ''}: "
-            f"{knobs.INTRA_OP.by_hand(usable)}; inter-op 1-2; cap tf.data with "
-            f"options.threading.private_threadpool_size. Or measure: `{search}`.",
-            ["intra_op_parallelism_threads", "inter_op_parallelism_threads",
-             "tf_data.private_threadpool_size"]))
+THREAD_KNOBS = ["intra_op_parallelism_threads", "inter_op_parallelism_threads"]
+ALL_THREAD_KNOBS = [*THREAD_KNOBS, "tf_data.private_threadpool_size"]
 
-    # -- throttling
-    t = f["throttling"]
-    if t and t["nr_periods"] > 0 and t["throttled_periods_share"] >= THROTTLED_PERIODS:
-        out.append(_finding(
-            "throttled",
-            f"Throttled by the cgroup CPU quota in {t['throttled_periods_share']:.0%} of periods",
-            f"cgroup {t['cgroup']}: nr_throttled {t['nr_throttled']} of {t['nr_periods']} periods, "
-            f"{t['throttled_seconds']:.2f} s throttled during {t['measured_seconds']:.1f} s "
-            f"measured; quota {_cpus(machine.cpu_quota or 0)}.",
-            "The job used up its quota before each period ended and was stopped until the next: "
-            "bursts of more threads than the quota allows make steps stall.",
-            f"Use at most as many threads as the quota (intra-op {usable}, inter-op 1-2), or raise "
-            f"the quota. `{search}` measures the thread counts under this quota.",
-            ["intra_op_parallelism_threads", "inter_op_parallelism_threads"]))
 
-    # -- input or compute
-    if f["input_bound"] and f["mode"] != "data":
-        ratio = f["ratio"]
-        evidence = (f"{_num(f['pipeline_tp'])} samples/s with the real pipeline vs "
-                    f"{_num(f['cached_tp'])} on one cached batch ({ratio:.2f}x); waiting for "
-                    f"data {f['wait']:.0%} of the step loop's time")
-        by_group = threads.get("cpus_by_group") or {}
-        if by_group:
-            op_pools = by_group.get("intra_op_pool", 0) + by_group.get("inter_op_pool", 0)
-            evidence += (f"; tf.data threads used {by_group.get('tf_data', 0):.2f} CPUs, the op "
-                         f"pools {op_pools:.2f}")
-        steps = f["pipeline"].get("transformations") or []
-        inspected = bool(f["pipeline"].get("inspected"))
-        has_prefetch = any(s["op"].startswith("Prefetch") for s in steps)
-        parallel = inspected and has_prefetch and not f["sequential"] and not f["python"]
-        if parallel:
-            advice = ("The pipeline is already parallel and prefetched, so its per-element work "
-                      "is the cost: .cache() what does not change between epochs, batch before "
-                      "a vectorisable map, or preprocess offline. ")
-        else:
-            advice = ("Make the pipeline parallel and overlapped: .map(..., "
-                      "num_parallel_calls=tf.data.AUTOTUNE), .prefetch(tf.data.AUTOTUNE) as the "
-                      "last step, .cache() after expensive steps whose output does not change. ")
-        if inspected and not has_prefetch:
-            advice = "The pipeline has no prefetch: add .prefetch(tf.data.AUTOTUNE) last. " + advice
-        advice += (f"Then tune tf.data's threads against the model's: `{search}` "
-                   f"(tf_data.private_threadpool_size, tf_data.max_intra_op_parallelism, "
-                   f"intra-op).")
-        out.append(_finding(
-            "input_bound",
-            f"Input-bound: the pipeline delivers {ratio:.2f}x what the model can process",
-            evidence + ".",
-            "The model waits for data (or competes with the pipeline for the CPUs): more op "
-            "threads will not help until the input pipeline is faster.",
-            advice, ["tf_data.private_threadpool_size", "tf_data.max_intra_op_parallelism"]))
-    if f["input_bound"]:
-        for step in f["sequential"]:
-            name = _step_name(step)
-            stateful_ops = ", ".join(step.get("python") or ["random or other stateful ops"])
-            why = (f"its function is stateful ({stateful_ops}), so tf.data will not parallelise "
-                   f"it by itself" if step.get("stateful") else "map_parallelization is off")
-            out.append(_finding(
-                "sequential_map", f"Sequential {name}: one element at a time",
-                f"{step['op']} over {', '.join(step.get('functions') or ['?'])} without "
-                f"num_parallel_calls; {why}.",
-                "One thread runs this step for every element; it caps the pipeline at one CPU.",
-                f"Pass num_parallel_calls=tf.data.AUTOTUNE (and deterministic=False if the order "
-                f"does not matter) to {name.split('(')[0]}.",
-                ["num_parallel_calls"]))
-        for step in f["python"]:
-            name = _step_name(step)
-            if step.get("from_generator"):
-                out.append(_finding(
-                    "python_in_pipeline",
-                    "Python in the pipeline: Dataset.from_generator runs a Python generator",
-                    f"{step['op']} pulls every element from a Python generator "
-                    f"({', '.join(step.get('python') or ['py_func'])}).",
-                    "One Python thread produces every element, one at a time, under the GIL; "
-                    "tf.data cannot parallelise a generator.",
-                    "Read the data with tf.data sources instead (from_tensor_slices over file "
-                    "names, then map(tf.io.read_file + decode, num_parallel_calls=AUTOTUNE), "
-                    "TFRecordDataset), or interleave several generators; preprocess once offline "
-                    "where you can.", ["num_parallel_calls"]))
-                continue
-            calls = ", ".join(step.get("python") or ["Python"])
-            out.append(_finding(
-                "python_in_pipeline", f"Python in the pipeline: {name} calls {calls}",
-                f"{step['op']} runs Python ({calls}) for every element.",
-                "Python code holds the GIL, so elements are processed largely one at a time "
-                "whatever num_parallel_calls says, and every call crosses from C++ into Python.",
-                "Rewrite it with TensorFlow ops (tf.image, tf.io, tf.strings, "
-                "tf.experimental.numpy) so it runs in parallel in C++; or preprocess once "
-                "offline (TFRecord, .cache() "
-                "to a file) so the job does not run it every epoch.", ["num_parallel_calls"]))
+def _restricted_cpus(f: Facts) -> Finding | None:
+    """Fewer CPUs than the machine shows."""
+    machine, usable = f.machine, f.usable
+    if usable >= machine.visible_cpus:
+        return None
+    why = []
+    if len(machine.affinity) < machine.visible_cpus:
+        why.append(f"its CPU affinity allows {len(machine.affinity)} "
+                   f"(CPU {host.format_cpus(machine.affinity)})")
+    if f.quota_below_affinity:
+        why.append(f"its cgroup CPU quota allows {_cpus(machine.cpu_quota or 0)}' worth of time")
+    sized = (f"TensorFlow sized its pools from the affinity mask ({f.pools})"
+             + (", not from the quota, which it does not read" if f.quota_below_affinity else ""))
+    return _finding(
+        "restricted_cpus",
+        f"This process may use {usable} of the {machine.visible_cpus} CPUs the machine shows",
+        f"os.cpu_count() = {machine.visible_cpus}; " + "; ".join(why)
+        + f"; usable CPUs: {usable}. {sized}.",
+        f"Anything sized from os.cpu_count() (thread pools in your code or libraries, "
+        f"num_parallel_calls={machine.visible_cpus}, multiprocessing workers) starts "
+        f"{machine.visible_cpus / usable:.3g}x too many threads for what this process gets.",
+        f"If the limit is intended, size threads from the usable CPUs "
+        f"(len(os.sched_getaffinity(0)), and the quota) and tune under the same limit: "
+        f"`{f.search}` run the same way bounds its thread counts by the {usable} usable "
+        f"CPU{_plural(usable)}. If it is not, widen it (taskset -c, docker --cpus "
+        f"or --cpuset-cpus, the pod's CPU limit).", THREAD_KNOBS)
 
-    # -- idle CPUs, not explained by the input or by other processes taking them
-    others = f["others"]
-    idle_share = f["saturation"]
-    if machine.cpu_quota is None and others is not None:
-        idle_share = min(1.0, (f["cores_busy"] + others) / cap)
-    if not f["input_bound"] and idle_share < LOW_SATURATION:
-        out.append(_finding(
-            "low_saturation",
-            f"CPUs idle: {f['cores_busy']:.2f} of {_num(cap)} usable CPUs busy "
-            f"({f['saturation']:.0%})",
-            f"This process used {f['cores_busy']:.2f} CPUs on average over "
-            f"{float(f['threads'].get('busy_threads') or 0):.0f} busy threads; {pools}.",
-            "The model's ops do not spread over the cores: ops too small to split, a sequential "
-            "graph, or too few threads.",
-            f"Inter-op threads let independent ops run together, intra-op threads split large "
-            f"ops, a larger batch gives every op more work. `{search}` measures the thread "
-            f"counts.", ["intra_op_parallelism_threads", "inter_op_parallelism_threads"]))
 
-    # -- kernel time
-    if f["system_share"] >= HIGH_SYSTEM_SHARE and f["cores_busy"] >= 0.1:
-        out.append(_finding(
-            "system_time", f"High system time: {f['system_share']:.0%} of CPU time in the kernel",
-            f"user {f['cores_busy'] * (1 - f['system_share']):.2f} CPUs, system "
-            f"{f['cores_busy'] * f['system_share']:.2f} CPUs; {pools}.",
-            "Threads spend their time in the kernel, usually waking and sleeping each other "
-            "(more threads than work) or allocating memory.",
-            f"Fewer threads: `{search}` measures intra-op, inter-op and tf.data thread counts.",
-            ["intra_op_parallelism_threads", "inter_op_parallelism_threads",
-             "tf_data.private_threadpool_size"]))
+def _oversubscribed(f: Facts) -> Finding | None:
+    """More threads in the intra-op pool than usable CPUs."""
+    usable, machine = f.usable, f.machine
+    if f.intra_pool <= usable:
+        return None
+    ratio = f.intra_pool / f.cap
+    if machine.cpu_quota is not None and f.intra_pool == len(machine.affinity):
+        title = (f"TensorFlow sized its pools for {f.intra_pool} CPUs but the cgroup quota "
+                 f"allows {_num(machine.cpu_quota)} ({ratio:.3g}x oversubscribed)")
+    else:
+        title = (f"TensorFlow's intra-op pool has {f.intra_pool} threads for {usable} "
+                 f"usable CPU{_plural(usable)} ({ratio:.3g}x oversubscribed)")
+    evidence = f"{f.pools}; {f.threads.get('busy_threads', '?')} threads busy during the run"
+    wait_ratio = f.threads.get("run_queue_wait_per_cpu_second")
+    if wait_ratio is not None:
+        evidence += f"; threads waited {wait_ratio:.2f} s for a CPU per second they ran"
+    if f.throttling:
+        t = f.throttling
+        evidence += (f"; throttled in {t['nr_throttled']} of {t['nr_periods']} quota periods "
+                     f"({t['throttled_seconds']:.2f} s)")
+    return _finding(
+        "oversubscribed", title, evidence + ".",
+        "Each op is split into as many shards as the pool has threads; with more threads than "
+        "CPUs they queue for the CPUs (and, under a quota, use it up early in each period and "
+        "are stopped until the next), so steps get slower and less predictable.",
+        f"Size the pools to the {usable} usable CPU{_plural(usable)}: "
+        f"{knobs.INTRA_OP.by_hand(usable)}; inter-op 1-2; cap tf.data with "
+        f"options.threading.private_threadpool_size. Or measure: `{f.search}`.",
+        ALL_THREAD_KNOBS)
 
-    # -- other processes on this job's CPUs
-    if (machine.cpu_quota is None and others is not None
-            and others >= COMPETING_LOAD * len(machine.affinity)):
-        out.append(_finding(
-            "competing_load",
-            f"Other processes used {others:.2f} of this job's {len(machine.affinity)} CPUs",
-            f"CPUs {host.format_cpus(machine.affinity)} were busy "
-            f"{others + f['cores_busy']:.2f} CPUs' "
-            f"worth on average; this process used {f['cores_busy']:.2f}.",
-            "The job gets less CPU than it could, and every measurement on this machine, this "
-            "one and a search's, is noisier.",
-            "Diagnose and tune on a quiet machine, or keep the other work off these CPUs "
-            "(taskset, cpusets); then re-run this diagnosis.", []))
 
-    if not out:
-        ratio_text = (f"the real pipeline delivers {f['ratio']:.2f}x the cached batch's throughput"
-                      if f["ratio"] is not None else "the pipeline was measured alone (data mode)")
-        out.append(_finding(
-            "ok", "Nothing holds this job back",
-            f"{f['cores_busy']:.2f} of {_num(cap)} usable CPUs busy ({f['saturation']:.0%}); "
-            f"{ratio_text}; waiting for data {f['wait']:.0%}; pools sized for {usable} usable "
-            f"CPU{'s' if usable != 1 else ''} ({pools}).",
-            "TensorFlow's defaults keep the CPUs busy on compute.",
-            f"A search may still find a few percent in the thread counts: `{search}`.",
-            ["intra_op_parallelism_threads", "inter_op_parallelism_threads"]))
-    return out
+def _throttled(f: Facts) -> Finding | None:
+    """The cgroup's quota stopped the job in many periods."""
+    t = f.throttling
+    if not (t and t["nr_periods"] > 0 and t["throttled_periods_share"] >= THROTTLED_PERIODS):
+        return None
+    return _finding(
+        "throttled",
+        f"Throttled by the cgroup CPU quota in {t['throttled_periods_share']:.0%} of periods",
+        f"cgroup {t['cgroup']}: nr_throttled {t['nr_throttled']} of {t['nr_periods']} periods, "
+        f"{t['throttled_seconds']:.2f} s throttled during {t['measured_seconds']:.1f} s "
+        f"measured; quota {_cpus(f.machine.cpu_quota or 0)}.",
+        "The job used up its quota before each period ended and was stopped until the next: "
+        "bursts of more threads than the quota allows make steps stall.",
+        f"Use at most as many threads as the quota (intra-op {f.usable}, inter-op 1-2), or raise "
+        f"the quota. `{f.search}` measures the thread counts under this quota.", THREAD_KNOBS)
+
+
+def _input_bound(f: Facts) -> Finding | None:
+    """The model waits for the pipeline (in data mode the pipeline is all there is)."""
+    if not f.input_bound or f.mode == "data":
+        return None
+    evidence = (f"{_num(f.pipeline_tp)} samples/s with the real pipeline vs "
+                f"{_num(f.cached_tp or 0)} on one cached batch ({f.ratio:.2f}x); waiting for "
+                f"data {f.wait:.0%} of the step loop's time")
+    by_group = f.threads.get("cpus_by_group") or {}
+    if by_group:
+        op_pools = by_group.get("intra_op_pool", 0) + by_group.get("inter_op_pool", 0)
+        evidence += (f"; tf.data threads used {by_group.get('tf_data', 0):.2f} CPUs, the op "
+                     f"pools {op_pools:.2f}")
+    inspected = bool(f.pipeline.get("inspected"))
+    has_prefetch = any(s["op"].startswith("Prefetch") for s in f.steps)
+    if inspected and has_prefetch and not f.sequential and not f.python:
+        advice = ("The pipeline is already parallel and prefetched, so its per-element work "
+                  "is the cost: .cache() what does not change between epochs, batch before "
+                  "a vectorisable map, or preprocess offline. ")
+    else:
+        advice = ("Make the pipeline parallel and overlapped: .map(..., "
+                  "num_parallel_calls=tf.data.AUTOTUNE), .prefetch(tf.data.AUTOTUNE) as the "
+                  "last step, .cache() after expensive steps whose output does not change. ")
+    if inspected and not has_prefetch:
+        advice = "The pipeline has no prefetch: add .prefetch(tf.data.AUTOTUNE) last. " + advice
+    advice += (f"Then tune tf.data's threads against the model's: `{f.search}` "
+               f"(tf_data.private_threadpool_size, tf_data.max_intra_op_parallelism, "
+               f"intra-op).")
+    return _finding(
+        "input_bound",
+        f"Input-bound: the pipeline delivers {f.ratio:.2f}x what the model can process",
+        evidence + ".",
+        "The model waits for data (or competes with the pipeline for the CPUs): more op "
+        "threads will not help until the input pipeline is faster.",
+        advice, ["tf_data.private_threadpool_size", "tf_data.max_intra_op_parallelism"])
+
+
+def _sequential_map(f: Facts, step: dict[str, Any]) -> Finding | None:
+    """A transformation that processes one element at a time (input-bound jobs only)."""
+    name = _step_name(step)
+    stateful_ops = ", ".join(step.get("python") or ["random or other stateful ops"])
+    why = (f"its function is stateful ({stateful_ops}), so tf.data will not parallelise "
+           f"it by itself" if step.get("stateful") else "map_parallelization is off")
+    return _finding(
+        "sequential_map", f"Sequential {name}: one element at a time",
+        f"{step['op']} over {', '.join(step.get('functions') or ['?'])} without "
+        f"num_parallel_calls; {why}.",
+        "One thread runs this step for every element; it caps the pipeline at one CPU.",
+        f"Pass num_parallel_calls=tf.data.AUTOTUNE (and deterministic=False if the order "
+        f"does not matter) to {name.split('(')[0]}.", ["num_parallel_calls"])
+
+
+def _python_in_pipeline(f: Facts, step: dict[str, Any]) -> Finding | None:
+    """A transformation that runs Python for every element (input-bound jobs only)."""
+    if step.get("from_generator"):
+        return _finding(
+            "python_in_pipeline",
+            "Python in the pipeline: Dataset.from_generator runs a Python generator",
+            f"{step['op']} pulls every element from a Python generator "
+            f"({', '.join(step.get('python') or ['py_func'])}).",
+            "One Python thread produces every element, one at a time, under the GIL; "
+            "tf.data cannot parallelise a generator.",
+            "Read the data with tf.data sources instead (from_tensor_slices over file "
+            "names, then map(tf.io.read_file + decode, num_parallel_calls=AUTOTUNE), "
+            "TFRecordDataset), or interleave several generators; preprocess once offline "
+            "where you can.", ["num_parallel_calls"])
+    calls = ", ".join(step.get("python") or ["Python"])
+    return _finding(
+        "python_in_pipeline", f"Python in the pipeline: {_step_name(step)} calls {calls}",
+        f"{step['op']} runs Python ({calls}) for every element.",
+        "Python code holds the GIL, so elements are processed largely one at a time "
+        "whatever num_parallel_calls says, and every call crosses from C++ into Python.",
+        "Rewrite it with TensorFlow ops (tf.image, tf.io, tf.strings, "
+        "tf.experimental.numpy) so it runs in parallel in C++; or preprocess once "
+        "offline (TFRecord, .cache() "
+        "to a file) so the job does not run it every epoch.", ["num_parallel_calls"])
+
+
+def _low_saturation(f: Facts) -> Finding | None:
+    """Idle CPUs, not explained by the input or by other processes taking them."""
+    idle_share = f.saturation
+    if f.machine.cpu_quota is None and f.others is not None:
+        idle_share = min(1.0, (f.cores_busy + f.others) / f.cap)
+    if f.input_bound or idle_share >= LOW_SATURATION:
+        return None
+    return _finding(
+        "low_saturation",
+        f"CPUs idle: {f.cores_busy:.2f} of {_num(f.cap)} usable CPUs busy "
+        f"({f.saturation:.0%})",
+        f"This process used {f.cores_busy:.2f} CPUs on average over "
+        f"{float(f.threads.get('busy_threads') or 0):.0f} busy threads; {f.pools}.",
+        "The model's ops do not spread over the cores: ops too small to split, a sequential "
+        "graph, or too few threads.",
+        f"Inter-op threads let independent ops run together, intra-op threads split large "
+        f"ops, a larger batch gives every op more work. `{f.search}` measures the thread "
+        f"counts.", THREAD_KNOBS)
+
+
+def _system_time(f: Facts) -> Finding | None:
+    """Much of the CPU time spent in the kernel."""
+    if f.system_share < HIGH_SYSTEM_SHARE or f.cores_busy < 0.1:
+        return None
+    return _finding(
+        "system_time", f"High system time: {f.system_share:.0%} of CPU time in the kernel",
+        f"user {f.cores_busy * (1 - f.system_share):.2f} CPUs, system "
+        f"{f.cores_busy * f.system_share:.2f} CPUs; {f.pools}.",
+        "Threads spend their time in the kernel, usually waking and sleeping each other "
+        "(more threads than work) or allocating memory.",
+        f"Fewer threads: `{f.search}` measures intra-op, inter-op and tf.data thread counts.",
+        ALL_THREAD_KNOBS)
+
+
+def _competing_load(f: Facts) -> Finding | None:
+    """Other processes on this job's CPUs (measurable only without a quota)."""
+    machine, others = f.machine, f.others
+    if (machine.cpu_quota is not None or others is None
+            or others < COMPETING_LOAD * len(machine.affinity)):
+        return None
+    return _finding(
+        "competing_load",
+        f"Other processes used {others:.2f} of this job's {len(machine.affinity)} CPUs",
+        f"CPUs {host.format_cpus(machine.affinity)} were busy {others + f.cores_busy:.2f} CPUs' "
+        f"worth on average; this process used {f.cores_busy:.2f}.",
+        "The job gets less CPU than it could, and every measurement on this machine, this "
+        "one and a search's, is noisier.",
+        "Diagnose and tune on a quiet machine, or keep the other work off these CPUs "
+        "(taskset, cpusets); then re-run this diagnosis.", [])
+
+
+def _all_clear(f: Facts) -> Finding:
+    """When no rule found anything: say so, with the numbers that show it."""
+    ratio_text = (f"the real pipeline delivers {f.ratio:.2f}x the cached batch's throughput"
+                  if f.ratio is not None else "the pipeline was measured alone (data mode)")
+    return _finding(
+        "ok", "Nothing holds this job back",
+        f"{f.cores_busy:.2f} of {_num(f.cap)} usable CPUs busy ({f.saturation:.0%}); "
+        f"{ratio_text}; waiting for data {f.wait:.0%}; pools sized for {f.usable} usable "
+        f"CPU{_plural(f.usable)} ({f.pools}).",
+        "TensorFlow's defaults keep the CPUs busy on compute.",
+        f"A search may still find a few percent in the thread counts: `{f.search}`.",
+        THREAD_KNOBS)
+
+
+StepRule = Callable[[Facts, dict[str, Any]], "Finding | None"]
+
+
+def _each(steps: Callable[[Facts], list[dict[str, Any]]],
+          rule: StepRule) -> Callable[[Facts], list[Finding]]:
+    """``rule`` applied to each of the pipeline's ``steps``, when the job is input-bound."""
+    def apply(f: Facts) -> list[Finding]:
+        found = [rule(f, step) for step in steps(f)] if f.input_bound else []
+        return [x for x in found if x is not None]
+    return apply
+
+
+# The rules in report order; each returns a finding or None (the per-step ones, a list).
+RULES: tuple[Callable[[Facts], Finding | list[Finding] | None], ...] = (
+    _restricted_cpus, _oversubscribed, _throttled, _input_bound,
+    _each(lambda f: f.sequential, _sequential_map),
+    _each(lambda f: f.python, _python_in_pipeline),
+    _low_saturation, _system_time, _competing_load,
+)
+
+
+def _findings(f: Facts) -> list[Finding]:
+    """Every finding the rules make, or the one that says nothing was found."""
+    out: list[Finding] = []
+    for rule in RULES:
+        found = rule(f)
+        out.extend(found if isinstance(found, list) else [found] if found else [])
+    return out or [_all_clear(f)]
 
 
 # -- text ----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import host as host_mod
-from . import knobs, stats
+from . import knobs, protocol, stats
 from . import settings as settings_mod
 from . import space as space_mod
 from .config import Config, Objective
@@ -32,16 +32,9 @@ def print_line(line: str = "") -> None:
 
 def task(kind: str, config: Config, machine: host_mod.Machine) -> dict[str, Any]:
     """The task a child gets: what to build, how to measure, and where it may run."""
-    wl = config.workload
-    return {
-        "kind": kind,
-        "workload": {"model": wl.model, "data": wl.data, "mode": wl.mode,
-                     "base_dir": wl.base_dir},
-        "measure": dataclasses.asdict(config.measure),
-        "usable_cpus": machine.usable_cpus,
-        "affinity": list(machine.affinity),
-        "knobs": {name: list(values) for name, values in config.knobs.items()},
-    }
+    return protocol.task(kind, config.workload, usable_cpus=machine.usable_cpus,
+                         affinity=machine.affinity, measure=dataclasses.asdict(config.measure),
+                         knobs=config.knobs)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ Whatever goes wrong (a signal, an exit code, a hang, a garbled result) comes bac
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shlex
@@ -27,7 +26,7 @@ from typing import Any, Callable
 
 from . import settings as settings_mod
 from .errors import TrialFailed
-from .worker import PROTOCOL
+from .protocol import PROTOCOL, result_problem
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
@@ -168,31 +167,6 @@ class _Reaper:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _check_measure_result(result: dict[str, Any]) -> None:
-    windows = result.get("windows")
-    if not isinstance(windows, list) or not windows:
-        raise TrialFailed("garbled result: no measurement windows")
-    for window in windows:
-        value = window.get("throughput") if isinstance(window, dict) else None
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise TrialFailed(f"garbled result: window throughput {value!r}")
-
-
-def _check_diagnose_result(result: dict[str, Any]) -> None:
-    measured = result.get("measured")
-    if not isinstance(measured, dict):
-        raise TrialFailed("garbled result: no measurement")
-    for key in ("seconds", "throughput", "cpu_seconds", "user_seconds", "system_seconds",
-                "input_wait"):
-        value = measured.get(key)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise TrialFailed(f"garbled result: measured {key} {value!r}")
-    if not measured["seconds"] > 0 or not measured["throughput"] > 0:
-        raise TrialFailed("garbled result: nothing measured")
-    if not isinstance(result.get("threads"), dict):
-        raise TrialFailed("garbled result: no thread counts")
 
 
 class Watch:
@@ -436,8 +410,7 @@ def _read_result(proc: subprocess.Popen[bytes], result_path: Path, log_path: Pat
         raise TrialFailed(str(result.get("error") or "the child reported an unnamed error"))
     if code != 0:
         raise TrialFailed(f"exited with code {code} after writing its result")
-    if kind == "measure":
-        _check_measure_result(result)
-    elif kind == "diagnose":
-        _check_diagnose_result(result)
+    problem = result_problem(kind, result)
+    if problem:
+        raise TrialFailed(f"garbled result: {problem}")
     return result
