@@ -56,8 +56,13 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: format_version {version!r} is not supported by this tuner "
                           f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade tuner "
                           f"or re-run the search")
-    if not isinstance(data.get("settings"), dict):
-        raise ConfigError(f"{path}: settings: missing or not a mapping")
+    settings = data.get("settings")
+    if settings is None:
+        raise ConfigError(f"{path}: settings: missing; expected a mapping of settings")
+    if not isinstance(settings, dict):
+        shown = repr(settings)
+        raise ConfigError(f"{path}: settings: expected a mapping of settings, got "
+                          f"{shown if len(shown) <= 80 else shown[:77] + '...'}")
     return data
 
 
