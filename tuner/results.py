@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import tuned
-from .errors import ConfigError, StudyError
+from .errors import ConfigError, StudyError, TunerError
 from .tuned import BASELINE, EXPERT
 from .tuned import STUDY_ATTR_PREFIX as ATTR
 from .urls import mask_secret, mask_url
@@ -378,18 +378,89 @@ def _placement_notes(settings: Any) -> list[str]:
 # -- from a study ------------------------------------------------------------------------------
 
 
+# What Optuna's RDB storage holds once it has set a database up. Optuna would create (and stamp)
+# whatever is missing, so a database without all of them is not handed to it.
+OPTUNA_TABLES = ("studies", "trials", "version_info", "alembic_version")
+
+
+def read_only_url(storage: str) -> str:
+    """``storage`` for reading only: an SQLite file opened with ``mode=ro`` (SQLite refuses every
+    write); other databases as they are (see :func:`open_read_only`)."""
+    from urllib.parse import quote
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(storage)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:" \
+            or url.query.get("uri") == "true":
+        return storage
+    return url.set(database="file:" + quote(url.database, safe="/"),
+                   query={**url.query, "mode": "ro", "uri": "true"}
+                   ).render_as_string(hide_password=False)
+
+
+def open_read_only(storage: str) -> Any:
+    """Optuna's storage over an existing tuner database, opened so that reading it writes
+    nothing: never creates tables, never stamps a schema version. A database without Optuna's
+    tables (an application's own, a typo in the URL) is refused before Optuna sees it."""
+    import optuna
+    import sqlalchemy
+
+    from .coord import engine_kwargs
+
+    try:
+        from sqlalchemy.engine import make_url
+
+        backend = make_url(storage).get_backend_name()
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        raise ConfigError(f"--storage: {mask_url(storage)!r} is not a storage URL; expected "
+                          f"e.g. sqlite:///results/study.db or "
+                          f"postgresql://user:password@host/db") from None
+    if backend == "sqlite":
+        path = make_url(storage).database
+        if path and path != ":memory:" and not os.path.isfile(path):
+            raise ConfigError(f"--storage: {mask_url(storage)}: no such database file "
+                              f"({path!r})")
+    url = read_only_url(storage)
+    kwargs = engine_kwargs(storage)
+    if backend == "postgresql":
+        # every transaction of these sessions is read-only: the server refuses any write
+        connect_args = dict(kwargs.get("connect_args") or {})
+        connect_args["options"] = (connect_args.get("options", "") +
+                                   " -c default_transaction_read_only=on").strip()
+        kwargs["connect_args"] = connect_args
+    try:
+        engine = sqlalchemy.create_engine(url, **kwargs)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+        missing = [t for t in OPTUNA_TABLES if t not in tables]
+        if missing:
+            what = ("it has no Optuna tables" if len(missing) == len(OPTUNA_TABLES) else
+                    f"Optuna's tables {', '.join(missing)} are missing")
+            raise ConfigError(f"--storage: {mask_url(storage)}: no tuner study here ({what}); "
+                              f"check the URL")
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+    except TunerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types; all mean "cannot open it"
+        orig = getattr(exc, "orig", None) or exc
+        text = str(orig).strip()
+        first = text.splitlines()[0] if text else type(orig).__name__
+        raise StudyError(f"--storage: cannot open {mask_url(storage)}: "
+                         f"{mask_secret(first, storage)}") from None
+
+
 def open_study(storage: str, name: str | None) -> Any:
-    """Load an existing study; never creates a database or a study. Without ``name``, the
-    storage's only study."""
+    """Load an existing study, read-only: never creates a database, a table or a study. Without
+    ``name``, the storage's only study."""
     import optuna
 
-    if storage.startswith("sqlite:///"):
-        path = storage[len("sqlite:///"):]
-        if path and path != ":memory:" and not os.path.isfile(path):
-            raise ConfigError(f"--storage: {storage}: no such database file ({path!r})")
+    rdb = open_read_only(storage)
     try:
-        names = optuna.get_all_study_names(storage=storage)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types; all mean "cannot open it"
+        names = optuna.get_all_study_names(storage=rdb)
+    except Exception as exc:  # noqa: BLE001 - as in open_read_only
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StudyError(f"--storage: cannot open {mask_url(storage)}: "
                          f"{mask_secret(first, storage)}") from None
@@ -401,7 +472,7 @@ def open_study(storage: str, name: str | None) -> Any:
     if name not in names:
         raise ConfigError(f"--study-name: no study {name!r} in {mask_url(storage)}; "
                           f"available: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=storage)
+    return optuna.load_study(study_name=name, storage=rdb)
 
 
 @dataclass
