@@ -775,6 +775,14 @@ def test_reading_a_tuner_study_changes_nothing_in_its_database(optuna_study, tmp
     assert proc.returncode == 2
     _one_error(proc.stderr, "no complete trial to show")
     assert _fingerprint(db) == before
+    import optuna
+
+    from tuner import results
+
+    with pytest.raises(optuna.exceptions.StorageInternalError) as caught:
+        optuna.create_study(study_name="t", storage=results.open_read_only(optuna_study))
+    assert "readonly database" in str(caught.value.__cause__)
+    assert _fingerprint(db) == before
 
 
 @pytest.mark.postgres
@@ -892,3 +900,45 @@ def test_a_tuned_file_naming_credentials_is_written_0600(tmp_path, storage, mode
     tuned.write(doc, path, study_name="branchy", storage=storage, force=False)
     assert stat.S_IMODE(path.stat().st_mode) == mode
     assert "s3cret" not in path.read_text()
+
+
+@pytest.mark.postgres
+def test_a_postgresql_study_reads_through_read_only_sessions(pg_url):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(study_name="s", storage=pg_url, direction="maximize")
+    study.optimize(lambda t: float(t.suggest_int("intra_op_parallelism_threads", 0, 2)),
+                   n_trials=3)
+    proc = _tuner("report", "--storage", pg_url)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("study s in postgresql://tuner:***@")
+    assert len(optuna.load_study(study_name="s", storage=pg_url).trials) == 3
+    from tuner import results
+
+    with pytest.raises(optuna.exceptions.StorageInternalError) as caught:
+        optuna.create_study(study_name="t", storage=results.open_read_only(pg_url))
+    assert "read-only transaction" in str(caught.value.__cause__)
+    assert optuna.get_all_study_names(pg_url) == ["s"]
+
+
+@pytest.mark.parametrize("last,field", [
+    ("x", "tuner.last_result"),
+    ({"verdict": "tuned", "result": {"throughput": {"median": 5.0}, "speedup": 1.2,
+                                     "speedup_ci95": [1.1], "p_value": 0.01}},
+     "result.speedup_ci95"),
+    ({"verdict": "tuned", "result": {"throughput": {"median": 5.0}}},
+     "tuner.last_result.result.speedup"),
+    ({"verdict": "defaults", "result": {"throughput": {"median": 5.0},
+                                        "rejected": {"p_value": "q"}}},
+     "result.rejected.p_value"),
+])
+def test_a_damaged_result_recorded_on_a_study_is_one_error_line(optuna_study, last, field):
+    import optuna
+
+    optuna.load_study(study_name="s", storage=optuna_study).set_user_attr("tuner.last_result",
+                                                                           last)
+    for command in ("report", "show"):
+        proc = _tuner(command, "--storage", optuna_study)
+        assert proc.returncode == 2, proc.stderr
+        _one_error(proc.stderr, "study 's'", field)

@@ -160,8 +160,9 @@ def _validated_line(last: dict[str, Any] | None) -> str:
                 f"processes")
     if last.get("verdict") == "defaults":
         rejected = r.get("rejected")
-        extra = (f"; best candidate trial {rejected['trial']} measured {rejected['speedup']:.3f}x, "
-                 f"not adopted: {rejected.get('rejected_because')}") if rejected else ""
+        extra = (f"; best candidate trial {rejected.get('trial')} measured "
+                 f"{render.num(rejected.get('speedup'), 3)}x, not adopted: "
+                 f"{rejected.get('rejected_because')}") if rejected else ""
         return f"defaults: nothing beat TensorFlow's defaults beyond noise{extra}"
     return f"{last.get('verdict')}: not validated"
 

@@ -507,13 +507,40 @@ class StudyRecord:
 def read_study(storage: str, name: str | None) -> StudyRecord:
     study = open_study(storage, name)
     attrs = study.user_attrs
-    config = attrs.get(ATTR + "config") or {}
+    where = f"study {study.study_name!r}"
+    config = _mapping(attrs, ATTR + "config", where, ATTR + "config")
+    machine = attrs.get(ATTR + "machine_full") or attrs.get(ATTR + "machine") or {}
+    if not isinstance(machine, dict):
+        raise bad_field(where, ATTR + "machine", machine, "a mapping")
+    check_machine(machine, where)
+    workload = _mapping(config, "workload", where, ATTR + "config.workload")
+    _fields(workload, where, ATTR + "config.workload.", _WORKLOAD_RULES)
+    last = attrs.get(ATTR + "last_result")
+    if last is not None:
+        check_last_result(last, where)
     return StudyRecord(
-        name=study.study_name, storage=mask_url(storage),
-        machine=attrs.get(ATTR + "machine_full") or attrs.get(ATTR + "machine") or {},
-        workload=config.get("workload") or {}, last_result=attrs.get(ATTR + "last_result"),
-        created=attrs.get(ATTR + "created"), trials=study.get_trials(deepcopy=False),
-        study=study)
+        name=study.study_name, storage=mask_url(storage), machine=machine, workload=workload,
+        last_result=last, created=attrs.get(ATTR + "created"),
+        trials=study.get_trials(deepcopy=False), study=study)
+
+
+def check_last_result(last: Any, where: str) -> None:
+    """The validated result a search recorded on its study (what report and show read)."""
+    name = ATTR + "last_result"
+    if not isinstance(last, dict):
+        raise bad_field(where, name, last, "a mapping")
+    if last.get("verdict") not in VERDICTS:
+        raise bad_field(where, name + ".verdict", last.get("verdict"),
+                        "one of " + ", ".join(VERDICTS))
+    result = _mapping(last, "result", where, name + ".result", required=True)
+    check_result(result, f"{where}: {name}")
+    if last["verdict"] == "tuned":
+        for key in ("speedup", "speedup_ci95", "p_value"):
+            if result.get(key) is None:
+                raise missing_field(where, f"{name}.result.{key}", "the validated numbers")
+    if last.get("settings") is not None:
+        check_settings(_mapping(last, "settings", where, name + ".settings"), where,
+                       name + ".settings")
 
 
 def from_study(storage: str, name: str | None) -> Result:
