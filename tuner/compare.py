@@ -205,14 +205,14 @@ def _speedup(r: Result) -> str:
     return f"{r.speedup:.3f}x{ci}{p}"
 
 
+NOT_SET = "not set"
+
+
 def setting_text(name: str, value: Any) -> str:
     """A setting's value; a thread count the result does not set reads as such, not as 0."""
     if value is None and name in THREAD_COUNTS:
         return NOT_SET
     return render.value(value)
-
-
-NOT_SET = "not set"
 
 
 def _machine_line(m: dict[str, Any]) -> str:
