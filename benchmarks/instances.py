@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tuner import config as config_mod  # noqa: E402
-from tuner import placement  # noqa: E402
+from tuner import host, measuring  # noqa: E402
+from tuner import knobs as knobs_mod  # noqa: E402
 from tuner import space as space_mod  # noqa: E402
-from tuner import study as study_mod  # noqa: E402
 
 
 def main() -> None:
@@ -45,11 +45,11 @@ def main() -> None:
                                                  window_seconds=args.window,
                                                  windows=args.windows),
                       search=config_mod.Search(trial_timeout=300))
-    search = study_mod.Search(cfg, study_mod.Printer(lambda line: print("  " + line, flush=True)))
-    search.run_preflight()
-    m = search.machine
+    measurer = measuring.Measurer(cfg, host.detect(),
+                                  lambda line: print("  " + line, flush=True))
+    m = measurer.preflight().machine
     counts = ([int(c) for c in args.counts.split(",")] if args.counts
-              else space_mod.KNOBS["instances"].candidates(m))
+              else knobs_mod.KNOBS["instances"].candidates(m))
     print(f"machine: {m.cpu_model}, {m.usable_cpus} usable CPUs, {m.physical_cores} physical "
           f"cores, {m.numa_nodes} NUMA node(s); TensorFlow {m.tf_version}", flush=True)
     runs: dict[int, list[dict]] = {k: [] for k in counts}
@@ -57,7 +57,7 @@ def main() -> None:
         shift = r % len(counts)
         for k in counts[shift:] + counts[:shift]:
             settings = dict(space_mod.default_settings(), instances=k)
-            attrs = study_mod.result_attrs(search.measure(settings))
+            attrs = measuring.summary(measurer.measure(settings))
             runs[k].append(attrs)
             print(f"  round {r + 1}: {k} instance(s): {attrs['throughput']['median']:.1f} "
                   f"samples/s, p95 {attrs['step_latency_ms']['p95']:.1f} ms", flush=True)
@@ -69,7 +69,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for k in counts:
         tps = [a["throughput"]["median"] for a in runs[k]]
-        sets = placement.instance_sets(m, k) if k > 1 else [list(m.affinity)]
+        sets = host.instance_sets(m, k) if k > 1 else [list(m.affinity)]
         p95 = statistics.median(a["step_latency_ms"]["p95"] for a in runs[k])
         sat = statistics.median(a["cpu_saturation"] for a in runs[k])
         rows.append({"instances": k, "cpus": sets, "throughput": tps,

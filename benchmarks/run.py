@@ -42,9 +42,15 @@ sys.path.insert(0, str(ROOT))
 from remeasure import bootstrap, run_one  # noqa: E402
 
 from tuner import config as config_mod  # noqa: E402
-from tuner import machine as machine_mod  # noqa: E402
+from tuner import (  # noqa: E402
+    host,  # noqa: E402
+    measuring,
+    sampling,
+)
+from tuner import knobs as knobs_mod  # noqa: E402
+from tuner import search as search_mod  # noqa: E402
+from tuner import settings as settings_mod  # noqa: E402
 from tuner import space as space_mod  # noqa: E402
-from tuner import study as study_mod  # noqa: E402
 
 # Quick mode fits four examples and the grid in under 15 minutes on 2 cores. Every measurement is
 # a fresh process costing ~3 s before its first window (interpreter, TensorFlow import, build,
@@ -80,7 +86,7 @@ def compare_example(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
     cfg = bench_config(path, mode, stamp, out)
     log(f"== {path.stem}: search ({mode['n_trials']} trials) ==")
     t0 = time.monotonic()
-    outcome = study_mod.search(cfg, study_mod.Printer(lambda line: log("   " + line)))
+    outcome = search_mod.run(cfg, lambda line: log("   " + line))
     search_seconds = time.monotonic() - t0
     doc = outcome.tuned
     tuned_path = str(Path(outcome.tuned_path).resolve())
@@ -89,7 +95,7 @@ def compare_example(path: Path, mode: dict, stamp: str, out: Path, log) -> dict:
               "mode": wl["mode"], "seconds": mode["remeasure_seconds"],
               "warmup": mode["remeasure_warmup"]}
     expert = doc["search"]["expert_rule"]["settings"]
-    defaults = space_mod.nest_settings(space_mod.default_settings())
+    defaults = settings_mod.nest(knobs_mod.default_settings())
     entries = [("defaults", {"settings": defaults, "apply": None}),
                ("tuned", {"settings": doc["settings"], "apply": tuned_path}),
                ("expert", {"settings": expert, "apply": None})]
@@ -143,13 +149,14 @@ def efficiency(path: Path, mode: dict, stamp: str, out: Path, log,
     trials whose settings are exactly a grid point (the baseline and the expert rule) count as
     that point's measurement instead of being measured again."""
     cfg = bench_config(path, mode, stamp, out)
-    search = study_mod.Search(cfg, study_mod.Printer(lambda line: log("   " + line)))
-    m = search.machine  # grid points are plain thread settings: no preflight needed
-    ladder = space_mod.thread_ladder(m.usable_cpus)
+    m = host.detect()
+    # grid points are plain thread settings: no preflight needed
+    measurer = measuring.Measurer(cfg, m, lambda line: log("   " + line))
+    ladder = knobs_mod.thread_ladder(m.usable_cpus)
     if mode["grid"] == "reduced":  # powers of two only
         ladder = [v for v in ladder if v & (v - 1) == 0]
     intra = [0, *ladder]
-    inter = space_mod.KNOBS["inter_op_parallelism_threads"].candidates(m)
+    inter = knobs_mod.KNOBS["inter_op_parallelism_threads"].candidates(m)
     points = {(a, b): dict(space_mod.default_settings(), intra_op_parallelism_threads=a,
                            inter_op_parallelism_threads=b) for a in intra for b in inter}
     known: dict[tuple[int, int], float] = {}
@@ -168,8 +175,7 @@ def efficiency(path: Path, mode: dict, stamp: str, out: Path, log,
             grid[(a, b)] = known[(a, b)]
             log(f"   intra={a} inter={b}: {grid[(a, b)]:.1f} samples/s (search trial)")
             continue
-        result = search.measure(settings)
-        grid[(a, b)] = study_mod.result_attrs(result)["throughput"]["median"]
+        grid[(a, b)] = measuring.summary(measurer.measure(settings))["throughput"]["median"]
         log(f"   intra={a} inter={b}: {grid[(a, b)]:.1f} samples/s")
     best = max(grid.values())
     target = 0.98 * best
@@ -206,7 +212,7 @@ def efficiency(path: Path, mode: dict, stamp: str, out: Path, log,
                 s.enqueue_trial({"intra_op_parallelism_threads": ref[0],
                                  "inter_op_parallelism_threads": ref[1]})
             if "screening" in name and "no screening" not in name:
-                for point in study_mod.screening_points(space_mod.Space(space, {}), m):
+                for point in sampling.screening_points(space_mod.Space(space, {}), m):
                     s.enqueue_trial(point)
             hit = None
             for n in range(1, cap + 1):
@@ -254,11 +260,11 @@ def main() -> None:
         same = next((c["study"] for c in comparisons if c["example"] == example.stem), None)
         eff = efficiency(example, mode, stamp, out, log, same)
         eff["seconds"] = time.monotonic() - t0
-    machine = machine_mod.detect()
+    machine = host.detect()
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "mode": "quick" if args.quick else "full", "settings": mode,
               "machine": {"cpu_model": machine.cpu_model, "usable_cpus": machine.usable_cpus,
-                          "tf_version": machine_mod.installed_tf_version(),
+                          "tf_version": host.installed_tf_version(),
                           "python": platform.python_version()},
               "comparisons": comparisons, "efficiency": eff,
               "wall_seconds": time.monotonic() - started}

@@ -15,7 +15,7 @@ version the preflight reports (default fake-1.0): another value is another machi
 ``diagnose`` tasks get a plausible result: TensorFlow-like pools sized from the affinity mask;
 ``FAKE_DIAG=input`` makes the pipeline 0.3x the cached batch with a sequential Python map, and
 ``FAKE_THROTTLE=N`` adds N throttled periods to the simulated cgroup's cpu.stat during the run
-(the counters are read through tuner.machine, as the real worker does).
+(the counters are read through tuner.host, as the real worker does).
 
 tf.data and declared knobs: by default the fake stands for a TensorFlow without the optional
 tf.data options (the preflight reports none, as an old build would); ``FAKE_TF_DATA=all`` reports
@@ -72,10 +72,10 @@ def misbehave(kind: str, settings: dict) -> str | None:
 
 
 def fake_diagnosis(task: dict) -> dict:
-    from tuner import machine
+    from tuner import host
 
     root = task["cgroup_root"]
-    before = machine.cpu_throttling(root)
+    before = host.cpu_throttling(root)
     extra = int(os.environ.get("FAKE_THROTTLE", "0"))
     if before and extra:
         stat = Path(root) / before["cgroup"].lstrip("/") / "cpu.stat"
@@ -86,7 +86,7 @@ def fake_diagnosis(task: dict) -> dict:
                    "throttled_usec": extra * 50000}.get(key, 0)
             bumped.append(f"{key} {int(value) + add}")
         stat.write_text("\n".join(bumped) + "\n")
-    after = machine.cpu_throttling(root)
+    after = host.cpu_throttling(root)
     cpus = len(task["affinity"])
     input_bound = os.environ.get("FAKE_DIAG") == "input"
     pipeline_tp = 300.0 if input_bound else 980.0

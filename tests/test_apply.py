@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 import tuner
-from tuner import cli, machine
+from tuner import cli, host
 from tuner.apply import check_machine, load_checked
 
-here = machine.detect()
-MACHINE = dict(here.as_dict(), tf_version=machine.installed_tf_version())
+here = host.detect()
+MACHINE = dict(here.as_dict(), tf_version=host.installed_tf_version())
 
 
 def make_tuned(tmp_path, *, intra=3, inter=1, pool=2, max_intra=None, env=None, name="tuned.yaml",
@@ -379,8 +379,8 @@ def run_probe(tmp_path, path, *extra, code=0):
 
 @pytest.mark.parametrize("allocator", ["tcmalloc", "jemalloc"])
 def test_launcher_preloads_the_allocator(tmp_path, allocator):
-    if allocator not in machine.detect().allocators:
-        pytest.skip(f"{allocator} is not installed ({tuner.placement.INSTALL_HINT[allocator]})")
+    if allocator not in host.detect().allocators:
+        pytest.skip(f"{allocator} is not installed ({tuner.host.INSTALL_HINT[allocator]})")
     proc, (out,) = run_probe(tmp_path, placed_tuned(tmp_path, allocator=allocator))
     assert proc.returncode == 0, proc.stderr
     assert out[allocator] is True
@@ -388,7 +388,7 @@ def test_launcher_preloads_the_allocator(tmp_path, allocator):
 
 
 def test_launcher_without_the_allocator_installed_warns_and_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(tuner.placement, "_LIB_DIRS", ())  # nothing installed, as seen in-process
+    monkeypatch.setattr(tuner.host, "_LIB_DIRS", ())  # nothing installed, as seen in-process
     from tuner import launch
 
     doc = load_checked(placed_tuned(tmp_path, allocator="jemalloc"))
@@ -454,7 +454,7 @@ def test_export_carries_the_allocator_and_notes_cpu_sets(tmp_path, capsys):
                         instances={"count": 1, "cpus": None})
     assert cli.main(["export", str(path)]) == 0
     out = capsys.readouterr().out
-    if "tcmalloc" in machine.detect().allocators:
+    if "tcmalloc" in host.detect().allocators:
         assert "export LD_PRELOAD=" in out and "libtcmalloc" in out
     else:
         assert "not installed here" in out

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner import cli, compare, config, study
+from tuner import cli, compare, config, search
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures"
@@ -217,7 +217,7 @@ def small_study(fake_worker, write_config):
     path = write_config()
     path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 10\n  sampler: random"))
     cfg = config.load(path)
-    outcome = study.search(cfg, study.Printer(lambda line: None))
+    outcome = search.run(cfg, lambda line: None)
     return outcome
 
 
@@ -256,7 +256,7 @@ def test_report_notes_missing_importances_instead_of_failing(fake_worker, write_
                     "  tf_data: {private_threadpool_size: default, "
                     "max_intra_op_parallelism: default}\n"
                     "  env: {TF_ENABLE_ONEDNN_OPTS: default}\n")
-    study.search(config.load(path), study.Printer(lambda line: None))
+    search.run(config.load(path), lambda line: None)
     code, out, err = run_cli(capsys, "report", "--storage", "sqlite:///results/study.db",
                              "--html", "r.html")
     assert code == 0, err

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_machine_space import fake_machine
 
-from tuner import cli, config, diagnose, machine
+from tuner import cli, config, diagnose, host
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS = HERE / "workloads"
@@ -30,7 +30,7 @@ def test_throttling_counters_v2_come_from_the_cgroup_with_the_quota(tmp_path):
                                       "throttled_usec 1500000\n",
         "sys/fs/cgroup/pod/ctr/cpu.max": "max 100000\n",
         "sys/fs/cgroup/pod/ctr/cpu.stat": "nr_periods 0\nnr_throttled 0\nthrottled_usec 0\n"})
-    stats = machine.cpu_throttling(root)
+    stats = host.cpu_throttling(root)
     assert stats == {"cgroup": "/sys/fs/cgroup/pod", "quota_cpus": 2.0, "nr_periods": 40,
                      "nr_throttled": 12, "throttled_seconds": 1.5}
 
@@ -41,7 +41,7 @@ def test_throttling_counters_v1_are_in_nanoseconds(tmp_path):
         "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
         "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.stat": "nr_periods 10\nnr_throttled 3\n"
                                                          "throttled_time 250000000\n"})
-    stats = machine.cpu_throttling(root)
+    stats = host.cpu_throttling(root)
     assert stats["nr_throttled"] == 3 and stats["throttled_seconds"] == 0.25
     assert stats["quota_cpus"] == 1.5
 
@@ -49,7 +49,7 @@ def test_throttling_counters_v1_are_in_nanoseconds(tmp_path):
 def test_no_quota_no_throttling_counters(tmp_path):
     root = fake_machine(tmp_path, cpus=4, files={
         "sys/fs/cgroup/cpu.stat": "nr_periods 0\nnr_throttled 0\nthrottled_usec 0\n"})
-    assert machine.cpu_throttling(root) is None
+    assert host.cpu_throttling(root) is None
 
 
 # -- the report, from a fake child -------------------------------------------------------------
@@ -118,7 +118,7 @@ def _result(**overrides):
 
 @pytest.fixture
 def two_cpus(tmp_path):
-    return machine.detect(fake_machine(tmp_path / "m", cpus=2), affinity=[0, 1])
+    return host.detect(fake_machine(tmp_path / "m", cpus=2), affinity=[0, 1])
 
 
 def test_nothing_wrong_is_said_in_one_finding(two_cpus):
@@ -208,7 +208,7 @@ def test_data_mode_is_the_pipeline_alone(tmp_path, two_cpus):
 
 
 def test_a_fractional_quota_is_the_capacity(tmp_path):
-    m = machine.detect(fake_machine(tmp_path / "m", cpus=16, cgroup="0::/a\n", files={
+    m = host.detect(fake_machine(tmp_path / "m", cpus=16, cgroup="0::/a\n", files={
         "sys/fs/cgroup/a/cpu.max": "150000 100000\n"}), affinity=list(range(16)))
     report = diagnose.analyse(m, _result(threads__intra_op_pool=16, measured__cpu_seconds=15.0),
                               config_path="c.yaml")
@@ -220,7 +220,7 @@ def test_a_fractional_quota_is_the_capacity(tmp_path):
 
 
 def test_affinity_restriction_is_a_finding(tmp_path):
-    one = machine.detect(fake_machine(tmp_path / "m", cpus=4), affinity=[2])
+    one = host.detect(fake_machine(tmp_path / "m", cpus=4), affinity=[2])
     result = _result(threads__intra_op_pool=1, threads__inter_op_pool=1,
                      measured__cpu_seconds=9.5, measured__per_core_busy=[0.96])
     report = diagnose.analyse(one, result, config_path="c.yaml")

@@ -11,10 +11,21 @@ import optuna
 import pytest
 import yaml
 
-from tuner import cli, compare, config, launch, results, space, study, worker
+from tuner import (
+    cli,
+    compare,
+    config,
+    knobs,
+    launch,
+    results,
+    search,
+    settings,
+    space,
+    worker,
+)
 from tuner.apply import Applied, check_settings, load_checked
 from tuner.errors import ConfigError
-from tuner.machine import Machine
+from tuner.host import Machine
 
 GOOD = """\
 workload:
@@ -23,8 +34,8 @@ workload:
   mode: predict
 """
 
-ALL_OPTIONS = space.Pipeline(options=tuple(n for n, k in space.KNOBS.items() if k.optional),
-                             algorithms=space.AUTOTUNE_ALGORITHMS)
+ALL_OPTIONS = space.Pipeline(options=tuple(k.name for k in knobs.TF_DATA if k.optional),
+                             algorithms=knobs.AUTOTUNE_ALGORITHMS)
 
 
 def machine(cpus: int = 2) -> Machine:
@@ -100,7 +111,7 @@ def test_tf_data_options_nest_in_the_space_section(write_config):
 
 def test_optional_tf_data_options_are_hidden_when_tensorflow_lacks_them():
     s = space.build_space(machine(), {}, pipeline=space.Pipeline(options=()))
-    assert not any(k in s.searched for k, knob in space.KNOBS.items() if knob.optional)
+    assert not any(k.name in s.searched for k in knobs.TF_DATA if k.optional)
     unknown = space.build_space(machine(), {})  # nothing reported: not searched either
     assert unknown.searched.keys() == s.searched.keys()
 
@@ -171,18 +182,18 @@ def test_tuned_file_layout_round_trips():
             "tf_data.autotune.enabled": False, "tf_data.autotune.autotune_algorithm": "HILL_CLIMB",
             "tf_data.optimization.inject_prefetch": False,
             "knobs.map_parallelism": "autotune", "knobs.prefetch": 2}
-    nested = space.nest_settings(flat)
+    nested = settings.nest(flat)
     assert nested["tf_data"] == {"private_threadpool_size": 2, "max_intra_op_parallelism": None,
                                  "autotune": {"enabled": False, "autotune_algorithm": "HILL_CLIMB"},
                                  "optimization": {"inject_prefetch": False}}
     assert nested["knobs"] == {"map_parallelism": "autotune", "prefetch": 2}
-    assert space.flatten_settings(nested) == flat
+    assert settings.flatten(nested) == flat
     # files without the new parts read as before
-    plain = space.nest_settings(space.default_settings())
+    plain = settings.nest(space.default_settings())
     assert "knobs" not in plain and set(plain["tf_data"]) == {"private_threadpool_size",
                                                               "max_intra_op_parallelism"}
-    assert "map_parallelism=autotune prefetch=2" in space.short(flat)
-    assert "data.autotune=false" in space.short(flat)
+    assert "map_parallelism=autotune prefetch=2" in settings.short(flat)
+    assert "data.autotune=false" in settings.short(flat)
 
 
 def test_tf_data_options_set_exactly_the_knobs_given():
@@ -201,7 +212,7 @@ def test_tf_data_options_set_exactly_the_knobs_given():
                                  __getitem__=None)
     fake_tf = SimpleNamespace(data=SimpleNamespace(
         Options=options, experimental=SimpleNamespace(AutotuneAlgorithm=_Enum(algorithms))))
-    built, missing = space.tf_data_options(fake_tf, {
+    built, missing = settings.dataset_options(fake_tf, {
         "tf_data.private_threadpool_size": 3, "tf_data.autotune.enabled": False,
         "tf_data.autotune.autotune_algorithm": "HILL_CLIMB",
         "tf_data.optimization.map_parallelization": None,
@@ -324,7 +335,7 @@ knobs:
 
 def run_search(path):
     lines: list[str] = []
-    outcome = study.search(config.load(path), study.Printer(lines.append))
+    outcome = search.run(config.load(path), lines.append)
     outcome.lines = lines
     return outcome
 
@@ -350,7 +361,10 @@ def test_declared_knobs_reach_the_trials_and_the_tuned_file(fake_worker, write_c
     assert doc["settings"]["knobs"]["map_parallelism"] == "autotune"   # 1.7x in the fake
     assert doc["result"]["speedup"] == pytest.approx(1.7, rel=0.05)
     assert "  knob map_parallelism: to build_data; baseline 1 (builder default)" in outcome.lines
-    assert load_checked(outcome.tuned_path)["settings"]["knobs"]["prefetch"] in (1, "autotune")
+    winner = next(t for t in trials if t.number == doc["validation"]["winner"]["trial"])
+    assert winner.params["knobs.map_parallelism"] == "autotune"
+    assert load_checked(outcome.tuned_path)["settings"]["knobs"] == {
+        "map_parallelism": "autotune", "prefetch": winner.params["knobs.prefetch"]}
     shown = cli.main(["show", outcome.tuned_path])
     assert shown == 0
 

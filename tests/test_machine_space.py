@@ -3,11 +3,12 @@ space bounded by it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from tuner import machine, placement, space
+from tuner import host, settings, space
 from tuner.errors import ConfigError
 
 
@@ -39,7 +40,7 @@ def fake_machine(root: Path, *, cpus: int, threads_per_core: int = 1, sockets: i
 
 def test_affinity_limits_usable_cpus(tmp_path):
     root = fake_machine(tmp_path, cpus=16)
-    m = machine.detect(root, affinity=[0])
+    m = host.detect(root, affinity=[0])
     assert m.visible_cpus == 16
     assert m.usable_cpus == 1
     assert m.physical_cores == 1
@@ -63,7 +64,7 @@ def test_affinity_limits_usable_cpus(tmp_path):
 ])
 def test_cgroup_quota_limits_usable_cpus(tmp_path, cpus, cgroup, files, quota, usable):
     root = fake_machine(tmp_path, cpus=cpus, cgroup=cgroup, files=files)
-    m = machine.detect(root, affinity=list(range(cpus)))
+    m = host.detect(root, affinity=list(range(cpus)))
     assert m.cpu_quota == quota
     assert m.usable_cpus == usable
     assert m.visible_cpus == cpus
@@ -71,20 +72,20 @@ def test_cgroup_quota_limits_usable_cpus(tmp_path, cpus, cgroup, files, quota, u
 
 def test_hyperthreads_and_sockets(tmp_path):
     root = fake_machine(tmp_path, cpus=16, threads_per_core=2, sockets=2)
-    m = machine.detect(root, affinity=list(range(16)))
+    m = host.detect(root, affinity=list(range(16)))
     assert m.physical_cores == 8
     assert m.sockets == 2
     assert m.numa_nodes == 2
-    one_socket = machine.detect(root, affinity=list(range(8)))
+    one_socket = host.detect(root, affinity=list(range(8)))
     assert one_socket.sockets == 1 and one_socket.numa_nodes == 1 and one_socket.physical_cores == 4
 
 
 def test_expert_rule_follows_the_machine(tmp_path):
     root = fake_machine(tmp_path, cpus=16, threads_per_core=2, sockets=2)
-    rule = space.expert_settings(machine.detect(root, affinity=list(range(16))))
+    rule = space.expert_settings(host.detect(root, affinity=list(range(16))))
     assert rule["intra_op_parallelism_threads"] == 8
     assert rule["inter_op_parallelism_threads"] == 2
-    single = space.expert_settings(machine.detect(root, affinity=[0, 1, 2, 3]))
+    single = space.expert_settings(host.detect(root, affinity=[0, 1, 2, 3]))
     assert single["inter_op_parallelism_threads"] == 2
 
 
@@ -97,7 +98,7 @@ def test_expert_rule_follows_the_machine(tmp_path):
 def test_space_is_bounded_by_usable_cpus_and_measures_oversubscription(tmp_path, cpus, affinity,
                                                                         cgroup_files, usable):
     root = fake_machine(tmp_path, cpus=cpus, files=cgroup_files)
-    m = machine.detect(root, affinity=affinity)
+    m = host.detect(root, affinity=affinity)
     assert m.usable_cpus == usable
     s = space.build_space(m, {})
     intra = s.searched["intra_op_parallelism_threads"]
@@ -110,7 +111,7 @@ def test_space_is_bounded_by_usable_cpus_and_measures_oversubscription(tmp_path,
 
 
 def test_space_overrides_fix_narrow_and_remove(tmp_path):
-    m = machine.detect(fake_machine(tmp_path, cpus=8), affinity=list(range(8)))
+    m = host.detect(fake_machine(tmp_path, cpus=8), affinity=list(range(8)))
     s = space.build_space(m, {"intra_op_parallelism_threads": [4, 6],
                               "inter_op_parallelism_threads": 2,
                               "tf_data.private_threadpool_size": "default",
@@ -127,7 +128,7 @@ def test_space_overrides_fix_narrow_and_remove(tmp_path):
 
 
 def test_onednn_candidates_follow_the_builds_default(tmp_path):
-    m = machine.detect(fake_machine(tmp_path, cpus=2), affinity=[0, 1])
+    m = host.detect(fake_machine(tmp_path, cpus=2), affinity=[0, 1])
     assert space.build_space(m.with_tensorflow("2.21.0", True), {}).searched[
         "env.TF_ENABLE_ONEDNN_OPTS"] == [None, "0"]
     assert space.build_space(m.with_tensorflow("2.21.0", False), {}).searched[
@@ -135,7 +136,7 @@ def test_onednn_candidates_follow_the_builds_default(tmp_path):
 
 
 def test_unknown_knob_is_a_config_error(tmp_path):
-    m = machine.detect(fake_machine(tmp_path, cpus=2), affinity=[0, 1])
+    m = host.detect(fake_machine(tmp_path, cpus=2), affinity=[0, 1])
     with pytest.raises(ConfigError, match="space.threads: unknown knob"):
         space.build_space(m, {"threads": 3})
 
@@ -144,42 +145,42 @@ def test_settings_nest_and_flatten_round_trip():
     flat = space.default_settings()
     flat.update({"intra_op_parallelism_threads": 3, "tf_data.private_threadpool_size": 2,
                  "env.TF_ENABLE_ONEDNN_OPTS": "0"})
-    nested = space.nest_settings(flat)
+    nested = settings.nest(flat)
     assert nested == {"intra_op_parallelism_threads": 3, "inter_op_parallelism_threads": 0,
                       "tf_data": {"private_threadpool_size": 2, "max_intra_op_parallelism": None},
                       "env": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "allocator": "system",
                       "cpus": None, "instances": {"count": 1, "cpus": None}}
-    assert space.flatten_settings(nested) == flat
+    assert settings.flatten(nested) == flat
 
 
 def _sixteen(tmp_path):
     """2 sockets (= NUMA nodes) x 4 cores x 2 hyperthreads; siblings are adjacent CPU numbers."""
     root = fake_machine(tmp_path, cpus=16, threads_per_core=2, sockets=2,
                         files={"usr/lib/x86_64-linux-gnu/libjemalloc.so.2": ""})
-    return machine.detect(root, affinity=list(range(16)))
+    return host.detect(root, affinity=list(range(16)))
 
 
 def test_pinning_order_is_physical_cores_first_one_numa_node_first(tmp_path):
     m = _sixteen(tmp_path)
     assert m.physical_cores == 8 and m.numa_nodes == 2
-    assert placement.pinned_order(m) == [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15]
-    assert placement.cpu_set(m, 4) == [0, 2, 4, 6]          # one thread of each node-0 core
-    assert placement.cpu_set(m, 8) == list(range(8))        # node 0, siblings included
-    assert placement.cpu_set(m, None) is None
+    assert host.pinned_order(m) == [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15]
+    assert host.cpu_set(m, 4) == [0, 2, 4, 6]          # one thread of each node-0 core
+    assert host.cpu_set(m, 8) == list(range(8))        # node 0, siblings included
+    assert host.cpu_set(m, None) is None
 
 
 def test_instances_get_disjoint_whole_cores(tmp_path):
     m = _sixteen(tmp_path)
-    assert placement.instance_sets(m, 2) == [list(range(8)), list(range(8, 16))]
-    assert placement.instance_sets(m, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
+    assert host.instance_sets(m, 2) == [list(range(8)), list(range(8, 16))]
+    assert host.instance_sets(m, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
                                              [12, 13, 14, 15]]
-    assert placement.instance_sets(m, 2, cpus=8) == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    sixteen = placement.instance_sets(m, 16)
+    assert host.instance_sets(m, 2, cpus=8) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    sixteen = host.instance_sets(m, 16)
     assert sorted(c for s in sixteen for c in s) == list(range(16))
     assert all(len(s) == 1 for s in sixteen)
-    nested = space.nest_settings(dict(space.default_settings(), instances=2), m)
+    nested = settings.nest(dict(space.default_settings(), instances=2), m)
     assert nested["instances"] == {"count": 2, "cpus": [list(range(8)), list(range(8, 16))]}
-    assert space.flatten_settings(nested)["instances"] == 2
+    assert settings.flatten(nested)["instances"] == 2
 
 
 def test_process_knobs_offered_where_they_apply(tmp_path):
@@ -216,15 +217,19 @@ def test_fingerprint_differences_name_each_field():
     a = {"arch": "x86_64", "cpu_model": "A", "usable_cpus": 2, "physical_cores": 2, "sockets": 1,
          "tf_version": "2.20.0"}
     b = dict(a, usable_cpus=4, tf_version="2.21.0")
-    diffs = machine.fingerprint_differences(a, b)
+    diffs = host.fingerprint_differences(a, b)
     assert diffs == ["usable_cpus: 2 vs 4", "tf_version: '2.20.0' vs '2.21.0'"]
 
 
 def test_real_machine_detection_is_consistent():
-    m = machine.detect()
+    m = host.detect()
     assert 1 <= m.usable_cpus <= m.visible_cpus
     assert 1 <= m.physical_cores <= m.usable_cpus
-    assert set(m.affinity) <= set(range(m.visible_cpus)) or len(m.affinity) <= m.visible_cpus
+    assert m.affinity == tuple(sorted(os.sched_getaffinity(0)))
+    assert len(m.affinity) <= m.visible_cpus
+    online = Path("/sys/devices/system/cpu/online")
+    if online.exists():  # the CPUs this process may run on are online ones
+        assert set(m.affinity) <= set(host.parse_cpus(online.read_text()))
 
 
 def test_openmp_is_read_from_what_tensorflow_links(tmp_path):
@@ -240,6 +245,6 @@ def test_openmp_is_read_from_what_tensorflow_links(tmp_path):
                         str(tmp_path / name / "libtensorflow_framework.so.2"),
                         str(tmp_path / "x.c"),
                         *(["-Wl,--no-as-needed", "-lgomp"] if flags else [])], check=True)
-    assert placement.tf_uses_openmp(tmp_path / "omp") is True
-    assert placement.tf_uses_openmp(tmp_path / "plain") is False
-    assert placement.tf_uses_openmp(tmp_path / "nothing-here") is None
+    assert host.tf_uses_openmp(tmp_path / "omp") is True
+    assert host.tf_uses_openmp(tmp_path / "plain") is False
+    assert host.tf_uses_openmp(tmp_path / "nothing-here") is None

@@ -109,9 +109,9 @@ def _task(workloads):
 
 @pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_instances_run_together_on_disjoint_cpus_with_the_preloaded_allocator(workloads):
-    from tuner import machine, placement
+    from tuner import host
 
-    found = machine.detect().allocators
+    found = host.detect().allocators
     name = "tcmalloc" if "tcmalloc" in found else next(iter(found), None)
     result = run_child(_task(workloads), timeout=90, settings=space.default_settings(),
                        preload=found.get(name), instances=[[0], [1]])
@@ -121,7 +121,7 @@ def test_instances_run_together_on_disjoint_cpus_with_the_preloaded_allocator(wo
     total = sum(p["throughput"] for p in parts)
     assert result["windows"][0]["throughput"] == pytest.approx(total, rel=0.5)
     assert result["step_latency_ms"]["p95"] == max(p["step_latency_ms"]["p95"] for p in parts)
-    assert placement.allocator_in_process() == "system"      # the parent is untouched
+    assert host.allocator_in_process() == "system"      # the parent is untouched
 
 
 def test_a_cpu_set_pins_the_child(workloads):

@@ -19,7 +19,8 @@ import sqlalchemy.exc
 import yaml
 from optuna.trial import TrialState
 
-from tuner import cli, coord
+from tuner import cli
+from tuner.storage import RetryingRDBStorage
 
 pytestmark = pytest.mark.postgres
 # the test server's password (conftest); every output is searched for it
@@ -231,6 +232,6 @@ def test_transient_database_errors_are_retried(monkeypatch, tmp_path):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(optuna.storages.RDBStorage, "get_all_trials", flaky)
-    storage = coord.RetryingRDBStorage(f"sqlite:///{tmp_path / 'r.db'}")
+    storage = RetryingRDBStorage(f"sqlite:///{tmp_path / 'r.db'}")
     study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "r")
     assert storage.get_all_trials(study_id) == [] and len(calls) == 2

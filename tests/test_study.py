@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy.exc
 import yaml
 
-from tuner import cli, config, study, tuned
+from tuner import cli, config, search, tuned
 from tuner.errors import StudyError, StudyMismatchError, WorkloadError
 from tuner.urls import mask_url
 
@@ -24,7 +24,7 @@ from tuner.urls import mask_url
 def run_search(path, **overrides):
     cfg = config.with_overrides(config.load(path), **overrides)
     lines: list[str] = []
-    outcome = study.search(cfg, study.Printer(lines.append))
+    outcome = search.run(cfg, lines.append)
     outcome.lines = lines
     return outcome
 

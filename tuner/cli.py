@@ -179,7 +179,8 @@ def _ratio(text: str) -> float:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from . import config as config_mod
-    from . import study as study_mod
+    from . import measuring
+    from . import search as search_mod
 
     cfg = config_mod.with_overrides(
         config_mod.load(args.config), n_trials=args.n_trials, timeout=args.timeout,
@@ -188,9 +189,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         storage=args.storage or os.environ.get(STORAGE_ENV) or None, study_name=args.study_name,
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
         allow_other_machines=args.allow_other_machines)
-    quiet = args.quiet
-    printer = study_mod.Printer((lambda line: None) if quiet else None)
-    outcome = study_mod.search(cfg, printer)
+    outcome = search_mod.run(cfg, (lambda line: None) if args.quiet else measuring.print_line)
     print_summary(outcome.tuned, outcome.tuned_path, outcome.backup)
     return 130 if outcome.interrupted else 0
 
@@ -324,10 +323,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def print_summary(doc: dict[str, Any], path: str, backup: str | None) -> None:
-    from . import space as space_mod
+    from . import settings as settings_mod
 
     result = doc["result"]
-    flat = space_mod.flatten_settings(doc["settings"])
+    flat = settings_mod.flatten(doc["settings"])
     print()
     print(f"verdict: {doc['verdict']} - {doc['summary']}")
     base = result.get("baseline_throughput") or {}
@@ -354,7 +353,7 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None) -> None:
         print(f"  expert rule (intra={expert['settings']['intra_op_parallelism_threads']}, "
               f"inter={expert['settings']['inter_op_parallelism_threads']}): "
               f"{expert['speedup_in_search']:.3f}x the defaults in its search trial")
-    print(f"  settings: {space_mod.short(flat)}")
+    print(f"  settings: {settings_mod.short(flat)}")
     print(f"  cpu saturation: {result.get('cpu_saturation') or float('nan'):.2f}")
     print(f"wrote {path}" + (f" (previous file kept as {backup})" if backup else ""))
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import render, stats, tuned
 from .errors import ConfigError, StudyMismatchError
-from .machine import FINGERPRINT_KEYS, fingerprint_differences
+from .host import FINGERPRINT_KEYS, fingerprint_differences
 from .render import Table
 from .results import THREAD_COUNTS, WORKLOAD_KEYS, Result
 
@@ -232,12 +232,12 @@ def _study_line(s: dict[str, Any]) -> str:
 
 
 def show_table(r: Result) -> Table:
-    from . import space
+    from . import knobs
 
     t = Table(header=["", ""])
     t.add("result", r.label)
     t.add("verdict", f"{r.verdict}: {r.summary}")
-    defaults = space.default_settings()
+    defaults = knobs.default_settings()
     t.add("settings", "")
     for name, value in r.settings.items():
         # a declared knob's default is the user's pipeline as written, not TensorFlow's
@@ -290,17 +290,17 @@ def format_show(r: Result, fmt: str) -> str:
 
 
 def compare_table(c: Comparison) -> Table:
-    from . import space
+    from . import knobs
 
     names = letters(len(c.results))
     t = Table(header=["", *names])
     t.add("result", *(r.label for r in c.results))
     t.add("verdict", *(r.verdict for r in c.results))
-    shown = [k for k in space.KNOBS if any(k in r.settings for r in c.results)]
-    shown += list(dict.fromkeys(k for r in c.results for k in r.settings if k not in space.KNOBS))
+    shown = [k for k in knobs.KNOBS if any(k in r.settings for r in c.results)]
+    shown += list(dict.fromkeys(k for r in c.results for k in r.settings if k not in knobs.KNOBS))
     for key in shown:
-        t.add(key, *(setting_text(key, r.settings.get(key, space.KNOBS[key].default
-                                                      if key in space.KNOBS else None))
+        t.add(key, *(setting_text(key, r.settings.get(key, knobs.KNOBS[key].default
+                                                      if key in knobs.KNOBS else None))
                      for r in c.results),
               mark=key in c.differing["settings"])
     t.add("throughput (samples/s)", *(_tp(r.throughput) for r in c.results))

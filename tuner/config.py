@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .space import AUTOTUNE, check_overrides
+from .knobs import AUTOTUNE, SECTIONS, check_overrides
 
 MODES = ("predict", "train", "data")
 SAMPLERS = ("auto", "grid", "tpe", "random")
@@ -264,9 +264,7 @@ def _ratio(value: Any, where: str) -> float:
 def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
     """``space: {tf_data: {private_threadpool_size: [...]}}``
     -> ``{"tf_data.private_...": [...]}``."""
-    data = _check_keys(data, ("intra_op_parallelism_threads", "inter_op_parallelism_threads",
-                              "tf_data", "env", "allocator", "cpus", "instances", "knobs"), path,
-                       "space")
+    data = _check_keys(data, (*SECTIONS, "knobs"), path, "space")
     flat: dict[str, Any] = {}
 
     def finite(name: str, value: Any) -> Any:

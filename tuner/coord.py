@@ -2,8 +2,9 @@
 
 Optuna's RDB storage does the scheduling: each worker asks for its next trial, an enqueued trial
 is handed to exactly one worker, heartbeats mark a dead worker's trial FAIL and
-:class:`RetryStaleTrial` re-enqueues its parameters. Three things need more than that, and get
-database locks that die with the process holding them (so a killed worker never blocks the rest):
+:class:`~tuner.storage.RetryStaleTrial` re-enqueues its parameters (:mod:`tuner.storage` has the
+database side). Three things need more than that, and get database locks that die with the
+process holding them (so a killed worker never blocks the rest):
 
 - **setup** (exclusive, held for a moment): create the study, record or check its machine
   fingerprint and enqueue the reference trials, so two workers starting together enqueue them once.
@@ -21,27 +22,33 @@ another still searches.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import fcntl
-import functools
 import hashlib
+import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .errors import StudyError
+from . import host as host_mod
+from .errors import StudyError, StudyMismatchError
 from .lock import LockError, lock_path, open_lock_file
+from .storage import RETRIES, RetryStaleTrial, backend, cannot_connect, engine_kwargs, retrying
 from .tuned import STUDY_ATTR_PREFIX
-from .urls import mask_secret, mask_url
 
 HOST_ENV = "TUNER_HOST_ID"
-# Transient errors are retried this many times, after 0.5, 1, 2, 4, 8 s (15 s in all).
-RETRIES = 5
+# Study and trial attributes the tuner writes are named "tuner.<what>".
+ATTR_PREFIX = STUDY_ATTR_PREFIX
+# per trial: which worker runs it, so a dead worker's trial can be found and failed
+HOST_ATTR, PID_ATTR, PIDNS_ATTR = ATTR_PREFIX + "host", ATTR_PREFIX + "pid", ATTR_PREFIX + "pidns"
+# per trial: which machine type measured it (see machine_id)
+MACHINE_ID = ATTR_PREFIX + "machine_id"
 
 
 def host_id() -> str:
@@ -50,6 +57,17 @@ def host_id() -> str:
     ``TUNER_HOST_ID`` exists so tests can play several hosts on one machine; in production the host
     name (a pod's name on Kubernetes) is what tells workers apart."""
     return os.environ.get(HOST_ENV) or socket.gethostname()
+
+
+def machine_id(fingerprint: dict[str, Any]) -> str:
+    """A machine type's short name in a study: a hash of its fingerprint. Workers on several
+    machine types may share a study; each type's trials are compared only with each other."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def now() -> str:
+    """The time stamp of a study record: UTC, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def process_space() -> str:
@@ -69,130 +87,43 @@ def process_space() -> str:
     return "|".join(parts)
 
 
-# -- transient database errors ---------------------------------------------------------------------
-
-def _is_transient(exc: BaseException) -> bool:
-    """A lost or refused connection, a server restarting, a serialization conflict: worth
-    another try. A bad query or a constraint violation is not."""
-    import sqlalchemy.exc as sa_exc
-
-    cause: BaseException | None = exc
-    if isinstance(exc, optuna.exceptions.StorageInternalError):
-        cause = exc.__cause__
-    if "authentication failed" in str(cause) or "does not exist" in str(cause):
-        return False  # wrong password, user or database: the same next time
-    if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
-        return True
-    return isinstance(cause, (sa_exc.OperationalError, sa_exc.InterfaceError))
+def state_counts(trials: Iterable[FrozenTrial], states: tuple[TrialState, ...] = (
+        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)) -> dict[str, int]:
+    """How many of ``trials`` are in each of ``states``, by lower-case state name."""
+    trials = list(trials)
+    return {state.name.lower(): sum(1 for t in trials if t.state == state) for state in states}
 
 
-def retrying(fn: Callable[..., Any], *, retries: int = RETRIES, first_wait: float = 0.5,
-             on_retry: Callable[[BaseException, float], None] | None = None) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        wait = first_wait
-        for attempt in range(retries + 1):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                if attempt == retries or not _is_transient(exc):
-                    raise
-                if on_retry is not None:
-                    on_retry(exc, wait)
-                time.sleep(wait)
-                wait *= 2
-        raise AssertionError("unreachable")
-
-    return call
-
-
-# Storage methods that may run twice without changing the outcome. create_new_trial is left out:
-# a retried insert could leave a second RUNNING trial that nobody runs.
-_IDEMPOTENT = (
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
-    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "get_trial",
-    "get_all_trials", "get_n_trials", "get_best_trial", "get_trial_id_from_study_id_trial_number",
-    "get_trial_number_from_id", "get_trial_param", "get_trial_params", "get_trial_user_attrs",
-    "get_trial_system_attrs", "set_study_user_attr", "set_study_system_attr",
-    "set_trial_param", "set_trial_user_attr", "set_trial_system_attr",
-    "set_trial_intermediate_value", "_get_stale_trial_ids",
-)
-
-
-class RetryingRDBStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage, with idempotent operations retried on transient database errors.
-
-    Connections dropped while idle are replaced before use (``pool_pre_ping``); an error in the
-    middle of an operation is retried with backoff. A heartbeat that still cannot be recorded is
-    skipped (the next one follows), rather than ending the heartbeat thread with a traceback."""
-
-    def __init__(self, url: str, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        for name in _IDEMPOTENT:
-            setattr(self, name, retrying(getattr(self, name)))
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            retrying(super().record_heartbeat, retries=2)(trial_id)
-        except Exception as exc:  # the thread would die with a traceback; the next beat retries
-            if not _is_transient(exc):
-                raise
-
-    def __getstate__(self) -> dict[Any, Any]:
-        state = super().__getstate__()
-        for name in _IDEMPOTENT:
-            state.pop(name, None)
-        return state
-
-
-class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a heartbeat-stale trial (at most 3 times), re-enqueueing only its
-    parameters and role, not the dead worker's host, pid or partial measurements."""
-
-    KEEP = ("role",)
-
-    def __init__(self, max_retry: int = 3) -> None:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            super().__init__(max_retry=max_retry)
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        clean = FrozenTrial(
-            number=trial.number, state=trial.state, value=None, values=None,
-            datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
-            params=trial.params, distributions=trial.distributions,
-            user_attrs={k: v for k, v in trial.user_attrs.items() if k in self.KEEP},
-            system_attrs=trial.system_attrs, intermediate_values={}, trial_id=trial._trial_id)
-        super().__call__(study, clean)
+def _mark_failed(storage: Any, trial_id: int, reason: str) -> bool:
+    """Fail a RUNNING trial, saying why. A finished trial's attributes are read-only, so the
+    reason is written before the state changes. Two workers may find the same trial: the state
+    change is atomic, and True only for the worker that made it (which alone re-enqueues it)."""
+    try:
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        return bool(storage.set_trial_state_values(trial_id, TrialState.FAIL))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # another worker failed it first, and retries it
 
 
 def stale_reason(trial: FrozenTrial) -> str:
-    host = trial.user_attrs.get(STUDY_ATTR_PREFIX + "host")
-    pid = trial.user_attrs.get(STUDY_ATTR_PREFIX + "pid")
+    host = trial.user_attrs.get(HOST_ATTR)
+    pid = trial.user_attrs.get(PID_ATTR)
     where = f" (host {host}, pid {pid})" if host else ""
     return (f"interrupted: its worker stopped sending heartbeats (killed, or its machine or "
             f"network went away){where}")
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Optuna's ``fail_stale_trials``, which also says on each trial why it failed: a finished
-    trial's attributes are read-only, so the reason is written before the state changes. Two
-    workers may find the same stale trial: the state change is atomic, and only the worker that
-    made it re-enqueues the trial. Returns the numbers of the trials failed here."""
+    """Optuna's ``fail_stale_trials``, which also says on each trial why it failed. Returns the
+    numbers of the trials failed here."""
     storage = study._storage
     if storage.get_heartbeat_interval() is None:  # type: ignore[attr-defined]
         return []
     failed = []
     for trial_id in storage._get_stale_trial_ids(study._study_id):  # type: ignore[attr-defined]
         trial = storage.get_trial(trial_id)
-        try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", stale_reason(trial))
-            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker failed it first, and retries it
+        if not _mark_failed(storage, trial_id, stale_reason(trial)):
+            continue
         callback = storage.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]
         if callback is not None:
             callback(study, storage.get_trial(trial_id))
@@ -200,78 +131,84 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     return failed
 
 
-# -- connecting ---------------------------------------------------------------------------------
-
-def backend(url: str) -> str:
-    return url.split("://", 1)[0].split("+", 1)[0]
-
-
-def engine_kwargs(url: str) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.split("://", 1)[0] in ("postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
-        # libpq drivers (psycopg 3 is SQLAlchemy 2.1's default for postgresql://, psycopg2 2.0's)
-        # Fail fast when the server is unreachable, and let the server notice a worker whose
-        # machine vanished (its advisory locks are released when the connection is declared dead).
-        kwargs["connect_args"] = {
-            "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
-            "keepalives_interval": 10, "keepalives_count": 3,
-            "options": "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 "
-                       "-c tcp_keepalives_count=3",
-        }
-    return kwargs
-
-
-def cannot_connect(url: str, exc: BaseException) -> StudyError:
-    """One line, password masked, for an error reaching the database."""
-    if isinstance(exc, ImportError) or isinstance(exc.__cause__, ImportError):
-        extra = {"postgresql": "postgres"}.get(backend(url))
-        hint = f"; install it with pip install 'tuner[{extra}]'" if extra else ""
-        return StudyError(f"--storage {mask_url(url)}: the database driver is not "
-                          f"installed{hint}")
-    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and \
-        exc.__cause__ is not None else exc
-    orig = getattr(cause, "orig", None) or cause
-    lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
-    first = lines[0] if lines else type(orig).__name__
-    # psycopg2 puts the useful part (refused, auth failed) on the second line
-    if len(lines) > 1 and first.startswith("connection to server"):
-        first = f"{first} {lines[1]}"
-    return StudyError(f"--storage {mask_url(url)}: cannot connect: "
-                      f"{mask_secret(first, url)}")
-
-
-def open_storage(url: str, *, heartbeat_interval: int, grace_period: int,
-                 say: Callable[[str], None]) -> RetryingRDBStorage:
-    """The RDB storage, created with retries (two workers creating the tables of a new database at
-    the same moment conflict once; a server starting up refuses for a moment)."""
-    import warnings
-
-    def told(exc: BaseException, wait: float) -> None:
-        say(f"  database not reachable ({cannot_connect(url, exc)}); retrying in {wait:g} s")
-
-    def create() -> RetryingRDBStorage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RetryingRDBStorage(url, engine_kwargs=engine_kwargs(url),
-                                      heartbeat_interval=heartbeat_interval,
-                                      grace_period=grace_period,
-                                      heartbeat_stale_trial_callback=RetryStaleTrial())
-
-    def create_or_race() -> RetryingRDBStorage:
-        try:
-            return create()
-        except Exception as exc:
-            import sqlalchemy.exc as sa_exc
-
-            # a concurrent CREATE TABLE: the other worker made them; once more finds them there
-            if isinstance(exc, (sa_exc.IntegrityError, sa_exc.ProgrammingError)):
-                return create()
-            raise
-
+def _alive(pid: int) -> bool:
     try:
-        return retrying(create_or_race, retries=2, first_wait=1.0, on_retry=told)()
-    except Exception as exc:  # noqa: BLE001 - drivers raise many types; all mean "cannot use it"
-        raise cannot_connect(url, exc) from None
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(study: optuna.Study) -> list[tuple[int, int]]:
+    """A trial RUNNING for a search process on this host (and in this pid namespace) that no
+    longer exists never ends: mark it FAIL now, rather than after the heartbeat grace period,
+    and re-enqueue its parameters as the heartbeat would. Other hosts' trials are left to the
+    heartbeat. Returns (trial number, pid) of the trials failed here."""
+    host, here = host_id(), process_space()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get(PID_ATTR)
+        if not isinstance(pid, int) or t.user_attrs.get(HOST_ATTR) != host:
+            continue
+        if t.user_attrs.get(PIDNS_ATTR, here) != here:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        reason = f"interrupted: its search process (pid {pid}) ended while it ran"
+        if _mark_failed(study._storage, t._trial_id, reason):
+            RetryStaleTrial()(study, study._storage.get_trial(t._trial_id))
+            failed.append((t.number, pid))
+    return failed
+
+
+# -- what a study is for -----------------------------------------------------------------------
+
+def check_or_record(study: optuna.Study, *, config: dict[str, Any], machine: dict[str, Any],
+                    space: dict[str, Any], machine_full: dict[str, Any], where: str,
+                    allow_other_machines: bool, say: Callable[[str], None]) -> str:
+    """Record what a new study is for (the config, machine and space fingerprints), or check
+    that a joined one is for the same; returns the id of the machine type the study was first
+    recorded on. A worker on another machine type joins only with ``allow_other_machines``, and
+    its machine type is then recorded beside the first."""
+    attrs, here = study.user_attrs, machine_id(machine)
+    mine = {"config": config, "machine": machine, "space": space}
+    if ATTR_PREFIX + "config" not in attrs:
+        for key, value in mine.items():
+            study.set_user_attr(ATTR_PREFIX + key, value)
+        study.set_user_attr(ATTR_PREFIX + "machine_full", machine_full)
+        study.set_user_attr(ATTR_PREFIX + "created", now())
+        return here
+    if attrs[ATTR_PREFIX + "config"] != config:
+        raise StudyMismatchError(f"{where} was made for another workload or measurement "
+                                 f"({_diff(attrs[ATTR_PREFIX + 'config'], config)}); "
+                                 f"use a new --study-name")
+    diffs = host_mod.fingerprint_differences(attrs[ATTR_PREFIX + "machine"], machine)
+    if diffs and not allow_other_machines:
+        raise StudyMismatchError(
+            f"{where} was measured on another machine type ({'; '.join(diffs)}); this "
+            f"worker does not join it. Use a new --study-name, or pass "
+            f"--allow-other-machines to add this machine type to the study (each machine "
+            f"type's trials and validation are then kept apart)")
+    if diffs:
+        say(f"note: joining {where}, recorded on another machine type ({'; '.join(diffs)}), "
+            f"as machine type {here}: only its trials measured here are compared, validated "
+            f"and written")
+        study.set_user_attr(f"{ATTR_PREFIX}machine.{here}", machine)
+    if attrs[ATTR_PREFIX + "space"] != space:
+        raise StudyMismatchError(f"{where} searched another space "
+                                 f"({_diff(attrs[ATTR_PREFIX + 'space'], space)}); "
+                                 f"use a new --study-name")
+    return machine_id(attrs[ATTR_PREFIX + "machine"])
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.')}: was {old!r}, now {new!r}"
 
 
 # -- locks --------------------------------------------------------------------------------------
@@ -389,9 +326,6 @@ class Locks:
                 told = True
             time.sleep(poll)
         return time.monotonic() - start
-
-    def holds(self, name: str) -> bool:
-        return name in self._held
 
     @contextlib.contextmanager
     def holding(self, name: str, *parts: str, shared: bool = False, poll: float = 0.5,

@@ -35,8 +35,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable
 
-from . import machine as machine_mod
-from . import space
+from . import host, knobs
 from .config import Config
 from .errors import TrialFailed, TunerError
 from .lock import host_lock
@@ -77,7 +76,7 @@ def plan(seconds: float) -> dict[str, Any]:
     }
 
 
-def capacity(machine: machine_mod.Machine) -> float:
+def capacity(machine: host.Machine) -> float:
     """CPUs' worth of time the process may use: its affinity, capped by the quota."""
     cpus = float(len(machine.affinity))
     return min(cpus, machine.cpu_quota) if machine.cpu_quota is not None else cpus
@@ -90,7 +89,7 @@ def diagnose(config: Config, seconds: float = DEFAULT_SECONDS, *, root: Path | s
 
     ``root`` and ``affinity`` simulate a machine (tests); ``worker`` replaces the worker
     command. Raises :class:`DiagnoseError` when the child fails."""
-    machine = machine_mod.detect(root, affinity)
+    machine = host.detect(root, affinity)
     wl = config.workload
     task = {
         "kind": "diagnose",
@@ -105,7 +104,7 @@ def diagnose(config: Config, seconds: float = DEFAULT_SECONDS, *, root: Path | s
     timeout = seconds * 1.5 + config.search.trial_timeout
     try:
         with host_lock(on_wait=on_wait, timeout=config.search.timeout):
-            result = run_child(task, timeout=timeout, settings=space.default_settings(),
+            result = run_child(task, timeout=timeout, settings=knobs.default_settings(),
                                worker=worker)
     except TrialFailed as exc:
         raise DiagnoseError(f"{config.path}: the diagnose run failed: {exc.reason}") from None
@@ -113,20 +112,6 @@ def diagnose(config: Config, seconds: float = DEFAULT_SECONDS, *, root: Path | s
 
 
 # -- analysis ------------------------------------------------------------------------------------
-
-def _cpu_list(cpus: tuple[int, ...] | list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2,5'."""
-    parts: list[str] = []
-    cpus = sorted(cpus)
-    i = 0
-    while i < len(cpus):
-        j = i
-        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
-            j += 1
-        parts.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
-        i = j + 1
-    return ",".join(parts)
-
 
 def _num(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
@@ -167,7 +152,7 @@ def _step_name(step: dict[str, Any]) -> str:
     return f"{kind}({', '.join(functions)})" if functions else kind
 
 
-def analyse(machine: machine_mod.Machine, result: dict[str, Any], config: Config | None = None,
+def analyse(machine: host.Machine, result: dict[str, Any], config: Config | None = None,
             *, config_path: str | None = None) -> dict[str, Any]:
     """The report, from the machine and the diagnosis child's result."""
     path = config.path if config is not None else (config_path or "CONFIG.yaml")
@@ -275,7 +260,7 @@ def _finding(kind: str, title: str, evidence: str, meaning: str, advice: str,
 
 
 def _findings(f: dict[str, Any]) -> list[dict[str, Any]]:
-    machine: machine_mod.Machine = f["machine"]
+    machine: host.Machine = f["machine"]
     usable, cap, search = f["usable"], f["cap"], f["search"]
     threads = f["threads"]
     out: list[dict[str, Any]] = []
@@ -288,7 +273,7 @@ def _findings(f: dict[str, Any]) -> list[dict[str, Any]]:
         why = []
         if len(machine.affinity) < machine.visible_cpus:
             why.append(f"its CPU affinity allows {len(machine.affinity)} "
-                       f"(CPU {_cpu_list(machine.affinity)})")
+                       f"(CPU {host.format_cpus(machine.affinity)})")
         if machine.cpu_quota is not None and machine.cpu_quota < len(machine.affinity):
             why.append(f"its cgroup CPU quota allows {_cpus(machine.cpu_quota)}' worth of time")
         sized = (f"TensorFlow sized its pools from the affinity mask ({pools})"
@@ -334,8 +319,7 @@ def _findings(f: dict[str, Any]) -> list[dict[str, Any]]:
             "CPUs they queue for the CPUs (and, under a quota, use it up early in each period and "
             "are stopped until the next), so steps get slower and less predictable.",
             f"Size the pools to the {usable} usable CPU{'s' if usable != 1 else ''}: "
-            f"tf.config.threading.set_intra_op_parallelism_threads({usable}) before the first op, "
-            f"or TF_NUM_INTRAOP_THREADS={usable}; inter-op 1-2; cap tf.data with "
+            f"{knobs.INTRA_OP.by_hand(usable)}; inter-op 1-2; cap tf.data with "
             f"options.threading.private_threadpool_size. Or measure: `{search}`.",
             ["intra_op_parallelism_threads", "inter_op_parallelism_threads",
              "tf_data.private_threadpool_size"]))
@@ -466,7 +450,8 @@ def _findings(f: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_finding(
             "competing_load",
             f"Other processes used {others:.2f} of this job's {len(machine.affinity)} CPUs",
-            f"CPUs {_cpu_list(machine.affinity)} were busy {others + f['cores_busy']:.2f} CPUs' "
+            f"CPUs {host.format_cpus(machine.affinity)} were busy "
+            f"{others + f['cores_busy']:.2f} CPUs' "
             f"worth on average; this process used {f['cores_busy']:.2f}.",
             "The job gets less CPU than it could, and every measurement on this machine, this "
             "one and a search's, is noisier.",
@@ -508,7 +493,7 @@ def format_text(report: dict[str, Any]) -> str:
     quota = _cpus(r["cpu_quota"]) if r["cpu_quota"] is not None else "none"
     lines.append("CPUs")
     lines.append(f"  visible (os.cpu_count): {r['visible_cpus']}   usable: {r['usable_cpus']}   "
-                 f"affinity: {_cpu_list(r['affinity'])}   cgroup quota: {quota}")
+                 f"affinity: {host.format_cpus(r['affinity'])}   cgroup quota: {quota}")
     over = t.get("oversubscription")
     lines.append(f"  TensorFlow threads: intra-op pool {t.get('intra_op_pool')}, inter-op pool "
                  f"{t.get('inter_op_pool')}, tf.data {t.get('tf_data')}, main {t.get('main')}, "

@@ -1,7 +1,7 @@
 """Run a command with a tuned file's settings, and export them for other launchers.
 
 ``python -m tuner run --tuned tuned.yaml -- python train.py`` sets the environment (the file's
-variables, ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS``, and ``TUNER_TUNED_FILE`` so
+variables, the thread-count variables TensorFlow reads, and ``TUNER_TUNED_FILE`` so
 ``tuner.apply()`` in the job finds the same file), then *replaces itself* with the command
 (``exec``): the command's exit code, output and signals (Ctrl-C, an orchestrator's SIGTERM) are
 its own, with nothing in between to lose them.
@@ -21,17 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import placement, space
-from .apply import (
-    TUNED_FILE_ENV,
-    allocator_library,
-    check_machine,
-    environment,
-    instance_sets,
-    load_checked,
-    pin,
-    process_cpus,
-)
+from . import host, knobs, settings
+from .apply import TUNED_FILE_ENV, check_machine, load_checked, pin
 from .errors import ConfigError
 
 FORMATS = ("shell", "dotenv", "docker", "k8s")
@@ -39,17 +30,17 @@ FORMATS = ("shell", "dotenv", "docker", "k8s")
 
 def tf_data_note(doc: dict[str, Any]) -> str | None:
     """What the environment cannot carry: tf.data options and declared knobs live in the job."""
-    flat = space.flatten_settings(doc["settings"])
-    data = [f"{knob.target}={space.text(flat[name])}" for name, knob in space.KNOBS.items()
-            if knob.applied == space.TF_DATA and flat.get(name) is not None]
-    knobs = [f"{k}={space.text(v)}" for k, v in (doc["settings"].get("knobs") or {}).items()]
+    flat = settings.flatten(doc["settings"])
+    data = [f"{knob.target}={knobs.text(flat[knob.name])}" for knob in knobs.TF_DATA
+            if flat.get(knob.name) is not None]
+    declared = [f"{k}={knobs.text(v)}" for k, v in (doc["settings"].get("knobs") or {}).items()]
     notes = []
     if data:
         notes.append(f"tf.data settings ({', '.join(data)}) cannot be set from the environment: "
                      f"call cfg = tuner.apply() in the job and use "
                      f"ds.with_options(cfg.dataset_options())")
-    if knobs:
-        notes.append(f"declared knobs ({', '.join(knobs)}) are the job's own arguments: pass "
+    if declared:
+        notes.append(f"declared knobs ({', '.join(declared)}) are the job's own arguments: pass "
                      f"cfg.knobs[name] (cfg = tuner.apply()) where the pipeline takes them")
     return "; ".join(notes) or None
 
@@ -62,24 +53,22 @@ def launch_env(doc: dict[str, Any], path: str, base: dict[str, str] | None = Non
     ``override``."""
     env = dict(os.environ if base is None else base)
     kept = {}
-    for var, value in environment(doc).items():
+    for var, value in settings.environment(doc["settings"]).items():
         if var in env and env[var] != value and not override:
             kept[var] = env[var]
             continue
         env[var] = value
     env[TUNED_FILE_ENV] = str(Path(path).resolve())
-    name, library = allocator_library(doc)
-    if library:
-        env["LD_PRELOAD"] = placement.preload_value(library, env.get("LD_PRELOAD"))
+    env = knobs.ALLOCATOR.preloaded(env, settings.file_plan(doc["settings"]).preload)
     return env, kept
 
 
 def _notes(doc: dict[str, Any], path: str) -> list[str]:
     notes = []
-    name, library = allocator_library(doc)
-    if name != "system" and library is None:
-        notes.append(f"warning: the file's allocator, {name}, is not installed here "
-                     f"({placement.INSTALL_HINT[name]}); running with the system allocator")
+    plan = settings.file_plan(doc["settings"])
+    if plan.allocator != knobs.ALLOCATOR.default and plan.preload is None:
+        notes.append(f"warning: the file's allocator, {plan.allocator}, is not installed here "
+                     f"({host.INSTALL_HINT[plan.allocator]}); running with the system allocator")
     return notes
 
 
@@ -105,7 +94,8 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
     executable = shutil.which(command[0], path=env.get("PATH"))
     if executable is None:
         raise ConfigError(f"run: command not found: {command[0]!r}")
-    sets = instance_sets(doc)
+    plan = settings.file_plan(doc["settings"])
+    sets = plan.instances
     if instance is not None and sets is None:
         raise ConfigError(f"run --instance: {path} runs a single instance; drop --instance")
     messages = [f"warning: {w.message}" for w in caught] + _notes(doc, path)
@@ -119,9 +109,9 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
     if sets is not None and instance is None:
         return _run_instances(executable, list(command), env, sets, messages, quiet)
     if instance is not None:
-        env[placement.INSTANCE_ENV] = str(instance)
-        env[placement.INSTANCES_ENV] = str(len(sets))  # type: ignore[arg-type]
-    why = pin(process_cpus(doc, instance))  # exec keeps the affinity
+        env[settings.INSTANCE_ENV] = str(instance)
+        env[settings.INSTANCES_ENV] = str(len(sets))  # type: ignore[arg-type]
+    why = pin(plan.cpus_of(instance))  # exec keeps the affinity
     if why:
         messages.append(f"warning: {why}")
     if not quiet:
@@ -142,12 +132,12 @@ def _run_instances(executable: str, command: list[str], base_env: dict[str, str]
         for line in messages:
             print(f"tuner: {line}", file=sys.stderr)
         print(f"tuner: starting {len(sets)} instances on CPUs "
-              + " | ".join(placement.format_cpus(s) for s in sets), file=sys.stderr)
+              + " | ".join(host.format_cpus(s) for s in sets), file=sys.stderr)
     procs: list[subprocess.Popen[bytes]] = []
     for index, cpus in enumerate(sets):
-        env = dict(base_env, **{placement.INSTANCE_ENV: str(index),
-                                placement.INSTANCES_ENV: str(len(sets))})
-        note = pin_check(cpus)
+        env = dict(base_env, **{settings.INSTANCE_ENV: str(index),
+                                settings.INSTANCES_ENV: str(len(sets))})
+        note = host.pin_check(cpus)
         if note and not quiet:
             print(f"tuner: warning: instance {index}: {note}", file=sys.stderr)
         procs.append(subprocess.Popen(
@@ -174,43 +164,36 @@ def _run_instances(executable: str, command: list[str], base_env: dict[str, str]
     return 128 - code if code < 0 else code  # killed by a signal: the shell's 128+N
 
 
-def pin_check(cpus: list[int]) -> str | None:
-    """Why ``cpus`` cannot be used by a child of this process, or None."""
-    current = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
-    if current and not set(cpus) <= current:
-        return (f"CPUs {placement.format_cpus(sorted(set(cpus) - current))} are not available "
-                f"here; running unpinned")
-    return None
-
-
 def export(path: str, fmt: str) -> str:
     """The file's environment in ``fmt``; a comment (or, for docker, nothing) notes the rest."""
     if fmt not in FORMATS:
         raise ConfigError(f"export --format: {fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
     doc = load_checked(path)
-    env = environment(doc)
-    name, library = allocator_library(doc)
+    env = settings.environment(doc["settings"])
+    plan = settings.file_plan(doc["settings"])
+    name, library = plan.allocator, plan.preload
     note = tf_data_note(doc)
     header = [f"tuned settings from {path} (verdict: {doc.get('verdict', 'unknown')})"]
     if note:
         header.append(note)
-    if name != "system":
+    variable = knobs.ALLOCATOR.variable
+    if name != knobs.ALLOCATOR.default:
         if library:
-            env["LD_PRELOAD"] = library
-            header.append(f"allocator {name}: LD_PRELOAD is this machine's path; in an image, "
-                          f"install it ({placement.INSTALL_HINT[name]}) and check the path")
+            env[variable] = library
+            header.append(f"allocator {name}: {variable} is this machine's path; in an image, "
+                          f"install it ({host.INSTALL_HINT[name]}) and check the path")
         else:
             header.append(f"allocator {name} is not installed here "
-                          f"({placement.INSTALL_HINT[name]}): no LD_PRELOAD written")
-    cpus = doc["settings"].get("cpus")
-    sets = instance_sets(doc)
+                          f"({host.INSTALL_HINT[name]}): no {variable} written")
+    cpus = plan.cpus
+    sets = plan.instances
     if cpus:
-        where = placement.format_cpus(cpus)
+        where = host.format_cpus(cpus)
         header.append(f"CPU set {where}: no variable pins a process; use `taskset -c {where}`, "
                       f"docker run --cpuset-cpus={where}, or `python -m tuner run`")
     if sets:
         header.append(f"{len(sets)} instances on CPUs "
-                      + " | ".join(placement.format_cpus(s) for s in sets)
+                      + " | ".join(host.format_cpus(s) for s in sets)
                       + ": start them with `python -m tuner run --tuned FILE -- cmd` (or "
                       "--instance I for one of them)")
     if not env:

@@ -46,12 +46,12 @@ class TrialRow:
 
 
 def _setting(settings: dict[str, Any], name: str) -> str:
-    from . import space
+    from . import knobs
 
     if name not in settings:
         return "?"
     value = settings[name]
-    if value == space.KNOBS[name].default:
+    if value == knobs.KNOBS[name].default:
         return "-"
     return str(value)
 
@@ -135,11 +135,11 @@ def trial_table(report: StudyReport) -> Table:
 
 
 def reference_table(report: StudyReport) -> Table:
-    from . import space
+    from . import settings as settings_mod
 
     t = Table(header=["", "trial", "settings", "samples/s", "x baseline", "sat"])
     for ref in report.references:
-        t.add(ref["what"], f"#{ref['trial']}", space.short(ref["settings"]),
+        t.add(ref["what"], f"#{ref['trial']}", settings_mod.short(ref["settings"]),
               render.num(ref["throughput"]), render.num(ref["vs_baseline"], 3),
               render.num(ref["saturation"], 2))
     return t
@@ -150,11 +150,11 @@ def _validated_line(last: dict[str, Any] | None) -> str:
         return "no search of this study has finished validation yet"
     r = last.get("result") or {}
     if last.get("verdict") == "tuned":
-        from . import space
+        from . import settings as settings_mod
 
         lo, hi = r["speedup_ci95"]
         settings = last.get("settings")  # recorded since show/compare were added
-        which = f" ({space.short(space.flatten_settings(settings))})" if settings else ""
+        which = f" ({settings_mod.short(settings_mod.flatten(settings))})" if settings else ""
         return (f"tuned{which}: {r['speedup']:.3f}x TensorFlow's defaults (95% CI "
                 f"{lo:.3f}-{hi:.3f}, p={r['p_value']:.3g}), measured in fresh interleaved "
                 f"processes")
@@ -254,7 +254,7 @@ def heatmap(report: StudyReport) -> Any:
 def saturation_scatter(report: StudyReport) -> Any:
     import plotly.graph_objects as go
 
-    from . import space
+    from . import settings as settings_mod
 
     fig = go.Figure()
     for role in (*ROLES, "search"):
@@ -264,7 +264,7 @@ def saturation_scatter(report: StudyReport) -> Any:
         fig.add_trace(go.Scatter(
             x=[r.saturation for r in rows], y=[r.throughput for r in rows], mode="markers",
             name=role, marker={"size": 11 if role in (BASELINE, EXPERT) else 8},
-            text=[f"#{r.number} {space.short(r.settings)}" for r in rows],
+            text=[f"#{r.number} {settings_mod.short(r.settings)}" for r in rows],
             hovertemplate="%{text}<br>saturation %{x:.2f}, %{y:.1f} samples/s<extra></extra>"))
     fig.update_xaxes(title="CPU saturation")
     fig.update_yaxes(title="throughput (samples/s)")

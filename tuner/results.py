@@ -67,6 +67,8 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
     """A :class:`Result` from a tuned file's content (``where`` names it in errors). Every field
     that is displayed is checked first (:func:`check_document`), so a damaged file is one error
     line naming the field, never a traceback."""
+    from . import settings as settings_mod
+
     check_document(doc, where)
     result = doc["result"]
     verdict = doc["verdict"]
@@ -98,7 +100,7 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
                                          "fail")},
         # an unquoted timestamp in a hand-edited file reads as a datetime
         created=created.isoformat() if isinstance(created, (date, datetime)) else created,
-        rejected=rejected or None, expert=expert, notes=_placement_notes(doc["settings"]))
+        rejected=rejected or None, expert=expert, notes=settings_mod.notes(doc["settings"]))
 
 
 # -- checking a result document ------------------------------------------------------------------
@@ -341,38 +343,21 @@ def _evidence(throughput: dict[str, Any] | None, verdict: str) -> str:
 
 
 def _flat(settings: dict[str, Any]) -> dict[str, Any]:
-    from . import space
+    from . import knobs
+    from . import settings as settings_mod
 
     # the tuned file nests (tf_data:, env:); a study stores the flat knob names
-    if any(name in space.KNOBS and "." in name for name in settings):
-        flat = {**space.default_settings(), **settings}
+    if any(name in knobs.KNOBS and "." in name for name in settings):
+        flat = {**knobs.default_settings(), **settings}
     else:
-        flat = space.flatten_settings(settings)
+        flat = settings_mod.flatten(settings)
         # a thread count the file does not set is left to TensorFlow: shown as not set, not as
         # the 0 that flattening fills in
         flat.update({name: None for name in THREAD_COUNTS if settings.get(name) is None})
     # the newer knobs (allocator, CPU set, instances, OpenMP, tf.data options) only where they
     # are set; declared knobs always
-    return {k: v for k, v in flat.items()
-            if k in space.ALWAYS_SHOWN or k not in space.KNOBS or v != space.KNOBS[k].default}
-
-
-def _placement_notes(settings: Any) -> list[str]:
-    """The CPU sets behind the ``cpus`` / ``instances`` counts, which the table shows as counts."""
-    from .placement import format_cpus
-
-    if not isinstance(settings, dict):
-        return []
-    notes = []
-    cpus = settings.get("cpus")
-    if isinstance(cpus, list) and cpus:
-        notes.append(f"pinned to CPUs {format_cpus(cpus)}")
-    instances = settings.get("instances")
-    if isinstance(instances, dict) and (instances.get("count") or 1) > 1 and instances.get("cpus"):
-        notes.append(f"{instances['count']} instances on CPUs "
-                     + " | ".join(format_cpus(s) for s in instances["cpus"])
-                     + " (python -m tuner run starts them)")
-    return notes
+    return {k: v for k, v in flat.items() if k not in knobs.KNOBS
+            or knobs.KNOBS[k].always_shown or v != knobs.KNOBS[k].default}
 
 
 # -- from a study ------------------------------------------------------------------------------
@@ -546,7 +531,7 @@ def check_last_result(last: Any, where: str) -> None:
 def from_study(storage: str, name: str | None) -> Result:
     """A :class:`Result` from a study: the validated result its last search recorded
     (``tuner.last_result``), else the best trial against the baseline trial (unvalidated)."""
-    from . import space
+    from . import knobs
 
     record = read_study(storage, name)
     where = f"study {record.name!r}"
@@ -563,7 +548,7 @@ def from_study(storage: str, name: str | None) -> Result:
         verdict, result = last.get("verdict"), last["result"]
         settings = last.get("settings")
         if settings is None and verdict == "defaults":
-            settings = space.default_settings()
+            settings = knobs.default_settings()
         if settings is None:
             settings = _settings_from_output(last.get("output"), record.name)
         if settings is None:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import placement, space
+from . import settings as settings_mod
 from .errors import TrialFailed
 from .worker import PROTOCOL
 
@@ -40,18 +40,13 @@ _CHILD_DEFAULTS = {"CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2",
 def child_env(settings: dict[str, Any], base: dict[str, str] | None = None,
               preload: str | None = None) -> dict[str, str]:
     """The child's environment: the user's, minus every variable a knob controls, plus the
-    trial's environment knobs and, for an allocator, ``LD_PRELOAD`` with its library first.
-    A copy, not an allowlist: user code may need its own variables."""
-    env = dict(os.environ if base is None else base)
-    if preload:
-        env["LD_PRELOAD"] = placement.preload_value(preload, env.get("LD_PRELOAD"))
-    for name in space.CONTROLLED_ENV:
-        env.pop(name, None)
+    trial's environment knobs, with the allocator library ``preload`` preloaded (see
+    :func:`tuner.settings.child_environment`). A copy, not an allowlist: user code may need its
+    own variables."""
+    env = settings_mod.child_environment(settings, dict(os.environ if base is None else base),
+                                         preload)
     for key, value in _CHILD_DEFAULTS.items():
         env.setdefault(key, value)
-    for name, knob in space.KNOBS.items():
-        if knob.applied == space.ENV and settings.get(name) is not None:
-            env[knob.target] = str(settings[name])
     # The child must run this very tuner, installed or not.
     paths = [_PACKAGE_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
@@ -290,7 +285,7 @@ def run_child(task: dict[str, Any], *, timeout: float, settings: dict[str, Any],
     """Run one task in a fresh child and return its result dict, or raise TrialFailed.
 
     ``worker`` replaces ``python -m tuner.worker`` (a fake worker speaking the same protocol).
-    ``preload`` is an allocator library for ``LD_PRELOAD``; ``cpus`` pins the child to those
+    ``preload`` is an allocator library to preload; ``cpus`` pins the child to those
     CPUs. ``instances`` runs one child per CPU set instead, all at once (they warm up, wait for
     each other, then measure the same seconds); the result is their sum (see
     :func:`combine_instances`), and pruning sees instance 0's windows times the count."""

@@ -38,7 +38,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import placement, space
+from . import host, knobs
+from . import settings as settings_mod
 from .files import write_json_atomic
 
 PROTOCOL = 2
@@ -170,13 +171,13 @@ class _KnobPlan:
             else:
                 base, source = default, "builder default"
                 # tf.data.AUTOTUNE written as a default is the listed "autotune"
-                if base == -1 and not isinstance(base, bool) and space.AUTOTUNE in candidates[name]:
-                    base = space.AUTOTUNE
+                if base == -1 and not isinstance(base, bool) and knobs.AUTOTUNE in candidates[name]:
+                    base = knobs.AUTOTUNE
             info[name] = {"builders": roles, "baseline": base, "source": source}
         return info
 
     def kwargs(self, role: str, values: dict[str, Any], tf: Any) -> dict[str, Any]:
-        return {name: (tf.data.AUTOTUNE if value == space.AUTOTUNE else value)
+        return {name: knobs.DeclaredKnob.to_tf(value, tf)
                 for name, value in values.items() if role in self.accepts.get(name, ())}
 
 
@@ -210,7 +211,7 @@ def _check_element(element: Any, mode: str, spec: str) -> None:
 
 
 def _tf_data_options(tf: Any, settings: dict[str, Any]) -> Any:
-    options, missing = space.tf_data_options(tf, settings)
+    options, missing = settings_mod.dataset_options(tf, settings)
     if missing:
         raise WorkloadProblem(f"this TensorFlow ({tf.__version__}) has no tf.data option "
                               f"{', '.join(missing)}")
@@ -219,16 +220,7 @@ def _tf_data_options(tf: Any, settings: dict[str, Any]) -> Any:
 
 def _options_in_effect(dataset: Any) -> dict[str, Any]:
     """The tf.data knobs as the dataset really carries them (None: TensorFlow's default)."""
-    options = dataset.options()
-    found: dict[str, Any] = {}
-    for name, knob in space.KNOBS.items():
-        if knob.applied != space.TF_DATA:
-            continue
-        value: Any = options
-        for attr in knob.option.split("."):
-            value = getattr(value, attr, None)
-        found[name] = getattr(value, "name", value)  # an enum by its member name
-    return found
+    return settings_mod.options_in_effect(dataset)
 
 
 def _pipeline_ops(dataset: Any) -> list[str] | None:
@@ -287,13 +279,8 @@ class _Workload:
         import tensorflow as tf
 
         self.tf = tf
-        # Must happen before the first op initialises the runtime; 0 leaves TensorFlow's default.
-        intra = settings.get("intra_op_parallelism_threads") or 0
-        inter = settings.get("inter_op_parallelism_threads") or 0
-        if intra:
-            tf.config.threading.set_intra_op_parallelism_threads(int(intra))
-        if inter:
-            tf.config.threading.set_inter_op_parallelism_threads(int(inter))
+        # Must happen before the first op initialises the runtime, as tuner.apply() does it.
+        settings_mod.apply_threading(tf, settings)
         timings["import"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -303,8 +290,7 @@ class _Workload:
         if self.mode != "data":
             builders["model"] = (_load_callable(wl["model"], wl["base_dir"], "model"), wl["model"])
         declared: dict[str, list[Any]] = task.get("knobs") or {}
-        values = {name[len(space.KNOB_PREFIX):]: value for name, value in settings.items()
-                  if name.startswith(space.KNOB_PREFIX)}
+        values = knobs.declared(settings)
         self.plan = _KnobPlan(builders, sorted(set(declared) | set(values)))
         self.knob_info = self.plan.baseline(declared) if declared else {}
         # the preflight builds the baseline: the pipeline as written
@@ -568,7 +554,7 @@ def measure(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
             "inter_op": work.tf.config.threading.get_inter_op_parallelism_threads(),
         },
         "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "allocator": placement.allocator_in_process(),
+        "allocator": host.allocator_in_process(),
         "tf_data_options": work.options_in_effect,
         "knobs": work.knobs,
         "timings": timings,
@@ -675,10 +661,8 @@ class _Accounts:
     def _snapshot(self) -> tuple[Any, ...]:
         import psutil
 
-        from . import machine
-
         return (time.perf_counter(), os.times(), psutil.cpu_times(percpu=True), _thread_table(),
-                machine.cpu_throttling(self.cgroup_root))
+                host.cpu_throttling(self.cgroup_root))
 
     def start(self) -> None:
         self._start = self._snapshot()
@@ -958,13 +942,13 @@ def preflight(task: dict[str, Any], progress: _Progress) -> dict[str, Any]:
     work.run_step(work.next_batch())
     timings["second_step"] = time.perf_counter() - t
     tf = work.tf
-    available, algorithms = space.tf_data_available(tf)
+    available, algorithms = settings_mod.tf_data_available(tf)
     return {
         "batch_size": work.batch_size,
         "element_spec": work.element_spec,
         "tf_version": tf.__version__,
         "onednn_enabled": _onednn_enabled(),
-        "openmp": placement.tf_uses_openmp(os.path.dirname(tf.__file__)),
+        "openmp": host.tf_uses_openmp(os.path.dirname(tf.__file__)),
         "model_params": int(work.model.count_params()) if work.model is not None else None,
         "tf_data_options": available,
         "autotune_algorithms": algorithms,
@@ -1000,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task = json.loads(Path(task_path).read_text())
         # Pin before TensorFlow starts any thread: threads inherit the affinity they start with.
-        why = placement.set_affinity(task.get("cpus"))
+        why = host.set_affinity(task.get("cpus"))
         if why:
             raise WorkloadProblem(why)
         payload = {"protocol": PROTOCOL, "ok": True, **run_task(task)}

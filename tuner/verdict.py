@@ -1,0 +1,230 @@
+"""The verdict and the tuned document.
+
+The winner's speedup and interval come from the final validation rounds alone, and unless it is
+faster than TensorFlow's defaults beyond noise (and within the latency budget), the verdict keeps
+the defaults. A search interrupted before validation writes its best trial as "unvalidated".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import FrozenTrial
+
+from . import coord, measuring, stats, tuned
+from . import host as host_mod
+from . import settings as settings_mod
+from .config import Config
+from .errors import StudyError
+from .measuring import Preflight
+from .study import Searched
+from .urls import mask_url
+from .validate import BASELINE, Validation
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``verdict`` is "tuned", "defaults" or "unvalidated"; ``settings`` the chosen flat
+    settings; ``result`` and ``validation`` the tuned file's blocks of those names."""
+
+    verdict: str
+    settings: dict[str, Any]
+    result: dict[str, Any]
+    validation: dict[str, Any]
+
+
+def unvalidated(searched: Searched) -> Verdict:
+    """The best trial against the baseline trial: single-process measurements."""
+    best, base = searched.best, searched.baseline
+    return Verdict("unvalidated", best.user_attrs["settings"], {
+        "throughput": _trial_throughput(best),
+        "baseline_throughput": _trial_throughput(base) if base else None,
+        "speedup": (best.value / base.value) if base else None,
+        "speedup_ci95": None, "p_value": None, "significant": False,
+        "cpu_saturation": best.user_attrs.get("cpu_saturation"),
+        "note": "search interrupted before validation: these are single-process "
+                "measurements; run the same command again to resume and validate",
+    }, {"done": False})
+
+
+def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
+    """The verdict of the final rounds (see the module docstring)."""
+    cfg, machine = config.validate, pre.machine
+
+    def scores(runs: list[dict[str, Any]]) -> list[float]:
+        return [measuring.score(m, config.objective) for m in runs]
+
+    base_runs = v.final.get(BASELINE, [])
+    if not base_runs:
+        raise StudyError("validation: no baseline measurement succeeded")
+    label = v.winner.label if v.winner is not None else None
+    win_runs = v.final.get(label, []) if label else []
+    doc = _validation_block(v, config, machine)
+    baseline_block = _throughput_block([m["throughput"]["median"] for m in base_runs])
+    base_sat = stats.median([m["cpu_saturation"] for m in base_runs])
+    defaults = pre.space.baseline()
+    if v.winner is None or len(win_runs) < 2:
+        why = (f"the winner failed in validation: {v.failures[label]}"
+               if label and label in v.failures else "no candidate to validate")
+        return Verdict("defaults", defaults, {
+            "throughput": baseline_block, "baseline_throughput": baseline_block,
+            "speedup": 1.0, "speedup_ci95": [1.0, 1.0], "p_value": 1.0, "significant": False,
+            "cpu_saturation": base_sat, "baseline_cpu_saturation": base_sat,
+            "step_latency_ms": _median_latency(base_runs), "note": why}, doc)
+    comparison = stats.speedup_test(scores(win_runs), scores(base_runs), alpha=cfg.alpha,
+                               min_speedup=cfg.min_speedup)
+    winner = {
+        "trial": v.winner.number,
+        "settings": settings_mod.nest(v.winner.settings, machine),
+        "throughput": _throughput_block([m["throughput"]["median"] for m in win_runs]),
+        "speedup": comparison["speedup"], "speedup_ci95": comparison["speedup_ci95"],
+        "p_value": comparison["p_value"], "significant": comparison["significant"],
+        "rejected_because": comparison["reason"] or None,
+        "cpu_saturation": stats.median([m["cpu_saturation"] for m in win_runs]),
+        "step_latency_ms": _median_latency(win_runs),
+    }
+    budget = config.objective.latency_budget_ms
+    if comparison["significant"] and budget is not None \
+            and winner["step_latency_ms"]["p95"] > budget:
+        comparison = {**comparison, "significant": False,
+                      "reason": f"its p95 step latency in validation, "
+                                f"{winner['step_latency_ms']['p95']:.2f} ms, is over "
+                                f"the {budget:g} ms budget"}
+        winner.update(significant=False, rejected_because=comparison["reason"])
+    doc["winner"] = winner
+    if comparison["significant"]:
+        return Verdict("tuned", v.winner.settings, {
+            "throughput": winner["throughput"], "baseline_throughput": baseline_block,
+            "speedup": comparison["speedup"], "speedup_ci95": comparison["speedup_ci95"],
+            "p_value": comparison["p_value"], "significant": True,
+            "cpu_saturation": winner["cpu_saturation"], "baseline_cpu_saturation": base_sat,
+            "step_latency_ms": winner["step_latency_ms"],
+            "baseline_step_latency_ms": _median_latency(base_runs),
+            "input_wait": stats.median([m["input_wait"] for m in win_runs])}, doc)
+    return Verdict("defaults", defaults, {
+        "throughput": baseline_block, "baseline_throughput": baseline_block,
+        "speedup": 1.0, "speedup_ci95": [1.0, 1.0], "p_value": 1.0, "significant": False,
+        "cpu_saturation": base_sat, "baseline_cpu_saturation": base_sat,
+        "step_latency_ms": _median_latency(base_runs),
+        "input_wait": stats.median([m["input_wait"] for m in base_runs]),
+        "rejected": {k: winner[k] for k in ("trial", "settings", "speedup", "speedup_ci95",
+                                            "p_value", "rejected_because")}}, doc)
+
+
+def _validation_block(v: Validation, config: Config, machine: host_mod.Machine
+                      ) -> dict[str, Any]:
+    """How the validation ran, and each candidate's scores (the winner's block follows)."""
+    cfg = config.validate
+    return {
+        "done": True,
+        "method": "fresh process per measurement; configurations interleaved, order rotated "
+                  "each round; winner picked in screening rounds, speedup from final rounds",
+        "screen_rounds": cfg.screen_rounds if len(v.candidates) > 1 else 0,
+        "rounds": len(v.final.get(BASELINE, [])),
+        "max_rounds": cfg.rounds,
+        **({"stopped_early": v.stopped_early} if v.stopped_early else {}),
+        "alpha": cfg.alpha,
+        "min_speedup": cfg.min_speedup,
+        "candidates": [
+            {"trial": c.number,
+             "settings": settings_mod.nest(c.settings, machine),
+             "search_score": c.search_score,
+             "screen_score": [measuring.score(m, config.objective)
+                              for m in v.screening.get(c.label, [])],
+             **({"failed": v.failures[c.label]} if c.label in v.failures else {})}
+            for c in v.candidates],
+    }
+
+
+def summary(verdict: Verdict, config: Config) -> str:
+    """The tuned file's one-line summary."""
+    result, pct = verdict.result, config.objective.percentile
+    if verdict.verdict == "tuned":
+        better = f"{pct} step latency {result['speedup']:.3f}x lower" if pct else \
+            f"{result['speedup']:.3f}x faster"
+        return (f"{better} than TensorFlow's defaults (95% CI {result['speedup_ci95'][0]:.3f}-"
+                f"{result['speedup_ci95'][1]:.3f}, p={result['p_value']:.3g})")
+    if verdict.verdict == "defaults":
+        return ("no configuration was faster than TensorFlow's defaults beyond noise; keeping "
+                "the defaults")
+    return "search interrupted: best configuration so far, not validated"
+
+
+def document(config: Config, pre: Preflight, searched: Searched, verdict: Verdict,
+             seconds: dict[str, float]) -> dict[str, Any]:
+    """The tuned file's content. ``seconds``: this run's wall time per phase."""
+    cfg, machine = config, pre.machine
+    best, base, expert = searched.best, searched.baseline, searched.expert
+    return {
+        "format_version": tuned.FORMAT_VERSION,
+        "created": coord.now(),
+        "verdict": verdict.verdict,
+        "summary": summary(verdict, cfg),
+        "settings": settings_mod.nest(verdict.settings, machine),
+        "workload": {"model": cfg.workload.model, "data": cfg.workload.data,
+                     "mode": cfg.workload.mode, "batch_size": pre.batch_size,
+                     "config": os.path.abspath(cfg.path)},
+        "objective": {"metric": cfg.objective.metric,
+                      "latency_budget_ms": cfg.objective.latency_budget_ms,
+                      "means": cfg.objective.describe() + (
+                          "; speedup = baseline latency / tuned latency"
+                          if cfg.objective.percentile else "")},
+        "machine": machine.as_dict(),
+        "result": verdict.result,
+        "validation": verdict.validation,
+        "search": {
+            "best_trial": {"number": best.number,
+                           "settings": settings_mod.nest(best.user_attrs["settings"],
+                                                               machine),
+                           "throughput": _trial_throughput(best)},
+            "expert_rule": {
+                "settings": settings_mod.nest(pre.space.expert(machine), machine),
+                "throughput": _trial_throughput(expert) if expert else None,
+                "speedup_in_search": (expert.value / base.value) if expert and base else None,
+            },
+            "space": pre.space.describe(),
+            "sampler": searched.sampler,
+            # this run's wall time per phase (a resumed study's earlier runs not included)
+            "seconds": seconds,
+            "measure": {"warmup_seconds": cfg.measure.warmup_seconds,
+                        "window_seconds": cfg.measure.window_seconds,
+                        "windows": cfg.measure.windows},
+        },
+        "study": _study_block(cfg, machine, searched),
+    }
+
+
+def _study_block(cfg: Config, machine: host_mod.Machine, searched: Searched
+                 ) -> dict[str, Any]:
+    trials = searched.trials
+    hosts = sorted({t.user_attrs[coord.HOST_ATTR] for t in trials
+                    if coord.HOST_ATTR in t.user_attrs})
+    return {"name": cfg.study_name, "storage": mask_url(cfg.storage),
+            "n_trials": len(trials), **coord.state_counts(trials),
+            # workers that measured these trials (several when the study is shared)
+            "hosts": hosts,
+            **({"machine_id": coord.machine_id(machine.fingerprint()),
+                "other_machine_trials": searched.other_machine_trials}
+               if searched.other_machine_trials else {})}
+
+
+def _throughput_block(values: list[float]) -> dict[str, Any]:
+    lo, hi = stats.bootstrap_ci(values)
+    return {"median": stats.median(values), "ci95": [lo, hi], "unit": "samples/s",
+            "per_process": values}
+
+
+def _trial_throughput(t: FrozenTrial | None) -> dict[str, Any] | None:
+    if t is None or "throughput" not in t.user_attrs:
+        return None
+    tp = t.user_attrs["throughput"]
+    return {"median": tp["median"], "window_range": [tp["min"], tp["max"]], "unit": "samples/s",
+            "windows": tp.get("windows")}
+
+
+def _median_latency(runs: list[dict[str, Any]]) -> dict[str, float]:
+    keys = ("p50", "p90", "p95", "p99")
+    return {k: stats.median([m["step_latency_ms"][k] for m in runs])
+            for k in keys if all(k in m["step_latency_ms"] for m in runs)}
