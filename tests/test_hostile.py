@@ -3,12 +3,16 @@
 Every refused input gives its exit code, a single ``error:`` line naming the field or file, no
 traceback and nothing written. Lock files cannot be turned against the user, waiting for one is
 bounded and names its holder, URLs never show a secret, and no measuring process outlives its
-search.
+search. Reading results (show, compare, report) never writes: not into a database, not a half
+report.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
+import json
 import os
 import signal
 import stat
@@ -18,8 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tuner import coord, lock, urls
+from tuner import cli, coord, lock, tuned, urls
 from tuner.errors import StudyError
 from tuner.trial import run_child
 
@@ -565,3 +570,375 @@ def test_a_missing_xdg_runtime_dir_falls_back_to_the_per_uid_directory(tmp_path,
 
     monkeypatch.setattr(tempfile, "tempdir", None)
     assert lock.lock_path() == tmp_path / f"tuner-{os.geteuid()}" / "measure.lock"
+
+
+# -- malformed tuned files: show and compare ---------------------------------------------------
+
+BRANCHY = HERE / "fixtures" / "branchy.yaml"
+DELETE = object()
+
+
+def _tuned_with(directory: Path, where: str, value: object, name: str = "bad.yaml") -> Path:
+    """The branchy fixture with the field at dotted path ``where`` set to ``value`` (or removed)."""
+    doc = yaml.safe_load(BRANCHY.read_text())
+    *parents, last = where.split(".")
+    node = doc
+    for key in parents:
+        node = node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    path = directory / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+MALFORMED = [
+    # where, value, the field the error names, what it says is expected
+    ("verdict", "great", "verdict", "one of tuned, defaults, unvalidated"),
+    ("verdict", DELETE, "verdict", "one of tuned"),
+    ("summary", {"a": 1}, "summary", "one line of text"),
+    ("summary", "fine\n\x1b[2Jrm -rf ~", "summary", "one line of text"),
+    ("created", 5, "created", "one line of text"),
+    ("settings", [1, 2], "settings", "a mapping of settings"),
+    ("settings", DELETE, "settings", "missing"),
+    ("settings.intra_op_parallelism_threads", "many", "settings.intra_op_parallelism_threads",
+     "an integer >= 0"),
+    ("settings.inter_op_parallelism_threads", -1, "settings.inter_op_parallelism_threads",
+     "an integer >= 0"),
+    ("settings.tf_data", "x", "settings.tf_data", "a mapping"),
+    ("settings.env", [1], "settings.env", "a mapping"),
+    ("settings.env", {"TF_ENABLE_ONEDNN_OPTS": {"nested": 1}},
+     "settings.env.TF_ENABLE_ONEDNN_OPTS", "a number, text"),
+    ("settings.cpus", "0-3", "settings.cpus", "a list of CPU numbers"),
+    ("settings.instances", {"count": 0}, "settings.instances.count", "an integer >= 1"),
+    ("result", 3, "result", "a mapping"),
+    ("result", DELETE, "result", "missing"),
+    ("result.throughput", DELETE, "result.throughput", "missing"),
+    ("result.throughput", [1, 2], "result.throughput", "a mapping"),
+    ("result.throughput.median", True, "result.throughput.median", "a positive number"),
+    ("result.throughput.median", DELETE, "result.throughput.median", "missing"),
+    ("result.throughput.ci95", [1], "result.throughput.ci95", "a list of two numbers"),
+    ("result.baseline_throughput", 5, "result.baseline_throughput", "a mapping"),
+    ("result.speedup", "fast", "result.speedup", "a positive number"),
+    ("result.speedup", 0, "result.speedup", "a positive number"),
+    ("result.speedup_ci95", [1.2], "result.speedup_ci95", "a list of two numbers"),
+    ("result.speedup_ci95", ["a", "b"], "result.speedup_ci95", "a list of two numbers"),
+    ("result.speedup_ci95", [1.4, 1.3], "result.speedup_ci95", "[low, high]"),
+    ("result.p_value", "tiny", "result.p_value", "a number between 0 and 1"),
+    ("result.p_value", float("nan"), "result.p_value", "a number between 0 and 1"),
+    ("result.p_value", 1.5, "result.p_value", "a number between 0 and 1"),
+    ("result.cpu_saturation", "hi", "result.cpu_saturation", "a number >= 0"),
+    ("result.baseline_cpu_saturation", float("inf"), "result.baseline_cpu_saturation",
+     "a number >= 0"),
+    ("result.rejected", {"trial": 3, "speedup": 1.1, "speedup_ci95": [1.0, 1.2], "p_value": "q"},
+     "result.rejected.p_value", "a number between 0 and 1"),
+    ("machine", [1], "machine", "a mapping"),
+    ("machine.usable_cpus", "two", "machine.usable_cpus", "an integer >= 0"),
+    ("machine.cpu_model", {"x": 1}, "machine.cpu_model", "one line of text"),
+    ("workload", "w", "workload", "a mapping"),
+    ("workload.batch_size", -1, "workload.batch_size", "an integer >= 0"),
+    ("search", "s", "search", "a mapping"),
+    ("search.expert_rule", "e", "search.expert_rule", "a mapping"),
+    ("search.expert_rule.settings", 3, "search.expert_rule.settings", "a mapping of settings"),
+    ("search.expert_rule.speedup_in_search", "x", "search.expert_rule.speedup_in_search",
+     "a positive number"),
+    ("study", "x", "study", "a mapping"),
+    ("study.n_trials", "lots", "study.n_trials", "an integer >= 0"),
+    ("study.name", ["a"], "study.name", "one line of text"),
+]
+
+
+@pytest.mark.parametrize("where,value,field,expected", MALFORMED,
+                         ids=[f"{w}={'DELETE' if v is DELETE else v!r}"[:60]
+                              for w, v, _, _ in MALFORMED])
+def test_a_malformed_tuned_file_is_one_error_line_naming_the_field(tmp_path, where, value,
+                                                                    field, expected):
+    bad = _tuned_with(tmp_path, where, value)
+    good = tmp_path / "good.yaml"
+    good.write_text(BRANCHY.read_text())
+    before = {p: p.read_bytes() for p in (bad, good)}
+    for argv in (["show", str(bad)], ["show", str(bad), "--format", "json"],
+                 ["compare", str(good), str(bad)], ["compare", str(bad), str(good)]):
+        proc = _tuner(*argv)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        line = _one_error(proc.stderr, f"{bad}: {field}: ", expected)
+        assert "\x1b" not in line and proc.stdout == ""
+    assert {p: p.read_bytes() for p in (bad, good)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "good.yaml"]
+
+
+def test_the_error_shows_the_bad_value(tmp_path):
+    bad = _tuned_with(tmp_path, "result.p_value", "tiny")
+    proc = _tuner("show", str(bad))
+    assert proc.returncode == 2
+    _one_error(proc.stderr, "result.p_value", "'tiny'")
+
+
+def test_a_directory_as_tuned_file_says_so(tmp_path):
+    proc = _tuner("show", str(tmp_path))
+    assert proc.returncode == 2
+    _one_error(proc.stderr, str(tmp_path), "is a directory")
+
+
+@pytest.mark.parametrize("value", [DELETE, None])
+def test_a_thread_count_the_file_does_not_set_reads_not_set_never_0(tmp_path, value):
+    path = _tuned_with(tmp_path, "settings.intra_op_parallelism_threads", value)
+    proc = _tuner("show", str(path))
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [line for line in proc.stdout.splitlines()
+              if line.strip().startswith("intra_op_parallelism_threads")]
+    assert row.split()[1:] == ["not", "set"], row
+    proc = _tuner("show", str(path), "--format", "json")
+    assert json.loads(proc.stdout)["settings"]["intra_op_parallelism_threads"] is None
+    proc = _tuner("compare", str(path), str(BRANCHY))
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [line for line in proc.stdout.splitlines() if "intra_op_parallelism_threads" in line]
+    assert row.split()[-3:] == ["not", "set", "1"], row  # marked: it differs from B's 1
+
+
+# -- reading a storage never writes to it --------------------------------------------------------
+
+
+def _fingerprint(path: Path) -> tuple[str, int, list[str]]:
+    import sqlite3
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        tables = sorted(r[0] for r in db.execute("select name from sqlite_master"))
+    return digest, path.stat().st_mtime_ns, tables
+
+
+@pytest.fixture
+def unrelated_db(tmp_path: Path) -> Path:
+    """An application's own SQLite database: one table of its own, nothing of Optuna's."""
+    import sqlite3
+
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("create table orders (id integer primary key, item text)")
+        db.execute("insert into orders (item) values ('tea')")
+    db.close()
+    return path
+
+
+@pytest.mark.parametrize("argv", [
+    ["show", "--storage", "sqlite:///app.db"],
+    ["show", "--storage", "sqlite:///app.db", "--study-name", "x"],
+    ["report", "--storage", "sqlite:///app.db"],
+    ["report", "--storage", "sqlite:///app.db", "--html", "out.html"],
+    ["compare", str(BRANCHY), "--storage", "sqlite:///app.db", "--study-name", "x"],
+])
+def test_an_unrelated_database_is_left_exactly_as_it_was(unrelated_db, argv):
+    root = unrelated_db.parent
+    before = _fingerprint(unrelated_db)
+    listing = _listing(root)
+    time.sleep(0.01)  # an mtime that changes is visible
+    proc = subprocess.run([sys.executable, "-m", "tuner", *argv], capture_output=True, text=True,
+                          timeout=60, env=_env(), cwd=root, check=False)
+    assert proc.returncode == 2, proc.stderr
+    _one_error(proc.stderr, "sqlite:///app.db", "no tuner study here")
+    assert _fingerprint(unrelated_db) == before
+    assert before[2] == ["orders"]
+    assert _listing(root) == listing  # no journal, no out.html
+
+
+def test_the_absolute_path_form_is_left_alone_too(unrelated_db):
+    before = _fingerprint(unrelated_db)
+    proc = _tuner("report", "--storage", f"sqlite:///{unrelated_db}")
+    assert proc.returncode == 2
+    _one_error(proc.stderr, "no tuner study here")
+    assert _fingerprint(unrelated_db) == before
+
+
+@pytest.fixture
+def optuna_study(tmp_path: Path) -> str:
+    """A small study made by Optuna itself: enough for report to lay out its trials."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    study.optimize(lambda t: float(t.suggest_int("intra_op_parallelism_threads", 0, 2)),
+                   n_trials=3)
+    return url
+
+
+def test_reading_a_tuner_study_changes_nothing_in_its_database(optuna_study, tmp_path):
+    db = tmp_path / "study.db"
+    before = _fingerprint(db)
+    proc = _tuner("report", "--storage", optuna_study)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("study s in ")
+    proc = _tuner("show", "--storage", optuna_study)  # no trial a search measured
+    assert proc.returncode == 2
+    _one_error(proc.stderr, "no complete trial to show")
+    assert _fingerprint(db) == before
+    import optuna
+
+    from tuner import results
+
+    with pytest.raises(optuna.exceptions.StorageInternalError) as caught:
+        optuna.create_study(study_name="t", storage=results.open_read_only(optuna_study))
+    assert "readonly database" in str(caught.value.__cause__)
+    assert _fingerprint(db) == before
+
+
+@pytest.mark.postgres
+def test_an_unrelated_postgresql_database_gets_no_optuna_tables(pg_url):
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("create table orders (id serial primary key, item text)")
+        for argv in (["show", "--storage", pg_url], ["report", "--storage", pg_url]):
+            proc = _tuner(*argv)
+            assert proc.returncode == 2, proc.stderr
+            line = _one_error(proc.stderr, "no tuner study here")
+            assert urls.mask_url(pg_url) in line and pg_url not in line
+        assert sqlalchemy.inspect(engine).get_table_names() == ["orders"]
+    finally:
+        engine.dispose()
+
+
+# -- report --html and every other OSError: one line naming the path --------------------------
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda d: d / "sub", "is a directory"),
+    (lambda d: d / "missing" / "r.html", "no such directory"),
+    (lambda d: d / "file.txt" / "r.html", "is not a directory"),
+])
+def test_report_html_to_a_bad_path_is_one_line_and_writes_nothing(optuna_study, tmp_path, make,
+                                                                  needle):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "file.txt").write_text("x\n")
+    target = make(tmp_path)
+    before = _listing(tmp_path)
+    started = time.monotonic()
+    proc = _tuner("report", "--storage", optuna_study, "--html", str(target))
+    assert proc.returncode == 2, proc.stderr
+    _one_error(proc.stderr, "--html", str(target), needle)
+    assert proc.stdout == ""  # refused before the study was read
+    assert time.monotonic() - started < 30
+    assert _listing(tmp_path) == before
+
+
+def test_report_html_into_an_unwritable_directory_is_one_line(optuna_study, tmp_path,
+                                                              monkeypatch, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    target = locked / "r.html"
+    if os.geteuid() != 0:
+        proc = _tuner("report", "--storage", optuna_study, "--html", str(target))
+        code, err = proc.returncode, proc.stderr
+    else:  # root writes into any directory: the directory answers as it would to a user
+        from tuner import report
+
+        real_access = os.access
+        monkeypatch.setattr(report.os, "access", lambda path, mode: real_access(path, mode)
+                            and Path(path) != locked)
+        code, err = cli.main(["report", "--storage", optuna_study, "--html", str(target)]), \
+            capsys.readouterr().err
+    assert code == 2, err
+    _one_error(err, "--html", str(target), "permission denied")
+    assert list(locked.iterdir()) == []
+
+
+def test_a_disk_that_fills_up_while_writing_the_report_leaves_no_half_file(optuna_study,
+                                                                          tmp_path, monkeypatch,
+                                                                          capsys):
+    pytest.importorskip("plotly")
+    from tuner import files
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    out = tmp_path / "out"
+    out.mkdir()
+    code = cli.main(["report", "--storage", optuna_study, "--html", str(out / "r.html")])
+    err = capsys.readouterr().err
+    assert code == 1
+    _one_error(err, "--html", str(out / "r.html"), "No space left on device")
+    assert list(out.iterdir()) == []
+
+
+def test_any_other_os_error_is_one_line_naming_the_path(monkeypatch, capsys):
+    def broken(args):
+        raise PermissionError(errno.EACCES, "Permission denied", "/srv/models/tuned.yaml")
+
+    monkeypatch.setattr(cli, "cmd_show", broken)
+    code = cli.main(["show", "x.yaml"])
+    assert code == 1
+    assert capsys.readouterr().err == "error: /srv/models/tuned.yaml: Permission denied\n"
+
+
+def test_an_os_error_without_a_path_is_one_line_too():
+    assert cli.os_error_line(OSError(errno.ENOSPC, "No space left on device")) == \
+        "No space left on device"
+    assert cli.os_error_line(OSError("disk\ngone")) == "disk"
+    assert cli.os_error_line(FileExistsError(errno.EEXIST, "File exists", "a\nb", None, "c")) == \
+        "'a\\nb' -> c: File exists"
+
+
+# -- a tuned file naming a storage with credentials stays private ------------------------------
+
+
+@pytest.mark.parametrize("storage,mode", [
+    ("postgresql://bob:s3cret@db/x", 0o600),
+    ("postgresql://bob@db/x?password=s3cret", 0o600),
+    ("postgresql://bob@db/x", 0o644),
+    ("sqlite:///results/study.db", 0o644),
+])
+def test_a_tuned_file_naming_credentials_is_written_0600(tmp_path, storage, mode):
+    doc = yaml.safe_load(BRANCHY.read_text())
+    doc["study"]["storage"] = urls.mask_url(storage)
+    path = tmp_path / "tuned.yaml"
+    tuned.write(doc, path, study_name="branchy", storage=storage, force=False)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert "s3cret" not in path.read_text()
+
+
+@pytest.mark.postgres
+def test_a_postgresql_study_reads_through_read_only_sessions(pg_url):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(study_name="s", storage=pg_url, direction="maximize")
+    study.optimize(lambda t: float(t.suggest_int("intra_op_parallelism_threads", 0, 2)),
+                   n_trials=3)
+    proc = _tuner("report", "--storage", pg_url)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("study s in postgresql://tuner:***@")
+    assert len(optuna.load_study(study_name="s", storage=pg_url).trials) == 3
+    from tuner import results
+
+    with pytest.raises(optuna.exceptions.StorageInternalError) as caught:
+        optuna.create_study(study_name="t", storage=results.open_read_only(pg_url))
+    assert "read-only transaction" in str(caught.value.__cause__)
+    assert optuna.get_all_study_names(pg_url) == ["s"]
+
+
+@pytest.mark.parametrize("last,field", [
+    ("x", "tuner.last_result"),
+    ({"verdict": "tuned", "result": {"throughput": {"median": 5.0}, "speedup": 1.2,
+                                     "speedup_ci95": [1.1], "p_value": 0.01}},
+     "result.speedup_ci95"),
+    ({"verdict": "tuned", "result": {"throughput": {"median": 5.0}}},
+     "tuner.last_result.result.speedup"),
+    ({"verdict": "defaults", "result": {"throughput": {"median": 5.0},
+                                        "rejected": {"p_value": "q"}}},
+     "result.rejected.p_value"),
+])
+def test_a_damaged_result_recorded_on_a_study_is_one_error_line(optuna_study, last, field):
+    import optuna
+
+    optuna.load_study(study_name="s", storage=optuna_study).set_user_attr("tuner.last_result",
+                                                                           last)
+    for command in ("report", "show"):
+        proc = _tuner(command, "--storage", optuna_study)
+        assert proc.returncode == 2, proc.stderr
+        _one_error(proc.stderr, "study 's'", field)

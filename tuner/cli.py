@@ -311,6 +311,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from . import report
 
+    if args.html:  # before the study is read: a bad path is found in a moment
+        report.check_output_path(args.html)
     _quiet_optuna()
     built = report.build(args.storage, args.study_name)
     sys.stdout.write(report.format_text(built))
@@ -395,3 +397,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of the output went away (`| head`): nothing to report, and the interpreter's
+        # last flush of stdout must not fail again on the way out
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 128 + signal.SIGPIPE
+    except OSError as exc:
+        # the last resort: commands name the path themselves where they can say more
+        if debug:
+            traceback.print_exc()
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def os_error_line(exc: OSError) -> str:
+    """``path: reason`` in one line, for an OSError no command turned into a better message."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    names = []
+    for name in (exc.filename, exc.filename2):
+        if name is not None:
+            name = os.fsdecode(name) if isinstance(name, bytes) else str(name)
+            names.append(name if name.isprintable() else repr(name))
+    return (" -> ".join(names) + ": " if names else "") + reason

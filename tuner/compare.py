@@ -23,7 +23,7 @@ from . import render, stats, tuned
 from .errors import ConfigError, StudyMismatchError
 from .host import FINGERPRINT_KEYS, fingerprint_differences
 from .render import Table
-from .results import WORKLOAD_KEYS, Result
+from .results import THREAD_COUNTS, WORKLOAD_KEYS, Result
 
 DEFAULT_ALPHA = 0.05
 # Identical configurations measured minutes apart drifted by up to ~4% (README, Performance):
@@ -205,6 +205,16 @@ def _speedup(r: Result) -> str:
     return f"{r.speedup:.3f}x{ci}{p}"
 
 
+NOT_SET = "not set"
+
+
+def setting_text(name: str, value: Any) -> str:
+    """A setting's value; a thread count the result does not set reads as such, not as 0."""
+    if value is None and name in THREAD_COUNTS:
+        return NOT_SET
+    return render.value(value)
+
+
 def _machine_line(m: dict[str, Any]) -> str:
     return (f"{m.get('cpu_model', '?')}, {m.get('arch', '?')}, {m.get('usable_cpus', '?')} usable "
             f"CPUs ({m.get('physical_cores', '?')} cores, {m.get('sockets', '?')} socket(s)), "
@@ -231,9 +241,9 @@ def show_table(r: Result) -> Table:
     t.add("settings", "")
     for name, value in r.settings.items():
         # a declared knob's default is the user's pipeline as written, not TensorFlow's
-        note = "" if name not in defaults or value == defaults[name] else \
+        note = "" if name not in defaults or value in (None, defaults[name]) else \
             f"  (TensorFlow default: {render.value(defaults[name])})"
-        t.add(f"  {name}", render.value(value) + note)
+        t.add(f"  {name}", setting_text(name, value) + note)
     t.add("throughput", _tp(r.throughput) + " samples/s")
     t.add("baseline", (_tp(r.baseline) + " samples/s") if r.baseline else "-")
     t.add("speedup", _speedup(r))
@@ -250,8 +260,8 @@ def show_table(r: Result) -> Table:
     if r.expert:
         s = r.expert["settings"]
         x = r.expert.get("speedup_in_search")
-        t.add("expert rule", f"intra={s.get('intra_op_parallelism_threads')} "
-                             f"inter={s.get('inter_op_parallelism_threads')}: "
+        intra, inter = (setting_text(k, s.get(k)) for k in THREAD_COUNTS)
+        t.add("expert rule", f"intra={intra} inter={inter}: "
                              + (f"{x:.3f}x the defaults in its search trial (one process)"
                                 if x is not None else "not measured"))
     t.add("evidence", r.evidence)
@@ -289,8 +299,8 @@ def compare_table(c: Comparison) -> Table:
     shown = [k for k in knobs.KNOBS if any(k in r.settings for r in c.results)]
     shown += list(dict.fromkeys(k for r in c.results for k in r.settings if k not in knobs.KNOBS))
     for key in shown:
-        t.add(key, *(render.value(r.settings.get(key, knobs.KNOBS[key].default
-                                                 if key in knobs.KNOBS else None))
+        t.add(key, *(setting_text(key, r.settings.get(key, knobs.KNOBS[key].default
+                                                      if key in knobs.KNOBS else None))
                      for r in c.results),
               mark=key in c.differing["settings"])
     t.add("throughput (samples/s)", *(_tp(r.throughput) for r in c.results))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import render
@@ -159,8 +160,9 @@ def _validated_line(last: dict[str, Any] | None) -> str:
                 f"processes")
     if last.get("verdict") == "defaults":
         rejected = r.get("rejected")
-        extra = (f"; best candidate trial {rejected['trial']} measured {rejected['speedup']:.3f}x, "
-                 f"not adopted: {rejected.get('rejected_because')}") if rejected else ""
+        extra = (f"; best candidate trial {rejected.get('trial')} measured "
+                 f"{render.num(rejected.get('speedup'), 3)}x, not adopted: "
+                 f"{rejected.get('rejected_because')}") if rejected else ""
         return f"defaults: nothing beat TensorFlow's defaults beyond noise{extra}"
     return f"{last.get('verdict')}: not validated"
 
@@ -331,6 +333,21 @@ def format_html(report: StudyReport) -> str:
     return "".join(parts)
 
 
+def check_output_path(path: str) -> None:
+    """Refuse an ``--html`` path the report could not be written to, naming it and why: a
+    folder, a missing or unwritable folder to put it in. Nothing is created."""
+    where = Path(path)
+    parent = where.parent
+    if where.is_dir():
+        raise ConfigError(f"--html: {path}: is a directory; expected a file name for the report")
+    if not parent.exists():
+        raise ConfigError(f"--html: {path}: no such directory {str(parent)!r}; create it first")
+    if not parent.is_dir():
+        raise ConfigError(f"--html: {path}: {str(parent)!r} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--html: {path}: cannot write in {str(parent)!r}: permission denied")
+
+
 def write_html(report: StudyReport, path: str) -> None:
     from .files import write_text_atomic
 
@@ -338,7 +355,12 @@ def write_html(report: StudyReport, path: str) -> None:
     if "<script src=\"http" in text or "<script src='http" in text:
         raise StudyError("report: the page would load a script from the network; refusing to "
                          "write a report that does not open offline")
-    write_text_atomic(path, text)
-    os.chmod(path, 0o644)  # a report is for sharing; mkstemp made it private
+    check_output_path(path)  # write_text_atomic would create a missing folder
+    try:
+        # a temporary file renamed into place: a failed write leaves no half report behind
+        write_text_atomic(path, text)
+        os.chmod(path, 0o644)  # a report is for sharing; mkstemp made it private
+    except OSError as exc:
+        raise StudyError(f"--html: cannot write {path}: {exc.strerror or exc}") from None
 
 

@@ -8,13 +8,15 @@ trials); ``report`` lays out its trials, and :func:`from_study` turns it into a 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from . import tuned
-from .errors import ConfigError, StudyError
+from .errors import ConfigError, StudyError, TunerError
 from .tuned import BASELINE, EXPERT
 from .tuned import STUDY_ATTR_PREFIX as ATTR
 from .urls import mask_secret, mask_url
@@ -62,35 +64,33 @@ def from_tuned_file(path: str | Path) -> Result:
 
 def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
                     where: str) -> Result:
-    """A :class:`Result` from a tuned file's content (``where`` names it in errors)."""
+    """A :class:`Result` from a tuned file's content (``where`` names it in errors). Every field
+    that is displayed is checked first (:func:`check_document`), so a damaged file is one error
+    line naming the field, never a traceback."""
     from . import settings as settings_mod
 
-    result = doc.get("result")
-    if not isinstance(result, dict):
-        raise ConfigError(f"{where}: result: missing or not a mapping")
-    verdict = doc.get("verdict")
-    if verdict not in ("tuned", "defaults", "unvalidated"):
-        raise ConfigError(f"{where}: verdict: {verdict!r} is not one of tuned, defaults, "
-                          f"unvalidated")
-    throughput = _block(result.get("throughput"), f"{where}: result.throughput")
-    if throughput is None:
-        raise ConfigError(f"{where}: result.throughput: missing")
-    baseline = _block(result.get("baseline_throughput"), f"{where}: result.baseline_throughput")
+    check_document(doc, where)
+    result = doc["result"]
+    verdict = doc["verdict"]
+    throughput = _block(result["throughput"])
+    baseline = _block(result.get("baseline_throughput"))
     search = doc.get("search") or {}
     expert_doc = search.get("expert_rule") or {}
     expert = None
     if expert_doc.get("settings"):
-        expert = {"settings": _flat(expert_doc["settings"], where),
+        expert = {"settings": _flat(expert_doc["settings"]),
                   "speedup_in_search": expert_doc.get("speedup_in_search")}
     study = doc.get("study") or {}
     rejected = result.get("rejected")
-    if isinstance(rejected, dict) and rejected.get("settings"):
-        rejected = {**rejected, "settings": _flat(rejected["settings"], where)}
+    if rejected and rejected.get("settings"):
+        rejected = {**rejected, "settings": _flat(rejected["settings"])}
+    created = doc.get("created")
+    workload = doc.get("workload") or {}
     return Result(
-        label=label, source=source, verdict=verdict, summary=str(doc.get("summary", "")),
-        settings=_flat(doc.get("settings"), where),
+        label=label, source=source, verdict=verdict, summary=doc.get("summary") or "",
+        settings=_flat(doc["settings"]),
         machine=dict(doc.get("machine") or {}),
-        workload={k: (doc.get("workload") or {}).get(k) for k in WORKLOAD_KEYS},
+        workload={k: workload.get(k) for k in WORKLOAD_KEYS},
         throughput=throughput, baseline=baseline,
         speedup=result.get("speedup"), speedup_ci95=result.get("speedup_ci95"),
         p_value=result.get("p_value"), cpu_saturation=result.get("cpu_saturation"),
@@ -98,24 +98,239 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
         evidence=_evidence(throughput, verdict),
         study={k: study.get(k) for k in ("name", "storage", "n_trials", "complete", "pruned",
                                          "fail")},
-        created=doc.get("created"), rejected=rejected if isinstance(rejected, dict) else None,
-        expert=expert, notes=settings_mod.notes(doc.get("settings")))
+        # an unquoted timestamp in a hand-edited file reads as a datetime
+        created=created.isoformat() if isinstance(created, (date, datetime)) else created,
+        rejected=rejected or None, expert=expert, notes=settings_mod.notes(doc["settings"]))
 
 
-def _block(raw: Any, where: str) -> dict[str, Any] | None:
-    """A throughput block: validated (per_process) or a single search trial (windows)."""
+# -- checking a result document ------------------------------------------------------------------
+#
+# Plain functions over the parsed YAML: each raises ConfigError naming the file, the field, the
+# value found and what was expected. They check what show and compare display and compute with
+# (types, finite numbers, one-line text), not a knob's own rule for its value.
+
+VERDICTS = ("tuned", "defaults", "unvalidated")
+THREAD_COUNTS = ("intra_op_parallelism_threads", "inter_op_parallelism_threads")
+
+
+def bad_field(where: str, name: str, value: Any, expected: str) -> ConfigError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return ConfigError(f"{where}: {name}: expected {expected}, got {shown}")
+
+
+def missing_field(where: str, name: str, expected: str) -> ConfigError:
+    return ConfigError(f"{where}: {name}: missing; expected {expected}")
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def is_text(v: Any) -> bool:
+    """One line of printable text: it goes into a table cell as it is."""
+    return isinstance(v, str) and v.isprintable()
+
+
+def is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, bool) or is_number(v) or is_text(v)
+
+
+def is_interval(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(is_number(x) for x in v) and v[0] <= v[1]
+
+
+def _positive(v: Any) -> bool:
+    return is_number(v) and v > 0
+
+
+def _probability(v: Any) -> bool:
+    return is_number(v) and 0 <= v <= 1
+
+
+def _non_negative(v: Any) -> bool:
+    return is_number(v) and v >= 0
+
+
+def _mapping(parent: dict[str, Any], key: str, where: str, name: str, *,
+             required: bool = False) -> dict[str, Any]:
+    """``parent[key]`` as a mapping; ``{}`` when absent (or null) and not required."""
+    value = parent.get(key)
+    if value is None and not required:
+        return {}
+    if value is None:
+        raise missing_field(where, name, "a mapping")
+    if not isinstance(value, dict):
+        raise bad_field(where, name, value, "a mapping")
+    return value
+
+
+def _fields(block: dict[str, Any], where: str, prefix: str,
+            rules: tuple[tuple[str, Any, str], ...]) -> None:
+    """Each (key, predicate, expected) of ``rules``: absent or null, else passing the predicate."""
+    for key, ok, expected in rules:
+        value = block.get(key)
+        if value is not None and not ok(value):
+            raise bad_field(where, prefix + key, value, expected)
+
+
+NUMBER, POSITIVE = "a finite number", "a positive number"
+PROBABILITY, INTERVAL = "a number between 0 and 1", "a list of two numbers [low, high]"
+COUNT, TEXT = "an integer >= 0", "one line of text"
+
+_RESULT_RULES = (
+    ("speedup", _positive, POSITIVE), ("speedup_ci95", is_interval, INTERVAL),
+    ("p_value", _probability, PROBABILITY), ("significant", lambda v: isinstance(v, bool),
+                                             "true or false"),
+    ("cpu_saturation", _non_negative, "a number >= 0"),
+    ("baseline_cpu_saturation", _non_negative, "a number >= 0"),
+)
+_REJECTED_RULES = (("trial", is_count, COUNT), *_RESULT_RULES[:3],
+                   ("rejected_because", is_text, TEXT))
+_BLOCK_RULES = (("median", _positive, POSITIVE), ("ci95", is_interval, INTERVAL))
+_STUDY_RULES = (("name", is_text, TEXT), ("storage", is_text, TEXT), ("n_trials", is_count, COUNT),
+                ("complete", is_count, COUNT), ("pruned", is_count, COUNT),
+                ("fail", is_count, COUNT))
+_WORKLOAD_RULES = (("model", is_text, TEXT), ("data", is_text, TEXT), ("mode", is_text, TEXT),
+                   ("batch_size", is_count, COUNT), ("config", is_text, TEXT))
+
+
+def check_document(doc: dict[str, Any], where: str) -> None:
+    """Everything show and compare read from a tuned result document."""
+    verdict = doc.get("verdict")
+    if verdict not in VERDICTS:
+        raise bad_field(where, "verdict", verdict, "one of " + ", ".join(VERDICTS))
+    for key in ("summary", "created"):
+        value = doc.get(key)
+        if value is not None and not is_text(value) and not isinstance(value, (date, datetime)):
+            raise bad_field(where, key, value, TEXT)
+    check_settings(_mapping(doc, "settings", where, "settings", required=True), where,
+                   "settings")
+    check_result(_mapping(doc, "result", where, "result", required=True), where)
+    check_machine(_mapping(doc, "machine", where, "machine"), where)
+    _fields(_mapping(doc, "workload", where, "workload"), where, "workload.", _WORKLOAD_RULES)
+    _fields(_mapping(doc, "study", where, "study"), where, "study.", _STUDY_RULES)
+    expert = _mapping(_mapping(doc, "search", where, "search"), "expert_rule", where,
+                      "search.expert_rule")
+    if expert.get("settings") is not None:
+        if not isinstance(expert["settings"], dict):
+            raise bad_field(where, "search.expert_rule.settings", expert["settings"],
+                            "a mapping of settings")
+        check_settings(expert["settings"], where, "search.expert_rule.settings")
+    _fields(expert, where, "search.expert_rule.",
+            (("speedup_in_search", _positive, POSITIVE),))
+
+
+def check_result(result: dict[str, Any], where: str) -> None:
+    """The ``result`` block: throughputs, speedup, interval, p-value, saturation, rejected."""
+    if result.get("throughput") is None:
+        raise missing_field(where, "result.throughput", "a mapping with a median")
+    check_block(result["throughput"], where, "result.throughput")
+    if result.get("baseline_throughput") is not None:
+        check_block(result["baseline_throughput"], where, "result.baseline_throughput")
+    _fields(result, where, "result.", _RESULT_RULES)
+    rejected = _mapping(result, "rejected", where, "result.rejected")
+    _fields(rejected, where, "result.rejected.", _REJECTED_RULES)
+    if rejected.get("settings") is not None:
+        if not isinstance(rejected["settings"], dict):
+            raise bad_field(where, "result.rejected.settings", rejected["settings"],
+                            "a mapping of settings")
+        check_settings(rejected["settings"], where, "result.rejected.settings")
+
+
+def check_block(block: Any, where: str, name: str) -> None:
+    """A throughput block: validated (``per_process``) or one search trial (no per_process)."""
+    if not isinstance(block, dict):
+        raise bad_field(where, name, block, "a mapping with a median")
+    if block.get("median") is None:
+        raise missing_field(where, name + ".median", POSITIVE)
+    _fields(block, where, name + ".", _BLOCK_RULES)
+    per_process = block.get("per_process")
+    if per_process is not None and not (
+            isinstance(per_process, list) and per_process and all(_positive(v)
+                                                                  for v in per_process)):
+        raise bad_field(where, name + ".per_process", per_process, "a list of positive numbers")
+
+
+def check_machine(machine: dict[str, Any], where: str) -> None:
+    """The machine facts show and compare display (a study records more, nested, facts)."""
+    for key in ("arch", "cpu_model", "tf_version", "hostname"):
+        value = machine.get(key)
+        if value is not None and not is_scalar(value):
+            raise bad_field(where, f"machine.{key}", value, TEXT)
+    _fields(machine, where, "machine.", tuple(
+        (key, is_count, COUNT) for key in ("visible_cpus", "usable_cpus", "physical_cores",
+                                           "sockets", "numa_nodes")))
+
+
+def check_settings(settings: dict[str, Any], where: str, name: str) -> None:
+    """The types of a settings mapping, in the tuned file's layout or a study's flat one: thread
+    counts, tf.data options, environment, process placement and declared knobs. Each knob's own
+    rule for its value is the tuned-file reader's business, not the display's."""
+    for key, value in settings.items():
+        field_name = f"{name}.{key}"
+        if not is_text(key):
+            raise bad_field(where, name, key, "setting names that are one line of text")
+        if key in THREAD_COUNTS:
+            if value is not None and not is_count(value):
+                raise bad_field(where, field_name, value, COUNT + " (0: TensorFlow decides)")
+        elif key in ("tf_data", "env", "knobs"):
+            _scalars(value, where, field_name, nested=key == "tf_data")
+        elif key == "cpus":
+            ok = value is None or is_count(value) or (  # a study records the count
+                isinstance(value, list) and all(is_count(c) for c in value))
+            if not ok:
+                raise bad_field(where, field_name, value, "a list of CPU numbers")
+        elif key == "instances":
+            _instances(value, where, field_name)
+        elif not is_scalar(value):
+            raise bad_field(where, field_name, value, "a number, text, true/false or null")
+
+
+def _scalars(value: Any, where: str, name: str, *, nested: bool) -> None:
+    """A mapping of names to plain values (tf.data: one level of sub-mappings too)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise bad_field(where, name, value, "a mapping")
+    for key, item in value.items():
+        if not is_text(key):
+            raise bad_field(where, name, key, "names that are one line of text")
+        if nested and isinstance(item, dict):
+            _scalars(item, where, f"{name}.{key}", nested=False)
+        elif not is_scalar(item):
+            raise bad_field(where, f"{name}.{key}", item, "a number, text, true/false or null")
+
+
+def _instances(value: Any, where: str, name: str) -> None:
+    if value is None or (is_count(value) and value >= 1):
+        return
+    if not isinstance(value, dict):
+        raise bad_field(where, name, value, "an instance count or a mapping with count and cpus")
+    count, cpus = value.get("count"), value.get("cpus")
+    if count is not None and not (is_count(count) and count >= 1):
+        raise bad_field(where, name + ".count", count, "an integer >= 1")
+    if cpus is not None and not (isinstance(cpus, list) and all(
+            isinstance(s, list) and all(is_count(c) for c in s) for s in cpus)):
+        raise bad_field(where, name + ".cpus", cpus, "a list of CPU lists, one per instance")
+
+
+# -- the shapes show and compare use ----------------------------------------------------------
+
+
+def _block(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A checked throughput block: validated (per_process) or a single search trial."""
     if raw is None:
         return None
-    if not isinstance(raw, dict) or not isinstance(raw.get("median"), (int, float)):
-        raise ConfigError(f"{where}: expected a mapping with a numeric median, got {raw!r}")
     per_process = raw.get("per_process")
     if per_process is None:  # an unvalidated file: one search trial, one process
         return {"median": float(raw["median"]), "ci95": None, "per_process": [float(raw["median"])],
                 "processes": 1}
-    if not isinstance(per_process, list) or not all(isinstance(v, (int, float)) and v > 0
-                                                    for v in per_process):
-        raise ConfigError(f"{where}.per_process: expected a list of positive numbers, got "
-                          f"{per_process!r}")
     return {"median": float(raw["median"]), "ci95": raw.get("ci95"),
             "per_process": [float(v) for v in per_process], "processes": len(per_process)}
 
@@ -127,17 +342,18 @@ def _evidence(throughput: dict[str, Any] | None, verdict: str) -> str:
             f"TensorFlow's defaults")
 
 
-def _flat(settings: Any, where: str) -> dict[str, Any]:
+def _flat(settings: dict[str, Any]) -> dict[str, Any]:
     from . import knobs
     from . import settings as settings_mod
 
-    if not isinstance(settings, dict):
-        raise ConfigError(f"{where}: settings: expected a mapping, got {settings!r}")
     # the tuned file nests (tf_data:, env:); a study stores the flat knob names
     if any(name in knobs.KNOBS and "." in name for name in settings):
         flat = {**knobs.default_settings(), **settings}
     else:
         flat = settings_mod.flatten(settings)
+        # a thread count the file does not set is left to TensorFlow: shown as not set, not as
+        # the 0 that flattening fills in
+        flat.update({name: None for name in THREAD_COUNTS if settings.get(name) is None})
     # the newer knobs (allocator, CPU set, instances, OpenMP, tf.data options) only where they
     # are set; declared knobs always
     return {k: v for k, v in flat.items() if k not in knobs.KNOBS
@@ -147,18 +363,89 @@ def _flat(settings: Any, where: str) -> dict[str, Any]:
 # -- from a study ------------------------------------------------------------------------------
 
 
+# What Optuna's RDB storage holds once it has set a database up. Optuna would create (and stamp)
+# whatever is missing, so a database without all of them is not handed to it.
+OPTUNA_TABLES = ("studies", "trials", "version_info", "alembic_version")
+
+
+def read_only_url(storage: str) -> str:
+    """``storage`` for reading only: an SQLite file opened with ``mode=ro`` (SQLite refuses every
+    write); other databases as they are (see :func:`open_read_only`)."""
+    from urllib.parse import quote
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(storage)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:" \
+            or url.query.get("uri") == "true":
+        return storage
+    return url.set(database="file:" + quote(url.database, safe="/"),
+                   query={**url.query, "mode": "ro", "uri": "true"}
+                   ).render_as_string(hide_password=False)
+
+
+def open_read_only(storage: str) -> Any:
+    """Optuna's storage over an existing tuner database, opened so that reading it writes
+    nothing: never creates tables, never stamps a schema version. A database without Optuna's
+    tables (an application's own, a typo in the URL) is refused before Optuna sees it."""
+    import optuna
+    import sqlalchemy
+
+    from .coord import engine_kwargs
+
+    try:
+        from sqlalchemy.engine import make_url
+
+        backend = make_url(storage).get_backend_name()
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        raise ConfigError(f"--storage: {mask_url(storage)!r} is not a storage URL; expected "
+                          f"e.g. sqlite:///results/study.db or "
+                          f"postgresql://user:password@host/db") from None
+    if backend == "sqlite":
+        path = make_url(storage).database
+        if path and path != ":memory:" and not os.path.isfile(path):
+            raise ConfigError(f"--storage: {mask_url(storage)}: no such database file "
+                              f"({path!r})")
+    url = read_only_url(storage)
+    kwargs = engine_kwargs(storage)
+    if backend == "postgresql":
+        # every transaction of these sessions is read-only: the server refuses any write
+        connect_args = dict(kwargs.get("connect_args") or {})
+        connect_args["options"] = (connect_args.get("options", "") +
+                                   " -c default_transaction_read_only=on").strip()
+        kwargs["connect_args"] = connect_args
+    try:
+        engine = sqlalchemy.create_engine(url, **kwargs)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+        missing = [t for t in OPTUNA_TABLES if t not in tables]
+        if missing:
+            what = ("it has no Optuna tables" if len(missing) == len(OPTUNA_TABLES) else
+                    f"Optuna's tables {', '.join(missing)} are missing")
+            raise ConfigError(f"--storage: {mask_url(storage)}: no tuner study here ({what}); "
+                              f"check the URL")
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+    except TunerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types; all mean "cannot open it"
+        orig = getattr(exc, "orig", None) or exc
+        text = str(orig).strip()
+        first = text.splitlines()[0] if text else type(orig).__name__
+        raise StudyError(f"--storage: cannot open {mask_url(storage)}: "
+                         f"{mask_secret(first, storage)}") from None
+
+
 def open_study(storage: str, name: str | None) -> Any:
-    """Load an existing study; never creates a database or a study. Without ``name``, the
-    storage's only study."""
+    """Load an existing study, read-only: never creates a database, a table or a study. Without
+    ``name``, the storage's only study."""
     import optuna
 
-    if storage.startswith("sqlite:///"):
-        path = storage[len("sqlite:///"):]
-        if path and path != ":memory:" and not os.path.isfile(path):
-            raise ConfigError(f"--storage: {storage}: no such database file ({path!r})")
+    rdb = open_read_only(storage)
     try:
-        names = optuna.get_all_study_names(storage=storage)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types; all mean "cannot open it"
+        names = optuna.get_all_study_names(storage=rdb)
+    except Exception as exc:  # noqa: BLE001 - as in open_read_only
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StudyError(f"--storage: cannot open {mask_url(storage)}: "
                          f"{mask_secret(first, storage)}") from None
@@ -170,7 +457,7 @@ def open_study(storage: str, name: str | None) -> Any:
     if name not in names:
         raise ConfigError(f"--study-name: no study {name!r} in {mask_url(storage)}; "
                           f"available: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=storage)
+    return optuna.load_study(study_name=name, storage=rdb)
 
 
 @dataclass
@@ -205,13 +492,40 @@ class StudyRecord:
 def read_study(storage: str, name: str | None) -> StudyRecord:
     study = open_study(storage, name)
     attrs = study.user_attrs
-    config = attrs.get(ATTR + "config") or {}
+    where = f"study {study.study_name!r}"
+    config = _mapping(attrs, ATTR + "config", where, ATTR + "config")
+    machine = attrs.get(ATTR + "machine_full") or attrs.get(ATTR + "machine") or {}
+    if not isinstance(machine, dict):
+        raise bad_field(where, ATTR + "machine", machine, "a mapping")
+    check_machine(machine, where)
+    workload = _mapping(config, "workload", where, ATTR + "config.workload")
+    _fields(workload, where, ATTR + "config.workload.", _WORKLOAD_RULES)
+    last = attrs.get(ATTR + "last_result")
+    if last is not None:
+        check_last_result(last, where)
     return StudyRecord(
-        name=study.study_name, storage=mask_url(storage),
-        machine=attrs.get(ATTR + "machine_full") or attrs.get(ATTR + "machine") or {},
-        workload=config.get("workload") or {}, last_result=attrs.get(ATTR + "last_result"),
-        created=attrs.get(ATTR + "created"), trials=study.get_trials(deepcopy=False),
-        study=study)
+        name=study.study_name, storage=mask_url(storage), machine=machine, workload=workload,
+        last_result=last, created=attrs.get(ATTR + "created"),
+        trials=study.get_trials(deepcopy=False), study=study)
+
+
+def check_last_result(last: Any, where: str) -> None:
+    """The validated result a search recorded on its study (what report and show read)."""
+    name = ATTR + "last_result"
+    if not isinstance(last, dict):
+        raise bad_field(where, name, last, "a mapping")
+    if last.get("verdict") not in VERDICTS:
+        raise bad_field(where, name + ".verdict", last.get("verdict"),
+                        "one of " + ", ".join(VERDICTS))
+    result = _mapping(last, "result", where, name + ".result", required=True)
+    check_result(result, f"{where}: {name}")
+    if last["verdict"] == "tuned":
+        for key in ("speedup", "speedup_ci95", "p_value"):
+            if result.get(key) is None:
+                raise missing_field(where, f"{name}.result.{key}", "the validated numbers")
+    if last.get("settings") is not None:
+        check_settings(_mapping(last, "settings", where, name + ".settings"), where,
+                       name + ".settings")
 
 
 def from_study(storage: str, name: str | None) -> Result:

@@ -42,6 +42,8 @@ HEADER = """\
 
 def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; expected a tuned YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: tuned file not found")
     try:
@@ -56,8 +58,13 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: format_version {version!r} is not supported by this tuner "
                           f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade tuner "
                           f"or re-run the search")
-    if not isinstance(data.get("settings"), dict):
-        raise ConfigError(f"{path}: settings: missing or not a mapping")
+    settings = data.get("settings")
+    if settings is None:
+        raise ConfigError(f"{path}: settings: missing; expected a mapping of settings")
+    if not isinstance(settings, dict):
+        shown = repr(settings)
+        raise ConfigError(f"{path}: settings: expected a mapping of settings, got "
+                          f"{shown if len(shown) <= 80 else shown[:77] + '...'}")
     return data
 
 
@@ -117,5 +124,13 @@ def write(data: dict[str, Any], path: str | Path, *, study_name: str, storage: s
         backup = path.with_name(path.name + ".bak")
         shutil.copy2(path, backup)
     write_text_atomic(path, text)
-    os.chmod(path, 0o644)
+    if not names_credentials(storage):
+        os.chmod(path, 0o644)
+    # else the file stays as mkstemp made it, 0600: its storage URL is masked, but the user and
+    # host it names are for its owner only
     return backup
+
+
+def names_credentials(storage: str) -> bool:
+    """Whether a storage URL carries a secret (a password, a secret-named query parameter)."""
+    return mask_url(storage) != storage
