@@ -179,7 +179,7 @@ def _fields(block: dict[str, Any], where: str, prefix: str,
             raise bad_field(where, prefix + key, value, expected)
 
 
-NUMBER, POSITIVE = "a finite number", "a positive number"
+POSITIVE = "a positive number"
 PROBABILITY, INTERVAL = "a number between 0 and 1", "a list of two numbers [low, high]"
 COUNT, TEXT = "an integer >= 0", "one line of text"
 
