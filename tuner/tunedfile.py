@@ -106,8 +106,8 @@ def allowed_names(names: Iterable[str] | str) -> tuple[str, ...]:
     out = []
     for name in names:
         if not isinstance(name, str) or not VARIABLE_NAME.fullmatch(name):
-            raise ConfigError(f"--allow-env: {name!r} is not a variable name (letters, digits "
-                              f"and _, not starting with a digit)")
+            raise ConfigError(f"--allow-env (allow_env): {name!r} is not a variable name "
+                              f"(letters, digits and _, not starting with a digit)")
         out.append(name)
     return tuple(dict.fromkeys(out))
 
