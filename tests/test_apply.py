@@ -16,7 +16,8 @@ import yaml
 
 import tuner
 from tuner import cli, host
-from tuner.apply import check_machine, load_checked
+from tuner.apply import check_machine
+from tuner.tunedfile import read
 
 here = host.detect()
 MACHINE = dict(here.as_dict(), tf_version=host.installed_tf_version())
@@ -232,14 +233,14 @@ def test_machine_mismatch_warns_and_strict_refuses(tmp_path, capsys):
     path = make_tuned(tmp_path, env={}, usable_cpus=here.usable_cpus * 8, cpu_model="Other CPU",
                       tf_version="1.15.0")
     with pytest.warns(tuner.MachineMismatchWarning) as caught:
-        diffs = check_machine(load_checked(path), str(path), strict=False)
+        diffs = check_machine(read(path).doc, str(path), strict=False)
     text = str(caught[0].message)
     assert f"usable CPUs: tuned for {here.usable_cpus * 8}, this process can use " \
            f"{here.usable_cpus}" in text and "slower" in text
     assert "CPU model" in text and "TensorFlow: tuned with 1.15.0" in text
     assert len(diffs) == 3
     with pytest.raises(tuner.MachineMismatchError):
-        check_machine(load_checked(path), str(path), strict=True)
+        check_machine(read(path).doc, str(path), strict=True)
     code = cli.main(["run", "--tuned", str(path), "--strict", "--", "true"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "usable CPUs" in err
@@ -391,7 +392,7 @@ def test_launcher_without_the_allocator_installed_warns_and_runs(tmp_path, monke
     monkeypatch.setattr(tuner.host, "_LIB_DIRS", ())  # nothing installed, as seen in-process
     from tuner import launch
 
-    doc = load_checked(placed_tuned(tmp_path, allocator="jemalloc"))
+    doc = read(placed_tuned(tmp_path, allocator="jemalloc")).doc
     assert any("jemalloc, is not installed here" in n for n in launch._notes(doc, "t.yaml"))
     env, _ = launch.launch_env(doc, "t.yaml", base={})
     assert "LD_PRELOAD" not in env

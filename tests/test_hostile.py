@@ -610,9 +610,9 @@ MALFORMED = [
     ("settings.tf_data", "x", "settings.tf_data", "a mapping"),
     ("settings.env", [1], "settings.env", "a mapping"),
     ("settings.env", {"TF_ENABLE_ONEDNN_OPTS": {"nested": 1}},
-     "settings.env.TF_ENABLE_ONEDNN_OPTS", "a number, text"),
+     "settings.env.TF_ENABLE_ONEDNN_OPTS", "expected a string"),
     ("settings.cpus", "0-3", "settings.cpus", "a list of CPU numbers"),
-    ("settings.instances", {"count": 0}, "settings.instances.count", "an integer >= 1"),
+    ("settings.instances", {"count": 0}, "settings.instances", "{count: N >= 1"),
     ("result", 3, "result", "a mapping"),
     ("result", DELETE, "result", "missing"),
     ("result.throughput", DELETE, "result.throughput", "missing"),
@@ -635,8 +635,8 @@ MALFORMED = [
     ("result.rejected", {"trial": 3, "speedup": 1.1, "speedup_ci95": [1.0, 1.2], "p_value": "q"},
      "result.rejected.p_value", "a number between 0 and 1"),
     ("machine", [1], "machine", "a mapping"),
-    ("machine.usable_cpus", "two", "machine.usable_cpus", "an integer >= 0"),
-    ("machine.cpu_model", {"x": 1}, "machine.cpu_model", "one line of text"),
+    ("machine.usable_cpus", "two", "machine.usable_cpus", "an integer >= 1 or null"),
+    ("machine.cpu_model", {"x": 1}, "machine.cpu_model", "a line of text or null"),
     ("workload", "w", "workload", "a mapping"),
     ("workload.batch_size", -1, "workload.batch_size", "an integer >= 0"),
     ("search", "s", "search", "a mapping"),
@@ -682,20 +682,17 @@ def test_a_directory_as_tuned_file_says_so(tmp_path):
     _one_error(proc.stderr, str(tmp_path), "is a directory")
 
 
-@pytest.mark.parametrize("value", [DELETE, None])
-def test_a_thread_count_the_file_does_not_set_reads_not_set_never_0(tmp_path, value):
+@pytest.mark.parametrize("value,expected", [(DELETE, "missing"), (None, "an integer >= 0")])
+def test_a_thread_count_the_file_does_not_set_is_refused_never_shown_as_0(tmp_path, value,
+                                                                          expected):
+    # tuner always writes both thread counts; a file without one is not a tuned file it wrote
     path = _tuned_with(tmp_path, "settings.intra_op_parallelism_threads", value)
-    proc = _tuner("show", str(path))
-    assert proc.returncode == 0, proc.stderr
-    (row,) = [line for line in proc.stdout.splitlines()
-              if line.strip().startswith("intra_op_parallelism_threads")]
-    assert row.split()[1:] == ["not", "set"], row
-    proc = _tuner("show", str(path), "--format", "json")
-    assert json.loads(proc.stdout)["settings"]["intra_op_parallelism_threads"] is None
-    proc = _tuner("compare", str(path), str(BRANCHY))
-    assert proc.returncode == 0, proc.stderr
-    (row,) = [line for line in proc.stdout.splitlines() if "intra_op_parallelism_threads" in line]
-    assert row.split()[-3:] == ["not", "set", "1"], row  # marked: it differs from B's 1
+    for argv in (["show", str(path)], ["show", str(path), "--format", "json"],
+                 ["compare", str(path), str(BRANCHY)]):
+        proc = _tuner(*argv)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        _one_error(proc.stderr, f"{path}: settings.intra_op_parallelism_threads: ", expected)
+        assert proc.stdout == ""
 
 
 # -- reading a storage never writes to it --------------------------------------------------------
@@ -942,3 +939,380 @@ def test_a_damaged_result_recorded_on_a_study_is_one_error_line(optuna_study, la
         proc = _tuner(command, "--storage", optuna_study)
         assert proc.returncode == 2, proc.stderr
         _one_error(proc.stderr, "study 's'", field)
+
+
+# -- a tuned file is untrusted input ---------------------------------------------------------------
+
+def _tuned_doc(**settings: object) -> dict:
+    doc = {"format_version": 1, "verdict": "tuned", "summary": "1.2x faster",
+           "settings": {"intra_op_parallelism_threads": 2, "inter_op_parallelism_threads": 1,
+                        "tf_data": {"private_threadpool_size": 2,
+                                    "max_intra_op_parallelism": None},
+                        "env": {"TF_ENABLE_ONEDNN_OPTS": "0"}}}
+    doc["settings"].update(settings)
+    return doc
+
+
+def _write_tuned(workdir: Path, doc: dict | str | bytes, name: str = "hostile.yaml") -> Path:
+    path = workdir / name
+    if isinstance(doc, bytes):
+        path.write_bytes(doc)
+    else:
+        path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return path
+
+
+def _refused_everywhere(workdir: Path, path: Path, *needles: str, flags: tuple = ()) -> None:
+    """``run`` and ``export`` in every format refuse ``path`` with exit code 2, one error line
+    naming the file and every needle, nothing on stdout, nothing written, no payload run (the
+    commands run in ``workdir``, where a payload's ``touch MARK`` would land)."""
+    assert Path.cwd() == workdir
+    before = _listing(workdir)
+    commands = [["run", *flags, "--tuned", str(path), "--", "true"],
+                *[["export", str(path), "--format", fmt, *flags] for fmt in EXPORT_FORMATS]]
+    for argv in commands:
+        proc = _tuner(*argv)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        _one_error(proc.stderr, str(path), *needles)
+        assert proc.stdout == "", argv
+    assert _listing(workdir) == before
+    assert not (workdir / "MARK").exists()
+
+
+EXPORT_FORMATS = ("shell", "dotenv", "docker", "k8s")
+MARK_PAYLOADS = ["$(touch MARK)", "`touch MARK`", "; touch MARK", "x' ; touch MARK ; '",
+                 "x\" ; touch MARK ; \"", "$HOME ${HOME} ~ * ? [a] # not a comment",
+                 "back\\slash \\$(touch MARK)", "-Xmx4g -Dflag=a,b"]
+
+
+@pytest.mark.parametrize("key", ["A=1\nexport EVIL", "$(touch MARK)", "A B", "1ABC", "",
+                                 "A;touch MARK", "A\x00B"])
+def test_an_env_key_that_is_no_variable_name_is_refused(workdir, key):
+    path = _write_tuned(workdir, _tuned_doc(env={key: "1"}))
+    _refused_everywhere(workdir, path, "settings.env:", repr(key), "is not a variable name")
+
+
+@pytest.mark.parametrize("key", ["A=1\nexport EVIL", "$(touch MARK)"])
+def test_allow_env_takes_only_variable_names(workdir, key):
+    path = _write_tuned(workdir, _tuned_doc())
+    proc = _tuner("export", str(path), "--allow-env", key)
+    assert proc.returncode == 2
+    _one_error(proc.stderr, "--allow-env", repr(key))
+
+
+@pytest.mark.parametrize("var", ["LD_PRELOAD", "BASH_ENV", "PYTHONSTARTUP", "PYTHONPATH", "PATH",
+                                 "MY_FLAGS"])
+def test_a_variable_no_knob_sets_is_refused_and_named(workdir, var):
+    path = _write_tuned(workdir, _tuned_doc(env={"TF_ENABLE_ONEDNN_OPTS": "0",
+                                                 var: "/tmp/evil.so"}))
+    _refused_everywhere(workdir, path, f"settings.env.{var}: not a variable tuner sets",
+                        "allowed: TF_ENABLE_ONEDNN_OPTS, OMP_NUM_THREADS, KMP_BLOCKTIME, "
+                        "KMP_AFFINITY", f"--allow-env {var}")
+    # another name allowed does not let this one through
+    _refused_everywhere(workdir, path, f"settings.env.{var}", flags=("--allow-env", "OTHER"))
+
+
+def test_a_thread_count_variable_in_env_points_to_its_field(workdir):
+    path = _write_tuned(workdir, _tuned_doc(env={"TF_NUM_INTRAOP_THREADS": "64"}))
+    _refused_everywhere(workdir, path, "settings.env.TF_NUM_INTRAOP_THREADS",
+                        "settings.intra_op_parallelism_threads sets it")
+
+
+@pytest.mark.parametrize("var", ["LD_PRELOAD", "BASH_ENV", "PYTHONSTARTUP", "PYTHONPATH", "PATH"])
+def test_allow_env_lets_a_variable_through_on_purpose(workdir, var):
+    path = _write_tuned(workdir, _tuned_doc(env={var: "/opt/x y/lib.so"}))
+    for fmt in EXPORT_FORMATS:
+        proc = _tuner("export", str(path), "--format", fmt, "--allow-env", var)
+        assert proc.returncode == 0, proc.stderr
+        assert f"{var}=" in proc.stdout or f"name: {var}" in proc.stdout
+    # --override: the file's value wins over the one this environment already has
+    proc = _tuner("run", "--allow-env", var, "--override", "--tuned", str(path), "--",
+                  sys.executable, "-c", f"import os; print(os.environ[{var!r}])")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "/opt/x y/lib.so\n"
+
+
+@pytest.mark.parametrize("env,field", [
+    ({"TF_ENABLE_ONEDNN_OPTS": "banana"}, "settings.env.TF_ENABLE_ONEDNN_OPTS: expected '0', "
+                                          "'1', got 'banana'"),
+    ({"TF_ENABLE_ONEDNN_OPTS": "0; touch MARK"}, "settings.env.TF_ENABLE_ONEDNN_OPTS"),
+    ({"OMP_NUM_THREADS": "4 $(touch MARK)"}, "settings.env.OMP_NUM_THREADS"),
+    ({"OMP_NUM_THREADS": "\u00b2"}, "settings.env.OMP_NUM_THREADS"),
+    ({"KMP_BLOCKTIME": "-1"}, "settings.env.KMP_BLOCKTIME"),
+    ({"KMP_AFFINITY": ""}, "settings.env.KMP_AFFINITY"),
+    ({"KMP_AFFINITY": "compact\ntouch MARK"}, "settings.env.KMP_AFFINITY"),
+    ({"KMP_AFFINITY": "compact\rtouch MARK"}, "settings.env.KMP_AFFINITY"),
+    ({"KMP_AFFINITY": "compact\x00touch MARK"}, "settings.env.KMP_AFFINITY"),
+    ({"KMP_AFFINITY": 1}, "settings.env.KMP_AFFINITY: expected a string"),
+    ({"TF_ENABLE_ONEDNN_OPTS": None}, "settings.env.TF_ENABLE_ONEDNN_OPTS: expected a string"),
+])
+def test_an_env_value_is_checked_by_its_knob(workdir, env, field):
+    _refused_everywhere(workdir, _write_tuned(workdir, _tuned_doc(env=env)), field)
+
+
+@pytest.mark.parametrize("value", ["x\ntouch MARK", "x\x00y", "x\rtouch MARK"])
+def test_a_value_of_an_allowed_variable_is_still_one_line(workdir, value):
+    path = _write_tuned(workdir, _tuned_doc(env={"MY_FLAGS": value}))
+    _refused_everywhere(workdir, path, "settings.env.MY_FLAGS", "NUL byte or a line break",
+                        flags=("--allow-env", "MY_FLAGS"))
+
+
+@pytest.mark.parametrize("settings,field", [
+    ({"intra_op_parallelism_threads": "1; touch MARK"},
+     "settings.intra_op_parallelism_threads: expected an integer >= 0, got '1; touch MARK'"),
+    ({"inter_op_parallelism_threads": True}, "settings.inter_op_parallelism_threads"),
+    ({"intra_op_parallelism_threads": -1}, "settings.intra_op_parallelism_threads"),
+    ({"tf_data": {"private_threadpool_size": "2\n# touch MARK"}},
+     "settings.tf_data.private_threadpool_size"),
+    ({"tf_data": {"autotune": {"autotune_algorithm": "$(touch MARK)"}}},
+     "settings.tf_data.autotune.autotune_algorithm"),
+    ({"tf_data": {"x\ntouch MARK": 1}}, "settings.tf_data.'x\\ntouch MARK': unknown"),
+    ({"knobs": {"prefetch": "2\ntouch MARK"}}, "settings.knobs.prefetch"),
+    ({"knobs": {"prefetch": "2\u2028touch MARK"}}, "settings.knobs.prefetch"),
+    ({"knobs": {"prefetch": float("nan")}}, "settings.knobs.prefetch"),
+    ({"knobs": {"a\nb": 1}}, "settings.knobs: 'a\\nb' is not a valid knob name"),
+    ({"allocator": "$(touch MARK)"}, "settings.allocator"),
+    ({"cpus": [0, 0]}, "settings.cpus: CPU 0 appears twice"),
+    ({"cpus": [-1]}, "settings.cpus: expected a list of CPU numbers or null"),
+    ({"cpus": [0, "1; touch MARK"]}, "settings.cpus"),
+    ({"cpus": []}, "settings.cpus"),
+    ({"instances": {"count": 2, "cpus": [[0], [0]]}},
+     "settings.instances.cpus: CPU 0 is in the sets of instances 0 and 1"),
+    ({"instances": {"count": 2, "cpus": None}}, "settings.instances.cpus: expected 2 lists"),
+    ({"instances": {"count": 2, "cpus": [[0], [1, 1]]}}, "settings.instances.cpus"),
+    ({"instances": {"count": 1, "cpus": [[0]]}}, "settings.instances.cpus: expected null"),
+    ({"instances": {"count": 2, "cpus": [[0], [1]], "preexec": "touch MARK"}},
+     "settings.instances: unknown key 'preexec'"),
+    ({"instances": "2"}, "settings.instances"),
+    ({"preexec": "touch MARK"}, "settings: unknown key 'preexec'"),
+    ({"env": ["TF_ENABLE_ONEDNN_OPTS=0"]}, "settings.env: expected a mapping"),
+])
+def test_a_knob_value_is_checked_by_its_knob(workdir, settings, field):
+    _refused_everywhere(workdir, _write_tuned(workdir, _tuned_doc(**settings)), field)
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"verdict": "tuned; touch MARK"}, "verdict: expected one of tuned, defaults, unvalidated"),
+    ({"verdict": None}, "verdict"),
+    ({"format_version": True}, "format_version"),
+    ({"format_version": "1"}, "format_version"),
+    ({"settings": "touch MARK"}, "settings: expected a mapping of settings"),
+    ({"machine": "x"}, "machine: expected a mapping"),
+    ({"machine": {"usable_cpus": "8"}}, "machine.usable_cpus"),
+    ({"machine": {"cpu_model": "Xeon\nerror: forged line"}}, "machine.cpu_model"),
+])
+def test_the_document_around_the_settings_is_checked(workdir, change, field):
+    doc = _tuned_doc()
+    doc.update(change)
+    _refused_everywhere(workdir, _write_tuned(workdir, doc), field)
+
+
+def test_a_raw_nul_byte_is_one_line(workdir):
+    text = yaml.safe_dump(_tuned_doc()).replace("'0'", "'0\x00'").encode()
+    _refused_everywhere(workdir, _write_tuned(workdir, text), "not a readable tuned file")
+
+
+def test_a_file_that_is_not_text_or_yaml_is_one_line(workdir):
+    _refused_everywhere(workdir, _write_tuned(workdir, b"\xff\xfe\x00garbage"),
+                        "not a readable tuned file")
+    _refused_everywhere(workdir, _write_tuned(workdir, "[1, 2"), "not a readable tuned file")
+    _refused_everywhere(workdir, _write_tuned(workdir, "- 1\n"), "not a tuned file")
+
+
+def _source(workdir: Path, script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", script], cwd=workdir, capture_output=True, text=True,
+                          timeout=30, env={"PATH": os.environ["PATH"], "HOME": "/home/nobody"})
+
+
+@pytest.mark.parametrize("payload", MARK_PAYLOADS)
+def test_exported_values_are_literal_in_every_format(workdir, payload):
+    # the variables tuner sets, a variable added on purpose, and the only knob whose rule takes
+    # free text, all carrying the payload
+    env = {"TF_ENABLE_ONEDNN_OPTS": "1", "MY_FLAGS": payload, "KMP_AFFINITY": payload}
+    path = _write_tuned(workdir, _tuned_doc(env=env))
+    expected = {**env, "TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}
+    show = 'printf "%s\\0" "$TF_ENABLE_ONEDNN_OPTS" "$MY_FLAGS" "$KMP_AFFINITY" ' \
+           '"$TF_NUM_INTRAOP_THREADS" "$TF_NUM_INTEROP_THREADS"'
+    values = list(expected.values())
+
+    def export(fmt: str) -> subprocess.CompletedProcess[str]:
+        return _tuner("export", str(path), "--format", fmt, "--allow-env", "MY_FLAGS")
+
+    shell = export("shell")
+    assert shell.returncode == 0, shell.stderr
+    (workdir / "out.sh").write_text(shell.stdout)
+    sourced = _source(workdir, f". ./out.sh && {show}")
+    assert sourced.returncode == 0, sourced.stderr
+    assert sourced.stdout.split("\0")[:-1] == values
+    assert not (workdir / "MARK").exists()
+
+    dotenv = export("dotenv")
+    if "'" in payload or "\\" in payload:
+        # a quote or backslash reads differently in a shell, python-dotenv and docker: refused
+        assert dotenv.returncode == 2
+        _one_error(dotenv.stderr, "settings.env.", "use --format shell")
+        assert dotenv.stdout == ""
+    else:
+        assert dotenv.returncode == 0, dotenv.stderr
+        (workdir / "out.env").write_text(dotenv.stdout)
+        sourced = _source(workdir, f"set -a; . ./out.env; set +a; {show}")
+        assert sourced.returncode == 0, sourced.stderr
+        assert sourced.stdout.split("\0")[:-1] == values
+        assert not (workdir / "MARK").exists()
+
+    docker = export("docker")
+    assert docker.returncode == 0, docker.stderr
+    assert len(docker.stdout.splitlines()) == 1
+    (workdir / "out.flags").write_text(docker.stdout)
+    # pasted into `docker run ... `: the shell splits it into exactly these arguments
+    parsed = _source(workdir, 'eval "set -- $(cat out.flags)"; printf "%s\\0" "$@"')
+    assert parsed.returncode == 0, parsed.stderr
+    words = parsed.stdout.split("\0")[:-1]
+    assert words[::2] == ["-e"] * len(expected)
+    assert sorted(words[1::2]) == sorted(f"{k}={v}" for k, v in expected.items())
+    assert not (workdir / "MARK").exists()
+
+    k8s = export("k8s")
+    assert k8s.returncode == 0, k8s.stderr
+    parsed_k8s = yaml.safe_load(k8s.stdout)
+    assert list(parsed_k8s) == ["env"]
+    assert sorted(parsed_k8s["env"], key=lambda e: e["name"]) == [
+        {"name": k, "value": expected[k]} for k in sorted(expected)]
+    for line in k8s.stdout.splitlines():
+        assert line.startswith(("#", "env:", "  - name: ", "    value: ")), line
+
+
+@pytest.mark.parametrize("value", ["true", "null", "0", "1e3", "~", "- x", "a: b", "{x: 1}",
+                                   "'", '"', "#x", "\u00e9\u2603"])
+def test_k8s_values_that_look_like_other_yaml_stay_strings(workdir, value):
+    path = _write_tuned(workdir, _tuned_doc(env={"MY_FLAGS": value}))
+    proc = _tuner("export", str(path), "--format", "k8s", "--allow-env", "MY_FLAGS")
+    assert proc.returncode == 0, proc.stderr
+    env = yaml.safe_load(proc.stdout)["env"]
+    assert env[0] == {"name": "MY_FLAGS", "value": value}
+
+
+def test_the_launcher_passes_a_payload_value_through_literally(workdir):
+    payload = "$(touch MARK); `touch MARK` ' \" \\"
+    path = _write_tuned(workdir, _tuned_doc(env={"MY_FLAGS": payload}))
+    proc = _tuner("run", "--allow-env", "MY_FLAGS", "--tuned", str(path), "--quiet", "--",
+                  "sh", "-c", 'printf "%s" "$MY_FLAGS"')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == payload
+    assert not (workdir / "MARK").exists()
+
+
+def test_comments_carry_no_free_text_from_the_file(workdir):
+    # a declared knob's string is free text: named in the note, never shown
+    doc = _tuned_doc(knobs={"label": "$(touch MARK) #x", "prefetch": 2})
+    path = _write_tuned(workdir, doc)
+    for fmt in ("shell", "dotenv", "k8s"):
+        proc = _tuner("export", str(path), "--format", fmt)
+        assert proc.returncode == 0, proc.stderr
+        assert "declared knobs (label, prefetch=2)" in proc.stdout
+        assert "touch MARK" not in proc.stdout
+    proc = _tuner("export", str(path), "--format", "docker")
+    assert "touch MARK" not in proc.stdout + proc.stderr
+
+
+def test_a_path_with_a_line_break_stays_in_its_comment(workdir):
+    path = _write_tuned(workdir, _tuned_doc(), name="x\ntouch MARK\n.yaml")
+    for fmt in ("shell", "dotenv", "k8s"):
+        proc = _tuner("export", str(path), "--format", fmt)
+        assert proc.returncode == 0, proc.stderr
+        assert all(line.startswith(("#", "export ", "TF_", "env:", " ")) for line in
+                   proc.stdout.splitlines()), proc.stdout
+        if fmt != "k8s":
+            (workdir / "out").write_text(proc.stdout)
+            sourced = _source(workdir, "set -a; . ./out")
+            assert sourced.returncode == 0 and sourced.stderr == "", sourced.stderr
+        assert not (workdir / "MARK").exists()
+
+
+# -- an unvalidated verdict is refused unless accepted ---------------------------------------------
+
+def test_run_and_export_refuse_an_unvalidated_file(workdir):
+    doc = _tuned_doc()
+    doc["verdict"] = "unvalidated"
+    path = _write_tuned(workdir, doc)
+    _refused_everywhere(workdir, path, "verdict: unvalidated", "one search trial",
+                        "never validated against TensorFlow's defaults", "--allow-unvalidated")
+
+
+def test_an_unvalidated_file_is_used_when_accepted_and_says_so(workdir):
+    doc = _tuned_doc()
+    doc["verdict"] = "unvalidated"
+    path = _write_tuned(workdir, doc)
+    proc = _tuner("run", "--allow-unvalidated", "--tuned", str(path), "--",
+                  "sh", "-c", 'printf "%s" "$TF_NUM_INTRAOP_THREADS"')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "2"
+    assert "verdict unvalidated" in proc.stderr
+    proc = _tuner("export", str(path), "--allow-unvalidated")
+    assert proc.returncode == 0, proc.stderr
+    assert "# tuned settings from" in proc.stdout and "(verdict: unvalidated)" in proc.stdout
+    assert "# verdict unvalidated: these settings come from one search trial" in proc.stdout
+    proc = _tuner("export", str(path), "--format", "docker", "--allow-unvalidated")
+    assert proc.returncode == 0 and "note: verdict unvalidated" in proc.stderr
+
+
+def test_a_defaults_verdict_is_fine(workdir):
+    doc = _tuned_doc(intra_op_parallelism_threads=0, inter_op_parallelism_threads=0, env={},
+                     tf_data={"private_threadpool_size": None, "max_intra_op_parallelism": None})
+    doc["verdict"] = "defaults"
+    proc = _tuner("export", str(_write_tuned(workdir, doc)), "--format", "k8s")
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout) == {"env": []}
+
+
+APPLY = """\
+import json, os, sys, tuner
+before = dict(os.environ)
+try:
+    tuner.apply(sys.argv[1], **json.loads(sys.argv[2]))
+except tuner.ConfigError as exc:
+    print("refused:", exc)
+print(json.dumps(dict(os.environ) == before), "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("env,verdict,needles", [
+    ({"LD_PRELOAD": "/tmp/evil.so"}, "tuned",
+     ("settings.env.LD_PRELOAD: not a variable", "allow_env=['LD_PRELOAD'] (tuner.apply())")),
+    ({"TF_ENABLE_ONEDNN_OPTS": "banana"}, "tuned",
+     ("settings.env.TF_ENABLE_ONEDNN_OPTS: expected '0', '1', got 'banana'",)),
+    ({"MY_FLAGS": "a\x00b"}, "tuned", ("settings.env.MY_FLAGS", "NUL byte")),
+    ({}, "unvalidated", ("verdict: unvalidated", "allow_unvalidated=True (tuner.apply())")),
+])
+def test_apply_refuses_before_touching_anything(workdir, env, verdict, needles):
+    doc = _tuned_doc(env=env)
+    doc["verdict"] = verdict
+    path = _write_tuned(workdir, doc)
+    accept = {"allow_env": ["MY_FLAGS"]} if "MY_FLAGS" in env else {}
+    proc = subprocess.run([sys.executable, "-c", APPLY, str(path), json.dumps(accept)],
+                          capture_output=True, text=True, timeout=60, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    first, last = proc.stdout.splitlines()
+    assert first.startswith("refused: "), proc.stdout
+    for needle in needles:
+        assert needle in first, (needle, first)
+    assert last == "true False"   # the environment untouched, TensorFlow never imported
+
+
+@pytest.mark.tf
+def test_apply_accepts_what_it_is_told_to_and_so_does_the_job_under_the_launcher(workdir):
+    doc = _tuned_doc(env={"MY_FLAGS": "$(touch MARK)"})
+    doc["verdict"] = "unvalidated"
+    path = _write_tuned(workdir, doc)
+    code = ("import os, sys, tuner; cfg = tuner.apply(*sys.argv[1:2], allow_env=sys.argv[2:], "
+            "allow_unvalidated=len(sys.argv) > 2); print(cfg.verdict, os.environ['MY_FLAGS'])")
+    proc = subprocess.run([sys.executable, "-c", code, str(path), "MY_FLAGS"],
+                          capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "unvalidated $(touch MARK)"
+    # the job's own apply() (no arguments) reads the launcher's file as the launcher accepted it
+    proc = _tuner("run", "--allow-env", "MY_FLAGS", "--allow-unvalidated", "--tuned", str(path),
+                  "--quiet", "--", sys.executable, "-c", code, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "unvalidated $(touch MARK)"
+    assert not (workdir / "MARK").exists()

@@ -12,7 +12,7 @@ import yaml
 from test_machine_space import fake_machine
 
 from tuner import host, knobs, settings
-from tuner.apply import check_settings
+from tuner.tunedfile import check_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TCMALLOC = "usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
@@ -58,7 +58,7 @@ def test_the_tuned_file_keeps_every_candidate(knob, machine):
         flat = {**knobs.default_settings(), knob.name: value}
         nested = settings.nest(flat, machine)
         written = yaml.safe_load(yaml.safe_dump(nested, sort_keys=False))
-        check_settings({"settings": written}, "tuned.yaml")
+        check_settings(written, "tuned.yaml")
         assert settings.flatten(written) == flat, value
 
 

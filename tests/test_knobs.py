@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from tuner import cli, compare, config, knobs, launch, results, search, settings, space, workload
-from tuner.apply import Applied, check_settings, load_checked
+from tuner.apply import Applied
 from tuner.errors import ConfigError
 from tuner.host import Machine
+from tuner.tunedfile import check_settings, read
 
 GOOD = """\
 workload:
@@ -352,7 +353,7 @@ def test_declared_knobs_reach_the_trials_and_the_tuned_file(fake_worker, write_c
     assert "  knob map_parallelism: to build_data; baseline 1 (builder default)" in outcome.lines
     winner = next(t for t in trials if t.number == doc["validation"]["winner"]["trial"])
     assert winner.params["knobs.map_parallelism"] == "autotune"
-    assert load_checked(outcome.tuned_path)["settings"]["knobs"] == {
+    assert read(outcome.tuned_path).doc["settings"]["knobs"] == {
         "map_parallelism": "autotune", "prefetch": winner.params["knobs.prefetch"]}
     shown = cli.main(["show", outcome.tuned_path])
     assert shown == 0
@@ -401,7 +402,7 @@ def test_tf_data_options_are_searched_and_written_nested(fake_worker, write_conf
             assert received[budget] == t.params[budget]
     best = outcome.tuned["search"]["best_trial"]["settings"]["tf_data"]
     assert set(best) >= {"private_threadpool_size", "max_intra_op_parallelism"}
-    check_settings({"settings": outcome.tuned["settings"]}, "t.yaml")
+    check_settings(outcome.tuned["settings"], "t.yaml")
 
 
 def test_an_option_this_tensorflow_lacks_is_a_config_error(fake_worker, write_config, capsys):
@@ -422,13 +423,13 @@ def _doc(**settings):
 
 
 def test_check_settings_accepts_options_and_knobs_and_old_files():
-    check_settings(_doc(), "t.yaml")
+    check_settings(_doc()["settings"], "t.yaml")
     check_settings(_doc(tf_data={"private_threadpool_size": 2,
                                        "autotune": {"enabled": False, "cpu_budget": 2,
                                                     "autotune_algorithm": "HILL_CLIMB"},
                                        "optimization": {"map_parallelization": True}},
                               knobs={"map_parallelism": "autotune", "prefetch": 2,
-                                     "ratio": 0.5, "name": None}), "t.yaml")
+                                     "ratio": 0.5, "name": None})["settings"], "t.yaml")
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -450,7 +451,7 @@ def test_check_settings_accepts_options_and_knobs_and_old_files():
 ])
 def test_check_settings_names_the_bad_field(settings, message):
     with pytest.raises(ConfigError) as caught:
-        check_settings(_doc(**settings), "t.yaml")
+        check_settings(_doc(**settings)["settings"], "t.yaml")
     assert message in str(caught.value)
 
 

@@ -14,6 +14,10 @@ If TensorFlow's runtime is already initialised with other thread counts, nothing
 :class:`RuntimeInitializedError`. Settings that only act at process start (oneDNN, anything read
 when TensorFlow is imported) and arrive too late are named in a :class:`LateSettingWarning`
 pointing to the launcher.
+
+The file is untrusted input, read by :func:`tuner.tunedfile.read`: every setting is checked by
+its knob's rule; ``settings.env`` may set only tuner's own variables unless ``allow_env`` names
+others; an ``unvalidated`` verdict is refused unless ``allow_unvalidated=True``.
 """
 
 from __future__ import annotations
@@ -21,14 +25,18 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import host, knobs, settings, tuned
+from . import host, knobs, settings, tunedfile
 from .errors import ConfigError, TunerError
 
 TUNED_FILE_ENV = "TUNER_TUNED_FILE"
+# what the launcher accepted for that file (--allow-env NAME,..., --allow-unvalidated)
+ALLOW_ENV_ENV = "TUNER_TUNED_ALLOW_ENV"
+ALLOW_UNVALIDATED_ENV = "TUNER_TUNED_ALLOW_UNVALIDATED"
 
 
 class RuntimeInitializedError(TunerError):
@@ -119,89 +127,7 @@ class Applied:
         }
 
 
-# -- reading and checking a tuned file ------------------------------------------------------------
-
-def _int_at_least(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def check_settings(doc: dict[str, Any], path: str) -> dict[str, Any]:
-    """Check the ``settings`` block field by field; errors name the field and the bad value."""
-    tree = doc["settings"]
-    for knob in knobs.THREADS:
-        if knob.name not in tree:
-            raise ConfigError(f"{path}: settings.{knob.name}: missing")
-        if not _int_at_least(tree[knob.name], 0):
-            raise ConfigError(f"{path}: settings.{knob.name}: expected an integer >= 0, "
-                              f"got {tree[knob.name]!r}")
-    _check_tf_data(tree.get("tf_data") or {}, path)
-    declared = tree.get("knobs") or {}
-    if not isinstance(declared, dict):
-        raise ConfigError(f"{path}: settings.knobs: expected a mapping of knob names to values, "
-                          f"got {declared!r}")
-    for key, value in declared.items():
-        if not isinstance(key, str) or not key.isidentifier():
-            raise ConfigError(f"{path}: settings.knobs: {key!r} is not a valid knob name")
-        if value is not None and not isinstance(value, (bool, int, float, str)):
-            raise ConfigError(f"{path}: settings.knobs.{key}: expected a number, a string, "
-                              f"true, false or null, got {value!r}")
-    allocator = tree.get("allocator", "system")
-    if allocator not in host.ALLOCATOR_NAMES:
-        raise ConfigError(f"{path}: settings.allocator: {allocator!r} is not allowed; allowed: "
-                          f"{', '.join(host.ALLOCATOR_NAMES)}")
-    cpus = tree.get("cpus")
-    if cpus is not None and not _cpu_list(cpus):
-        raise ConfigError(f"{path}: settings.cpus: expected a list of CPU numbers or null, "
-                          f"got {cpus!r}")
-    instances = tree.get("instances", 1)
-    if isinstance(instances, int) and not isinstance(instances, bool):
-        instances = {"count": instances, "cpus": None}
-    if not isinstance(instances, dict) or not _int_at_least(instances.get("count"), 1):
-        raise ConfigError(f"{path}: settings.instances: expected {{count: N >= 1, cpus: [[...], "
-                          f"...]}}, got {tree.get('instances')!r}")
-    sets = instances.get("cpus")
-    if instances["count"] > 1 and (not isinstance(sets, list) or len(sets) != instances["count"]
-                                   or not all(_cpu_list(s) for s in sets)):
-        raise ConfigError(f"{path}: settings.instances.cpus: expected {instances['count']} lists "
-                          f"of CPU numbers, one per instance, got {sets!r}")
-    env = tree.get("env") or {}
-    if not isinstance(env, dict):
-        raise ConfigError(f"{path}: settings.env: expected a mapping, got {env!r}")
-    for key, value in env.items():
-        if not isinstance(key, str) or not key or "=" in key:
-            raise ConfigError(f"{path}: settings.env: {key!r} is not a variable name")
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: settings.env.{key}: expected a string, got {value!r}")
-    return tree
-
-
-# the tuned file's settings.tf_data layout: {private_threadpool_size: .., autotune: {enabled: ..}}
-_TF_DATA_FIELDS = {k.target: k for k in knobs.TF_DATA}
-
-
-def _check_tf_data(data: Any, path: str, prefix: str = "") -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: settings.tf_data{'.' + prefix.rstrip('.') if prefix else ''}: "
-                          f"expected a mapping, got {data!r}")
-    for key, value in data.items():
-        target = f"{prefix}{key}"
-        knob = _TF_DATA_FIELDS.get(target)
-        if knob is not None:
-            if not knob.is_valid(value):
-                raise ConfigError(f"{path}: settings.tf_data.{target}: expected "
-                                  f"{knob.file_allowed}, got {value!r}")
-        elif any(t.startswith(target + ".") for t in _TF_DATA_FIELDS):
-            _check_tf_data(value, path, target + ".")
-        else:
-            allowed = dict.fromkeys(t[len(prefix):].split(".")[0] for t in _TF_DATA_FIELDS
-                                    if t.startswith(prefix))
-            raise ConfigError(f"{path}: settings.tf_data.{target}: unknown; allowed: "
-                              f"{', '.join(allowed)}")
-
-
-def _cpu_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(_int_at_least(c, 0) for c in value)
-
+# -- reading a tuned file ------------------------------------------------------------------------
 
 def pin(cpus: list[int] | None) -> str | None:
     """Pin this process to ``cpus`` when this process may run on all of them; else leave it and
@@ -211,10 +137,25 @@ def pin(cpus: list[int] | None) -> str | None:
     return host.pin_check(cpus) or host.set_affinity(cpus)
 
 
-def load_checked(path: str | Path) -> dict[str, Any]:
-    doc = tuned.load(path)
-    check_settings(doc, str(path))
-    return doc
+def launcher_acceptance(path: str | Path) -> tuple[tuple[str, ...], bool]:
+    """What the launcher was told to accept (``--allow-env``, ``--allow-unvalidated``) for the
+    file it started this job with, when ``path`` is that file: the job's own ``apply()`` reads
+    it again and must not refuse what the user accepted on the command line."""
+    launched = os.environ.get(TUNED_FILE_ENV)
+    if not launched or os.path.realpath(launched) != os.path.realpath(path):
+        return (), False
+    names = tuple(n for n in os.environ.get(ALLOW_ENV_ENV, "").split(",") if n)
+    return tunedfile.allowed_names(names), os.environ.get(ALLOW_UNVALIDATED_ENV) == "1"
+
+
+def read(path: str | Path, allow_env: Iterable[str] | str = (),
+         allow_unvalidated: bool = False) -> tunedfile.TunedFile:
+    """The tuned file at ``path`` through the one strict reader, with what the caller and (for
+    the launcher's own file) the launcher accept."""
+    from_launcher, unvalidated = launcher_acceptance(path)
+    names = (*tunedfile.allowed_names(allow_env), *from_launcher)
+    return tunedfile.read(path, allow_env=names,
+                          allow_unvalidated=allow_unvalidated or unvalidated)
 
 
 def resolve_path(path: str | Path | None) -> str:
@@ -268,11 +209,15 @@ def _runtime_initialized(tf: Any) -> bool:
         return False
 
 
-def apply(path: str | Path | None = None, *, strict: bool = False,
-          override: bool = False) -> Applied:
-    """Apply a tuned file to this process. See the module docstring for precedence and errors."""
+def apply(path: str | Path | None = None, *, strict: bool = False, override: bool = False,
+          allow_env: Iterable[str] | str = (), allow_unvalidated: bool = False) -> Applied:
+    """Apply a tuned file to this process. See the module docstring for precedence and errors.
+
+    ``allow_env``: variables you added to the file's ``settings.env`` on purpose (any other
+    variable than those of tuner's own knobs is refused). ``allow_unvalidated``: use a file whose
+    verdict is ``unvalidated`` (an interrupted search's best trial, never validated)."""
     path = resolve_path(path)
-    doc = load_checked(path)
+    doc = read(path, allow_env, allow_unvalidated).doc
     tree = doc["settings"]
     tf_loaded = "tensorflow" in sys.modules
     tf_version = getattr(sys.modules.get("tensorflow"), "__version__", None) if tf_loaded else None

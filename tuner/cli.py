@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = commands.add_parser("run", help="run a command with a tuned file's settings",
                             usage="python -m tuner run --tuned FILE [--strict] "
+                                  "[--allow-env NAME] [--allow-unvalidated] "
                                   "-- COMMAND [ARGS...]")
     r.add_argument("--tuned", required=True, help="the tuned YAML")
     r.add_argument("--strict", action="store_true",
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no warnings or notes on stderr")
     r.add_argument("--instance", type=_nonneg_int, default=None,
                    help="when the file runs several instances: start only this one (0-based)")
+    _acceptance_flags(r)
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     r.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
 
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = commands.add_parser("export", help="print a tuned file's settings as environment variables")
     e.add_argument("tuned", help="the tuned YAML")
     e.add_argument("--format", default="shell", help="shell (default), dotenv, docker or k8s")
+    _acceptance_flags(e)
     e.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     sh = commands.add_parser("show", help="summarise one tuned file (or study)")
@@ -142,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--html", help="also write a self-contained HTML report with plots here")
     rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def _acceptance_flags(parser: argparse.ArgumentParser) -> None:
+    """What a tuned file may hold beyond what a search writes, accepted explicitly."""
+    parser.add_argument("--allow-env", action="append", default=[], metavar="NAME",
+                        help="accept this variable in the file's settings.env although no tuner "
+                             "knob sets it (repeatable); others are refused")
+    parser.add_argument("--allow-unvalidated", action="store_true",
+                        help="accept a file whose verdict is unvalidated (an interrupted "
+                             "search's best trial, never validated against the defaults)")
 
 
 class _Ordered(argparse.Action):
@@ -227,17 +240,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     # one instance: run() replaces this process with the command and does not return;
     # several: it waits for them and returns the first non-zero exit code
     return launch.run(args.tuned, command, strict=args.strict, override=args.override,
-                      quiet=args.quiet, instance=args.instance)
+                      quiet=args.quiet, instance=args.instance, allow_env=args.allow_env,
+                      allow_unvalidated=args.allow_unvalidated)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from . import launch
 
-    text = launch.export(args.tuned, args.format)
+    accept = {"allow_env": args.allow_env, "allow_unvalidated": args.allow_unvalidated}
+    text = launch.export(args.tuned, args.format, **accept)
     sys.stdout.write(text)
     if args.format == "docker":
-        note = launch.tf_data_note(launch.load_checked(args.tuned))
-        if note:
+        for note in launch.notes_for_stderr(args.tuned, **accept):
             print(f"note: {note}", file=sys.stderr)
     return 0
 

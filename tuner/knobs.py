@@ -363,6 +363,11 @@ class EnvKnob(Knob):
     def applied_by(self) -> str:
         return f"{self.how} `{self.variable}`"
 
+    @property
+    def file_allowed(self) -> str:
+        # the file's env: holds only variables that are set: neither null nor 'default'
+        return self.allowed.split(", null or 'default'")[0]
+
     def nest(self, tree: dict[str, Any], flat: dict[str, Any], machine: Machine | None) -> None:
         value = flat.get(self.name, self.default)
         env = tree.setdefault("env", {})
@@ -582,12 +587,17 @@ def _instance_candidates(m: Machine) -> list[Any]:
     return [n for n in (1, 2, 4, 8, 16) if n <= max(1, m.usable_cpus)]
 
 
+def _digits(value: Any) -> bool:
+    # ASCII only: str.isdigit() also takes '²' and other digits int() and the C runtime refuse
+    return isinstance(value, str) and value.isascii() and value.isdigit()
+
+
 def _omp_threads_value(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.isdigit() and int(value) >= 1)
+    return value is None or (_digits(value) and int(value) >= 1)
 
 
 def _digits_or_none(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.isdigit())
+    return value is None or _digits(value)
 
 
 def _str_or_none(value: Any) -> bool:

@@ -9,31 +9,51 @@ its own, with nothing in between to lose them.
 ``python -m tuner export tuned.yaml --format shell|dotenv|docker|k8s`` prints the same variables
 for places that take environment variables. The tf.data settings live inside the job's pipeline,
 so no environment variable can carry them; both say so.
+
+Both read the file with :func:`tuner.tunedfile.read` (untrusted input: every setting checked,
+only tuner's own variables unless ``--allow-env NAME``, no ``unvalidated`` verdict unless
+``--allow-unvalidated``), and ``export`` cannot inject: every name is a plain variable name, every
+value is quoted for its format (or refused where the format cannot carry it literally), the k8s
+fragment is built as data and dumped by PyYAML, and comments carry only values checked by their
+knob's rule.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import host, knobs, settings
-from .apply import TUNED_FILE_ENV, check_machine, load_checked, pin
+import yaml
+
+from . import host, knobs, settings, tunedfile
+from .apply import (
+    ALLOW_ENV_ENV,
+    ALLOW_UNVALIDATED_ENV,
+    TUNED_FILE_ENV,
+    check_machine,
+    pin,
+    read,
+)
 from .errors import ConfigError
 
 FORMATS = ("shell", "dotenv", "docker", "k8s")
 
 
 def tf_data_note(doc: dict[str, Any]) -> str | None:
-    """What the environment cannot carry: tf.data options and declared knobs live in the job."""
+    """What the environment cannot carry: tf.data options and declared knobs live in the job.
+    Values appear only where their knob's rule accepts them (a declared knob's free text is
+    named, not shown), so the note is safe in a comment line."""
     flat = settings.flatten(doc["settings"])
-    data = [f"{knob.target}={knobs.text(flat[knob.name])}" for knob in knobs.TF_DATA
-            if flat.get(knob.name) is not None]
-    declared = [f"{k}={knobs.text(v)}" for k, v in (doc["settings"].get("knobs") or {}).items()]
+    data = [f"{knob.target}={knobs.text(flat[knob.name])}" if knob.is_valid(flat[knob.name])
+            else knob.target for knob in knobs.TF_DATA if flat.get(knob.name) is not None]
+    declared = [f"{k}={knobs.text(v)}" if _plain_token(v) else str(k)
+                for k, v in (doc["settings"].get("knobs") or {}).items()]
     notes = []
     if data:
         notes.append(f"tf.data settings ({', '.join(data)}) cannot be set from the environment: "
@@ -42,15 +62,32 @@ def tf_data_note(doc: dict[str, Any]) -> str | None:
     if declared:
         notes.append(f"declared knobs ({', '.join(declared)}) are the job's own arguments: pass "
                      f"cfg.knobs[name] (cfg = tuner.apply()) where the pipeline takes them")
-    return "; ".join(notes) or None
+    return _one_line("; ".join(notes)) or None
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_.:+-]*")
+
+
+def _plain_token(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(_TOKEN.fullmatch(value))
+    return value is None or isinstance(value, (bool, int, float))
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every line break and control character turned into a space: a comment or
+    message line stays one line, whatever it quotes."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", " ", text)
 
 
 def launch_env(doc: dict[str, Any], path: str, base: dict[str, str] | None = None,
-               override: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+               override: bool = False, allow_env: Iterable[str] = (),
+               allow_unvalidated: bool = False) -> tuple[dict[str, str], dict[str, str]]:
     """The command's environment and the user's own values kept over the file's.
 
     Same precedence as ``apply()``: a variable already set in the environment wins unless
-    ``override``."""
+    ``override``. What the user accepted (``allow_env``, ``allow_unvalidated``) goes along, so
+    ``tuner.apply()`` in the job reads the same file the same way."""
     env = dict(os.environ if base is None else base)
     kept = {}
     for var, value in settings.environment(doc["settings"]).items():
@@ -59,6 +96,12 @@ def launch_env(doc: dict[str, Any], path: str, base: dict[str, str] | None = Non
             continue
         env[var] = value
     env[TUNED_FILE_ENV] = str(Path(path).resolve())
+    for var, value in ((ALLOW_ENV_ENV, ",".join(allow_env)),
+                       (ALLOW_UNVALIDATED_ENV, "1" if allow_unvalidated else "")):
+        if value:
+            env[var] = value
+        else:
+            env.pop(var, None)
     env = knobs.ALLOCATOR.preloaded(env, settings.file_plan(doc["settings"]).preload)
     return env, kept
 
@@ -73,24 +116,28 @@ def _notes(doc: dict[str, Any], path: str) -> list[str]:
 
 
 def run(path: str, command: Sequence[str], *, strict: bool = False, override: bool = False,
-        quiet: bool = False, instance: int | None = None) -> int:
+        quiet: bool = False, instance: int | None = None, allow_env: Iterable[str] = (),
+        allow_unvalidated: bool = False) -> int:
     """Run ``command`` with the tuned settings.
 
     One instance: pin this process, then *exec* the command (it inherits the CPU set and the
     environment; exit code and signals are its own); does not return. Several instances in the
     file (and no ``instance``): start one pinned process per instance, each told its index in
     ``TUNER_INSTANCE``, forward SIGINT/SIGTERM to them, and return the first non-zero exit code
-    (0 when all succeed). ``instance``: exec just that one instance."""
+    (0 when all succeed). ``instance``: exec just that one instance. ``allow_env`` and
+    ``allow_unvalidated``: what the file may hold beyond the default (see :func:`read`)."""
     if not command:
         raise ConfigError("run: no command given; usage: python -m tuner run --tuned FILE -- "
                           "COMMAND [ARGS...]")
-    doc = load_checked(path)
+    tuned = read(path, allow_env, allow_unvalidated)
+    doc = tuned.doc
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_machine(doc, path, strict)
-    env, kept = launch_env(doc, path, override=override)
+    env, kept = launch_env(doc, path, override=override, allow_env=tuned.allowed_env,
+                           allow_unvalidated=allow_unvalidated)
     executable = shutil.which(command[0], path=env.get("PATH"))
     if executable is None:
         raise ConfigError(f"run: command not found: {command[0]!r}")
@@ -106,6 +153,8 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
     note = tf_data_note(doc)
     if note:
         messages.append(f"note: {note}")
+    if tuned.verdict == "unvalidated":
+        messages.append(f"warning: {UNVALIDATED_NOTE}")
     if sets is not None and instance is None:
         return _run_instances(executable, list(command), env, sets, messages, quiet)
     if instance is not None:
@@ -164,16 +213,23 @@ def _run_instances(executable: str, command: list[str], base_env: dict[str, str]
     return 128 - code if code < 0 else code  # killed by a signal: the shell's 128+N
 
 
-def export(path: str, fmt: str) -> str:
+UNVALIDATED_NOTE = ("verdict unvalidated: these settings come from one search trial and were "
+                    "never validated against TensorFlow's defaults (re-run the search to validate)")
+
+
+def export(path: str, fmt: str, *, allow_env: Iterable[str] = (),
+           allow_unvalidated: bool = False) -> str:
     """The file's environment in ``fmt``; a comment (or, for docker, nothing) notes the rest."""
     if fmt not in FORMATS:
         raise ConfigError(f"export --format: {fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
-    doc = load_checked(path)
+    doc = read(path, allow_env, allow_unvalidated).doc
     env = settings.environment(doc["settings"])
     plan = settings.file_plan(doc["settings"])
     name, library = plan.allocator, plan.preload
     note = tf_data_note(doc)
-    header = [f"tuned settings from {path} (verdict: {doc.get('verdict', 'unknown')})"]
+    header = [f"tuned settings from {path} (verdict: {doc['verdict']})"]
+    if doc["verdict"] == "unvalidated":
+        header.append(UNVALIDATED_NOTE)
     if note:
         header.append(note)
     variable = knobs.ALLOCATOR.variable
@@ -198,27 +254,71 @@ def export(path: str, fmt: str) -> str:
                       "--instance I for one of them)")
     if not env:
         header.append("nothing to set: TensorFlow's defaults are the tuned configuration")
+    for var in env:
+        if not tunedfile.VARIABLE_NAME.fullmatch(var):
+            raise ConfigError(f"export: {path}: {var!r} is not a variable name; nothing exported")
+    comments = [f"# {_one_line(h)}" for h in header]
     if fmt == "shell":
-        lines = [f"# {h}" for h in header] + [f"export {k}={shlex.quote(v)}"
-                                              for k, v in env.items()]
+        lines = comments + [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     elif fmt == "dotenv":
-        lines = [f"# {h}" for h in header] + [f"{k}={_dotenv_quote(v)}" for k, v in env.items()]
+        values = {k: _dotenv_value(k, v, path) for k, v in env.items()}
+        if any(values[k] != v for k, v in env.items()):
+            comments.append("# quoted values: a shell and python-dotenv drop the quotes, docker "
+                            "--env-file keeps them (use --format docker for docker run)")
+        lines = comments + [f"{k}={v}" for k, v in values.items()]
     elif fmt == "docker":
         # One line of flags to paste into `docker run`; comments would break that.
         lines = [" ".join(f"-e {shlex.quote(f'{k}={v}')}" for k, v in env.items())]
     else:
-        lines = [f"# {h}" for h in header] + ["env:"] + [
-            f"  - name: {k}\n    value: {_yaml_str(v)}" for k, v in env.items()]
-        if not env:
-            lines[-1] = "env: []"
+        lines = comments + [_k8s_env(env).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
-def _dotenv_quote(value: str) -> str:
-    if value and all(c.isalnum() or c in "._-/:" for c in value):
+def notes_for_stderr(path: str, *, allow_env: Iterable[str] = (),
+                     allow_unvalidated: bool = False) -> list[str]:
+    """What the docker format cannot say in its one line of flags."""
+    doc = read(path, allow_env, allow_unvalidated).doc
+    notes = [UNVALIDATED_NOTE] if doc["verdict"] == "unvalidated" else []
+    note = tf_data_note(doc)
+    return notes + ([note] if note else [])
+
+
+# A dotenv value left bare: the same literal text for a shell (`set -a; . ./.env`), python-dotenv
+# and docker --env-file (no quotes, spaces, #, $, `, \, ~ or anything a shell expands).
+_DOTENV_BARE = re.compile(r"[A-Za-z0-9_./:,+@%=-]*")
+
+
+def _dotenv_value(var: str, value: str, path: str) -> str:
+    """``value`` as a dotenv line takes it literally: bare when plain, else in single quotes
+    (which a shell and python-dotenv read alike); a value with ' or \\ reads differently in
+    each, and one with a line break cannot be a dotenv line at all: refused."""
+    if _DOTENV_BARE.fullmatch(value):
         return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if "'" in value or "\\" in value or re.search(r"[\x00-\x1f\x7f]", value):
+        raise ConfigError(f"export --format dotenv: {path}: settings.env.{var}: {value!r} holds "
+                          f"a quote, a backslash or a control character, which dotenv readers "
+                          f"take differently; use --format shell, docker or k8s")
+    return f"'{value}'"
 
 
-def _yaml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+class _K8sDumper(yaml.SafeDumper):
+    """A container's ``env:`` list as kubectl prints it: the list indented under its key, every
+    value a double-quoted string (a value like ``0`` or ``true`` stays a string)."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        return super().increase_indent(flow, False)
+
+
+class _Quoted(str):
+    pass
+
+
+_K8sDumper.add_representer(
+    _Quoted, lambda dumper, data: dumper.represent_scalar("tag:yaml.org,2002:str", str(data),
+                                                          style='"'))
+
+
+def _k8s_env(env: dict[str, str]) -> str:
+    data = {"env": [{"name": k, "value": _Quoted(v)} for k, v in env.items()]}
+    return yaml.dump(data, Dumper=_K8sDumper, sort_keys=False, default_flow_style=False,
+                     width=1 << 30)

@@ -57,7 +57,11 @@ class Result:
 
 
 def from_tuned_file(path: str | Path) -> Result:
-    doc = tuned.load(path)
+    """The file through the strict reader every command uses (an unvalidated file is shown, and
+    labelled so), then its result fields checked for display."""
+    from . import tunedfile
+
+    doc = tunedfile.read(path, allow_unvalidated=True).doc
     return from_result_doc(doc, label=str(path), source={"kind": "tuned file", "path": str(path)},
                            where=str(path))
 

@@ -1,0 +1,279 @@
+"""Reading a tuned file as untrusted input: the one reader every command that acts on one uses.
+
+A tuned file travels (committed, copied between machines, mounted into containers, pasted into
+tickets), and ``tuner.apply()``, ``python -m tuner run`` and ``export`` turn what it says into a
+process's environment, CPU set and thread pools. So :func:`read` checks the whole ``settings``
+block against the knob registry, each value by its own knob's rule, and refuses anything else
+with one line naming the file and the field:
+
+- ``settings.env`` may name only the variables the registry's environment knobs own
+  (``TF_ENABLE_ONEDNN_OPTS``, ``OMP_NUM_THREADS``, ...); a variable the user added on purpose is
+  accepted with ``allow_env`` (``--allow-env NAME``), and even then its name must be a plain
+  variable name and its value a string without NUL or line breaks;
+- an ``unvalidated`` verdict (one search trial's numbers) is refused unless
+  ``allow_unvalidated``;
+- strings that end up in messages or comments carry no line breaks or other control characters.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import host, knobs, tuned
+from .errors import ConfigError
+
+VERDICTS = ("tuned", "defaults", "unvalidated")
+
+# A variable name every shell, dotenv reader and container runtime takes as it is.
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# The variables a tuned file's env: may set: those of the environment knobs, whose home in the
+# file is env:. Thread counts live in their own fields (the launcher derives their variables).
+ENV_KNOBS: dict[str, knobs.EnvKnob] = {
+    k.variable: k for k in knobs.KNOBS.values() if isinstance(k, knobs.EnvKnob)}
+ALLOWED_ENV = tuple(ENV_KNOBS)
+_FIELD_OF_VARIABLE = {var: k.name for k in knobs.KNOBS.values()
+                      if not isinstance(k, knobs.EnvKnob) for var in k.controls}
+
+# settings: top-level keys: the registry's sections, and the declared knobs' values
+SETTINGS_KEYS = (*knobs.SECTIONS, "knobs")
+
+# C0 controls, DEL, C1 controls and the Unicode line and paragraph separators: what could end a
+# comment line or a message line (YAML and str.splitlines count some of these as line breaks)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+ALLOW_UNVALIDATED_HINT = ("pass --allow-unvalidated (python -m tuner run/export) or "
+                          "allow_unvalidated=True (tuner.apply()) to use them anyway")
+
+
+@dataclass(frozen=True)
+class TunedFile:
+    """A tuned file that passed :func:`read`: ``doc`` is the whole document, its ``settings``
+    checked; ``allowed_env``: the variables beyond the registry's it was accepted with."""
+
+    path: str
+    doc: dict[str, Any]
+    allowed_env: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def verdict(self) -> str:
+        return str(self.doc["verdict"])
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.doc["settings"]
+
+
+def read(path: str | Path, *, allow_env: Iterable[str] = (),
+         allow_unvalidated: bool = False) -> TunedFile:
+    """Read and check the tuned file at ``path``; a :class:`ConfigError` (one line, naming the
+    file and the field) for anything that is not a tuned file tuner could have written.
+
+    ``allow_env``: variable names ``settings.env`` may set beyond the registry's own.
+    ``allow_unvalidated``: accept an ``unvalidated`` verdict (otherwise refused, saying why)."""
+    where = str(path)
+    if "\x00" in where:
+        raise ConfigError(f"{where!r}: a path cannot contain a NUL byte")
+    extra = allowed_names(allow_env)
+    doc = tuned.load(path)
+    if type(doc["format_version"]) is not int:
+        raise ConfigError(f"{where}: format_version: expected an integer, "
+                          f"got {doc['format_version']!r}")
+    verdict = doc.get("verdict")
+    if verdict not in VERDICTS:
+        raise ConfigError(f"{where}: verdict: expected one of {', '.join(VERDICTS)}, "
+                          f"got {verdict!r}")
+    check_settings(doc["settings"], where, allow_env=extra)
+    check_machine_block(doc.get("machine"), where)
+    if verdict == "unvalidated" and not allow_unvalidated:
+        raise ConfigError(
+            f"{where}: verdict: unvalidated: the search was interrupted before validation, so "
+            f"these settings come from one search trial and were never validated against "
+            f"TensorFlow's defaults; re-run the same `python -m tuner search` to resume and "
+            f"validate, or {ALLOW_UNVALIDATED_HINT}")
+    return TunedFile(path=where, doc=doc, allowed_env=extra)
+
+
+def allowed_names(names: Iterable[str] | str) -> tuple[str, ...]:
+    """The extra variable names a caller allows, checked (a single string is one name)."""
+    if isinstance(names, str):
+        names = (names,)
+    out = []
+    for name in names:
+        if not isinstance(name, str) or not VARIABLE_NAME.fullmatch(name):
+            raise ConfigError(f"--allow-env (allow_env): {name!r} is not a variable name "
+                              f"(letters, digits and _, not starting with a digit)")
+        out.append(name)
+    return tuple(dict.fromkeys(out))
+
+
+# -- the settings block ---------------------------------------------------------------------------
+
+def _int_at_least(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_settings(tree: Any, path: str, *, allow_env: Iterable[str] = ()) -> dict[str, Any]:
+    """Check a tuned file's ``settings`` block field by field: every key known, every value by
+    its knob's rule. Errors name the file, the field and the bad value; returns ``tree``."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: settings: missing or not a mapping")
+    for key in tree:
+        if key not in SETTINGS_KEYS:
+            raise ConfigError(f"{path}: settings: unknown key {key!r}; allowed: "
+                              f"{', '.join(SETTINGS_KEYS)}")
+    for knob in knobs.THREADS:
+        if knob.name not in tree:
+            raise ConfigError(f"{path}: settings.{knob.name}: missing")
+        if not knob.is_valid(tree[knob.name]):
+            raise ConfigError(f"{path}: settings.{knob.name}: expected an integer >= 0, "
+                              f"got {tree[knob.name]!r}")
+    _check_tf_data(tree.get("tf_data") or {}, path)
+    _check_env(tree.get("env"), path, allowed_names(allow_env))
+    _check_declared(tree.get("knobs"), path)
+    allocator = tree.get(knobs.ALLOCATOR.name, knobs.ALLOCATOR.default)
+    if not knobs.ALLOCATOR.is_valid(allocator):
+        raise ConfigError(f"{path}: settings.allocator: {allocator!r} is not allowed; allowed: "
+                          f"{', '.join(host.ALLOCATOR_NAMES)}")
+    cpus = tree.get(knobs.CPUS.name)
+    if cpus is not None:
+        _check_cpu_list(cpus, path, "settings.cpus", "a list of CPU numbers or null")
+    _check_instances(tree, path)
+    return tree
+
+
+# the tuned file's settings.tf_data layout: {private_threadpool_size: .., autotune: {enabled: ..}}
+_TF_DATA_FIELDS = {k.target: k for k in knobs.TF_DATA}
+
+
+def _check_tf_data(data: Any, path: str, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: settings.tf_data{'.' + prefix.rstrip('.') if prefix else ''}: "
+                          f"expected a mapping, got {data!r}")
+    for key, value in data.items():
+        target = f"{prefix}{key}"
+        knob = _TF_DATA_FIELDS.get(target)
+        if knob is not None:
+            if not knob.is_valid(value):
+                raise ConfigError(f"{path}: settings.tf_data.{target}: expected "
+                                  f"{knob.file_allowed}, got {value!r}")
+        elif any(t.startswith(target + ".") for t in _TF_DATA_FIELDS):
+            _check_tf_data(value, path, target + ".")
+        else:
+            allowed = dict.fromkeys(t[len(prefix):].split(".")[0] for t in _TF_DATA_FIELDS
+                                    if t.startswith(prefix))
+            shown = target if isinstance(key, str) and key.isprintable() else repr(target)
+            raise ConfigError(f"{path}: settings.tf_data.{shown}: unknown; allowed: "
+                              f"{', '.join(allowed)}")
+
+
+def _check_env(env: Any, path: str, extra: tuple[str, ...]) -> None:
+    if env is None:
+        return
+    if not isinstance(env, dict):
+        raise ConfigError(f"{path}: settings.env: expected a mapping of variable names to "
+                          f"strings, got {env!r}")
+    allowed = (*ALLOWED_ENV, *(n for n in extra if n not in ALLOWED_ENV))
+    for var, value in env.items():
+        if not isinstance(var, str) or not VARIABLE_NAME.fullmatch(var):
+            raise ConfigError(f"{path}: settings.env: {var!r} is not a variable name (letters, "
+                              f"digits and _, not starting with a digit)")
+        if var not in allowed:
+            owner = _FIELD_OF_VARIABLE.get(var)
+            why = f" (settings.{owner} sets it)" if owner else ""
+            raise ConfigError(
+                f"{path}: settings.env.{var}: not a variable tuner sets{why}; allowed: "
+                f"{', '.join(allowed)}. A variable you added on purpose is accepted with "
+                f"--allow-env {var} (python -m tuner run/export) or allow_env=[{var!r}] "
+                f"(tuner.apply())")
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: settings.env.{var}: expected a string, got {value!r}")
+        if "\x00" in value or "\n" in value or "\r" in value:
+            raise ConfigError(f"{path}: settings.env.{var}: {value!r}: a value cannot contain a "
+                              f"NUL byte or a line break")
+        knob = ENV_KNOBS.get(var)
+        if knob is not None and not knob.is_valid(value):
+            raise ConfigError(f"{path}: settings.env.{var}: expected {knob.file_allowed}, "
+                              f"got {value!r}")
+
+
+def _check_declared(declared: Any, path: str) -> None:
+    if declared is None:
+        return
+    if not isinstance(declared, dict):
+        raise ConfigError(f"{path}: settings.knobs: expected a mapping of knob names to values, "
+                          f"got {declared!r}")
+    for key, value in declared.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"{path}: settings.knobs: {key!r} is not a valid knob name")
+        plain = value is None or isinstance(value, (bool, int, float, str))
+        if not plain or (isinstance(value, float) and not math.isfinite(value)) or \
+                (isinstance(value, str) and _CONTROL.search(value)):
+            raise ConfigError(f"{path}: settings.knobs.{key}: expected a number, a string "
+                              f"(without control characters), true, false or null, "
+                              f"got {value!r}")
+
+
+def _check_cpu_list(value: Any, path: str, name: str, expected: str) -> list[int]:
+    if not isinstance(value, list) or not value or \
+            not all(_int_at_least(c, 0) for c in value):
+        raise ConfigError(f"{path}: {name}: expected {expected}, got {value!r}")
+    seen: set[int] = set()
+    for cpu in value:
+        if cpu in seen:
+            raise ConfigError(f"{path}: {name}: CPU {cpu} appears twice in {value!r}")
+        seen.add(cpu)
+    return value
+
+
+def _check_instances(tree: dict[str, Any], path: str) -> None:
+    raw = tree.get(knobs.INSTANCES.name, 1)
+    instances = {"count": raw, "cpus": None} if _int_at_least(raw, 0) else raw
+    if not isinstance(instances, dict) or not _int_at_least(instances.get("count"), 1):
+        raise ConfigError(f"{path}: settings.instances: expected {{count: N >= 1, cpus: [[...], "
+                          f"...]}}, got {raw!r}")
+    unknown = [k for k in instances if k not in ("count", "cpus")]
+    if unknown:
+        raise ConfigError(f"{path}: settings.instances: unknown key {unknown[0]!r}; allowed: "
+                          f"count, cpus")
+    count, sets = instances["count"], instances.get("cpus")
+    if count == 1:
+        if sets is not None:
+            raise ConfigError(f"{path}: settings.instances.cpus: expected null for a single "
+                              f"instance (count: 1), got {sets!r}")
+        return
+    expected = f"{count} lists of CPU numbers, one per instance"
+    if not isinstance(sets, list) or len(sets) != count:
+        raise ConfigError(f"{path}: settings.instances.cpus: expected {expected}, got {sets!r}")
+    owner: dict[int, int] = {}
+    for index, cpus in enumerate(sets):
+        _check_cpu_list(cpus, path, "settings.instances.cpus", expected)
+        for cpu in cpus:
+            if cpu in owner:
+                raise ConfigError(f"{path}: settings.instances.cpus: CPU {cpu} is in the sets of "
+                                  f"instances {owner[cpu]} and {index}; each instance has its "
+                                  f"own CPUs")
+            owner[cpu] = index
+
+
+# -- the machine block (compared with this machine, and named in warnings) ------------------------
+
+def check_machine_block(machine: Any, path: str) -> None:
+    if machine is None:
+        return
+    if not isinstance(machine, dict):
+        raise ConfigError(f"{path}: machine: expected a mapping, got {machine!r}")
+    usable = machine.get("usable_cpus")
+    if usable is not None and not _int_at_least(usable, 1):
+        raise ConfigError(f"{path}: machine.usable_cpus: expected an integer >= 1 or null, "
+                          f"got {usable!r}")
+    for key in ("cpu_model", "tf_version"):
+        value = machine.get(key)
+        if value is not None and (not isinstance(value, str) or _CONTROL.search(value)):
+            raise ConfigError(f"{path}: machine.{key}: expected a line of text or null, "
+                              f"got {value!r}")
