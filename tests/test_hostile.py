@@ -1316,3 +1316,222 @@ def test_apply_accepts_what_it_is_told_to_and_so_does_the_job_under_the_launcher
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "unvalidated $(touch MARK)"
     assert not (workdir / "MARK").exists()
+
+
+# -- results are never lost --------------------------------------------------------------------
+
+SEARCHED = VALID + """\
+validate:
+  candidates: 2
+  screen_rounds: 1
+  rounds: 4
+"""
+FAKE = f"{sys.executable} {HERE / 'fake_worker.py'}"
+
+
+def _search_until(workdir: Path, line_starts: str, *args: str, **env: str
+                  ) -> tuple[int, str, str]:
+    """Start a search, SIGTERM it once a line of its output starts with ``line_starts`` (the
+    orchestrator stopping a job), and return its exit code, stdout and stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "search", "--config", str(workdir / "study.yaml"), *args],
+        env=_env(TUNER_WORKER=FAKE, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    seen = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if line.startswith(line_starts):
+                proc.send_signal(signal.SIGTERM)
+                break
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert seen and seen[-1].startswith(line_starts), "".join(seen) + err
+    return proc.returncode, "".join(seen) + out, err
+
+
+@pytest.fixture
+def validated(workdir: Path) -> Path:
+    """A finished search of the study: its validated tuned file."""
+    (workdir / "study.yaml").write_text(SEARCHED)
+    proc = _tuner("search", "--config", str(workdir / "study.yaml"), timeout=180,
+                  TUNER_WORKER=FAKE)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = workdir / "results" / "study" / "tuned.yaml"
+    assert yaml.safe_load(path.read_text())["verdict"] in ("tuned", "defaults")
+    return path
+
+
+def test_an_interrupted_rerun_never_replaces_the_validated_file(workdir, validated):
+    before = validated.read_bytes()
+    beside = validated.with_name("tuned.unvalidated.yaml")
+    firsts = []
+    for _ in range(2):  # twice: the second interruption loses the first one's result neither
+        code, out, err = _search_until(workdir, "trial ", "--n-trials", "30",
+                                       FAKE_WINDOW_SLEEP="0.05")
+        assert code == 130, out + err
+        assert "Traceback" not in err
+        assert validated.read_bytes() == before
+        assert yaml.safe_load(beside.read_text())["verdict"] == "unvalidated"
+        lines = out.strip().splitlines()
+        assert lines[-2].startswith(f"wrote {beside.relative_to(workdir)}")
+        assert lines[-1].startswith(f"kept {validated.relative_to(workdir)} as it was")
+        firsts.append(beside.read_bytes())
+    (history,) = validated.parent.glob("tuned.unvalidated.yaml.*.bak")
+    assert history.read_bytes() == firsts[0]
+    assert sorted(p.name for p in validated.parent.iterdir()) == sorted(
+        ["tuned.yaml", "tuned.unvalidated.yaml", history.name])
+
+
+def _doc(n: int) -> dict:
+    doc = yaml.safe_load(BRANCHY.read_text())
+    doc["created"] = f"run {n}"
+    return doc
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-link", "copy"])
+def test_every_replaced_file_is_kept_in_history(tmp_path, monkeypatch, links):
+    if not links:  # a file system without hard links
+        def no_links(*args, **kwargs):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(tuned.os, "link", no_links)
+    path = tmp_path / "tuned.yaml"
+    texts = []
+    for n in range(4):  # within a second or two: the history names must still differ
+        tuned.write(_doc(n), path, study_name="branchy", storage="sqlite:///x.db", force=True)
+        texts.append(path.read_text())
+    history = sorted(tmp_path.glob("tuned.yaml.*.bak"))
+    assert sorted(p.read_text() for p in history) == sorted(texts[:3])
+    for p in history:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644
+        assert p.name.startswith("tuned.yaml.20")
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_history_never_overwrites_a_file_of_the_same_second(tmp_path):
+    path = tmp_path / "tuned.yaml"
+    path.write_text("new\n")
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(1_800_000_000))
+    (tmp_path / f"tuned.yaml.{stamp}.bak").write_text("older\n")
+    (tmp_path / f"tuned.yaml.{stamp}.2.bak").write_text("old\n")
+    kept = tuned.keep_history(path, now=1_800_000_000)
+    assert kept.name == f"tuned.yaml.{stamp}.3.bak" and kept.read_text() == "new\n"
+    assert (tmp_path / f"tuned.yaml.{stamp}.bak").read_text() == "older\n"
+    assert (tmp_path / f"tuned.yaml.{stamp}.2.bak").read_text() == "old\n"
+
+
+@pytest.mark.parametrize("previous,goes_beside", [
+    ("tuned", True), ("defaults", True), ("unvalidated", False), (None, False)])
+def test_only_a_validated_file_sends_an_unvalidated_result_beside_it(tmp_path, previous,
+                                                                     goes_beside):
+    path = tmp_path / "tuned.yaml"
+    if previous is not None:
+        tuned.write({**_doc(0), "verdict": previous}, path, study_name="branchy",
+                    storage="sqlite:///x.db", force=False)
+    before = path.read_bytes() if previous else None
+    written = tuned.write({**_doc(1), "verdict": "unvalidated"}, path, study_name="branchy",
+                          storage="sqlite:///x.db", force=True)  # --force changes nothing here
+    if goes_beside:
+        assert written.path == tmp_path / "tuned.unvalidated.yaml" and written.kept == path
+        assert path.read_bytes() == before and written.backup is None
+    else:
+        assert written.path == path and written.kept is None
+        assert (written.backup is not None) == (previous is not None)
+    assert yaml.safe_load(written.path.read_text())["verdict"] == "unvalidated"
+
+
+def test_an_interrupt_during_the_baseline_trial_is_130_and_writes_nothing(workdir):
+    (workdir / "study.yaml").write_text(SEARCHED)
+    code, out, err = _search_until(workdir, "machine: ", FAKE_BEHAVIOUR="hang-intra-0")
+    assert code == 130, out + err
+    assert err == "interrupted\n"
+    assert "no trial of this machine type completed: nothing to write" in out
+    assert not (workdir / "results" / "study").exists()
+
+
+def test_an_interrupt_with_no_baseline_trial_writes_an_unvalidated_file(workdir):
+    (workdir / "study.yaml").write_text(SEARCHED)
+    # the baseline (intra=0) crashes: the study has no baseline measurement on this machine
+    code, out, err = _search_until(workdir, "trial   3", "--n-trials", "30",
+                                   FAKE_BEHAVIOUR="crash-intra-0")
+    assert code == 130, out + err
+    assert "Traceback" not in err
+    path = workdir / "results" / "study" / "tuned.yaml"
+    doc = yaml.safe_load(path.read_text())
+    assert doc["verdict"] == "unvalidated"
+    assert doc["result"]["baseline_throughput"] is None and doc["result"]["speedup"] is None
+    assert out.strip().splitlines()[-1] == f"wrote {path.relative_to(workdir)}"
+    proc = _tuner("show", str(path))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda d: d / "out.yaml", "is a directory"),
+    (lambda d: d / "file.txt" / "tuned.yaml", "is not a directory"),
+    (lambda d: d / "file.txt" / "deeper" / "tuned.yaml", "is not a directory"),
+])
+def test_an_unwritable_output_fails_in_seconds_before_any_child(workdir, make, needle):
+    (workdir / "study.yaml").write_text(SEARCHED)
+    (workdir / "out.yaml").mkdir()
+    (workdir / "file.txt").write_text("x\n")
+    target = make(workdir)
+    before = _listing(workdir)
+    started = time.monotonic()
+    proc = _tuner("search", "--config", str(workdir / "study.yaml"), "--output", str(target),
+                  TUNER_WORKER=FAKE, FAKE_LOG=str(workdir / "children.log"))
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 2, proc.stderr
+    _one_error(proc.stderr, "--output", str(target), needle)
+    assert proc.stdout == ""  # not even the preflight started
+    assert _listing(workdir) == before  # no results/, no study, no child's log
+
+
+def test_an_output_in_a_read_only_directory_fails_before_any_child(workdir, monkeypatch, capsys):
+    (workdir / "study.yaml").write_text(SEARCHED)
+    locked = workdir / "locked"
+    locked.mkdir(mode=0o555)
+    target = locked / "tuned.yaml"
+    before = _listing(workdir)
+    argv = ["search", "--config", str(workdir / "study.yaml"), "--output", str(target)]
+    if os.geteuid() != 0:
+        proc = _tuner(*argv, TUNER_WORKER=FAKE)
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:  # root writes into any directory: the directory answers as it would to a user
+        real_access = os.access
+        monkeypatch.setattr(tuned.os, "access", lambda path, mode: real_access(path, mode)
+                            and Path(path) != locked)
+        monkeypatch.setenv("TUNER_WORKER", FAKE)
+        code = cli.main(argv)
+        out, err = capsys.readouterr()
+    assert code == 2, err
+    _one_error(err, "--output", str(target), "permission denied")
+    assert out == ""
+    assert _listing(workdir) == before
+
+
+def test_a_full_disk_while_writing_the_tuned_file_is_one_line_and_keeps_the_old_one(
+        workdir, validated, monkeypatch, capsys):
+    from tuner import files
+
+    before = validated.read_bytes()
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    monkeypatch.setenv("TUNER_WORKER", FAKE)
+    code = cli.main(["search", "--config", str(workdir / "study.yaml"), "--n-trials", "1"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    _one_error(err, "--output", "results/study/tuned.yaml", "No space left on device",
+               "previous file is unchanged")
+    assert validated.read_bytes() == before
+    assert [p.name for p in validated.parent.iterdir()] == ["tuned.yaml"]  # no temp, no .bak

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="join a study recorded on another machine type; each machine type's "
                    "trials and validation are kept apart")
     s.add_argument("--force", action="store_true",
-                   help="replace an output file that belongs to another study (kept as .bak)")
+                   help="replace an output file that belongs to another study (kept as "
+                   "NAME.<time>.bak)")
     s.add_argument("--quiet", action="store_true", help="print only the final summary")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -203,7 +204,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
         allow_other_machines=args.allow_other_machines)
     outcome = search_mod.run(cfg, (lambda line: None) if args.quiet else measuring.print_line)
-    print_summary(outcome.tuned, outcome.tuned_path, outcome.backup)
+    print_summary(outcome.tuned, outcome.tuned_path, outcome.backup, outcome.kept)
     return 130 if outcome.interrupted else 0
 
 
@@ -336,7 +337,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(doc: dict[str, Any], path: str, backup: str | None) -> None:
+def print_summary(doc: dict[str, Any], path: str, backup: str | None,
+                  kept: str | None = None) -> None:
     from . import settings as settings_mod
 
     result = doc["result"]
@@ -370,6 +372,9 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None) -> None:
     print(f"  settings: {settings_mod.short(flat)}")
     print(f"  cpu saturation: {result.get('cpu_saturation') or float('nan'):.2f}")
     print(f"wrote {path}" + (f" (previous file kept as {backup})" if backup else ""))
+    if kept:
+        print(f"kept {kept} as it was: it holds a validated result, and this one is not "
+              f"validated; run the same command again to resume and validate")
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

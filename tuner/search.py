@@ -33,10 +33,11 @@ VALIDATION = coord.ATTR_PREFIX + "validation."
 
 @dataclass
 class SearchOutcome:
-    tuned_path: str
+    tuned_path: str             # where the result went (beside a validated file, if unvalidated)
     tuned: dict[str, Any]
-    backup: str | None
+    backup: str | None          # the replaced file's history copy
     interrupted: bool = False
+    kept: str | None = None     # the validated file an unvalidated result was not put over
 
 
 def run(config: Config, say: measuring.Say = measuring.print_line) -> SearchOutcome:
@@ -52,6 +53,7 @@ def run(config: Config, say: measuring.Say = measuring.print_line) -> SearchOutc
 def _run(cfg: Config, say: measuring.Say) -> SearchOutcome:
     started = time.monotonic()
     measurer = measuring.Measurer(cfg, host_mod.detect(), say)
+    tuned.check_writable(cfg.output)  # in seconds, not after the search
     tuned.check_replaceable(cfg.output, cfg.study_name, cfg.storage, cfg.force)
     locks = coord.Locks(cfg.storage, cfg.study_name)
     try:
@@ -86,6 +88,11 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
     mark = time.monotonic()
     interrupted = st.run_trials(timeout)
     seconds["trials"] = time.monotonic() - mark
+    if interrupted and not st.complete():
+        say("no trial of this machine type completed: nothing to write")
+        raise KeyboardInterrupt
+    if interrupted:
+        say("writing the best result so far (not validated)")
     searched = st.searched()
     st.say_best(searched)
     validation = None
@@ -99,14 +106,16 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
         else verdict.unvalidated(searched)
     document = verdict.document(cfg, pre, searched, decided,
                                 {**seconds, "total": time.monotonic() - started})
-    backup = tuned.write(document, cfg.output, study_name=cfg.study_name, storage=cfg.storage,
-                         force=cfg.force)
+    written = tuned.write(document, cfg.output, study_name=cfg.study_name, storage=cfg.storage,
+                          force=cfg.force)
     st.optuna.set_user_attr(coord.ATTR_PREFIX + "last_result", {
         "verdict": document["verdict"], "settings": document["settings"],
         "result": document["result"], "written": coord.now(),
-        "output": os.path.abspath(cfg.output)})
-    return SearchOutcome(tuned_path=cfg.output, tuned=document,
-                         backup=str(backup) if backup else None, interrupted=interrupted)
+        "output": os.path.abspath(written.path)})
+    return SearchOutcome(tuned_path=str(written.path), tuned=document,
+                         backup=str(written.backup) if written.backup else None,
+                         interrupted=interrupted,
+                         kept=str(written.kept) if written.kept else None)
 
 
 def validate_once(st: study.Study, locks: coord.Locks, seconds: dict[str, float]) -> Validation:

@@ -144,8 +144,7 @@ class Study:
                                      callbacks=[self.after_trial])
             return False
         except KeyboardInterrupt:
-            self.say("interrupted: stopping the search; writing the best result so far "
-                     "(not validated)")
+            self.say("interrupted: stopping the search")
             self._requeue_interrupted()
             return True
 

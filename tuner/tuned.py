@@ -1,7 +1,9 @@
 """The tuned file: the configuration a search recommends, with the evidence for it.
 
-Written atomically, versioned, and never put over another study's file without ``--force`` (the
-file it replaces is kept as ``<name>.bak``).
+Written atomically, versioned, and never put over another study's file without ``--force``. No
+result is lost: every file replaced is kept as ``<name>.<UTC time>.bak`` (never over an older
+one), and an unvalidated result never replaces a validated file: it goes beside it, as
+``<stem>.unvalidated.yaml``.
 
 Format history (``format_version``):
   1: first version: settings (threads, tf_data, env), machine, result, validation, study.
@@ -9,15 +11,18 @@ Format history (``format_version``):
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ._version import __version__
-from .errors import ConfigError, StudyMismatchError
+from .errors import ConfigError, StudyError, StudyMismatchError
 from .files import write_text_atomic
 from .urls import mask_url
 
@@ -84,7 +89,30 @@ def check_replaceable(path: str | Path, study_name: str, storage: str, force: bo
     which = (f"study {owner.get('name')!r} in {owner.get('storage')}" if isinstance(owner, dict)
              else "something that is not a tuned file of this study")
     raise StudyMismatchError(f"--output: {str(path)!r} already holds {which}; choose another "
-                             f"--output or pass --force to replace it (it is kept as .bak)")
+                             f"--output or pass --force to replace it (it is kept as "
+                             f"{path.name}.<time>.bak)")
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse an output the tuned file could not be written to, naming it and why, before any
+    work: a folder in its place, a file where a folder should be, a folder this user cannot
+    write in. Nothing is created (the write makes missing folders)."""
+    shown = str(path)
+    where = Path(path)
+    if where.is_dir():
+        raise ConfigError(f"--output: {shown}: is a directory; expected a file name for the "
+                          f"tuned YAML")
+    parent = where.parent
+    while not parent.exists():
+        if parent.is_symlink():  # a dangling link: mkdir would fail on it
+            raise ConfigError(f"--output: {shown}: {str(parent)!r} is a broken symbolic link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--output: {shown}: {str(parent)!r} is not a directory")
+    # the file is replaced by a rename, and history and temporary files go beside it: what
+    # counts is the folder, not the file's own mode
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output: {shown}: cannot write in {str(parent)!r}: permission denied")
 
 
 class _Dumper(yaml.SafeDumper):
@@ -112,25 +140,99 @@ def dump(data: dict[str, Any], path: str | Path) -> str:
     return HEADER.format(tuner_version=__version__, path=path) + body
 
 
+VALIDATED = ("tuned", "defaults")
+
+
+@dataclass(frozen=True)
+class Written:
+    """Where a result went: ``path`` (the output, or the file beside it for an unvalidated
+    result), ``backup`` (the replaced file's history copy, if one was replaced) and ``kept`` (the
+    validated file left as it was, when the result went beside it)."""
+
+    path: Path
+    backup: Path | None
+    kept: Path | None
+
+
+def unvalidated_path(path: str | Path) -> Path:
+    """Where an unvalidated result goes when ``path`` holds a validated one."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.unvalidated{path.suffix}")
+
+
+def verdict_of(path: str | Path) -> str | None:
+    """The verdict of the file at ``path``, or None when there is none to read."""
+    try:
+        existing = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError, ValueError):
+        return None
+    verdict = existing.get("verdict") if isinstance(existing, dict) else None
+    return verdict if isinstance(verdict, str) else None
+
+
 def write(data: dict[str, Any], path: str | Path, *, study_name: str, storage: str,
-          force: bool) -> Path | None:
-    """Write atomically; returns the backup path when a previous file was replaced."""
+          force: bool) -> Written:
+    """Write atomically (see the module docstring for where, and what is kept). An OSError
+    becomes one line naming the file; the previous file is then whole, and no temporary file is
+    left."""
     path = Path(path)
     check_replaceable(path, study_name, storage, force)
+    kept = None
+    if data.get("verdict") not in VALIDATED and verdict_of(path) in VALIDATED:
+        kept, path = path, unvalidated_path(path)
     text = dump(data, path)
     yaml.safe_load(text)  # never write a file we could not read back
     backup = None
-    if path.exists():
-        backup = path.with_name(path.name + ".bak")
-        shutil.copy2(path, backup)
-    write_text_atomic(path, text)
+    try:
+        if path.exists():
+            backup = keep_history(path)
+        write_text_atomic(path, text)
+    except OSError as exc:
+        if backup is not None:  # the previous file is still in place: no history to keep
+            try:
+                backup.unlink()
+            except OSError:
+                pass
+        raise StudyError(f"--output: cannot write {path}: {exc.strerror or exc}; the previous "
+                         f"file is unchanged and the trials are kept in the study") from None
     if not names_credentials(storage):
         os.chmod(path, 0o644)
     # else the file stays as mkstemp made it, 0600: its storage URL is masked, but the user and
     # host it names are for its owner only
-    return backup
+    return Written(path, backup, kept)
 
 
+def keep_history(path: Path, now: float | None = None) -> Path:
+    """Keep the file at ``path`` as ``<name>.<UTC time>.bak`` (``.2.bak``, ``.3.bak``... within
+    one second), never over an existing file; returns the copy's path. A hard link where the
+    file system allows it: instant, and the original's mode and times come along."""
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(time.time() if now is None else now))
+    for n in range(1, 10_000):
+        backup = path.with_name(f"{path.name}.{stamp}{'' if n == 1 else f'.{n}'}.bak")
+        try:
+            os.link(path, backup, follow_symlinks=False)
+            return backup
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                                 errno.EMLINK, errno.ENOSYS):
+                raise
+        with open(path, "rb") as src:  # a file system without hard links: an exclusive copy
+            try:
+                dst = open(backup, "xb")
+            except FileExistsError:
+                continue
+            try:
+                with dst:
+                    os.chmod(dst.fileno(), 0o600)  # private until it has the original's mode
+                    shutil.copyfileobj(src, dst)
+                shutil.copystat(path, backup)
+            except BaseException:
+                os.unlink(backup)  # ours ("xb" made it): a half copy is no history
+                raise
+        return backup
+    raise FileExistsError(errno.EEXIST, "too many backups in one second", str(path))
 def names_credentials(storage: str) -> bool:
     """Whether a storage URL carries a secret (a password, a secret-named query parameter)."""
     return mask_url(storage) != storage
