@@ -5,6 +5,8 @@ file it replaces is kept as ``<name>.bak``).
 
 Format history (``format_version``):
   1: first version: settings (threads, tf_data, env), machine, result, validation, study.
+     Optional fields added within version 1 (readers ignore what they do not know):
+     result.carried_by (the structured search: the knobs that carry the gain).
 """
 
 from __future__ import annotations
