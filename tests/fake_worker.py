@@ -4,7 +4,9 @@ Usage (as the parent runs it): python fake_worker.py TASK.json RESULT.json
 
 Throughput is a known function of the settings, so tests know which configuration must win:
 ``FAKE_SHAPE=peak`` (default) peaks at intra=2, inter=1 (1.3x the defaults); ``flat`` is the same
-for every setting. ``FAKE_NOISE`` is the relative noise (default 0.01). ``FAKE_BEHAVIOUR`` makes
+for every setting; ``layout`` depends only on the instances (``FAKE_INSTANCE_GAIN``) and costs
+0.8x when intra-op threads outnumber the process's CPUs (an instances-dominated model).
+``FAKE_NOISE`` is the relative noise (default 0.01). ``FAKE_BEHAVIOUR`` makes
 chosen trials misbehave: ``crash-intra-N`` (os.abort when intra == N), ``hang-intra-N``,
 ``raise-intra-N``, ``garble-intra-N``, ``exit-intra-N``, ``crash-all``, ``crash-measure``
 (every trial, not the preflight), ``preflight-fail``. With several instances each reports its
@@ -41,8 +43,15 @@ MAP_PARALLELISM = {1: 1.0, 2: 1.6, 4: 1.5, "autotune": 1.7}
 
 
 def throughput(settings: dict) -> float:
-    if os.environ.get("FAKE_SHAPE", "peak") == "flat":
+    shape = os.environ.get("FAKE_SHAPE", "peak")
+    if shape == "flat":
         return 1000.0
+    if shape == "layout":
+        # instances carry the gain (FAKE_INSTANCE_GAIN); more intra-op threads than this
+        # process has CPUs cost 20%; nothing else matters
+        cpus = len(os.sched_getaffinity(0))
+        return 1000.0 * (0.8 if (settings.get("intra_op_parallelism_threads") or 0) > cpus
+                         else 1.0)
     intra = settings.get("intra_op_parallelism_threads") or 0
     inter = settings.get("inter_op_parallelism_threads") or 0
     factor = {0: 1.0, 1: 0.6, 2: 1.2, 3: 0.9, 4: 0.8}.get(intra, 0.7)
@@ -173,9 +182,9 @@ def main() -> None:
     else:
         rng = random.Random()
         noise = float(os.environ.get("FAKE_NOISE", "0.01"))
-        mean = throughput(settings)
         if task.get("cpus"):
             os.sched_setaffinity(0, task["cpus"])
+        mean = throughput(settings)
         count = (task.get("barrier") or {}).get("count", 1)
         if count > 1:  # each instance gets its share; FAKE_INSTANCE_GAIN is the total's gain
             mean = mean * float(os.environ.get("FAKE_INSTANCE_GAIN", "1.0")) / count

@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .knobs import AUTOTUNE, SECTIONS, check_overrides
 
 MODES = ("predict", "train", "data")
-SAMPLERS = ("auto", "grid", "tpe", "random")
+SAMPLERS = ("auto", "grid", "tpe", "random", "structured")
 OBJECTIVES = ("throughput", "latency_p50", "latency_p95")
 
 

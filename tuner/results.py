@@ -193,6 +193,8 @@ _RESULT_RULES = (
                                              "true or false"),
     ("cpu_saturation", _non_negative, "a number >= 0"),
     ("baseline_cpu_saturation", _non_negative, "a number >= 0"),
+    ("carried_by", lambda v: isinstance(v, list) and all(is_text(x) for x in v),
+     "a list of knob names"),
 )
 _REJECTED_RULES = (("trial", is_count, COUNT), *_RESULT_RULES[:3],
                    ("rejected_because", is_text, TEXT))

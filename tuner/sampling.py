@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from . import coord
+from . import coord, structured
 from . import host as host_mod
 from . import space as space_mod
 from .config import Config
@@ -60,9 +60,15 @@ def screening_for(config: Config, space: space_mod.Space,
     return points if len(points) <= n_trials // 2 else []
 
 
-def sampler(config: Config, space: space_mod.Space, joining: bool = False
+# The structured search measures the baseline this many more times from this many trials on.
+REPLICATES_FROM = 16
+
+
+def sampler(config: Config, space: space_mod.Space, joining: bool = False,
+            machine: host_mod.Machine | None = None
             ) -> tuple[optuna.samplers.BaseSampler, str]:
-    """The sampler and its name: exhaustive grid when the space fits the budget, else TPE."""
+    """The sampler and its name: exhaustive grid when the space fits the budget, else TPE;
+    the structured search (phases, see :mod:`tuner.structured`) when the config asks for it."""
     search = config.search
     seed = search.seed
     if joining and seed is not None:
@@ -75,6 +81,10 @@ def sampler(config: Config, space: space_mod.Space, joining: bool = False
     if kind == "auto":
         # the baseline and expert trials come on top of the grid (they are enqueued)
         kind = "grid" if space.size + 2 <= search.n_trials else "tpe"
+    if kind == "structured" and machine is not None:
+        replicates = 2 if search.n_trials >= REPLICATES_FROM else 1
+        return structured.StructuredSampler(structured.StructuredSpace(space, machine),
+                                            seed=search.seed, replicates=replicates), kind
     if kind == "grid":
         return optuna.samplers.GridSampler(space.searched, seed=search.seed), "grid"
     if kind == "random":

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -104,6 +105,9 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
             say("interrupted during validation; writing the best result so far (not validated)")
     decided = verdict.validated(validation, cfg, pre) if validation is not None \
         else verdict.unvalidated(searched)
+    if st.structured is not None and decided.verdict != "defaults":
+        decided = dataclasses.replace(decided, result={
+            **decided.result, "carried_by": st.carried_by(decided.settings)})
     document = verdict.document(cfg, pre, searched, decided,
                                 {**seconds, "total": time.monotonic() - started})
     written = tuned.write(document, cfg.output, study_name=cfg.study_name, storage=cfg.storage,
@@ -146,6 +150,9 @@ def validate_once(st: study.Study, locks: coord.Locks, seconds: dict[str, float]
             return stored
         mark = time.monotonic()
         chosen = validate.candidates(st.complete(), st.space.baseline(), cfg)
+        leader = st.leader()   # structured: the parsimonious leader alone
+        if leader is not None and leader.user_attrs["settings"] != st.space.baseline():
+            chosen = [validate.Candidate.of(leader)]
         validation = validate.run(chosen, st.space.baseline(), st.measurer)
         seconds["validation"] = time.monotonic() - mark
         st.optuna.set_user_attr(key, validate.record(

@@ -6,7 +6,9 @@ marked FAIL at once; Optuna's heartbeat catches the rest, and both re-enqueue th
 parameters (see :mod:`tuner.coord` for what several workers coordinate and how). The first trials
 are TensorFlow's defaults (the baseline) and the expert rule, then the sampler's (see
 :mod:`tuner.sampling`). Every trial is one fresh child under the host-wide lock; clearly bad
-trials are pruned after a few windows.
+trials are pruned after a few windows. A configuration already measured is not measured again
+as a new trial (the trial returns the earlier measurement, marked ``duplicate_of``), except as a
+deliberate replicate. ``search.sampler: structured`` runs the phases of :mod:`tuner.structured`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from . import coord, measuring, sampling, stats, tuned
+from . import coord, measuring, sampling, stats, structured, tuned
 from . import settings as settings_mod
 from . import storage as storage_mod
 from .errors import StudyError, TrialFailed
@@ -77,6 +80,13 @@ class Study:
         self.trial_walls: list[float] = []
         self._run_added = 0
         self._interrupted_trial: int | None = None
+        self._tpe_said = False
+        self.structured = study.sampler if isinstance(
+            study.sampler, structured.StructuredSampler) else None
+        if self.structured is not None:
+            self.structured.select = self.mine
+            objective = self.config.objective
+            self.structured.feasible = lambda attrs: measuring.feasible(attrs, objective)
 
     def mine(self, trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
         """The trials measured on this machine type (all of them, unless the study was joined
@@ -109,8 +119,11 @@ class Study:
         for role, settings in ((BASELINE, self.space.baseline()),
                                (EXPERT, self.space.expert(self.machine))):
             if role not in roles:
-                study.enqueue_trial({name: settings[name] for name in self.space.searched},
-                                    user_attrs={"role": role})
+                params = ({name: settings[name] for name in self.space.searched}
+                          if self.structured is None
+                          else self.structured.space.params_of(settings))
+                study.enqueue_trial(params, user_attrs={"role": role, **(
+                    {"phase": "reference"} if self.structured is not None else {})})
         if self.sampler == "tpe" and SCREEN not in roles:
             for params in sampling.screening_for(self.config, self.space, self.machine):
                 study.enqueue_trial(params, user_attrs={"role": SCREEN})
@@ -130,6 +143,14 @@ class Study:
             f"of validation")
         self.say(f"machine: {m.cpu_model}, {m.usable_cpus} usable CPUs (visible "
                  f"{m.visible_cpus}, quota {m.cpu_quota}), TensorFlow {m.tf_version}")
+        if self.structured is not None:
+            plan = self.structured.record(self.optuna)
+            dims = plan["dims"]
+            self.say(f"structured search: baseline x{1 + plan['baseline_replicates']} (noise), "
+                     f"layout ({', '.join(dims['layout']) or 'nothing'}), threads per instance "
+                     f"({', '.join(dims['threads']) or 'nothing'}), data "
+                     f"({', '.join(dims['data']) or 'nothing'}), then TPE over what moved "
+                     f"beyond noise; ablation of the leader in the last trials")
 
     def run_trials(self, timeout: float | None) -> bool:
         """Add this run's trials; True when Ctrl-C or SIGTERM stopped them."""
@@ -139,6 +160,9 @@ class Study:
                 self.say(f"the study already holds {cfg.search.max_trials} trials (the "
                          f"study-wide cap): no trials to add")
             else:
+                if self.structured is not None:
+                    self.structured.end = len([t for t in self.optuna.get_trials(
+                        deepcopy=False) if t.state != TrialState.WAITING]) + cfg.search.n_trials
                 self.optuna.optimize(self.objective, n_trials=cfg.search.n_trials,
                                      timeout=timeout, catch=(TrialFailed,),
                                      callbacks=[self.after_trial])
@@ -150,19 +174,37 @@ class Study:
 
     def objective(self, trial: optuna.Trial) -> float:
         role = trial.user_attrs.get("role")
+        params = (self.space.searched if self.structured is None
+                  else self.structured.space.params)
         sampled = {name: trial.suggest_categorical(name, choices)
-                   for name, choices in self.space.searched.items()}
+                   for name, choices in params.items()}
         if role == BASELINE:
             settings = self.space.baseline()
         elif role == EXPERT:
             settings = self.space.expert(self.machine)
+        elif self.structured is not None:
+            settings = self.structured.space.settings(sampled)
         else:
             settings = self.space.settings(sampled)
+        if self.structured is not None and trial.number in self.structured.steps:
+            step = self.structured.steps.pop(trial.number)
+            trial.set_user_attr("phase", step.phase)
+            if step.role:
+                role = step.role
+                trial.set_user_attr("role", role)
         trial.set_user_attr("settings", settings)
         trial.set_user_attr(coord.HOST_ATTR, coord.host_id())
         trial.set_user_attr(coord.PID_ATTR, os.getpid())
         trial.set_user_attr(coord.PIDNS_ATTR, coord.process_space())
         trial.set_user_attr(coord.MACHINE_ID, self.machine_id)
+        if role not in (BASELINE, EXPERT, structured.REPLICATE):
+            earlier = self.measured_before(settings, trial.number)
+            if earlier is not None:   # no trial spent measuring what is known
+                for key, value in earlier.user_attrs.items():
+                    if key not in trial.user_attrs and key not in ("role", "phase"):
+                        trial.set_user_attr(key, value)
+                trial.set_user_attr("duplicate_of", earlier.number)
+                return float(earlier.value)
         objective = self.config.objective
         windows: list[float] = []
 
@@ -199,11 +241,40 @@ class Study:
                 trial.set_constraint("latency_budget", excess)
         return measuring.score(attrs, objective)
 
+    def measured_before(self, settings: dict[str, Any], number: int) -> FrozenTrial | None:
+        """This machine type's measured (not itself duplicated) complete trial of ``settings``."""
+        key = structured.settings_key(settings)
+        for t in self.complete():
+            if t.number != number and "duplicate_of" not in t.user_attrs \
+                    and structured.settings_key(t.user_attrs.get("settings") or {}) == key:
+                return t
+        return None
+
     def after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         self._run_added += 1
         self.say(self.trial_line(frozen))
         self.fail_stale_trials()  # before Optuna's own check, to say why on the trial
         if self.cap_reached():
+            study.stop()
+        if self.structured is not None:
+            self.after_structured(study)
+
+    def after_structured(self, study: optuna.Study) -> None:
+        """Record what screening judged; say it when the model phase starts; stop when the
+        plan has nothing left to measure."""
+        sampler = self.structured
+        state = sampler.record(study)
+        seen = sampler.history(study)
+        step = sampler.engine.next_step(seen, sampler.remaining(study))
+        if step is not None and step.phase == "tpe" and not self._tpe_said \
+                and (sampler.remaining(study) or 0) > 0:
+            self._tpe_said = True
+            effects = ", ".join(f"{k} {v:.2f}x" for k, v in state["effects"].items())
+            self.say(f"  screening done: noise ±{state['noise'] * 100:.1f}% (the baseline "
+                     f"across processes); effects {effects}; TPE over "
+                     f"{', '.join(state['matter'])}, the rest fixed at the leader's values")
+        if step is None:
+            self.say("  structured search: nothing left to measure; stopping early")
             study.stop()
 
     def cap_reached(self) -> bool:
@@ -215,9 +286,14 @@ class Study:
 
     def trial_line(self, t: FrozenTrial) -> str:
         role = t.user_attrs.get("role")
-        head = (f"trial {t.number:>3}  {settings_mod.short(t.user_attrs.get('settings') or {})}  "
+        phase = t.user_attrs.get("phase")
+        head = (f"trial {t.number:>3}{f' [{phase}]' if phase else ''}  "
+                f"{settings_mod.short(t.user_attrs.get('settings') or {})}  "
                 f"{f'[{role}] ' if role else ''}")
-        if t.state == TrialState.COMPLETE:
+        if t.state == TrialState.COMPLETE and "duplicate_of" in t.user_attrs:
+            body = (f"duplicate of #{t.user_attrs['duplicate_of']}: not measured, "
+                    f"{t.value:.1f} as measured there")
+        elif t.state == TrialState.COMPLETE:
             tp = t.user_attrs["throughput"]
             body = (f"{tp['median']:>10.1f} samples/s (±{tp['rel_spread'] * 50:.1f}%)  "
                     f"sat {t.user_attrs.get('cpu_saturation', float('nan')):.2f}")
@@ -248,6 +324,17 @@ class Study:
                      f"{mask_secret(first, self.config.storage)}")
 
     # -- what the trials found -----------------------------------------------------------------
+
+    def leader(self) -> FrozenTrial | None:
+        """The structured search's parsimonious leader: among the configurations within noise
+        of the best, the one that changes the fewest knobs (None for the other samplers)."""
+        return self.structured.leader(self.optuna) if self.structured is not None else None
+
+    def carried_by(self, settings: dict[str, Any]) -> list[str]:
+        """The knobs of ``settings`` that differ from the baseline: after the structured
+        search's ablation, those whose revert lost beyond noise (or that no trial reverted)."""
+        baseline = self.space.baseline()
+        return [name for name, value in settings.items() if baseline.get(name) != value]
 
     def searched(self) -> Searched:
         """This machine type's trials; StudyError when none completed, with the most common
@@ -318,7 +405,8 @@ def open_study(measurer: measuring.Measurer, pre: measuring.Preflight,
             joining = True
         except KeyError:
             joining = False
-        sampler, sampler_name = sampling.sampler(cfg, pre.space, joining=joining)
+        sampler, sampler_name = sampling.sampler(cfg, pre.space, joining=joining,
+                                                 machine=pre.machine)
         optuna_study = optuna.create_study(storage=storage, study_name=cfg.study_name,
                                            direction="maximize", sampler=sampler,
                                            pruner=sampling.pruner(cfg), load_if_exists=True)

@@ -7,6 +7,8 @@ one), and an unvalidated result never replaces a validated file: it goes beside 
 
 Format history (``format_version``):
   1: first version: settings (threads, tf_data, env), machine, result, validation, study.
+     Optional fields added within version 1 (readers ignore what they do not know):
+     result.carried_by (the structured search: the knobs that carry the gain).
 """
 
 from __future__ import annotations
