@@ -137,7 +137,8 @@ def validate_once(st: study.Study, locks: coord.Locks, seconds: dict[str, float]
             return stored
         mark = time.monotonic()
         chosen = validate.candidates(st.complete(), st.space.baseline(), cfg)
-        validation = validate.run(chosen, st.space.baseline(), st.measurer)
+        validation = validate.run(chosen, st.space.baseline(), st.measurer,
+                                  validate.replicates(st.complete()))
         seconds["validation"] = time.monotonic() - mark
         st.optuna.set_user_attr(key, validate.record(
             validation, complete=st.complete_numbers(), config=cfg,
