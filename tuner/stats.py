@@ -189,6 +189,20 @@ def log_sd(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
     return (math.sqrt(squares / df) if df else float("nan")), df
 
 
+def sd_upper(sigma: float, df: int, confidence: float = 0.8) -> float:
+    """An upper confidence bound for a standard deviation estimated with ``df`` degrees of
+    freedom (the chi-square interval, its quantile by the Wilson-Hilferty approximation).
+
+    Rounds planned from the estimate itself fall short about half the time, and power lost then
+    is not made up when the estimate is high; planning from an 80% upper bound is the usual
+    remedy in designs that size themselves from a pilot's variance (Browne 1995)."""
+    if df <= 0 or not sigma > 0:
+        return sigma
+    a = 2.0 / (9.0 * df)
+    quantile = df * max(1.0 - a + norm_ppf(1.0 - confidence) * math.sqrt(a), 1e-3) ** 3
+    return sigma * math.sqrt(df / quantile)
+
+
 def cv_of(sigma: float) -> float:
     """The coefficient of variation of a lognormal value whose log has standard deviation
     ``sigma``."""

@@ -198,7 +198,8 @@ def sequential(v: Validation, measure, noise: list[list[float]], config: Config,
                         "significant": test["significant"]})
         if test["significant"]:
             if len(v.plan) > 1 or cfg.max_rounds > cfg.rounds:
-                say(f"  confirmed at look {look + 1} of {len(v.plan)}: p={test['p_value']:.3g} "
+                of = len(v.plan) if look else f"up to {cfg.looks}"
+                say(f"  confirmed at look {look + 1} of {of}: p={test['p_value']:.3g} "
                     f"< {level:.3g}")
             break
         stop = _futile(cand, base, r, config) if look == 0 or look + 1 < len(v.plan) else None
@@ -209,10 +210,10 @@ def sequential(v: Validation, measure, noise: list[list[float]], config: Config,
         if look == 0:
             if cfg.max_rounds <= cfg.rounds:  # a fixed design: one look, all alpha spent
                 break
-            sigma, _ = stats.log_sd([*noise, cand, base])
+            sigma, df = stats.log_sd([*noise, cand, base])
             sigma = 0.0 if math.isnan(sigma) else sigma
             v.plan = list(stats.plan_rounds(
-                cfg.rounds, cfg.max_rounds, cfg.looks, sigma, alpha=cfg.alpha,
+                cfg.rounds, cfg.max_rounds, cfg.looks, stats.sd_upper(sigma, df), alpha=cfg.alpha,
                 effect=TARGET_SPEEDUP, power=POWER, min_speedup=cfg.min_speedup))
             v.levels = list(stats.look_levels(tuple(v.plan), cfg.max_rounds, cfg.alpha))
             power = stats.rule_power(math.log(TARGET_SPEEDUP), sigma, v.plan[-1], v.levels[-1],
