@@ -5,6 +5,9 @@ file it replaces is kept as ``<name>.bak``).
 
 Format history (``format_version``):
   1: first version: settings (threads, tf_data, env), machine, result, validation, study.
+     Optional fields added within version 1: validation.detectable_speedup (when the defaults
+     are kept: the smallest win the rounds would have confirmed with 80% power) and
+     validation.sequential (the looks of the sequential final rounds).
 """
 
 from __future__ import annotations
