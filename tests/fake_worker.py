@@ -5,8 +5,11 @@ Usage (as the parent runs it): python fake_worker.py TASK.json RESULT.json
 Throughput is a known function of the settings, so tests know which configuration must win:
 ``FAKE_SHAPE=peak`` (default) peaks at intra=2, inter=1 (1.3x the defaults); ``flat`` is the same
 for every setting; ``layout`` depends only on the instances (``FAKE_INSTANCE_GAIN``) and costs
-0.8x when intra-op threads outnumber the process's CPUs (an instances-dominated model).
-``FAKE_NOISE`` is the relative noise (default 0.01). ``FAKE_BEHAVIOUR`` makes
+0.8x when intra-op threads outnumber the process's CPUs (an instances-dominated model); ``step``
+is ``FAKE_GAIN`` (default 1.1) times the defaults for every setting with an intra-op count.
+``FAKE_NOISE`` is the relative noise (default 0.01); with ``FAKE_SEED_FILE`` (a counter file)
+each measurement draws it from its own seeded stream, so a search is reproducible.
+``FAKE_BEHAVIOUR`` makes
 chosen trials misbehave: ``crash-intra-N`` (os.abort when intra == N), ``hang-intra-N``,
 ``raise-intra-N``, ``garble-intra-N``, ``exit-intra-N``, ``crash-all``, ``crash-measure``
 (every trial, not the preflight), ``preflight-fail``. With several instances each reports its
@@ -52,6 +55,9 @@ def throughput(settings: dict) -> float:
         cpus = len(os.sched_getaffinity(0))
         return 1000.0 * (0.8 if (settings.get("intra_op_parallelism_threads") or 0) > cpus
                          else 1.0)
+    if shape == "step":
+        gain = float(os.environ.get("FAKE_GAIN", "1.1"))
+        return 1000.0 * (gain if settings.get("intra_op_parallelism_threads") else 1.0)
     intra = settings.get("intra_op_parallelism_threads") or 0
     inter = settings.get("inter_op_parallelism_threads") or 0
     factor = {0: 1.0, 1: 0.6, 2: 1.2, 3: 0.9, 4: 0.8}.get(intra, 0.7)
@@ -181,6 +187,11 @@ def main() -> None:
                    **fake_diagnosis(task)}
     else:
         rng = random.Random()
+        counter = os.environ.get("FAKE_SEED_FILE")
+        if counter:  # measurements run one at a time (the host lock), so no race here
+            done = int(Path(counter).read_text() or 0) if Path(counter).exists() else 0
+            Path(counter).write_text(str(done + 1))
+            rng = random.Random(done)
         noise = float(os.environ.get("FAKE_NOISE", "0.01"))
         if task.get("cpus"):
             os.sched_setaffinity(0, task["cpus"])

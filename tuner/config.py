@@ -61,12 +61,23 @@ class Measure:
 class Validate:
     candidates: int = 3         # best distinct trials screened; the fastest meets the baseline
     screen_rounds: int = 2      # interleaved rounds to pick the winner among candidates
-    rounds: int = 5             # interleaved rounds winner vs baseline: the reported speedup
+    rounds: int = 5             # interleaved rounds winner vs baseline at the first look
+    # With `max_rounds` above `rounds`, an inconclusive first look is extended, in at most
+    # `looks` looks, to as many rounds as a 1.10x win needs for 80% power at the noise measured,
+    # but never past `max_rounds` (at 10% noise per process the adoption rule needs about 28
+    # rounds: docs/methodology.md). Unset, it is `rounds`: one look, as fast as before, and the
+    # verdict says which win the rounds could have detected.
+    max_rounds: int = None  # type: ignore[assignment]
+    looks: int = 3
     alpha: float = 0.05         # significance level for "faster than TensorFlow's defaults"
     # Smallest speedup adopted. Identical configurations measured minutes apart in fresh
     # processes drifted by up to ~4% on the 2-core benchmark machines; below that, "faster" is
     # as likely to be drift as a real gain.
     min_speedup: float = 1.05
+
+    def __post_init__(self) -> None:
+        if self.max_rounds is None:
+            object.__setattr__(self, "max_rounds", self.rounds)
 
 
 @dataclass(frozen=True)
@@ -249,7 +260,8 @@ VALIDATE_RULES = {
     # Validation always measures at least the best trial against the defaults.
     "candidates": _int(1), "screen_rounds": _int(1),
     # An exact permutation test on n=m rounds cannot reach p < 0.05 below 4 rounds each.
-    "rounds": _int(4), "alpha": lambda v, w: _ratio(v, w),
+    "rounds": _int(4), "max_rounds": _int(4), "looks": _int(1),
+    "alpha": lambda v, w: _ratio(v, w),
     "min_speedup": _float(1.0),
 }
 
@@ -380,6 +392,11 @@ def parse(data: Any, path: Path) -> Config:
                           f"{search.grace_period}")
     measure = _section(Measure, data.get("measure"), path, "measure", MEASURE_RULES)
     validate = _section(Validate, data.get("validate"), path, "validate", VALIDATE_RULES)
+    if validate.max_rounds < validate.rounds:
+        if "max_rounds" in (data.get("validate") or {}):
+            raise ConfigError(f"{_where(path, 'validate.max_rounds')}: {validate.max_rounds} is "
+                              f"below validate.rounds ({validate.rounds}), the first look's size")
+        validate = dataclasses.replace(validate, max_rounds=validate.rounds)
     space = check_overrides(_flatten_space(data.get("space"), path), _where(path, "space"))
     knobs = _knobs(data.get("knobs"), path)
     objective = _objective(data.get("objective", "throughput"), path)

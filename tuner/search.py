@@ -153,7 +153,8 @@ def validate_once(st: study.Study, locks: coord.Locks, seconds: dict[str, float]
         leader = st.leader()   # structured: the parsimonious leader alone
         if leader is not None and leader.user_attrs["settings"] != st.space.baseline():
             chosen = [validate.Candidate.of(leader)]
-        validation = validate.run(chosen, st.space.baseline(), st.measurer)
+        validation = validate.run(chosen, st.space.baseline(), st.measurer,
+                                  validate.replicates(st.complete()))
         seconds["validation"] = time.monotonic() - mark
         st.optuna.set_user_attr(key, validate.record(
             validation, complete=st.complete_numbers(), config=cfg,

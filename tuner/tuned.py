@@ -8,7 +8,10 @@ one), and an unvalidated result never replaces a validated file: it goes beside 
 Format history (``format_version``):
   1: first version: settings (threads, tf_data, env), machine, result, validation, study.
      Optional fields added within version 1 (readers ignore what they do not know):
-     result.carried_by (the structured search: the knobs that carry the gain).
+     result.carried_by (the structured search: the knobs that carry the gain),
+     validation.detectable_speedup (when the defaults are kept: the smallest win the rounds
+     would have confirmed with 80% power) and validation.sequential (the looks of the
+     sequential final rounds).
 """
 
 from __future__ import annotations

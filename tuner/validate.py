@@ -6,12 +6,17 @@ fastest then meets TensorFlow's defaults in the final rounds, which alone give t
 its interval (not the trials that selected it). Rounds rotate the order, so no configuration
 always runs first or last. The outcome is plain data, :class:`Validation`, which a shared study
 stores so that every worker writes its tuned file from the same rounds.
+
+The final rounds are a group-sequential test (:func:`sequential`): a clear win stops at the
+first look; an inconclusive one is extended, sized from the noise measured, in a few looks
+whose levels spend the false-positive rate so that looking again does not inflate it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +31,10 @@ from .errors import StudyError, TrialFailed
 # No futility stop before this many final rounds; a baseline alone is measured this often.
 FUTILITY_MIN_ROUNDS = 3
 BASELINE = "baseline"
+# An inconclusive first look is extended to the rounds that confirm a win of this size with
+# this probability, at the noise measured (up to validate.max_rounds).
+TARGET_SPEEDUP = 1.10
+POWER = 0.80
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,20 @@ class Validation:
     final: dict[str, list[dict[str, Any]]]
     failures: dict[str, str]
     stopped_early: str | None = None
+    # the sequential design: rounds at each look (cumulative), each look's nominal one-sided
+    # level, what each look found, the per-process noise (sd of log values) at the end
+    plan: list[int] = dataclasses.field(default_factory=list)
+    levels: list[float] = dataclasses.field(default_factory=list)
+    looks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    noise_sd: float | None = None
+
+    @property
+    def level(self) -> float | None:
+        """The nominal level the final rounds are tested at: that of the last look taken,
+        else (stopped before any) the first look's."""
+        if self.looks:
+            return self.looks[-1]["level"]
+        return self.levels[0] if self.levels else None
 
 
 def candidates(trials: Iterable[FrozenTrial], baseline: dict[str, Any],
@@ -80,9 +103,20 @@ def _json_key(settings: dict[str, Any]) -> str:
     return json.dumps(settings, sort_keys=True)
 
 
-def run(chosen: list[Candidate], baseline: dict[str, Any], measurer: measuring.Measurer
-        ) -> Validation:
-    """Screen ``chosen``, then the winner against ``baseline`` (see the module docstring)."""
+def replicates(trials: Iterable[FrozenTrial]) -> list[list[float]]:
+    """The scores of complete trials that measured the same settings more than once (the
+    baseline's replicates, repeated configurations): each list is fresh-process noise."""
+    groups: dict[str, list[float]] = {}
+    for t in trials:
+        if "settings" in t.user_attrs and t.value is not None and t.value > 0:
+            groups.setdefault(_json_key(t.user_attrs["settings"]), []).append(float(t.value))
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def run(chosen: list[Candidate], baseline: dict[str, Any], measurer: measuring.Measurer,
+        replicates: Iterable[list[float]] = ()) -> Validation:
+    """Screen ``chosen``, then the winner against ``baseline`` (see the module docstring).
+    ``replicates``: the study's repeated measurements (:func:`replicates`), for the noise."""
     cfg, say = measurer.config.validate, measurer.say
     v = Validation(candidates=chosen, winner=chosen[0] if chosen else None, screening={},
                    final={}, failures={})
@@ -110,17 +144,104 @@ def run(chosen: list[Candidate], baseline: dict[str, Any], measurer: measuring.M
         f"defaults, {cfg.rounds} interleaved rounds in fresh processes")
     entries = [(BASELINE, baseline), (label, v.winner.settings)]
     v.failures.pop(label, None)
-    for r in range(cfg.rounds):
-        _round(measurer, entries, r, cfg.rounds, "final", v.final, v.failures)
-        stop = _futile(measurer, v.final.get(label, []), v.final.get(BASELINE, []), r + 1)
+    noise = [*replicates, *(_scores(measurer, runs) for runs in v.screening.values())]
+
+    def measure(r: int, total: int) -> tuple[list[float], list[float]] | None:
+        _round(measurer, entries, r, total, "final", v.final, v.failures)
+        if BASELINE in v.failures:
+            raise StudyError(f"validation: the baseline (TensorFlow's defaults) failed: "
+                             f"{v.failures[BASELINE]}")
+        if label in v.failures:
+            return None
+        return _scores(measurer, v.final.get(label, [])), _scores(measurer, v.final[BASELINE])
+
+    sequential(v, measure, noise, measurer.config, say)
+    return v
+
+
+def sequential(v: Validation, measure, noise: list[list[float]], config: Config, say) -> None:
+    """The final rounds as a group-sequential test (docs/methodology.md, "Validation").
+
+    ``measure(r, total)`` runs round ``r`` and returns the candidate's and the baseline's scores
+    so far (None once the candidate failed); ``noise`` holds other fresh-process replicates
+    (screening rounds, repeated trials) for the noise estimate. Looks at ``v.plan``'s sizes:
+    the first after ``rounds``; if it is inconclusive, the noise measured so far sizes the rest
+    (:func:`stats.plan_rounds`) for 80% power at a 1.10x win, at most ``max_rounds``. Each look
+    tests at its nominal level from Pocock-type alpha spending, so the looks together keep the
+    false-positive rate at ``alpha``. The futility stop may end it at any round from the third.
+    Fills ``v.plan``, ``v.levels``, ``v.looks``, ``v.noise_sd``, ``v.stopped_early``."""
+    cfg = config.validate
+    v.plan = [cfg.rounds]
+    v.levels = list(stats.look_levels((cfg.rounds,), cfg.max_rounds, cfg.alpha))
+    cand: list[float] = []
+    base: list[float] = []
+    r = 0
+    while r < v.plan[-1]:
+        got = measure(r, v.plan[-1])
+        r += 1
+        if got is None:  # the candidate failed: the baseline alone, for the file's numbers
+            if r >= cfg.rounds:
+                break
+            continue
+        cand, base = got
+        look = v.plan.index(r) if r in v.plan else None
+        if look is None:
+            stop = _futile(cand, base, r, config)
+            if stop:
+                say(f"  stopping after {r} of {v.plan[-1]} rounds: {stop}")
+                v.stopped_early = stop
+                break
+            continue
+        level = v.levels[look]
+        test = stats.speedup_test(cand, base, alpha=level, min_speedup=cfg.min_speedup)
+        v.looks.append({"rounds": r, "level": level, "p_value": test["p_value"],
+                        "significant": test["significant"]})
+        if test["significant"]:
+            if len(v.plan) > 1 or cfg.max_rounds > cfg.rounds:
+                of = len(v.plan) if look else f"up to {cfg.looks}"
+                say(f"  confirmed at look {look + 1} of {of}: p={test['p_value']:.3g} "
+                    f"< {level:.3g}")
+            break
+        stop = _futile(cand, base, r, config) if look == 0 or look + 1 < len(v.plan) else None
         if stop:
-            say(f"  stopping after {r + 1} of {cfg.rounds} rounds: {stop}")
+            say(f"  stopping at look {look + 1}, after {r} rounds: {stop}")
             v.stopped_early = stop
             break
-    if BASELINE in v.failures:
-        raise StudyError(f"validation: the baseline (TensorFlow's defaults) failed: "
-                         f"{v.failures[BASELINE]}")
-    return v
+        if look == 0:
+            if cfg.max_rounds <= cfg.rounds:  # a fixed design: one look, all alpha spent
+                break
+            sigma, df = stats.log_sd([*noise, cand, base])
+            sigma = 0.0 if math.isnan(sigma) else sigma
+            v.plan = list(stats.plan_rounds(
+                cfg.rounds, cfg.max_rounds, cfg.looks, stats.sd_upper(sigma, df), alpha=cfg.alpha,
+                effect=TARGET_SPEEDUP, power=POWER, min_speedup=cfg.min_speedup))
+            v.levels = list(stats.look_levels(tuple(v.plan), cfg.max_rounds, cfg.alpha))
+            power = stats.rule_power(math.log(TARGET_SPEEDUP), sigma, v.plan[-1], v.levels[-1],
+                                     min_speedup=cfg.min_speedup)
+            noisy = f"noise {stats.cv_of(sigma):.1%} per process"
+            if len(v.plan) == 1:
+                say(f"  inconclusive after {r} rounds ({_why(test, level)}), which already had "
+                    f"{power:.0%} power for a {TARGET_SPEEDUP:g}x win ({noisy}): stopping")
+                break
+            say(f"  {noisy}: {v.plan[-1]} rounds give {power:.0%} power for a "
+                f"{TARGET_SPEEDUP:g}x win" + ("" if power >= POWER else
+                                              f" (max_rounds is {cfg.max_rounds})"))
+        if look + 1 < len(v.plan):
+            say(f"  inconclusive at look {look + 1} of {len(v.plan)}: {_why(test, level)}, "
+                f"continuing with {v.plan[look + 1] - r} more rounds")
+    v.noise_sd = _noise(noise, cand, base)
+
+
+def _why(test: dict[str, Any], level: float) -> str:
+    """Why a look did not confirm: the p-value against its level, else the failed condition."""
+    if test["p_value"] >= level:
+        return f"p={test['p_value']:.3g} (needs < {level:.3g})"
+    return str(test["reason"])
+
+
+def _noise(noise: list[list[float]], cand: list[float], base: list[float]) -> float | None:
+    sigma, df = stats.log_sd([*noise, cand, base])
+    return sigma if df else None
 
 
 def _scores(measurer: measuring.Measurer, runs: list[dict[str, Any]]) -> list[float]:
@@ -146,20 +267,20 @@ def _round(measurer: measuring.Measurer, entries: list[tuple[str, dict[str, Any]
     measurer.say(f"  {stage} round {round_no + 1}/{total}: " + "  ".join(parts))
 
 
-def _futile(measurer: measuring.Measurer, candidate: list[dict[str, Any]],
-            baseline: list[dict[str, Any]], done: int) -> str | None:
+def _futile(candidate: list[float], baseline: list[float], done: int, config: Config
+            ) -> str | None:
     """Why more final rounds cannot change the verdict to "tuned", or None.
 
-    Only a futility stop: once at least three rounds ran, a candidate whose whole 95% interval
-    lies below the minimum speedup worth adopting cannot be adopted by the remaining rounds
-    in any plausible outcome, so they are skipped. There is no early stop for success: that
-    would be a second look at the p-value and inflate the false-positive rate."""
-    cfg = measurer.config.validate
-    if done >= cfg.rounds or done < FUTILITY_MIN_ROUNDS:
+    Once at least three rounds ran, a candidate whose whole 95% interval lies below the minimum
+    speedup worth adopting cannot be adopted by the remaining rounds in any plausible outcome,
+    so they are skipped. It only ever stops without adopting, so it cannot add false
+    positives, and the looks' levels do not count on it (a non-binding futility rule)."""
+    cfg = config.validate
+    if done < FUTILITY_MIN_ROUNDS:
         return None
     if len(candidate) < FUTILITY_MIN_ROUNDS or len(baseline) < FUTILITY_MIN_ROUNDS:
         return None
-    lo, hi = stats.ratio_ci(_scores(measurer, candidate), _scores(measurer, baseline))
+    lo, hi = stats.ratio_ci(candidate, baseline)
     if hi < cfg.min_speedup:
         return (f"the speedup's 95% interval ({lo:.3f}-{hi:.3f}x) is entirely below the "
                 f"minimum worth adopting ({cfg.min_speedup:g}x)")
@@ -181,6 +302,7 @@ def record(v: Validation, *, complete: list[int], config: Config, by: str, at: s
         "winner": v.winner.number if v.winner is not None else None,
         "screening": v.screening, "final": v.final, "failures": v.failures,
         "stopped_early": v.stopped_early,
+        "plan": v.plan, "levels": v.levels, "looks": v.looks, "noise_sd": v.noise_sd,
     }
 
 
@@ -199,4 +321,6 @@ def from_record(stored: Any, *, complete: list[int], config: Config,
         winner=Candidate.of(by_number[stored["winner"]]) if stored["winner"] is not None
         else None,
         screening=stored["screening"], final=stored["final"], failures=stored["failures"],
-        stopped_early=stored["stopped_early"])
+        stopped_early=stored["stopped_early"], plan=stored.get("plan", []),
+        levels=stored.get("levels", []), looks=stored.get("looks", []),
+        noise_sd=stored.get("noise_sd"))

@@ -7,6 +7,7 @@ the defaults. A search interrupted before validation writes its best trial as "u
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from .errors import StudyError
 from .measuring import Preflight
 from .study import Searched
 from .urls import mask_url
-from .validate import BASELINE, Validation
+from .validate import BASELINE, POWER, TARGET_SPEEDUP, Validation
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,10 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
             "speedup": 1.0, "speedup_ci95": [1.0, 1.0], "p_value": 1.0, "significant": False,
             "cpu_saturation": base_sat, "baseline_cpu_saturation": base_sat,
             "step_latency_ms": _median_latency(base_runs), "note": why}, doc)
-    comparison = stats.speedup_test(scores(win_runs), scores(base_runs), alpha=cfg.alpha,
-                               min_speedup=cfg.min_speedup)
+    # the level of the look the rounds stopped at: the looks together spend cfg.alpha
+    level = v.level if v.level is not None else cfg.alpha
+    comparison = stats.speedup_test(scores(win_runs), scores(base_runs), alpha=level,
+                                    min_speedup=cfg.min_speedup)
     winner = {
         "trial": v.winner.number,
         "settings": settings_mod.nest(v.winner.settings, machine),
@@ -94,6 +97,11 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
                                 f"the {budget:g} ms budget"}
         winner.update(significant=False, rejected_because=comparison["reason"])
     doc["winner"] = winner
+    if not comparison["significant"] and v.noise_sd is not None:
+        # what this validation could have found: the smallest win it confirms 4 times in 5
+        doc["detectable_speedup"] = round(stats.detectable_speedup(
+            v.noise_sd, min(len(win_runs), len(base_runs)), level, power=POWER,
+            min_speedup=cfg.min_speedup), 4)
     if comparison["significant"]:
         return Verdict("tuned", v.winner.settings, {
             "throughput": winner["throughput"], "baseline_throughput": baseline_block,
@@ -123,8 +131,14 @@ def _validation_block(v: Validation, config: Config, machine: host_mod.Machine
                   "each round; winner picked in screening rounds, speedup from final rounds",
         "screen_rounds": cfg.screen_rounds if len(v.candidates) > 1 else 0,
         "rounds": len(v.final.get(BASELINE, [])),
-        "max_rounds": cfg.rounds,
+        # the rounds planned when it stopped: the first look's, or the extended plan's
+        "max_rounds": v.plan[-1] if v.plan else cfg.rounds,
         **({"stopped_early": v.stopped_early} if v.stopped_early else {}),
+        **({"sequential": {
+            "design": "group-sequential, Lan-DeMets alpha spending of Pocock type",
+            "looks": v.looks, "planned_looks": v.plan, "round_cap": cfg.max_rounds,
+            "noise_cv": round(stats.cv_of(v.noise_sd), 4) if v.noise_sd is not None else None,
+            "sized_for": {"speedup": TARGET_SPEEDUP, "power": POWER}}} if v.plan else {}),
         "alpha": cfg.alpha,
         "min_speedup": cfg.min_speedup,
         "candidates": [
@@ -147,9 +161,18 @@ def summary(verdict: Verdict, config: Config) -> str:
         return (f"{better} than TensorFlow's defaults (95% CI {result['speedup_ci95'][0]:.3f}-"
                 f"{result['speedup_ci95'][1]:.3f}, p={result['p_value']:.3g})")
     if verdict.verdict == "defaults":
+        detectable = verdict.validation.get("detectable_speedup")
         return ("no configuration was faster than TensorFlow's defaults beyond noise; keeping "
-                "the defaults")
+                "the defaults" + (f" (no win of {_percent(detectable)}% or more: the smallest "
+                                  f"these rounds would have confirmed with {POWER:.0%} power)"
+                                  if detectable else ""))
     return "search interrupted: best configuration so far, not validated"
+
+
+def _percent(speedup: float) -> str:
+    """1.083 -> "9": the gain in whole percent, rounded up (a claim of "no win of N%" must not
+    understate what could have been missed)."""
+    return str(math.ceil(round((speedup - 1) * 100, 6)))
 
 
 def document(config: Config, pre: Preflight, searched: Searched, verdict: Verdict,
