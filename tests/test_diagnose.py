@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import WORKLOADS, fake_machine, fake_worker_command
+from helpers import copy_workloads, fake_machine, fake_worker_command
 
 from tuner import cli, config, diagnose, host
 
@@ -255,8 +255,7 @@ def test_a_crashing_child_is_a_one_line_error_exit_1(write_config, fake_worker, 
 # -- real TensorFlow -----------------------------------------------------------------------------
 
 def real_config(tmp_path: Path, model: str, data: str, mode: str = "predict") -> Path:
-    for name in ("tiny.py", "slow_input.py"):
-        shutil.copy(WORKLOADS / name, tmp_path / name)
+    copy_workloads(tmp_path, "tiny.py", "slow_input.py")
     path = tmp_path / "real.yaml"
     path.write_text(f"workload:\n  model: {model}\n  data: {data}\n  mode: {mode}\n")
     return path
