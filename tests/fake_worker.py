@@ -40,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+from tuner import knobs
 from tuner.protocol import PROTOCOL
 
 MAP_PARALLELISM = {1: 1.0, 2: 1.6, 4: 1.5, "autotune": 1.7}
@@ -62,7 +63,7 @@ def throughput(settings: dict) -> float:
     inter = settings.get("inter_op_parallelism_threads") or 0
     factor = {0: 1.0, 1: 0.6, 2: 1.2, 3: 0.9, 4: 0.8}.get(intra, 0.7)
     factor *= {0: 1.0, 1: 1.0833, 2: 1.0, 4: 0.9}.get(inter, 0.9)
-    factor *= MAP_PARALLELISM.get(settings.get("knobs.map_parallelism", 1), 1.0)
+    factor *= MAP_PARALLELISM.get(knobs.declared(settings).get("map_parallelism", 1), 1.0)
     return 1000.0 * factor
 
 
@@ -133,8 +134,6 @@ def fake_diagnosis(task: dict) -> dict:
 def tf_data_facts() -> tuple[list[str], list[str]]:
     """The optional tf.data options (all, with FAKE_TF_DATA=all; else none) and the autotune
     algorithms, as the real preflight reports them from an installed TensorFlow."""
-    from tuner import knobs
-
     options = [name for name, knob in knobs.KNOBS.items() if getattr(knob, "optional", False)]
     return (options if os.environ.get("FAKE_TF_DATA") == "all" else [],
             list(knobs.AUTOTUNE_ALGORITHMS))
@@ -216,10 +215,9 @@ def main() -> None:
                    "peak_rss_bytes": 100 * 2 ** 20, "threads": 5,
                    "tf_threading": {"intra_op": settings.get("intra_op_parallelism_threads"),
                                     "inter_op": settings.get("inter_op_parallelism_threads")},
-                   "knobs": {k[len("knobs."):]: v for k, v in settings.items()
-                             if k.startswith("knobs.")},
-                   "tf_data_options": {k: v for k, v in settings.items()
-                                       if k.startswith("tf_data.")},
+                   "knobs": knobs.declared(settings),
+                   "tf_data_options": {k.name: settings[k.name] for k in knobs.TF_DATA
+                                       if k.name in settings},
                    "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
                                "warmup": 0.0, "measure": 0.05},
                    "child_started": started}

@@ -1,5 +1,5 @@
-"""Every config and flag error: exit code 2, one line naming the field and the bad value, nothing
-written."""
+"""The study config: parsing, defaults, flag overrides, and every config and flag error (exit
+code 2, one line naming the field and the bad value, nothing written)."""
 
 from __future__ import annotations
 
@@ -7,32 +7,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import GOOD, assert_one_error_line, run_cli
 
 from tuner import cli, config
 from tuner.errors import ConfigError
 
-GOOD = """\
-workload:
-  model: wl.py:build_model
-  data: wl.py:build_data
-  mode: predict
-"""
 
-
-def run_cli(capsys, *argv):
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+def search_error(capsys, path, *needles):
+    """``search --config PATH`` fails before any work: one error line naming each needle."""
+    code, _, err = run_cli(capsys, "search", "--config", str(path))
+    assert_one_error_line(code, err, *needles)
 
 
 def test_minimal_form_parses_with_defaults(write_config):
@@ -86,13 +70,13 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(capsys, write_config, 
                                                           needles):
     path = write_config(body)
     code, out, err = run_cli(capsys, "search", "--config", str(path))
-    assert_one_line_error(code, err, str(path), *needles)
+    assert_one_error_line(code, err, str(path), *needles)
     assert not (tmp_path / "results").exists()
 
 
 def test_missing_config_file(capsys, tmp_path):
     code, out, err = run_cli(capsys, "search", "--config", "nope.yaml")
-    assert_one_line_error(code, err, "nope.yaml", "not found")
+    assert_one_error_line(code, err, "nope.yaml", "not found")
 
 
 @pytest.mark.parametrize("flags,needles", [
@@ -111,13 +95,13 @@ def test_missing_config_file(capsys, tmp_path):
 def test_bad_flags_are_one_line_exit_2(capsys, write_config, tmp_path, flags, needles):
     path = write_config(GOOD)
     code, out, err = run_cli(capsys, "search", "--config", str(path), *flags)
-    assert_one_line_error(code, err, *needles)
+    assert_one_error_line(code, err, *needles)
     assert not (tmp_path / "results").exists()
 
 
 def test_missing_config_flag(capsys):
     code, out, err = run_cli(capsys, "search")
-    assert_one_line_error(code, err, "--config")
+    assert_one_error_line(code, err, "--config")
 
 
 def test_flags_override_file_and_move_default_paths(write_config):
@@ -162,3 +146,73 @@ def test_module_builder_spec_is_accepted(write_config):
 def test_config_error_is_a_tuner_error():
     with pytest.raises(ConfigError):
         config.parse({"workload": {"mode": "predict"}}, Path("x.yaml"))
+
+
+# -- declared knobs, tf.data options and the objective ------------------------------------------
+
+
+def test_declared_knobs_parse_in_order(write_config):
+    cfg = config.load(write_config(GOOD + "knobs:\n  map_parallelism: [1, 2, 4, autotune]\n"
+                                          "  prefetch: [1, 2, autotune]\n"
+                                          "  mode: [a, null, 0.5, true]\n"))
+    assert cfg.knobs == {"map_parallelism": [1, 2, 4, "autotune"], "prefetch": [1, 2, "autotune"],
+                         "mode": ["a", None, 0.5, True]}
+    assert config.load(write_config(GOOD)).knobs == {}
+
+
+@pytest.mark.parametrize("body,needles", [
+    ("knobs:\n  map-parallelism: [1, 2]\n", ["knobs: 'map-parallelism' is not a valid knob name",
+                                            "Python identifier"]),
+    ("knobs:\n  class: [1, 2]\n", ["'class' is not a valid knob name"]),
+    ("knobs:\n  1: [1, 2]\n", ["1 is not a valid knob name"]),
+    ("knobs:\n  prefetch: []\n", ["knobs.prefetch: empty list"]),
+    ("knobs:\n  prefetch: 2\n", ["knobs.prefetch: expected a list of candidate values, got 2"]),
+    ("knobs:\n  prefetch: [1, [2]]\n", ["knobs.prefetch: [2] is not allowed", "autotune"]),
+    ("knobs:\n  prefetch: [1, 1]\n", ["knobs.prefetch: 1 is listed twice"]),
+    ("knobs: [prefetch]\n", ["knobs: expected a mapping of knob names"]),
+    ("knobs: {}\n", ["knobs: expected a mapping of knob names"]),
+    ("space:\n  knobs:\n    prefetch: [1]\n",
+     ["space.knobs: declared knobs are not narrowed here"]),
+    ("space:\n  tf_data:\n    autotune:\n      enable: [false]\n",
+     ["space.tf_data.autotune.enable: unknown knob", "tf_data.autotune.enabled"]),
+    ("space:\n  tf_data:\n    autotune:\n      autotune_algorithm: FASTEST\n",
+     ["'FASTEST' is not a valid value for tf_data.autotune.autotune_algorithm", "HILL_CLIMB"]),
+    ("space:\n  tf_data:\n    optimization:\n      map_parallelization: [maybe]\n",
+     ["'maybe' is not a valid value for tf_data.optimization.map_parallelization"]),
+    ("space:\n  tf_data:\n    autotune: [1]\n", ["space.tf_data.autotune: unknown knob"]),
+])
+def test_knob_config_errors_are_one_line_exit_2(write_config, capsys, body, needles):
+    search_error(capsys, write_config(GOOD + body), *needles)
+    assert not Path("results").exists()
+
+
+def test_tf_data_options_nest_in_the_space_section(write_config):
+    cfg = config.load(write_config(GOOD + textwrap.dedent("""\
+        space:
+          tf_data:
+            private_threadpool_size: 2
+            autotune: {enabled: [true, false], cpu_budget: [1, 2], autotune_algorithm: default}
+            optimization.parallel_batch: false
+        """)))
+    assert cfg.space == {"tf_data.private_threadpool_size": 2,
+                         "tf_data.autotune.enabled": [True, False],
+                         "tf_data.autotune.cpu_budget": [1, 2],
+                         "tf_data.autotune.autotune_algorithm": None,
+                         "tf_data.optimization.parallel_batch": False}
+
+
+@pytest.mark.parametrize("objective,needle", [
+    ("objective: fastest\n", "objective: 'fastest' is not allowed; allowed: throughput, "
+                             "latency_p50, latency_p95"),
+    ("objective: {metric: latency_p95, latency_budget_ms: 20}\n",
+     "a latency budget goes with metric 'throughput'"),
+    ("objective: {metric: throughput, latency_budget_ms: -1}\n",
+     "objective.latency_budget_ms: expected milliseconds (a number > 0), got -1"),
+    ("objective: {metric: throughput, budget: 3}\n", "objective.budget: unknown key"),
+])
+def test_bad_objectives_are_one_line_config_errors(write_config, capsys, objective, needle):
+    path = write_config()
+    path.write_text(path.read_text() + objective)
+    assert cli.main(["search", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err

@@ -12,44 +12,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_machine_space import fake_machine
+from helpers import copy_workloads, fake_machine, fake_worker_command
 
 from tuner import cli, config, diagnose, host
 
 HERE = Path(__file__).resolve().parent
-WORKLOADS = HERE / "workloads"
 CONFIGS = HERE.parent / "configs"
-
-
-# -- cgroup throttling counters ------------------------------------------------------------------
-
-def test_throttling_counters_v2_come_from_the_cgroup_with_the_quota(tmp_path):
-    root = fake_machine(tmp_path, cpus=8, cgroup="0::/pod/ctr\n", files={
-        "sys/fs/cgroup/pod/cpu.max": "200000 100000\n",
-        "sys/fs/cgroup/pod/cpu.stat": "usage_usec 9\nnr_periods 40\nnr_throttled 12\n"
-                                      "throttled_usec 1500000\n",
-        "sys/fs/cgroup/pod/ctr/cpu.max": "max 100000\n",
-        "sys/fs/cgroup/pod/ctr/cpu.stat": "nr_periods 0\nnr_throttled 0\nthrottled_usec 0\n"})
-    stats = host.cpu_throttling(root)
-    assert stats == {"cgroup": "/sys/fs/cgroup/pod", "quota_cpus": 2.0, "nr_periods": 40,
-                     "nr_throttled": 12, "throttled_seconds": 1.5}
-
-
-def test_throttling_counters_v1_are_in_nanoseconds(tmp_path):
-    root = fake_machine(tmp_path, cpus=4, cgroup="4:cpu,cpuacct:/docker/abc\n", files={
-        "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "150000\n",
-        "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
-        "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.stat": "nr_periods 10\nnr_throttled 3\n"
-                                                         "throttled_time 250000000\n"})
-    stats = host.cpu_throttling(root)
-    assert stats["nr_throttled"] == 3 and stats["throttled_seconds"] == 0.25
-    assert stats["quota_cpus"] == 1.5
-
-
-def test_no_quota_no_throttling_counters(tmp_path):
-    root = fake_machine(tmp_path, cpus=4, files={
-        "sys/fs/cgroup/cpu.stat": "nr_periods 0\nnr_throttled 0\nthrottled_usec 0\n"})
-    assert host.cpu_throttling(root) is None
 
 
 # -- the report, from a fake child -------------------------------------------------------------
@@ -69,7 +37,7 @@ def test_a_quota_read_from_cgroup_files_is_honoured(tmp_path, fake_worker, workl
                                                 "throttled_usec 100000\n"})
     monkeypatch.setenv("FAKE_THROTTLE", "40")
     report = diagnose.diagnose(workload_config, 1.0, root=root, affinity=list(range(16)),
-                               worker=cli_worker())
+                               worker=fake_worker_command())
     assert report["visible_cpus"] == 16
     assert report["usable_cpus"] == 2 and report["cpu_quota"] == 2.0
     assert report["threads"]["intra_op_pool"] == 16
@@ -86,10 +54,6 @@ def test_a_quota_read_from_cgroup_files_is_honoured(tmp_path, fake_worker, workl
         assert finding["title"] and finding["evidence"] and finding["advice"]
     assert "python -m tuner search --config" in kinds["oversubscribed"]["advice"]
     assert report["input_bound"] is False
-
-
-def cli_worker() -> list[str]:
-    return [sys.executable, str(HERE / "fake_worker.py")]
 
 
 def _result(**overrides):
@@ -291,8 +255,7 @@ def test_a_crashing_child_is_a_one_line_error_exit_1(write_config, fake_worker, 
 # -- real TensorFlow -----------------------------------------------------------------------------
 
 def real_config(tmp_path: Path, model: str, data: str, mode: str = "predict") -> Path:
-    for name in ("tiny.py", "slow_input.py"):
-        shutil.copy(WORKLOADS / name, tmp_path / name)
+    copy_workloads(tmp_path, "tiny.py", "slow_input.py")
     path = tmp_path / "real.yaml"
     path.write_text(f"workload:\n  model: {model}\n  data: {data}\n  mode: {mode}\n")
     return path

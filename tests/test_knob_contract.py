@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_machine_space import fake_machine
+from helpers import fake_machine
 
 from tuner import host, knobs, settings
 from tuner.tunedfile import check_settings

@@ -17,14 +17,12 @@ import optuna
 import pytest
 import sqlalchemy.exc
 import yaml
+from helpers import PG_PASSWORD
 from optuna.trial import TrialState
 
 from tuner import cli
-from tuner.storage import RetryingRDBStorage
 
 pytestmark = pytest.mark.postgres
-# the test server's password (conftest); every output is searched for it
-PG_PASSWORD = "Pw-9f3Kq-s3cr3t"
 
 SHARED = """\
 workload:
@@ -215,23 +213,3 @@ def test_a_database_that_is_gone_is_a_clear_error_without_the_password(shared_co
     assert "refused" in captured.err and captured.err.count("\n") == 1
     assert "Traceback" not in captured.err
     assert PG_PASSWORD not in captured.out + captured.err
-
-
-def test_transient_database_errors_are_retried(monkeypatch, tmp_path):
-    import sqlalchemy.exc
-
-    calls = []
-    original = optuna.storages.RDBStorage.get_all_trials
-
-    def flaky(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            error = sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed the "
-                                                                              "connection"))
-            raise optuna.exceptions.StorageInternalError("commit failed") from error
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(optuna.storages.RDBStorage, "get_all_trials", flaky)
-    storage = RetryingRDBStorage(f"sqlite:///{tmp_path / 'r.db'}")
-    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "r")
-    assert storage.get_all_trials(study_id) == [] and len(calls) == 2

@@ -3,7 +3,6 @@ imports TensorFlow, ~2.5 s), so kept to what only the real thing can show."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers import copy_workloads
 
 from tuner import cli, space
 from tuner.trial import run_child
@@ -19,14 +19,9 @@ from tuner.trial import run_child
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.tf
 
-WORKLOADS = Path(__file__).resolve().parent / "workloads"
-
-
 @pytest.fixture
 def workloads(tmp_path):
-    for name in ("tiny.py", "broken.py"):
-        shutil.copy(WORKLOADS / name, tmp_path / name)
-    return tmp_path
+    return copy_workloads(tmp_path, "tiny.py", "broken.py")
 
 
 def write(tmp_path, body: str, name: str = "real.yaml") -> Path:

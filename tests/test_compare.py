@@ -1,8 +1,8 @@
-"""show, compare and report: golden outputs on committed tuned files, significance verdicts on
-data where the answer is known, and an HTML report of a real (fake-worker) study.
+"""show and compare: golden outputs on committed tuned files, and significance verdicts on data
+where the answer is known.
 
 Golden files live in tests/golden/. After an intended change of output, regenerate them with
-``TUNER_UPDATE_GOLDEN=1 python -m pytest tests/test_compare_report.py`` and review the diff.
+``TUNER_UPDATE_GOLDEN=1 python -m pytest tests/test_compare.py`` and review the diff.
 """
 
 from __future__ import annotations
@@ -11,23 +11,19 @@ import difflib
 import json
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+import yaml
+from helpers import (
+    FIXTURES,
+    GOLDEN,
+    run_cli,
+)
 
-from tuner import cli, compare, config, search
-
-HERE = Path(__file__).resolve().parent
-FIXTURES = HERE / "fixtures"
-GOLDEN = HERE / "golden"
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tuner import (
+    compare,
+    results,
+)
 
 
 def check_golden(name: str, actual: str) -> None:
@@ -47,8 +43,7 @@ def in_fixtures(monkeypatch):
     # labels are the paths as given: run where they are short and the same in every checkout
     monkeypatch.chdir(FIXTURES)
 
-
-# -- golden outputs ------------------------------------------------------------------------------
+# -- golden outputs --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fixture,fmt,golden", [
@@ -82,8 +77,7 @@ def test_same_machine_pair_golden(in_fixtures, capsys):
     assert code == 0 and "WARNING" not in out
     check_golden("compare-same-machine.txt", out)
 
-
-# -- what compare says ---------------------------------------------------------------------------
+# -- what compare says -----------------------------------------------------------------------------
 
 
 def test_different_machine_is_flagged_loudly_with_what_differs(in_fixtures, capsys):
@@ -120,6 +114,21 @@ def test_drift_between_runs_is_pointed_out(in_fixtures, capsys):
     assert pair["baseline_throughput"]["verdict"] == "faster"
     assert "defaults also measured" in pair["interpretation"]
     assert "not interleaved" in " ".join(json.loads(out)["notes"])
+
+
+def test_show_and_compare_list_declared_knobs(tmp_path):
+    fixture = __import__("pathlib").Path(__file__).parent / "fixtures" / "branchy.yaml"
+    doc = yaml.safe_load(fixture.read_text())
+    doc["settings"]["knobs"] = {"map_parallelism": "autotune"}
+    doc["settings"]["tf_data"]["autotune"] = {"enabled": False}
+    path = tmp_path / "knobbed.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    shown = compare.show_table(results.from_tuned_file(path)).text()
+    assert "knobs.map_parallelism" in shown and "autotune" in shown
+    assert "tf_data.autotune.enabled" in shown and "(TensorFlow default: null)" in shown
+    both = compare.compare_table(compare.compare_results([results.from_tuned_file(fixture),
+                                                          results.from_tuned_file(path)])).text()
+    assert "* knobs.map_parallelism" in both
 
 
 BASE = [1000.0, 1012.0, 991.0, 1005.0, 997.0]
@@ -161,8 +170,7 @@ def test_a_single_process_gets_no_verdict():
     assert v["verdict"] == "no verdict" and v["ci95"] is None and v["ratio"] == pytest.approx(1.2,
                                                                                               rel=0.01)
 
-
-# -- errors, one line each -----------------------------------------------------------------------
+# -- errors, one line each -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -189,118 +197,3 @@ def test_errors_are_one_line_with_exit_2(tmp_path, monkeypatch, capsys, argv, me
     assert code == 2, err
     assert err == message + "\n"
     assert out == ""
-
-
-def test_a_damaged_tuned_file_names_the_field(tmp_path, capsys):
-    text = (FIXTURES / "branchy.yaml").read_text().replace("    - 3514.39\n", "    - fast\n")
-    (tmp_path / "bad.yaml").write_text(text)
-    code, _, err = run_cli(capsys, "show", str(tmp_path / "bad.yaml"))
-    assert code == 2
-    assert err.startswith(f"error: {tmp_path / 'bad.yaml'}: result.throughput.per_process: "
-                          f"expected a list of positive numbers")
-
-
-def test_importing_tuner_stays_light():
-    code = ("import sys; import tuner, tuner.cli, tuner.compare, tuner.report, tuner.render, "
-            "tuner.results; "
-            "heavy = [m for m in ('tensorflow', 'optuna', 'plotly') if m in sys.modules]; "
-            "assert not heavy, heavy")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=HERE.parent)
-
-
-# -- a real study: report, show and compare from storage -------------------------------------------
-
-
-@pytest.fixture
-def small_study(fake_worker, write_config):
-    """A real study, made in seconds by the fake worker: 10 trials, validated."""
-    path = write_config()
-    path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 10\n  sampler: random"))
-    cfg = config.load(path)
-    outcome = search.run(cfg, lambda line: None)
-    return outcome
-
-
-def test_report_html_is_one_offline_file_with_its_plots(small_study, capsys, tmp_path):
-    code, out, err = run_cli(capsys, "report", "--storage", "sqlite:///results/study.db",
-                             "--study-name", "study", "--html", "report.html")
-    assert code == 0, err
-    # the terminal gets the trial table, best vs baseline vs expert, and importances
-    assert re.search(r"^0\s+baseline\s+COMPLETE", out, re.MULTILINE)
-    assert re.search(r"^1\s+expert\s+COMPLETE", out, re.MULTILINE)
-    assert "best vs baseline vs expert rule" in out and "\nbaseline " in out
-    assert re.search(r"^validated: tuned \(intra=.*\): 1\.\d+x", out, re.MULTILINE)
-    assert "parameter importances (PED-ANOVA" in out
-    page = (tmp_path / "report.html").read_text()
-    assert not re.search(r"<script[^>]+src=", page), "the report loads a script"
-    assert not re.search(r"<link[^>]+href=[\"']?http", page)
-    assert page.count("plotly.js v") == 1  # the bundle, inline, once
-    assert page.count("Plotly.newPlot(") == 4
-    for title in ("Optimisation history", "Parameter importances",
-                  "Throughput over intra-op x inter-op threads", "CPU saturation vs throughput",
-                  "Trials"):
-        assert f"<h2>{title}</h2>" in page
-    assert "Optimization History Plot" in page and "Hyperparameter Importances" in page
-    assert '"type":"heatmap"' in page and '"type":"scatter"' in page
-    assert page.count("<tr class=COMPLETE>") + page.count('<tr class="COMPLETE">') >= 5
-    assert oct((tmp_path / "report.html").stat().st_mode & 0o777) == "0o644"
-
-
-def test_report_notes_missing_importances_instead_of_failing(fake_worker, write_config, capsys,
-                                                             monkeypatch):
-    # every trial the same settings but the references: nothing to rank
-    path = write_config()
-    path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 2") +
-                    "space:\n  intra_op_parallelism_threads: [0, 2]\n"
-                    "  inter_op_parallelism_threads: [0, 2]\n"
-                    "  tf_data: {private_threadpool_size: default, "
-                    "max_intra_op_parallelism: default}\n"
-                    "  env: {TF_ENABLE_ONEDNN_OPTS: default}\n")
-    search.run(config.load(path), lambda line: None)
-    code, out, err = run_cli(capsys, "report", "--storage", "sqlite:///results/study.db",
-                             "--html", "r.html")
-    assert code == 0, err
-    assert "parameter importances" in out
-    assert "<h2>Parameter importances</h2>" in Path("r.html").read_text()
-
-
-def test_show_and_compare_read_a_study(small_study, capsys):
-    code, out, err = run_cli(capsys, "show", "--storage", "sqlite:///results/study.db",
-                             "--format", "json")
-    assert code == 0, err
-    doc = json.loads(out)
-    assert doc["source"] == {"kind": "study", "name": "study",
-                             "storage": "sqlite:///results/study.db"}
-    assert doc["verdict"] == small_study.tuned["verdict"]
-    # the study records the validated settings and numbers: the same as the tuned file
-    tuned_doc = small_study.tuned
-    assert doc["throughput"]["per_process"] == pytest.approx(
-        tuned_doc["result"]["throughput"]["per_process"], rel=1e-5)
-    assert doc["settings"]["intra_op_parallelism_threads"] == \
-        tuned_doc["settings"]["intra_op_parallelism_threads"]
-    code, out, err = run_cli(capsys, "compare", small_study.tuned_path, "--storage",
-                             "sqlite:///results/study.db", "--study-name", "study",
-                             "--format", "json")
-    assert code == 0, err
-    pair = json.loads(out)["comparisons"][0]
-    assert pair["same_machine"] and pair["throughput"]["ratio"] == pytest.approx(1.0, rel=1e-5)
-    assert pair["throughput"]["verdict"] == "within noise"
-
-
-def test_unknown_study_lists_the_available_ones(small_study, capsys):
-    code, _, err = run_cli(capsys, "report", "--storage", "sqlite:///results/study.db",
-                           "--study-name", "nope")
-    assert code == 2
-    assert err == ("error: --study-name: no study 'nope' in sqlite:///results/study.db; "
-                   "available: study\n")
-
-
-def test_trials_carry_plain_metrics_for_the_dashboard(small_study):
-    import optuna
-
-    trials = optuna.load_study(study_name="study", storage="sqlite:///results/study.db").trials
-    first = trials[0]
-    assert isinstance(first.user_attrs["throughput_median"], float)
-    assert first.user_attrs["throughput_median"] == first.value
-    assert isinstance(first.user_attrs["cpu_saturation"], float)
-    assert "intra_op_parallelism_threads" in trials[2].params

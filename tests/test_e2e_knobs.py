@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers import copy_workloads
 
 from tuner import cli, settings, space
 from tuner.trial import run_child
@@ -23,7 +23,6 @@ from tuner.trial import run_child
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.tf
 
-WORKLOADS = Path(__file__).resolve().parent / "workloads"
 OPTIONS = {"tf_data.private_threadpool_size": 2, "tf_data.autotune.enabled": False,
            "tf_data.autotune.cpu_budget": 3, "tf_data.autotune.autotune_algorithm": "HILL_CLIMB",
            "tf_data.optimization.map_parallelization": False,
@@ -33,8 +32,7 @@ OPTIONS = {"tf_data.private_threadpool_size": 2, "tf_data.autotune.enabled": Fal
 
 @pytest.fixture
 def workloads(tmp_path):
-    shutil.copy(WORKLOADS / "knobbed.py", tmp_path / "knobbed.py")
-    return tmp_path
+    return copy_workloads(tmp_path, "knobbed.py")
 
 
 def test_options_reach_the_dataset_in_the_child_and_through_dataset_options(workloads, tmp_path):

@@ -1,0 +1,55 @@
+"""The preflight (what it learns, how it fails) and measurements under the host lock, with the
+fake worker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from helpers import (
+    GOOD,
+    assert_one_error_line,
+    run_cli,
+    run_search,
+)
+
+from tuner.errors import WorkloadError
+
+
+def test_preflight_failure_is_a_workload_error(fake_worker, write_config, monkeypatch, tmp_path):
+    monkeypatch.setenv("FAKE_BEHAVIOUR", "preflight-fail")
+    with pytest.raises(WorkloadError, match="preflight failed: workload.model: fake raised"):
+        run_search(write_config())
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_option_this_tensorflow_lacks_is_a_config_error(fake_worker, write_config, capsys):
+    path = write_config(GOOD + "space:\n  tf_data:\n    autotune:\n      ram_budget: [1000000]\n")
+    code, _, err = run_cli(capsys, "search", "--config", str(path))
+    assert_one_error_line(code, err, "space.tf_data.autotune.ram_budget: the installed "
+                                     "TensorFlow (fake-1.0) has no "
+                                     "tf.data.Options().autotune.ram_budget; remove it")
+
+
+def test_two_searches_on_one_host_never_measure_at_the_same_time(fake_worker, write_config,
+                                                                 monkeypatch, tmp_path):
+    log = tmp_path / "intervals.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("FAKE_WINDOW_SLEEP", "0.05")
+    path = write_config()
+    procs = [subprocess.Popen([sys.executable, "-m", "tuner", "search", "--config", str(path),
+                               "--study-name", f"s{i}", "--n-trials", "4", "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    measurements: dict[str, tuple[float, float]] = {}
+    for line in log.read_text().splitlines():
+        start, end, group = line.split()
+        a, b = measurements.get(group, (float(start), float(end)))
+        measurements[group] = (min(a, float(start)), max(b, float(end)))
+    intervals = sorted(measurements.values())
+    assert len(intervals) >= 2 * (4 + 1 + 2 + 5)  # preflight, trials and validation of both
+    for (_, end_a), (start_b, _) in zip(intervals, intervals[1:]):
+        assert end_a <= start_b, "two measurements overlapped"

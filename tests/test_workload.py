@@ -1,0 +1,78 @@
+"""Loading the user's builders: which declared knob reaches which builder, and each knob's
+baseline (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from tuner import (
+    workload,
+)
+
+
+def _plan(declared, **builders):
+    funcs = {role: (func, f"wl.py:{func.__name__}") for role, func in builders.items()}
+    return workload.KnobPlan(funcs, list(declared))
+
+
+def test_each_knob_goes_to_every_builder_that_accepts_it():
+    def build_data(map_parallelism=1, prefetch=None):
+        pass
+
+    def build_model(**kwargs):
+        pass
+
+    def build_other(prefetch=8):
+        pass
+
+    plan = _plan(["map_parallelism", "prefetch"], data=build_data, model=build_model)
+    assert plan.accepts == {"map_parallelism": ["data", "model"], "prefetch": ["data", "model"]}
+    info = plan.baseline({"map_parallelism": [2, "autotune"], "prefetch": [1, 2]})
+    assert info["map_parallelism"] == {"builders": ["data", "model"], "baseline": 1,
+                                       "source": "builder default"}
+    assert info["prefetch"]["baseline"] is None
+    tf = SimpleNamespace(data=SimpleNamespace(AUTOTUNE=-1))
+    assert plan.kwargs("data", {"map_parallelism": "autotune", "prefetch": 2}, tf) == \
+        {"map_parallelism": -1, "prefetch": 2}
+    only = _plan(["prefetch"], data=build_other, model=lambda: None)
+    assert only.accepts == {"prefetch": ["data"]}
+    assert only.kwargs("model", {"prefetch": 2}, tf) == {}
+
+
+def test_knob_baselines_without_a_usable_default_take_the_first_candidate():
+    def build_data(cycle_length, prefetch=-1, shape=(1, 2)):
+        pass
+
+    plan = _plan(["cycle_length", "prefetch", "shape"], data=build_data)
+    info = plan.baseline({"cycle_length": [4, 2], "prefetch": [1, "autotune"], "shape": ["a"]})
+    assert info["cycle_length"] == {"builders": ["data"], "baseline": 4,
+                                    "source": "first candidate"}
+    assert info["prefetch"]["baseline"] == "autotune"   # tf.data.AUTOTUNE written as a default
+    assert info["shape"]["baseline"] == "a"             # a tuple cannot be a knob value
+
+
+def test_a_knob_no_builder_accepts_is_an_error_naming_both():
+    def build_data(prefetch=1):
+        pass
+
+    def build_model():
+        pass
+
+    with pytest.raises(workload.WorkloadProblem) as caught:
+        _plan(["cycle_length"], data=build_data, model=build_model)
+    assert str(caught.value).startswith(
+        "knobs.cycle_length: declared, but wl.py:build_data nor wl.py:build_model accepts no "
+        "argument 'cycle_length'")
+
+
+def test_a_required_builder_argument_must_be_a_declared_knob():
+    def build_data(batch_size):
+        pass
+
+    with pytest.raises(workload.WorkloadProblem, match="workload.data: wl.py:build_data has a "
+                                                     "required argument 'batch_size' that is not "
+                                                     "a declared knob"):
+        _plan([], data=build_data)
+    assert _plan(["batch_size"], data=build_data).accepts == {"batch_size": ["data"]}
