@@ -13,10 +13,11 @@ import time
 
 import pytest
 import yaml
+from helpers import settings_doc
 
 import tuner
 from tuner import cli, host
-from tuner.apply import check_machine
+from tuner.apply import Applied, check_machine
 from tuner.tunedfile import read
 
 here = host.detect()
@@ -479,3 +480,11 @@ def test_instance_flag_needs_a_multi_instance_file(tmp_path, capsys):
     assert cli.main(["run", "--tuned", str(make_tuned(tmp_path)), "--instance", "1", "--",
                      "true"]) == 2
     assert "runs a single instance" in capsys.readouterr().err
+
+
+def test_applied_knobs_without_autotune_need_no_tensorflow():
+    applied = Applied(path="t.yaml", verdict="tuned",
+                      settings=settings_doc(knobs={"prefetch": 2, "cycle_length": 4})["settings"])
+    assert applied.knobs == {"prefetch": 2, "cycle_length": 4}
+    assert applied.info()["knobs"] == {"prefetch": 2, "cycle_length": 4}
+    assert Applied(path="t", verdict="tuned", settings=settings_doc()["settings"]).knobs == {}

@@ -9,9 +9,11 @@ report.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import signal
@@ -54,7 +56,22 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _tuner(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+# Reading commands run in-process (the same cli.main as `python -m tuner`, without paying an
+# interpreter start per case); test_reading_commands_hold_the_contract_in_a_real_process runs
+# each of them in a real interpreter too.
+IN_PROCESS = ("show", "compare", "export", "report")
+
+
+def _tuner(*args: str, timeout: float = 60, real: bool = False,
+           **env: str) -> subprocess.CompletedProcess[str]:
+    if args and args[0] in IN_PROCESS and not env and not real:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exc:  # argparse's own exit
+                code = exc.code if isinstance(exc.code, int) else 1
+        return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
     return subprocess.run([sys.executable, "-m", "tuner", *args], capture_output=True, text=True,
                           timeout=timeout, env=_env(**env), check=False)
 
@@ -1535,3 +1552,21 @@ def test_a_full_disk_while_writing_the_tuned_file_is_one_line_and_keeps_the_old_
                "previous file is unchanged")
     assert validated.read_bytes() == before
     assert [p.name for p in validated.parent.iterdir()] == ["tuned.yaml"]  # no temp, no .bak
+
+
+@pytest.mark.parametrize("argv", [["show"], ["show", "--format", "json"], ["compare", "GOOD"],
+                                  ["export", "--format", "shell"], ["export", "--format", "k8s"]])
+def test_reading_commands_hold_the_contract_in_a_real_process(tmp_path, argv):
+    """The in-process runs above stand for real ones: the same malformed files in a real
+    interpreter give the same single line, with no traceback."""
+    good = tmp_path / "good.yaml"
+    good.write_text(BRANCHY.read_text())
+    # export reads what it exports (verdict, settings); show and compare every result field too
+    cases = (MALFORMED[0],) if argv[0] == "export" else (MALFORMED[0], MALFORMED[-1])
+    for where, value, field, expected in cases:
+        bad = _tuned_with(tmp_path, where, value)
+        command = [argv[0], str(bad), *[str(good) if a == "GOOD" else a for a in argv[1:]]]
+        proc = _tuner(*command, real=True)
+        assert proc.returncode == 2, (command, proc.stderr)
+        _one_error(proc.stderr, f"{bad}: {field}: ", expected)
+        assert proc.stdout == ""

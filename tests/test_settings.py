@@ -5,15 +5,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from helpers import (
-    settings_doc,
-)
-
 from tuner import (
     settings,
     space,
 )
-from tuner.apply import Applied
 
 
 def test_settings_nest_and_flatten_round_trip():
@@ -81,13 +76,3 @@ class _Enum:
 
     def __getitem__(self, name):
         return self.__members__[name]
-
-# -- what tuner.apply() hands the job (test_apply.py holds the rest) -------------------------------
-
-
-def test_applied_knobs_without_autotune_need_no_tensorflow():
-    applied = Applied(path="t.yaml", verdict="tuned",
-                      settings=settings_doc(knobs={"prefetch": 2, "cycle_length": 4})["settings"])
-    assert applied.knobs == {"prefetch": 2, "cycle_length": 4}
-    assert applied.info()["knobs"] == {"prefetch": 2, "cycle_length": 4}
-    assert Applied(path="t", verdict="tuned", settings=settings_doc()["settings"]).knobs == {}
