@@ -103,6 +103,10 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
         except KeyboardInterrupt:
             interrupted = True
             say("interrupted during validation; writing the best result so far (not validated)")
+    if validation is not None:
+        # other workers of a shared study may have finished trials while this one waited to
+        # validate: the file describes the study as it is when written
+        searched = st.searched()
     decided = verdict.validated(validation, cfg, pre) if validation is not None \
         else verdict.unvalidated(searched)
     if st.structured is not None and decided.verdict != "defaults":
