@@ -1,5 +1,5 @@
 """``python -m tuner run`` and ``export``: what they say about settings the environment cannot
-carry (the launcher's processes are tested in test_apply.py)."""
+carry (the launcher's processes are tested in test_production.py)."""
 
 from __future__ import annotations
 

@@ -7,17 +7,9 @@ lives in :mod:`tuner.search`; the command line in :mod:`tuner.cli`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._version import __version__
-from .apply import (
-    Applied,
-    ExplicitSettingWarning,
-    LateSettingWarning,
-    MachineMismatchError,
-    MachineMismatchWarning,
-    PinningWarning,
-    RuntimeInitializedError,
-    apply,
-)
 from .errors import (
     ConfigError,
     StudyError,
@@ -26,6 +18,22 @@ from .errors import (
     TunerError,
     WorkloadError,
 )
+
+# What a production job uses, from tuner/production.py, loaded on first use: every trial child
+# imports this package, and has no use for the tuned-file reader behind apply().
+_PRODUCTION = ("Applied", "ExplicitSettingWarning", "LateSettingWarning", "MachineMismatchError",
+               "MachineMismatchWarning", "PinningWarning", "RuntimeInitializedError", "apply")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PRODUCTION:
+        from . import production
+
+        value = getattr(production, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tuner' has no attribute {name!r}")
+
 
 __all__ = ["Applied", "ConfigError", "ExplicitSettingWarning", "LateSettingWarning",
            "MachineMismatchError", "MachineMismatchWarning", "PinningWarning",

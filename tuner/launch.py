@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 
 from . import host, knobs, settings, tunedfile
-from .apply import (
+from .errors import ConfigError
+from .production import (
     ALLOW_ENV_ENV,
     ALLOW_UNVALIDATED_ENV,
     TUNED_FILE_ENV,
@@ -40,7 +41,6 @@ from .apply import (
     pin,
     read,
 )
-from .errors import ConfigError
 
 FORMATS = ("shell", "dotenv", "docker", "k8s")
 

@@ -17,7 +17,7 @@ from helpers import settings_doc
 
 import tuner
 from tuner import cli, host
-from tuner.apply import Applied, check_machine
+from tuner.production import Applied, check_machine
 from tuner.tunedfile import read
 
 here = host.detect()
