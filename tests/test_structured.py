@@ -25,8 +25,12 @@ def run_structured(write_config, monkeypatch, n_trials=20):
     monkeypatch.setenv("FAKE_SHAPE", "layout")
     monkeypatch.setenv("FAKE_INSTANCE_GAIN", "1.8")
     path = write_config()
+    # seeded noise: whether a 1% wobble is judged "beyond noise" must not depend on the run
+    monkeypatch.setenv("FAKE_SEED_FILE", str(path.parent / "fake-seed"))
+    # the allocator is left out: whether tcmalloc or jemalloc are installed depends on the machine
     path.write_text(path.read_text().replace("n_trials: 8",
-                                             f"n_trials: {n_trials}\n  sampler: structured"))
+                                             f"n_trials: {n_trials}\n  sampler: structured")
+                    + "space:\n  allocator: default\n")
     cfg = config.load(path)
     lines: list[str] = []
     outcome = search.run(cfg, lines.append)
