@@ -157,6 +157,15 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _safe_load_strict(text: str) -> Any:
+    """``yaml.safe_load(text)`` through :class:`_StrictLoader` (a SafeLoader: plain data only)."""
+    loader = _StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _where(path: Path, field_name: str) -> str:
     return f"{path}: {field_name}"
 
@@ -350,7 +359,7 @@ def load(path: str | Path) -> Config:
     if not path.is_file():
         raise ConfigError(f"{path}: not a regular file; expected a config YAML file")
     try:
-        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+        data = _safe_load_strict(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
