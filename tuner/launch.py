@@ -252,7 +252,10 @@ def export(path: str, fmt: str, *, allow_env: Iterable[str] = (),
                           f"({host.INSTALL_HINT[name]}): no {variable} written")
     cpus = plan.cpus
     sets = plan.instances
-    if cpus:
+    if cpus and "size" in doc and fmt == "k8s":
+        header.append(f"measured pinned to CPU(s) {host.format_cpus(cpus)}; in a pod the CPU "
+                      f"limit below stands in for the pinning")
+    elif cpus:
         where = host.format_cpus(cpus)
         header.append(f"CPU set {where}: no variable pins a process; use `taskset -c {where}`, "
                       f"docker run --cpuset-cpus={where}, or `python -m tuner run`")

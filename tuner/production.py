@@ -171,16 +171,13 @@ def read(path: str | Path, allow_env: Iterable[str] | str = (),
     names = (*tunedfile.allowed_names(allow_env), *from_launcher)
     if size is None:
         size = launcher_size(path)
-    if sizes.is_sizes_file(path):
-        if size is None:
-            counts = ", ".join(str(r.get("cpus")) for r in sizes.read(path, allow_env=names).rows)
-            raise ConfigError(f"{path}: a sizes file has one row per CPU count ({counts}): "
-                              f"choose one with --size K (python -m tuner run/export) or "
-                              f"size=K (tuner.apply())")
-        return sizes.read_row(path, size, allow_env=names)
     if size is not None:
-        raise ConfigError(f"--size {size} (size={size}): {path} is a tuned file, not a sizes "
-                          f"file (python -m tuner size writes those); drop --size")
+        return sizes.read_row(path, size, allow_env=names)
+    if sizes.is_sizes_file(path):
+        counts = ", ".join(str(r.get("cpus")) for r in sizes.read(path, allow_env=names).rows)
+        raise ConfigError(f"{path}: a sizes file has one row per CPU count ({counts}): "
+                          f"choose one with --size K (python -m tuner run/export) or "
+                          f"size=K (tuner.apply())")
     return tunedfile.read(path, allow_env=names,
                           allow_unvalidated=allow_unvalidated or unvalidated)
 

@@ -135,6 +135,9 @@ def _load(path: str | Path) -> dict[str, Any]:
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable sizes file: "
                           f"{str(exc).splitlines()[0]}") from None
+    if isinstance(data, dict) and "kind" not in data and "verdict" in data and "settings" in data:
+        raise ConfigError(f"{path}: a tuned file, not a sizes file (python -m tuner size writes "
+                          f"those); --size K / size=K is for sizes files: drop it")
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise ConfigError(f"{path}: not a sizes file (no 'kind: sizes'); sizes files are written "
                           f"by python -m tuner size")
@@ -280,9 +283,10 @@ def read(path: str | Path, *, allow_env: Iterable[str] = ()) -> SizesFile:
                           f"{_short(rows)}")
     seen: set[int] = set()
     for index, row in enumerate(rows):
+        cpus = row.get("cpus") if isinstance(row, dict) else None
+        if cpus in seen:
+            raise ConfigError(f"{where}: sizes[{index}].cpus: {cpus} appears twice")
         check_row(row, index, where, extra)
-        if row["cpus"] in seen:
-            raise ConfigError(f"{where}: sizes[{index}].cpus: {row['cpus']} appears twice")
         seen.add(row["cpus"])
     _text(doc.get("summary"), f"{where}: summary")
     tunedfile.check_machine_block(doc.get("machine"), where)

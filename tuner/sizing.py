@@ -391,10 +391,9 @@ def _row(count: int, decided: verdict.Verdict, validation: Any, machine: host_mo
         "peak_rss_mb": max((m.get("peak_rss_mb") or 0.0) for m in runs) or None,
         "cpu_saturation": stats.median([m["cpu_saturation"] for m in runs]),
         "defaults_throughput": {"median": base.get("median"), "ci95": base.get("ci95")},
-        "speedup": result.get("speedup") if decided.verdict == "tuned"
-        else rejected.get("speedup"),
-        "speedup_ci95": result.get("speedup_ci95") if decided.verdict == "tuned"
-        else rejected.get("speedup_ci95"),
+        # the validated candidate against the defaults on the same CPUs, adopted or not
+        "vs_defaults": {key: (result if decided.verdict == "tuned" else rejected).get(key)
+                        for key in ("speedup", "speedup_ci95", "p_value")},
         "rounds": len(runs),
         "study": study_name,
         **({CARRIED_FROM: carried[0]} if carried else {}),
