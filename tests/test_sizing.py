@@ -453,3 +453,52 @@ def test_costs_in_the_file_follow_the_price(sized):
     rec = sizes.read(sized).recommendation
     assert rec["cpu_hour_price"] == 0.05 and rec["target_throughput"] == 3000
     assert math.isclose(rec["choice"]["cost_per_hour"], rec["choice"]["total_cpus"] * 0.05)
+
+
+# -- real TensorFlow -----------------------------------------------------------------------------
+
+@pytest.mark.tf
+def test_a_real_size_run_on_1_and_2_cpus_feeds_apply_run_and_export(tmp_path, capsys):
+    pytest.importorskip("tensorflow")
+    from helpers import copy_workloads
+
+    copy_workloads(tmp_path, "tiny.py")
+    path = write_text(tmp_path / "real.yaml", """\
+        workload: {model: tiny.py:build_model, data: tiny.py:build_data, mode: predict}
+        search: {n_trials: 2, trial_timeout: 90}
+        measure: {warmup_seconds: 0.3, window_seconds: 0.3, windows: 2}
+        validate: {candidates: 1, rounds: 4}
+        """)
+    code, out, err = run_cli(capsys, "size", "--config", str(path), "--cpus", "1,2",
+                             "--target-throughput", "1000", "--cpu-hour-price", "0.05")
+    assert code == 0, out + err
+    read = sizes.read("results/real/sizes.yaml")
+    assert read.counts() == [1, 2]
+    for row in read.rows:
+        assert row["verdict"] in ("tuned", "defaults")
+        assert len(row["settings"]["cpus"]) == row["cpus"]
+        assert row["throughput"]["median"] > 0 and row["peak_rss_mb"] > 50
+        assert row["latency_ms"]["p95"] >= row["latency_ms"]["p50"] > 0
+    assert read.recommendation["choice"]["cpus"] in (1, 2)
+    env = {k: v for k, v in os.environ.items() if k not in TEST_ENV}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    apply = ("import os, warnings, tuner; warnings.simplefilter('ignore'); "
+             "cfg = tuner.apply('results/real/sizes.yaml', size=1); "
+             "print(sorted(os.sched_getaffinity(0)), cfg.info()['threading'])")
+    done = subprocess.run([sys.executable, "-c", apply], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{read.row(1)['settings']['cpus']} ")
+    probe = "import os; print(sorted(os.sched_getaffinity(0)))"
+    done = subprocess.run([sys.executable, "-m", "tuner", "run", "--tuned",
+                           "results/real/sizes.yaml", "--size", "2", "--quiet", "--",
+                           sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(read.row(2)["settings"]["cpus"])
+    code, out, err = run_cli(capsys, "export", "results/real/sizes.yaml", "--format", "k8s",
+                             "--size", "1")
+    assert code == 0, err
+    resources = yaml.safe_load(out)["resources"]
+    assert resources["requests"]["cpu"] == "1" and resources["limits"]["cpu"] == "1"
+    assert resources["limits"]["memory"].endswith("Mi")
