@@ -17,6 +17,12 @@ share of the throughput, times ``FAKE_INSTANCE_GAIN`` (default 1: instances neit
 hurt), so per-step latency grows with the instance count. ``FAKE_TF_VERSION`` is the TensorFlow
 version the preflight reports (default fake-1.0): another value is another machine type.
 
+``FAKE_SCALING`` gives throughput a known curve over the number of CPUs the child is pinned to
+(``n``, the task's CPU set): ``linear`` (n x), ``saturating`` (min(n, FAKE_KNEE) x, knee 2 by
+default) or ``declining`` (1.6x at 2 CPUs, then worse: 1, 1.6, 1.4, 1.1 for 1, 2, 4, 8); the
+step latency follows. ``FAKE_NO_PIN=1`` leaves the child's affinity alone and reads ``n`` from
+the task, so a simulated machine with more CPUs than this one can be sized.
+
 ``diagnose`` tasks get a plausible result: TensorFlow-like pools sized from the affinity mask;
 ``FAKE_DIAG=input`` makes the pipeline 0.3x the cached batch with a sequential Python map, and
 ``FAKE_THROTTLE=N`` adds N throttled periods to the simulated cgroup's cpu.stat during the run
@@ -65,6 +71,18 @@ def throughput(settings: dict) -> float:
     factor *= {0: 1.0, 1: 1.0833, 2: 1.0, 4: 0.9}.get(inter, 0.9)
     factor *= MAP_PARALLELISM.get(knobs.declared(settings).get("map_parallelism", 1), 1.0)
     return 1000.0 * factor
+
+
+def scaling(cpus: int) -> float:
+    """The FAKE_SCALING factor for a process on ``cpus`` CPUs."""
+    shape = os.environ.get("FAKE_SCALING", "")
+    if shape == "linear":
+        return float(cpus)
+    if shape == "saturating":
+        return float(min(cpus, int(os.environ.get("FAKE_KNEE", "2"))))
+    if shape == "declining":
+        return {1: 1.0, 2: 1.6, 3: 1.5, 4: 1.4}.get(cpus, 1.1)
+    return 1.0
 
 
 def misbehave(kind: str, settings: dict) -> str | None:
@@ -192,9 +210,9 @@ def main() -> None:
             Path(counter).write_text(str(done + 1))
             rng = random.Random(done)
         noise = float(os.environ.get("FAKE_NOISE", "0.01"))
-        if task.get("cpus"):
+        if task.get("cpus") and os.environ.get("FAKE_NO_PIN") != "1":
             os.sched_setaffinity(0, task["cpus"])
-        mean = throughput(settings)
+        mean = throughput(settings) * scaling(len(task.get("cpus") or task["affinity"]))
         count = (task.get("barrier") or {}).get("count", 1)
         if count > 1:  # each instance gets its share; FAKE_INSTANCE_GAIN is the total's gain
             mean = mean * float(os.environ.get("FAKE_INSTANCE_GAIN", "1.0")) / count

@@ -32,7 +32,8 @@ WORKLOADS = HERE / "workloads"
 # The variables the fake worker and the test-only hooks read; every test starts without them.
 TEST_ENV = ("FAKE_BEHAVIOUR", "FAKE_SHAPE", "FAKE_NOISE", "FAKE_WINDOW_SLEEP", "FAKE_TF_VERSION",
             "FAKE_TF_DATA", "FAKE_PIPELINE", "FAKE_KNOB_DEFAULTS", "FAKE_INSTANCE_GAIN",
-            "FAKE_OPENMP", "FAKE_LOG", "FAKE_DIAG", "FAKE_THROTTLE", "KNOB_RECORD",
+            "FAKE_OPENMP", "FAKE_LOG", "FAKE_SCALING", "FAKE_KNEE", "FAKE_NO_PIN", "FAKE_DIAG",
+            "FAKE_THROTTLE", "KNOB_RECORD",
             "TUNER_WORKER", "TUNER_HOST_ID", "TUNER_STORAGE")
 
 

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     sh = commands.add_parser("show", help="summarise one tuned file (or study)")
-    sh.add_argument("tuned", nargs="?", help="the tuned YAML")
+    sh.add_argument("tuned", nargs="?", help="the tuned YAML (or a sizes file)")
     sh.add_argument("--storage", help="Optuna storage URL, to show a study instead of a file")
     sh.add_argument("--study-name", help="the study in --storage (optional if it holds one)")
     sh.add_argument("--format", default="text", help="text (default), json or markdown")
@@ -141,10 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = commands.add_parser("report", help="one study's trials, importances and plots "
                                             "(terminal, or one offline HTML file)")
-    rp.add_argument("--storage", required=True, help="Optuna storage URL")
+    rp.add_argument("sizes", nargs="?", metavar="SIZES",
+                    help="a sizes file (python -m tuner size) instead of a study")
+    rp.add_argument("--storage", help="Optuna storage URL")
     rp.add_argument("--study-name", help="the study (optional if the storage holds one)")
     rp.add_argument("--html", help="also write a self-contained HTML report with plots here")
     rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    _add_size_parser(commands)
+    _add_size_flags(r, e, rp)
     return parser
 
 
@@ -242,17 +246,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     # several: it waits for them and returns the first non-zero exit code
     return launch.run(args.tuned, command, strict=args.strict, override=args.override,
                       quiet=args.quiet, instance=args.instance, allow_env=args.allow_env,
-                      allow_unvalidated=args.allow_unvalidated)
+                      allow_unvalidated=args.allow_unvalidated, size=args.size)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from . import launch
 
-    accept = {"allow_env": args.allow_env, "allow_unvalidated": args.allow_unvalidated}
+    accept = {"allow_env": args.allow_env, "allow_unvalidated": args.allow_unvalidated,
+              "size": args.size}
     text = launch.export(args.tuned, args.format, **accept)
     sys.stdout.write(text)
     if args.format == "docker":
-        for note in launch.notes_for_stderr(args.tuned, **accept):
+        for note in launch.notes_for_stderr(args.tuned, **accept):  # same row as the flags
             print(f"note: {note}", file=sys.stderr)
     return 0
 
@@ -271,6 +276,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     compare.check_format(args.format)
     if args.tuned and (args.storage or args.study_name):
         raise ConfigError("show: give a tuned file or --storage/--study-name, not both")
+    if args.tuned and _is_sizes(args.tuned):
+        return show_sizes(args.tuned, args.format)
     if args.tuned:
         result = results.from_tuned_file(args.tuned)
     elif args.storage:
@@ -326,6 +333,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from . import report
 
+    if args.sizes is not None:
+        if args.storage or args.study_name:
+            raise ConfigError("report: give a sizes file or --storage/--study-name, not both")
+        return report_sizes(args.sizes, args.html)
+    if not args.storage:
+        raise ConfigError("report: give --storage URL [--study-name NAME] (a study), or a "
+                          "sizes file (python -m tuner report results/NAME/sizes.yaml)")
     if args.html:  # before the study is read: a bad path is found in a moment
         report.check_output_path(args.html)
     _quiet_optuna()
@@ -334,6 +348,115 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.html:
         report.write_html(built, args.html)
         print(f"wrote {args.html}")
+    return 0
+
+
+# -- size: the CPU ladder, and the sizes file it writes -------------------------------------------
+
+def _cpu_list(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",")]
+    counts = [int(p) if p.isascii() and p.isdigit() else 0 for p in parts]
+    if not parts or any(c < 1 for c in counts):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of CPU counts >= 1 "
+                                         f"(e.g. 1,2,4), got {text!r}")
+    if len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"a CPU count appears twice in {text!r}")
+    return counts
+
+
+def _positive_number(what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {what} (a number > 0), got {text!r}")
+        return value
+
+    return parse
+
+
+def _add_size_parser(commands: Any) -> None:
+    z = commands.add_parser(
+        "size", help="the best settings per CPU count, and how many CPUs and replicas to run")
+    z.add_argument("--config", required=True, help="the study config YAML (as for search)")
+    z.add_argument("--cpus", type=_cpu_list,
+                   help="CPU counts to size, e.g. 1,2,4,8 (default: 1, 2, 4, ... and all the "
+                        "usable CPUs)")
+    z.add_argument("--n-trials", type=_positive_int, help="trials per size (default: the "
+                                                           "config's search.n_trials)")
+    z.add_argument("--target-throughput", type=_positive_number("samples/s"),
+                   help="samples/s in all: the size and replica count that reach it with the "
+                        "fewest CPUs")
+    z.add_argument("--cpu-hour-price", type=_positive_number("a price per CPU-hour"),
+                   help="price of one CPU for one hour: cost per million samples per size")
+    z.add_argument("--latency-budget-ms", type=_positive_number("milliseconds"),
+                   help="p95 step latency budget: sizes over it are excluded (and each size's "
+                        "search prefers settings within it)")
+    z.add_argument("--trial-timeout", type=_seconds, help="seconds one trial's child may take")
+    z.add_argument("--storage", help="Optuna storage URL for the per-size studies (default: "
+                   "$TUNER_STORAGE, else the config's)")
+    z.add_argument("--study-name", help="study name; size K's study is NAME.size-K "
+                                        "(default: the config file's name)")
+    z.add_argument("--output", help="sizes YAML path (default results/<study>/sizes.yaml)")
+    z.add_argument("--seed", type=_nonneg_int, help="sampler seed")
+    z.add_argument("--quiet", action="store_true", help="print only the final table")
+    z.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_size_flags(run: argparse.ArgumentParser, export: argparse.ArgumentParser,
+                    report: argparse.ArgumentParser) -> None:
+    for parser in (run, export):
+        parser.add_argument("--size", type=_positive_int, metavar="K",
+                            help="with a sizes file: use its row for K CPUs")
+    run.usage = ("python -m tuner run --tuned FILE [--size K] [--strict] [--allow-env NAME] "
+                 "[--allow-unvalidated] -- COMMAND [ARGS...]")
+
+
+def _is_sizes(path: str) -> bool:
+    from . import sizes
+
+    return sizes.is_sizes_file(path)
+
+
+def cmd_size(args: argparse.Namespace) -> int:
+    from . import config as config_mod
+    from . import measuring, report, sizes, sizing
+
+    cfg = config_mod.with_overrides(
+        config_mod.load(args.config), n_trials=args.n_trials, trial_timeout=args.trial_timeout,
+        storage=args.storage or os.environ.get(STORAGE_ENV) or None, study_name=args.study_name,
+        seed=args.seed)
+    output = config_mod.check_output(args.output, "--output") if args.output else None
+    options = sizing.Options(cpus=args.cpus, target=args.target_throughput,
+                             price=args.cpu_hour_price, budget=args.latency_budget_ms,
+                             output=output)
+    outcome = sizing.run(cfg, options, (lambda line: None) if args.quiet else measuring.print_line)
+    print()
+    sys.stdout.write(report.format_sizes(sizes.read(outcome.path), "text"))
+    print(f"wrote {outcome.path}" + (f" (previous file kept as {outcome.backup})"
+                                      if outcome.backup else ""))
+    return 130 if outcome.interrupted else 0
+
+
+def show_sizes(path: str, fmt: str) -> int:
+    from . import report, sizes
+
+    sys.stdout.write(report.format_sizes(sizes.read(path), fmt))
+    return 0
+
+
+def report_sizes(path: str, html_path: str | None) -> int:
+    from . import report, sizes
+
+    if html_path:
+        report.check_output_path(html_path)
+    read = sizes.read(path)
+    sys.stdout.write(report.format_sizes(read, "text"))
+    if html_path:
+        report.write_sizes_html(read, html_path)
+        print(f"wrote {html_path}")
     return 0
 
 
@@ -403,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             commands = {"search": cmd_search, "diagnose": cmd_diagnose, "run": cmd_run,
                         "export": cmd_export, "show": cmd_show, "compare": cmd_compare,
-                        "report": cmd_report}
+                        "report": cmd_report, "size": cmd_size}
             return commands[args.subcommand](args)
         finally:
             for signum, handler in previous.items():

@@ -36,6 +36,7 @@ from .errors import ConfigError
 from .production import (
     ALLOW_ENV_ENV,
     ALLOW_UNVALIDATED_ENV,
+    SIZE_ENV,
     TUNED_FILE_ENV,
     check_machine,
     pin,
@@ -82,7 +83,8 @@ def _one_line(text: str) -> str:
 
 def launch_env(doc: dict[str, Any], path: str, base: dict[str, str] | None = None,
                override: bool = False, allow_env: Iterable[str] = (),
-               allow_unvalidated: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+               allow_unvalidated: bool = False, size: int | None = None
+               ) -> tuple[dict[str, str], dict[str, str]]:
     """The command's environment and the user's own values kept over the file's.
 
     Same precedence as ``apply()``: a variable already set in the environment wins unless
@@ -97,7 +99,8 @@ def launch_env(doc: dict[str, Any], path: str, base: dict[str, str] | None = Non
         env[var] = value
     env[TUNED_FILE_ENV] = str(Path(path).resolve())
     for var, value in ((ALLOW_ENV_ENV, ",".join(allow_env)),
-                       (ALLOW_UNVALIDATED_ENV, "1" if allow_unvalidated else "")):
+                       (ALLOW_UNVALIDATED_ENV, "1" if allow_unvalidated else ""),
+                       (SIZE_ENV, str(size) if size is not None else "")):
         if value:
             env[var] = value
         else:
@@ -117,7 +120,7 @@ def _notes(doc: dict[str, Any], path: str) -> list[str]:
 
 def run(path: str, command: Sequence[str], *, strict: bool = False, override: bool = False,
         quiet: bool = False, instance: int | None = None, allow_env: Iterable[str] = (),
-        allow_unvalidated: bool = False) -> int:
+        allow_unvalidated: bool = False, size: int | None = None) -> int:
     """Run ``command`` with the tuned settings.
 
     One instance: pin this process, then *exec* the command (it inherits the CPU set and the
@@ -125,11 +128,13 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
     file (and no ``instance``): start one pinned process per instance, each told its index in
     ``TUNER_INSTANCE``, forward SIGINT/SIGTERM to them, and return the first non-zero exit code
     (0 when all succeed). ``instance``: exec just that one instance. ``allow_env`` and
-    ``allow_unvalidated``: what the file may hold beyond the default (see :func:`read`)."""
+    ``allow_unvalidated``: what the file may hold beyond the default (see :func:`read`).
+    ``size``: with a sizes file, the row for that many CPUs (the job's ``tuner.apply()`` is
+    told the same row)."""
     if not command:
         raise ConfigError("run: no command given; usage: python -m tuner run --tuned FILE -- "
                           "COMMAND [ARGS...]")
-    tuned = read(path, allow_env, allow_unvalidated)
+    tuned = read(path, allow_env, allow_unvalidated, size)
     doc = tuned.doc
     import warnings
 
@@ -137,7 +142,7 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
         warnings.simplefilter("always")
         check_machine(doc, path, strict)
     env, kept = launch_env(doc, path, override=override, allow_env=tuned.allowed_env,
-                           allow_unvalidated=allow_unvalidated)
+                           allow_unvalidated=allow_unvalidated, size=size)
     executable = shutil.which(command[0], path=env.get("PATH"))
     if executable is None:
         raise ConfigError(f"run: command not found: {command[0]!r}")
@@ -218,16 +223,20 @@ UNVALIDATED_NOTE = ("verdict unvalidated: these settings come from one search tr
 
 
 def export(path: str, fmt: str, *, allow_env: Iterable[str] = (),
-           allow_unvalidated: bool = False) -> str:
-    """The file's environment in ``fmt``; a comment (or, for docker, nothing) notes the rest."""
+           allow_unvalidated: bool = False, size: int | None = None) -> str:
+    """The file's environment in ``fmt``; a comment (or, for docker, nothing) notes the rest.
+    ``size``: with a sizes file, its row for that many CPUs; k8s then also gets the container's
+    CPU and memory resources and the recommended replica count."""
     if fmt not in FORMATS:
         raise ConfigError(f"export --format: {fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
-    doc = read(path, allow_env, allow_unvalidated).doc
+    doc = read(path, allow_env, allow_unvalidated, size).doc
     env = settings.environment(doc["settings"])
     plan = settings.file_plan(doc["settings"])
     name, library = plan.allocator, plan.preload
     note = tf_data_note(doc)
-    header = [f"tuned settings from {path} (verdict: {doc['verdict']})"]
+    header = [f"tuned settings from {path}"
+              + (f", size {doc['size']['cpus']} CPU(s)" if "size" in doc else "")
+              + f" (verdict: {doc['verdict']})"]
     if doc["verdict"] == "unvalidated":
         header.append(UNVALIDATED_NOTE)
     if note:
@@ -243,7 +252,10 @@ def export(path: str, fmt: str, *, allow_env: Iterable[str] = (),
                           f"({host.INSTALL_HINT[name]}): no {variable} written")
     cpus = plan.cpus
     sets = plan.instances
-    if cpus:
+    if cpus and "size" in doc and fmt == "k8s":
+        header.append(f"measured pinned to CPU(s) {host.format_cpus(cpus)}; in a pod the CPU "
+                      f"limit below stands in for the pinning")
+    elif cpus:
         where = host.format_cpus(cpus)
         header.append(f"CPU set {where}: no variable pins a process; use `taskset -c {where}`, "
                       f"docker run --cpuset-cpus={where}, or `python -m tuner run`")
@@ -270,14 +282,45 @@ def export(path: str, fmt: str, *, allow_env: Iterable[str] = (),
         # One line of flags to paste into `docker run`; comments would break that.
         lines = [" ".join(f"-e {shlex.quote(f'{k}={v}')}" for k, v in env.items())]
     else:
-        lines = comments + [_k8s_env(env).rstrip("\n")]
+        resources = None
+        if "size" in doc:
+            resources, notes = k8s_resources(doc, path)
+            comments += [f"# {_one_line(n)}" for n in notes]
+        lines = comments + [_k8s_env(env, resources).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
+# Memory for a pod: the measured peak resident memory times this, rounded up to MEMORY_STEP_MB.
+MEMORY_HEADROOM = 1.5
+MEMORY_STEP_MB = 64
+
+
+def k8s_resources(doc: dict[str, Any], path: str) -> tuple[dict[str, Any], list[str]]:
+    """A sizes-file row's container resources (CPU request = limit = the row's CPUs; memory
+    from its measured peak with headroom) and the comment lines that go with them."""
+    from . import sizes as sizes_mod
+
+    cpus = int(doc["size"]["cpus"])
+    block: dict[str, Any] = {"cpu": _Quoted(str(cpus))}
+    notes = [f"resources: {cpus} CPU(s) requested and as the limit: the size these settings "
+             f"were measured at (pinned to {cpus} CPU(s); inside a pod a CPU quota throttles "
+             f"instead, see docs/sizing.md)"]
+    peak = (doc.get("result") or {}).get("peak_rss_mb")
+    if isinstance(peak, (int, float)) and not isinstance(peak, bool) and peak > 0:
+        memory = int(-(-peak * MEMORY_HEADROOM // MEMORY_STEP_MB) * MEMORY_STEP_MB)
+        block["memory"] = _Quoted(f"{memory}Mi")
+        notes.append(f"memory: {MEMORY_HEADROOM:g}x the measured peak resident memory "
+                     f"({peak:.0f} MiB), rounded up to {MEMORY_STEP_MB} MiB")
+    replicas = sizes_mod.replicas_for(sizes_mod.read(path), cpus)
+    if replicas is not None:
+        notes.append(f"replicas: {replicas[0]} ({replicas[1]})")
+    return {"requests": dict(block), "limits": dict(block)}, notes
+
+
 def notes_for_stderr(path: str, *, allow_env: Iterable[str] = (),
-                     allow_unvalidated: bool = False) -> list[str]:
+                     allow_unvalidated: bool = False, size: int | None = None) -> list[str]:
     """What the docker format cannot say in its one line of flags."""
-    doc = read(path, allow_env, allow_unvalidated).doc
+    doc = read(path, allow_env, allow_unvalidated, size).doc
     notes = [UNVALIDATED_NOTE] if doc["verdict"] == "unvalidated" else []
     note = tf_data_note(doc)
     return notes + ([note] if note else [])
@@ -318,7 +361,8 @@ _K8sDumper.add_representer(
                                                           style='"'))
 
 
-def _k8s_env(env: dict[str, str]) -> str:
-    data = {"env": [{"name": k, "value": _Quoted(v)} for k, v in env.items()]}
+def _k8s_env(env: dict[str, str], resources: dict[str, Any] | None = None) -> str:
+    data: dict[str, Any] = {"resources": resources} if resources else {}
+    data["env"] = [{"name": k, "value": _Quoted(v)} for k, v in env.items()]
     return yaml.dump(data, Dumper=_K8sDumper, sort_keys=False, default_flow_style=False,
                      width=1 << 30)

@@ -37,6 +37,8 @@ TUNED_FILE_ENV = "TUNER_TUNED_FILE"
 # what the launcher accepted for that file (--allow-env NAME,..., --allow-unvalidated)
 ALLOW_ENV_ENV = "TUNER_TUNED_ALLOW_ENV"
 ALLOW_UNVALIDATED_ENV = "TUNER_TUNED_ALLOW_UNVALIDATED"
+# the row of a sizes file the launcher was told to use (--size K)
+SIZE_ENV = "TUNER_TUNED_SIZE"
 
 
 class RuntimeInitializedError(TunerError):
@@ -148,12 +150,34 @@ def launcher_acceptance(path: str | Path) -> tuple[tuple[str, ...], bool]:
     return tunedfile.allowed_names(names), os.environ.get(ALLOW_UNVALIDATED_ENV) == "1"
 
 
+def launcher_size(path: str | Path) -> int | None:
+    """The sizes-file row (``--size K``) the launcher used for ``path``, when it started this
+    job with that file."""
+    launched = os.environ.get(TUNED_FILE_ENV)
+    text = os.environ.get(SIZE_ENV, "")
+    if not launched or os.path.realpath(launched) != os.path.realpath(path):
+        return None
+    return int(text) if text.isascii() and text.isdigit() and int(text) >= 1 else None
+
+
 def read(path: str | Path, allow_env: Iterable[str] | str = (),
-         allow_unvalidated: bool = False) -> tunedfile.TunedFile:
+         allow_unvalidated: bool = False, size: int | None = None) -> tunedfile.TunedFile:
     """The tuned file at ``path`` through the one strict reader, with what the caller and (for
-    the launcher's own file) the launcher accept."""
+    the launcher's own file) the launcher accept. ``size``: the row of a sizes file to use
+    (:mod:`tuner.sizes`); a sizes file needs one, a tuned file takes none."""
+    from . import sizes
+
     from_launcher, unvalidated = launcher_acceptance(path)
     names = (*tunedfile.allowed_names(allow_env), *from_launcher)
+    if size is None:
+        size = launcher_size(path)
+    if size is not None:
+        return sizes.read_row(path, size, allow_env=names)
+    if sizes.is_sizes_file(path):
+        counts = ", ".join(str(r.get("cpus")) for r in sizes.read(path, allow_env=names).rows)
+        raise ConfigError(f"{path}: a sizes file has one row per CPU count ({counts}): "
+                          f"choose one with --size K (python -m tuner run/export) or "
+                          f"size=K (tuner.apply())")
     return tunedfile.read(path, allow_env=names,
                           allow_unvalidated=allow_unvalidated or unvalidated)
 
@@ -174,7 +198,12 @@ def machine_differences(doc: dict[str, Any], tf_version: str | None = None) -> l
     here = host.detect()
     version = tf_version or host.installed_tf_version()
     diffs = []
-    if recorded.get("usable_cpus") is not None and recorded["usable_cpus"] != here.usable_cpus:
+    pinned = (doc.get("settings") or {}).get("cpus")
+    # a row of a sizes file: measured pinned to its CPUs, which fit in a bigger machine
+    fits = isinstance(pinned, list) and "size" in doc and \
+        recorded.get("usable_cpus") == len(pinned) <= here.usable_cpus
+    if recorded.get("usable_cpus") is not None and recorded["usable_cpus"] != here.usable_cpus \
+            and not fits:
         more = recorded["usable_cpus"] > here.usable_cpus
         diffs.append(f"usable CPUs: tuned for {recorded['usable_cpus']}, this process can use "
                      f"{here.usable_cpus}" + (" (thread counts tuned for more CPUs than you have "
@@ -210,14 +239,18 @@ def _runtime_initialized(tf: Any) -> bool:
 
 
 def apply(path: str | Path | None = None, *, strict: bool = False, override: bool = False,
-          allow_env: Iterable[str] | str = (), allow_unvalidated: bool = False) -> Applied:
+          allow_env: Iterable[str] | str = (), allow_unvalidated: bool = False,
+          size: int | None = None) -> Applied:
     """Apply a tuned file to this process. See the module docstring for precedence and errors.
 
     ``allow_env``: variables you added to the file's ``settings.env`` on purpose (any other
     variable than those of tuner's own knobs is refused). ``allow_unvalidated``: use a file whose
-    verdict is ``unvalidated`` (an interrupted search's best trial, never validated)."""
+    verdict is ``unvalidated`` (an interrupted search's best trial, never validated).
+    ``size``: with a sizes file (``python -m tuner size``), the row for that many CPUs."""
     path = resolve_path(path)
-    doc = read(path, allow_env, allow_unvalidated).doc
+    if size is not None and (type(size) is not int or size < 1):
+        raise ConfigError(f"size: expected a CPU count (an integer >= 1), got {size!r}")
+    doc = read(path, allow_env, allow_unvalidated, size).doc
     tree = doc["settings"]
     tf_loaded = "tensorflow" in sys.modules
     tf_version = getattr(sys.modules.get("tensorflow"), "__version__", None) if tf_loaded else None

@@ -277,6 +277,7 @@ table { border-collapse: collapse; font-size: 13px; margin: 8px 0 16px; }
 th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; }
 th { background: #f4f4f4; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
+tr.recommended td { font-weight: 600; background: #eef6ee; }
 tr.FAIL td { color: #a00; } tr.PRUNED td { color: #777; }
 .plot { margin: 12px 0 28px; } .note { color: #555; font-size: 13px; }
 """
@@ -349,9 +350,12 @@ def check_output_path(path: str) -> None:
 
 
 def write_html(report: StudyReport, path: str) -> None:
+    _write_page(format_html(report), path)
+
+
+def _write_page(text: str, path: str) -> None:
     from .files import write_text_atomic
 
-    text = format_html(report)
     if "<script src=\"http" in text or "<script src='http" in text:
         raise StudyError("report: the page would load a script from the network; refusing to "
                          "write a report that does not open offline")
@@ -364,3 +368,156 @@ def write_html(report: StudyReport, path: str) -> None:
         raise StudyError(f"--html: cannot write {path}: {exc.strerror or exc}") from None
 
 
+
+
+# -- a sizes file (python -m tuner size) -------------------------------------------------------
+
+def sizes_table(sizes_file: Any) -> Table:
+    """One row per size: throughput and its interval, per CPU, latency, memory, saturation,
+    cost, replicas for the target, the settings; excluded and recommended sizes marked."""
+    from . import settings as settings_mod
+
+    rec = sizes_file.recommendation
+    excluded = {e["cpus"]: e["reason"] for e in rec.get("excluded") or []}
+    options = {o["cpus"]: o for o in rec.get("options") or []}
+    choice = (rec.get("choice") or {}).get("cpus")
+    table = Table(header=["cpus", "verdict", "samples/s", "95% CI", "per CPU", "p50 ms", "p95 ms",
+                          "peak MiB", "sat", "$/M samples", "replicas", "settings", "note"])
+    for row in sizes_file.rows:
+        cpus = row["cpus"]
+        if row["verdict"] == "failed":
+            table.add(cpus, "failed", "-", "", "-", "-", "-", "-", "-", "-", "-", "",
+                      excluded.get(cpus, ""))
+            continue
+        tp, lat = row["throughput"], row.get("latency_ms") or {}
+        notes = []
+        if cpus == choice:
+            notes.append("recommended")
+        if (rec.get("most_efficient") or {}).get("cpus") == cpus:
+            notes.append("most efficient")
+        if (rec.get("fastest") or {}).get("cpus") == cpus:
+            notes.append("fastest")
+        if cpus in excluded:
+            notes.append(f"excluded: {excluded[cpus]}")
+        flat = settings_mod.flatten(row["settings"])
+        shown = settings_mod.short({k: v for k, v in flat.items() if k != "cpus"})
+        table.add(cpus, row["verdict"], render.num(tp["median"]), render.interval(tp["ci95"]),
+                  render.num(row.get("per_cpu")), render.num(lat.get("p50"), 2),
+                  render.num(lat.get("p95"), 2), render.num(row.get("peak_rss_mb"), 0),
+                  render.num(row.get("cpu_saturation"), 2),
+                  render.num(row.get("cost_per_million"), 4),
+                  str(options[cpus]["replicas"]) if cpus in options else "-", shown,
+                  "; ".join(notes), mark=cpus == choice)
+    return table
+
+
+def sizes_header(sizes_file: Any) -> list[str]:
+    doc = sizes_file.doc
+    machine = doc.get("machine") or {}
+    workload = doc.get("workload") or {}
+    rec = sizes_file.recommendation
+    lines = [f"sizes: {sizes_file.path}",
+             f"workload: {workload.get('model') or '(no model)'} / {workload.get('data')} "
+             f"({workload.get('mode')}, batch {workload.get('batch_size')})",
+             f"machine: {machine.get('cpu_model')}, {machine.get('usable_cpus')} usable CPUs, "
+             f"TensorFlow {machine.get('tf_version')}"]
+    asked = [f"target {rec['target_throughput']:g} samples/s"
+             if rec.get("target_throughput") is not None else None,
+             f"{rec['cpu_hour_price']:g} per CPU-hour"
+             if rec.get("cpu_hour_price") is not None else None,
+             f"p95 budget {rec['latency_budget_ms']:g} ms"
+             if rec.get("latency_budget_ms") is not None else None]
+    if any(asked):
+        lines.append("asked: " + ", ".join(a for a in asked if a))
+    if doc.get("interrupted"):
+        lines.append(f"interrupted: {doc['interrupted']}")
+    return lines
+
+
+def format_sizes(sizes_file: Any, fmt: str) -> str:
+    """``show`` / ``report`` of a sizes file: text, markdown or JSON."""
+    import json
+
+    if fmt not in render.FORMATS:
+        raise ConfigError(f"--format: {fmt!r} is not a known format; allowed: "
+                          f"{', '.join(render.FORMATS)}")
+    if fmt == "json":
+        return json.dumps(sizes_file.doc, indent=2, default=str) + "\n"
+    table = sizes_table(sizes_file)
+    summary = sizes_file.recommendation.get("summary") or ""
+    note = ("samples/s and its interval: the median of the final validation rounds (fresh "
+            "processes pinned to that many CPUs); replicas: to reach the target at that median")
+    if fmt == "markdown":
+        return "\n\n".join([*sizes_header(sizes_file), table.markdown(),
+                            f"**Recommendation:** {summary}", note]) + "\n"
+    return "\n".join([*sizes_header(sizes_file), "", table.text(), "",
+                      f"recommendation: {summary}", note]) + "\n"
+
+
+def sizes_figures(sizes_file: Any) -> list[tuple[str, Any, str]]:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = [r for r in sizes_file.rows if r["verdict"] != "failed"]
+    cpus = [r["cpus"] for r in rows]
+    medians = [r["throughput"]["median"] for r in rows]
+    lows = [m - r["throughput"]["ci95"][0] for m, r in zip(medians, rows)]
+    highs = [r["throughput"]["ci95"][1] - m for m, r in zip(medians, rows)]
+    costs = [r.get("cost_per_million") for r in rows]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(
+        x=cpus, y=medians, mode="lines+markers", name="samples/s (one process)",
+        error_y={"type": "data", "symmetric": False, "array": highs, "arrayminus": lows},
+        hovertemplate="%{x} CPUs: %{y:.1f} samples/s<extra></extra>"), secondary_y=False)
+    priced = all(c is not None for c in costs)
+    if priced:
+        fig.add_trace(go.Scatter(
+            x=cpus, y=costs, mode="lines+markers", name="cost per million samples",
+            line={"dash": "dot"},
+            hovertemplate="%{x} CPUs: %{y:.4g} per million samples<extra></extra>"),
+            secondary_y=True)
+    fig.update_xaxes(title="CPUs per process", tickvals=cpus)
+    fig.update_yaxes(title="samples/s", secondary_y=False, rangemode="tozero")
+    fig.update_yaxes(title="cost per million samples", secondary_y=True, rangemode="tozero")
+    note = ("error bars: 95% interval of the validation rounds" + (
+        "" if priced else "; no cost: run size with --cpu-hour-price to plot it"))
+    per_cpu = go.Figure(go.Bar(x=[str(c) for c in cpus], y=[r["per_cpu"] for r in rows],
+                               hovertemplate="%{x} CPUs: %{y:.1f} samples/s per CPU"
+                                             "<extra></extra>"))
+    per_cpu.update_xaxes(title="CPUs per process", type="category")
+    per_cpu.update_yaxes(title="samples/s per CPU")
+    return [("Throughput and cost against CPUs", _styled(fig), note),
+            ("Efficiency: samples/s per CPU", _styled(per_cpu),
+             "linear scaling keeps the bars level; falling bars are CPUs a process cannot use")]
+
+
+def format_sizes_html(sizes_file: Any) -> str:
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        raise ConfigError("--html: the plots need plotly: pip install 'tuner[report]' (or "
+                          "pip install plotly)") from None
+    title = f"tuner sizes: {html.escape(sizes_file.path)}"
+    parts = [(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+              f"<style>{CSS}</style></head><body><h1>{title}</h1>")]
+    parts += [f"<p>{html.escape(line)}</p>" for line in sizes_header(sizes_file)[1:]]
+    summary = sizes_file.recommendation.get("summary") or ""
+    parts.append(f"<p><b>Recommendation:</b> {html.escape(summary)}</p>")
+    table = sizes_table(sizes_file)
+    classes = ["recommended" if m else "" for m in table.marked]
+    parts.append("<h2>Sizes</h2><p class=note>samples/s and its interval: the final validation "
+                 "rounds, fresh processes pinned to that many CPUs</p>"
+                 + _html_table(table, classes=classes, numeric={0, 2, 4, 5, 6, 7, 8, 9, 10}))
+    first = True
+    for name, fig, note in sizes_figures(sizes_file):
+        parts.append(f"<h2>{html.escape(name)}</h2><p class=note>{html.escape(note)}</p>")
+        parts.append("<div class=plot>" + fig.to_html(
+            full_html=False, include_plotlyjs=first,
+            config={"displaylogo": False, "responsive": True}) + "</div>")
+        first = False
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def write_sizes_html(sizes_file: Any, path: str) -> None:
+    _write_page(format_sizes_html(sizes_file), path)
