@@ -327,7 +327,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from . import report
 
     if args.html:  # before the study is read: a bad path is found in a moment
-        report.check_output_path(args.html)
+        report.check_html_path(args.html)
     _quiet_optuna()
     built = report.build(args.storage, args.study_name)
     sys.stdout.write(report.format_text(built))

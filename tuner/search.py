@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from . import coord, measuring, storage, study, tuned, validate, verdict
+from . import coord, files, measuring, storage, study, tuned, validate, verdict
 from . import host as host_mod
 from .config import Config
 from .errors import StudyError
@@ -54,7 +54,8 @@ def run(config: Config, say: measuring.Say = measuring.print_line) -> SearchOutc
 def _run(cfg: Config, say: measuring.Say) -> SearchOutcome:
     started = time.monotonic()
     measurer = measuring.Measurer(cfg, host_mod.detect(), say)
-    tuned.check_writable(cfg.output)  # in seconds, not after the search
+    # in seconds, not after the search; the write makes missing folders
+    files.check_writable(cfg.output, "--output", "the tuned YAML", make_folders=True)
     tuned.check_replaceable(cfg.output, cfg.study_name, cfg.storage, cfg.force)
     locks = coord.Locks(cfg.storage, cfg.study_name)
     try:

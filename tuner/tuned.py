@@ -98,28 +98,6 @@ def check_replaceable(path: str | Path, study_name: str, storage: str, force: bo
                              f"{path.name}.<time>.bak)")
 
 
-def check_writable(path: str | Path) -> None:
-    """Refuse an output the tuned file could not be written to, naming it and why, before any
-    work: a folder in its place, a file where a folder should be, a folder this user cannot
-    write in. Nothing is created (the write makes missing folders)."""
-    shown = str(path)
-    where = Path(path)
-    if where.is_dir():
-        raise ConfigError(f"--output: {shown}: is a directory; expected a file name for the "
-                          f"tuned YAML")
-    parent = where.parent
-    while not parent.exists():
-        if parent.is_symlink():  # a dangling link: mkdir would fail on it
-            raise ConfigError(f"--output: {shown}: {str(parent)!r} is a broken symbolic link")
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"--output: {shown}: {str(parent)!r} is not a directory")
-    # the file is replaced by a rename, and history and temporary files go beside it: what
-    # counts is the folder, not the file's own mode
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output: {shown}: cannot write in {str(parent)!r}: permission denied")
-
-
 class _Dumper(yaml.SafeDumper):
     """Plain YAML: no &anchors/*aliases when a block appears twice, short float lists inline."""
 
