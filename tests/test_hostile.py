@@ -1465,6 +1465,43 @@ def test_only_a_validated_file_sends_an_unvalidated_result_beside_it(tmp_path, p
     assert yaml.safe_load(written.path.read_text())["verdict"] == "unvalidated"
 
 
+@pytest.mark.parametrize("verdict", ["tuned", "defaults"])
+def test_a_validated_result_moves_the_stale_unvalidated_file_into_history(tmp_path, capsys,
+                                                                          verdict):
+    path = tmp_path / "tuned.yaml"
+    stale = tmp_path / "tuned.unvalidated.yaml"
+    kw = {"study_name": "branchy", "storage": "sqlite:///results/branchy.db", "force": False}
+    tuned.write({**_doc(0), "verdict": "tuned"}, path, **kw)
+    beside = tuned.write({**_doc(1), "verdict": "unvalidated"}, path, **kw)
+    assert beside.path == stale
+    unvalidated_bytes = stale.read_bytes()
+    first = tuned.write({**_doc(2), "verdict": verdict}, path, **kw)
+    assert not stale.exists()   # no stale result left to be taken for the current one
+    assert first.retired is not None and first.retired.read_bytes() == unvalidated_bytes
+    assert first.retired.name.startswith("tuned.unvalidated.yaml.") \
+        and first.retired.name.endswith(".bak")
+    assert yaml.safe_load(path.read_text())["verdict"] == verdict
+    assert first.backup is not None and yaml.safe_load(first.backup.read_text())["created"] \
+        == "run 0"   # the replaced validated file is in the history too
+    again = tuned.write({**_doc(3), "verdict": verdict}, path, **kw)
+    assert again.retired is None and first.retired.read_bytes() == unvalidated_bytes
+    cli.print_summary(yaml.safe_load(path.read_text()), str(path), str(again.backup),
+                      retired=str(first.retired))
+    assert f"moved the earlier unvalidated result beside it to {first.retired}: this " \
+           f"validated result supersedes it" in capsys.readouterr().out
+
+
+def test_an_unvalidated_result_leaves_an_earlier_unvalidated_file_to_its_history(tmp_path):
+    path = tmp_path / "tuned.yaml"
+    kw = {"study_name": "branchy", "storage": "sqlite:///results/branchy.db", "force": False}
+    tuned.write({**_doc(0), "verdict": "tuned"}, path, **kw)
+    tuned.write({**_doc(1), "verdict": "unvalidated"}, path, **kw)
+    second = tuned.write({**_doc(2), "verdict": "unvalidated"}, path, **kw)
+    assert second.path == tmp_path / "tuned.unvalidated.yaml" and second.retired is None
+    assert yaml.safe_load(second.path.read_text())["created"] == "run 2"
+    assert yaml.safe_load(second.backup.read_text())["created"] == "run 1"
+
+
 def test_an_interrupt_during_the_baseline_trial_is_130_and_writes_nothing(workdir):
     (workdir / "study.yaml").write_text(SEARCHED)
     code, out, err = _search_until(workdir, "machine: ", FAKE_BEHAVIOUR="hang-intra-0")

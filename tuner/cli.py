@@ -204,7 +204,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
         allow_other_machines=args.allow_other_machines)
     outcome = search_mod.run(cfg, (lambda line: None) if args.quiet else measuring.print_line)
-    print_summary(outcome.tuned, outcome.tuned_path, outcome.backup, outcome.kept)
+    print_summary(outcome.tuned, outcome.tuned_path, outcome.backup, outcome.kept,
+                  outcome.retired)
     return 130 if outcome.interrupted else 0
 
 
@@ -338,7 +339,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def print_summary(doc: dict[str, Any], path: str, backup: str | None,
-                  kept: str | None = None) -> None:
+                  kept: str | None = None, retired: str | None = None) -> None:
     from . import settings as settings_mod
 
     result = doc["result"]
@@ -375,6 +376,9 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None,
     if kept:
         print(f"kept {kept} as it was: it holds a validated result, and this one is not "
               f"validated; run the same command again to resume and validate")
+    if retired:
+        print(f"moved the earlier unvalidated result beside it to {retired}: this validated "
+              f"result supersedes it")
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

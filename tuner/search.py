@@ -39,6 +39,7 @@ class SearchOutcome:
     backup: str | None          # the replaced file's history copy
     interrupted: bool = False
     kept: str | None = None     # the validated file an unvalidated result was not put over
+    retired: str | None = None  # history copy of the stale unvalidated file this result superseded
 
 
 def run(config: Config, say: measuring.Say = measuring.print_line) -> SearchOutcome:
@@ -124,7 +125,8 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
     return SearchOutcome(tuned_path=str(written.path), tuned=document,
                          backup=str(written.backup) if written.backup else None,
                          interrupted=interrupted,
-                         kept=str(written.kept) if written.kept else None)
+                         kept=str(written.kept) if written.kept else None,
+                         retired=str(written.retired) if written.retired else None)
 
 
 def validate_once(st: study.Study, locks: coord.Locks, seconds: dict[str, float]) -> Validation:
