@@ -20,6 +20,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -393,6 +394,30 @@ def test_the_wait_for_the_lock_is_bounded_and_names_the_holder(tmp_path, monkeyp
     message = str(caught.value)
     assert "\n" not in message and "pid 31337" in message and str(path) in message
     assert told == [1]
+
+
+def test_an_unbounded_wait_gets_the_lock_the_moment_it_is_released(tmp_path, monkeypatch):
+    path = tmp_path / "measure.lock"
+    monkeypatch.setenv("TUNER_LOCK_FILE", str(path))
+    fd = _hold(path, "31337\n")
+    released: list[float] = []
+
+    def release() -> None:
+        time.sleep(0.3)
+        released.append(time.monotonic())
+        os.close(fd)
+
+    told = []
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        with lock.host_lock(on_wait=lambda: told.append(1)) as waited:
+            got = time.monotonic()
+            assert path.read_text() == f"{os.getpid()}\n"
+    finally:
+        releaser.join()
+    assert told == [1] and waited >= 0.25
+    assert got - released[0] < 0.1  # blocked on the lock itself, not a poll interval
 
 
 def test_the_pid_is_written_only_once_the_lock_is_held(tmp_path, monkeypatch):
