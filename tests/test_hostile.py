@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import fake_worker_command
 
 from tuner import cli, coord, lock, tuned, urls
 from tuner.errors import StudyError
@@ -319,7 +320,7 @@ def test_a_search_with_a_symlink_at_the_lock_path_is_one_error_line(workdir, fak
     config = workdir / "study.yaml"
     config.write_text(VALID)
     proc = _tuner("search", "--config", str(config), TUNER_LOCK_FILE=str(link),
-                  TUNER_WORKER=f"{sys.executable} {HERE / 'fake_worker.py'}")
+                  TUNER_WORKER=" ".join(fake_worker_command()))
     assert proc.returncode == 1, proc.stderr
     _one_error(proc.stderr.splitlines()[-1], str(link), "symlink")
     assert "Traceback" not in proc.stderr
@@ -442,7 +443,7 @@ def test_a_search_waiting_for_the_lock_gives_up_at_its_timeout(workdir, fake_wor
         started = time.monotonic()
         proc = _tuner("search", "--config", str(config), "--timeout", "2",
                       TUNER_LOCK_FILE=str(path),
-                      TUNER_WORKER=f"{sys.executable} {HERE / 'fake_worker.py'}")
+                      TUNER_WORKER=" ".join(fake_worker_command()))
         assert time.monotonic() - started < 40
     finally:
         os.close(fd)
@@ -1368,7 +1369,7 @@ validate:
   screen_rounds: 1
   rounds: 4
 """
-FAKE = f"{sys.executable} {HERE / 'fake_worker.py'}"
+FAKE = " ".join(fake_worker_command())
 
 
 def _search_until(workdir: Path, line_starts: str, *args: str, **env: str
