@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,19 +77,35 @@ def write_config(tmp_path):
     return write
 
 
-@pytest.fixture(scope="session")
-def _searched_once(tmp_path_factory):
-    """One fake-worker study, searched and validated once per test run: 10 random trials."""
-    directory = tmp_path_factory.mktemp("study")
+@contextlib.contextmanager
+def _fake_search_in(directory: Path) -> Iterator[pytest.MonkeyPatch]:
+    """What ``_isolated`` and ``fake_worker`` set up for one test, for a search shared by several
+    (a module or session fixture): ``directory`` as the working directory with a dummy workload
+    (``wl.py``) and its own host lock, the fake worker; undone on exit."""
     (directory / "wl.py").write_text(DUMMY_WORKLOAD)
-    config = write_text(directory / "study.yaml",
-                        FAST.replace("n_trials: 8", "n_trials: 10\n  sampler: random"))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(directory)
         mp.setenv("TUNER_LOCK_FILE", str(directory / "measure.lock"))
         for name in TEST_ENV:
             mp.delenv(name, raising=False)
         _use_fake_worker(mp)
+        yield mp
+
+
+@pytest.fixture(scope="session")
+def fake_search_in():
+    """``with fake_search_in(directory) as monkeypatch:`` sets up a fake-worker search in
+    ``directory`` for a fixture that shares one search among tests that only read it."""
+    return _fake_search_in
+
+
+@pytest.fixture(scope="session")
+def _searched_once(tmp_path_factory):
+    """One fake-worker study, searched and validated once per test run: 10 random trials."""
+    directory = tmp_path_factory.mktemp("study")
+    config = write_text(directory / "study.yaml",
+                        FAST.replace("n_trials: 8", "n_trials: 10\n  sampler: random"))
+    with _fake_search_in(directory):
         outcome = run_search(config)
     return directory, outcome
 

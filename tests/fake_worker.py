@@ -1,6 +1,6 @@
 """A fake trial child that speaks the real worker protocol, for fast tests of the study logic.
 
-Usage (as the parent runs it): python fake_worker.py TASK.json RESULT.json
+Usage (as the parent runs it): python -S fake_worker.py TASK.json RESULT.json
 
 Throughput is a known function of the settings, so tests know which configuration must win:
 ``FAKE_SHAPE=peak`` (default) peaks at intra=2, inter=1 (1.3x the defaults); ``flat`` is the same
@@ -41,13 +41,17 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 import time
-from pathlib import Path
 
-from tuner import knobs
-from tuner.protocol import PROTOCOL
+# Started with ``python -S`` (helpers.fake_worker_command): no site-packages, no .pth hooks, as
+# the fake needs only the standard library and this checkout's tuner (what a trial child runs).
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tuner.protocol import PROTOCOL  # noqa: E402 - after the path above
+
+# tuner.knobs (and tuner.host under it) is imported where a task needs the registry: the children
+# that crash, hang or fail on purpose, and diagnose, start without it.
 
 MAP_PARALLELISM = {1: 1.0, 2: 1.6, 4: 1.5, "autotune": 1.7}
 
@@ -69,6 +73,8 @@ def throughput(settings: dict) -> float:
     inter = settings.get("inter_op_parallelism_threads") or 0
     factor = {0: 1.0, 1: 0.6, 2: 1.2, 3: 0.9, 4: 0.8}.get(intra, 0.7)
     factor *= {0: 1.0, 1: 1.0833, 2: 1.0, 4: 0.9}.get(inter, 0.9)
+    from tuner import knobs
+
     factor *= MAP_PARALLELISM.get(knobs.declared(settings).get("map_parallelism", 1), 1.0)
     return 1000.0 * factor
 
@@ -102,6 +108,8 @@ def misbehave(kind: str, settings: dict) -> str | None:
 
 
 def fake_diagnosis(task: dict) -> dict:
+    from pathlib import Path
+
     from tuner import host
 
     root = task["cgroup_root"]
@@ -152,6 +160,8 @@ def fake_diagnosis(task: dict) -> dict:
 def tf_data_facts() -> tuple[list[str], list[str]]:
     """The optional tf.data options (all, with FAKE_TF_DATA=all; else none) and the autotune
     algorithms, as the real preflight reports them from an installed TensorFlow."""
+    from tuner import knobs
+
     options = [name for name, knob in knobs.KNOBS.items() if getattr(knob, "optional", False)]
     return (options if os.environ.get("FAKE_TF_DATA") == "all" else [],
             list(knobs.AUTOTUNE_ALGORITHMS))
@@ -203,6 +213,11 @@ def main() -> None:
         payload = {"protocol": PROTOCOL, "ok": True, "child_started": started,
                    **fake_diagnosis(task)}
     else:
+        import random
+        from pathlib import Path
+
+        from tuner import knobs
+
         rng = random.Random()
         counter = os.environ.get("FAKE_SEED_FILE")
         if counter:  # measurements run one at a time (the host lock), so no race here

@@ -39,7 +39,7 @@ TEST_ENV = ("FAKE_BEHAVIOUR", "FAKE_SHAPE", "FAKE_NOISE", "FAKE_WINDOW_SLEEP", "
 
 def fake_worker_command() -> list[str]:
     """The command that replaces ``python -m tuner.worker`` (``TUNER_WORKER`` holds it joined)."""
-    return [sys.executable, str(HERE / "fake_worker.py")]
+    return [sys.executable, "-S", str(HERE / "fake_worker.py")]  # -S: see fake_worker.py
 
 
 # -- configs ---------------------------------------------------------------------------------------

@@ -20,11 +20,13 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import fake_worker_command
 
 from tuner import cli, coord, lock, tuned, urls
 from tuner.errors import StudyError
@@ -318,7 +320,7 @@ def test_a_search_with_a_symlink_at_the_lock_path_is_one_error_line(workdir, fak
     config = workdir / "study.yaml"
     config.write_text(VALID)
     proc = _tuner("search", "--config", str(config), TUNER_LOCK_FILE=str(link),
-                  TUNER_WORKER=f"{sys.executable} {HERE / 'fake_worker.py'}")
+                  TUNER_WORKER=" ".join(fake_worker_command()))
     assert proc.returncode == 1, proc.stderr
     _one_error(proc.stderr.splitlines()[-1], str(link), "symlink")
     assert "Traceback" not in proc.stderr
@@ -395,6 +397,30 @@ def test_the_wait_for_the_lock_is_bounded_and_names_the_holder(tmp_path, monkeyp
     assert told == [1]
 
 
+def test_an_unbounded_wait_gets_the_lock_the_moment_it_is_released(tmp_path, monkeypatch):
+    path = tmp_path / "measure.lock"
+    monkeypatch.setenv("TUNER_LOCK_FILE", str(path))
+    fd = _hold(path, "31337\n")
+    released: list[float] = []
+
+    def release() -> None:
+        time.sleep(0.3)
+        released.append(time.monotonic())
+        os.close(fd)
+
+    told = []
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        with lock.host_lock(on_wait=lambda: told.append(1)) as waited:
+            got = time.monotonic()
+            assert path.read_text() == f"{os.getpid()}\n"
+    finally:
+        releaser.join()
+    assert told == [1] and waited >= 0.25
+    assert got - released[0] < 0.1  # blocked on the lock itself, not a poll interval
+
+
 def test_the_pid_is_written_only_once_the_lock_is_held(tmp_path, monkeypatch):
     path = tmp_path / "measure.lock"
     monkeypatch.setenv("TUNER_LOCK_FILE", str(path))
@@ -417,7 +443,7 @@ def test_a_search_waiting_for_the_lock_gives_up_at_its_timeout(workdir, fake_wor
         started = time.monotonic()
         proc = _tuner("search", "--config", str(config), "--timeout", "2",
                       TUNER_LOCK_FILE=str(path),
-                      TUNER_WORKER=f"{sys.executable} {HERE / 'fake_worker.py'}")
+                      TUNER_WORKER=" ".join(fake_worker_command()))
         assert time.monotonic() - started < 40
     finally:
         os.close(fd)
@@ -1343,7 +1369,7 @@ validate:
   screen_rounds: 1
   rounds: 4
 """
-FAKE = f"{sys.executable} {HERE / 'fake_worker.py'}"
+FAKE = " ".join(fake_worker_command())
 
 
 def _search_until(workdir: Path, line_starts: str, *args: str, **env: str
@@ -1463,6 +1489,43 @@ def test_only_a_validated_file_sends_an_unvalidated_result_beside_it(tmp_path, p
         assert written.path == path and written.kept is None
         assert (written.backup is not None) == (previous is not None)
     assert yaml.safe_load(written.path.read_text())["verdict"] == "unvalidated"
+
+
+@pytest.mark.parametrize("verdict", ["tuned", "defaults"])
+def test_a_validated_result_moves_the_stale_unvalidated_file_into_history(tmp_path, capsys,
+                                                                          verdict):
+    path = tmp_path / "tuned.yaml"
+    stale = tmp_path / "tuned.unvalidated.yaml"
+    kw = {"study_name": "branchy", "storage": "sqlite:///results/branchy.db", "force": False}
+    tuned.write({**_doc(0), "verdict": "tuned"}, path, **kw)
+    beside = tuned.write({**_doc(1), "verdict": "unvalidated"}, path, **kw)
+    assert beside.path == stale
+    unvalidated_bytes = stale.read_bytes()
+    first = tuned.write({**_doc(2), "verdict": verdict}, path, **kw)
+    assert not stale.exists()   # no stale result left to be taken for the current one
+    assert first.retired is not None and first.retired.read_bytes() == unvalidated_bytes
+    assert first.retired.name.startswith("tuned.unvalidated.yaml.") \
+        and first.retired.name.endswith(".bak")
+    assert yaml.safe_load(path.read_text())["verdict"] == verdict
+    assert first.backup is not None and yaml.safe_load(first.backup.read_text())["created"] \
+        == "run 0"   # the replaced validated file is in the history too
+    again = tuned.write({**_doc(3), "verdict": verdict}, path, **kw)
+    assert again.retired is None and first.retired.read_bytes() == unvalidated_bytes
+    cli.print_summary(yaml.safe_load(path.read_text()), str(path), str(again.backup),
+                      retired=str(first.retired))
+    assert f"moved the earlier unvalidated result beside it to {first.retired}: this " \
+           f"validated result supersedes it" in capsys.readouterr().out
+
+
+def test_an_unvalidated_result_leaves_an_earlier_unvalidated_file_to_its_history(tmp_path):
+    path = tmp_path / "tuned.yaml"
+    kw = {"study_name": "branchy", "storage": "sqlite:///results/branchy.db", "force": False}
+    tuned.write({**_doc(0), "verdict": "tuned"}, path, **kw)
+    tuned.write({**_doc(1), "verdict": "unvalidated"}, path, **kw)
+    second = tuned.write({**_doc(2), "verdict": "unvalidated"}, path, **kw)
+    assert second.path == tmp_path / "tuned.unvalidated.yaml" and second.retired is None
+    assert yaml.safe_load(second.path.read_text())["created"] == "run 2"
+    assert yaml.safe_load(second.backup.read_text())["created"] == "run 1"
 
 
 def test_an_interrupt_during_the_baseline_trial_is_130_and_writes_nothing(workdir):

@@ -430,6 +430,7 @@ def test_launcher_starts_every_instance_pinned_disjointly(tmp_path):
 
 
 @TWO_CPUS
+@pytest.mark.tf  # tuner.apply() imports TensorFlow in both children
 def test_apply_pins_the_instance_the_launcher_names(tmp_path):
     path = placed_tuned(tmp_path, instances={"count": 2, "cpus": [[0], [1]]})
     out = last_json(py(f"""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
+import yaml
 from helpers import (
     FIXTURES,
     run_cli,
@@ -41,3 +43,64 @@ def test_show_and_compare_read_a_study(small_study, capsys):
     pair = json.loads(out)["comparisons"][0]
     assert pair["same_machine"] and pair["throughput"]["ratio"] == pytest.approx(1.0, rel=1e-5)
     assert pair["throughput"]["verdict"] == "within noise"
+
+
+def _expert_line(out: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith("expert rule"))
+
+
+def _branchy(tmp_path, expert_rule: dict) -> str:
+    doc = yaml.safe_load((FIXTURES / "branchy.yaml").read_text())
+    doc["search"]["expert_rule"].update(expert_rule)
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
+
+
+def test_the_expert_rule_without_a_baseline_trial_is_measured_not_compared(tmp_path, capsys):
+    # the expert rule's trial completed and the baseline's did not: no speedup, but a measurement
+    path = _branchy(tmp_path, {"speedup_in_search": None})
+    code, out, err = run_cli(capsys, "show", path)
+    assert (code, err) == (0, "")
+    assert _expert_line(out).split(None, 2)[2] == (
+        "intra=2 inter=2: 2513.3 samples/s in its search trial (one process); no baseline "
+        "trial completed to compare it with")
+    code, out, err = run_cli(capsys, "show", path, "--format", "json")
+    assert json.loads(out)["expert"]["throughput_in_search"] == pytest.approx(2513.33)
+
+
+def test_an_expert_rule_whose_trial_did_not_complete_is_not_measured(tmp_path, capsys):
+    path = _branchy(tmp_path, {"speedup_in_search": None, "throughput": None})
+    code, out, err = run_cli(capsys, "show", path)
+    assert (code, err) == (0, "")
+    assert _expert_line(out).split(None, 2)[2] == (
+        "intra=2 inter=2: not measured (its search trial did not complete)")
+
+
+def test_a_damaged_expert_throughput_names_the_field(tmp_path, capsys):
+    path = _branchy(tmp_path, {"throughput": {"median": "fast"}})
+    code, _, err = run_cli(capsys, "show", path)
+    assert code == 2
+    assert err.startswith(f"error: {path}: search.expert_rule.throughput.median: ")
+
+
+def test_a_study_without_a_baseline_trial_shows_the_expert_rule_as_measured(small_study,
+                                                                            capsys):
+    # the study as a search leaves it when the baseline trial failed and nothing was validated
+    db = sqlite3.connect("results/study.db")
+    with db:
+        assert db.execute("UPDATE trial_user_attributes SET value_json = '\"other\"' WHERE "
+                          "key = 'role' AND value_json = '\"baseline\"'").rowcount == 1
+        assert db.execute("DELETE FROM study_user_attributes WHERE key = "
+                          "'tuner.last_result'").rowcount == 1
+        expert_median = json.loads(db.execute(
+            "SELECT t.value_json FROM trial_user_attributes t JOIN trial_user_attributes r "
+            "ON t.trial_id = r.trial_id WHERE r.key = 'role' AND r.value_json = '\"expert\"' "
+            "AND t.key = 'throughput'").fetchone()[0])["median"]
+    db.close()
+    code, out, err = run_cli(capsys, "show", "--storage", "sqlite:///results/study.db")
+    assert (code, err) == (0, "")
+    assert "unvalidated" in out
+    assert _expert_line(out).endswith(
+        f": {expert_median:.1f} samples/s in its search trial (one process); no baseline trial "
+        f"completed to compare it with")

@@ -11,6 +11,7 @@ import json
 
 import optuna
 import pytest
+from helpers import FAST, write_text
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -21,26 +22,38 @@ from tuner.space import build_space
 ORDER = {phase: i for i, phase in enumerate(structured.PHASES)}
 
 
-def run_structured(write_config, monkeypatch, n_trials=20):
+def run_structured(directory, monkeypatch):
     monkeypatch.setenv("FAKE_SHAPE", "layout")
     monkeypatch.setenv("FAKE_INSTANCE_GAIN", "1.8")
-    path = write_config()
     # seeded noise: whether a 1% wobble is judged "beyond noise" must not depend on the run
-    monkeypatch.setenv("FAKE_SEED_FILE", str(path.parent / "fake-seed"))
+    monkeypatch.setenv("FAKE_SEED_FILE", str(directory / "fake-seed"))
     # the allocator is left out: whether tcmalloc or jemalloc are installed depends on the machine
-    path.write_text(path.read_text().replace("n_trials: 8",
-                                             f"n_trials: {n_trials}\n  sampler: structured")
-                    + "space:\n  allocator: default\n")
+    path = write_text(directory / "study.yaml",
+                      FAST.replace("n_trials: 8", "n_trials: 20\n  sampler: structured")
+                      + "space:\n  allocator: default\n")
     cfg = config.load(path)
     lines: list[str] = []
     outcome = search.run(cfg, lines.append)
-    study = optuna.load_study(study_name="study", storage="sqlite:///results/study.db")
-    return outcome, lines, study
+    return outcome, lines
+
+
+@pytest.fixture(scope="module")
+def _structured_once(tmp_path_factory, fake_search_in):
+    """One structured search, shared by the tests that only read what it did."""
+    directory = tmp_path_factory.mktemp("structured")
+    with fake_search_in(directory) as monkeypatch:
+        outcome, lines = run_structured(directory, monkeypatch)
+    return directory, outcome, lines
 
 
 @pytest.fixture
-def structured_run(fake_worker, write_config, monkeypatch):
-    return run_structured(write_config, monkeypatch)
+def structured_run(_structured_once, monkeypatch):
+    """The shared structured search, from its directory: (outcome, its lines, the study)."""
+    directory, outcome, lines = _structured_once
+    monkeypatch.chdir(directory)
+    study = optuna.load_study(study_name="study",
+                              storage=f"sqlite:///{directory}/results/study.db")
+    return outcome, lines, study
 
 
 def test_phases_run_in_order_and_are_recorded(structured_run):

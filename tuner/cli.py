@@ -208,7 +208,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
         allow_other_machines=args.allow_other_machines)
     outcome = search_mod.run(cfg, (lambda line: None) if args.quiet else measuring.print_line)
-    print_summary(outcome.tuned, outcome.tuned_path, outcome.backup, outcome.kept)
+    print_summary(outcome.tuned, outcome.tuned_path, outcome.backup, outcome.kept,
+                  outcome.retired)
     return 130 if outcome.interrupted else 0
 
 
@@ -341,7 +342,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError("report: give --storage URL [--study-name NAME] (a study), or a "
                           "sizes file (python -m tuner report results/NAME/sizes.yaml)")
     if args.html:  # before the study is read: a bad path is found in a moment
-        report.check_output_path(args.html)
+        report.check_html_path(args.html)
     _quiet_optuna()
     built = report.build(args.storage, args.study_name)
     sys.stdout.write(report.format_text(built))
@@ -451,7 +452,7 @@ def report_sizes(path: str, html_path: str | None) -> int:
     from . import report, sizes
 
     if html_path:
-        report.check_output_path(html_path)
+        report.check_html_path(html_path)
     read = sizes.read(path)
     sys.stdout.write(report.format_sizes(read, "text"))
     if html_path:
@@ -461,7 +462,7 @@ def report_sizes(path: str, html_path: str | None) -> int:
 
 
 def print_summary(doc: dict[str, Any], path: str, backup: str | None,
-                  kept: str | None = None) -> None:
+                  kept: str | None = None, retired: str | None = None) -> None:
     from . import settings as settings_mod
 
     result = doc["result"]
@@ -498,6 +499,9 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None,
     if kept:
         print(f"kept {kept} as it was: it holds a validated result, and this one is not "
               f"validated; run the same command again to resume and validate")
+    if retired:
+        print(f"moved the earlier unvalidated result beside it to {retired}: this validated "
+              f"result supersedes it")
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -215,6 +215,17 @@ def setting_text(name: str, value: Any) -> str:
     return render.value(value)
 
 
+def _expert_text(expert: dict[str, Any]) -> str:
+    """The expert rule's search trial against the baseline trial, or what is known without it."""
+    x, measured = expert.get("speedup_in_search"), expert.get("throughput_in_search")
+    if x is not None:
+        return f"{x:.3f}x the defaults in its search trial (one process)"
+    if measured is not None:
+        return (f"{measured:.1f} samples/s in its search trial (one process); no baseline trial "
+                f"completed to compare it with")
+    return "not measured (its search trial did not complete)"
+
+
 def _machine_line(m: dict[str, Any]) -> str:
     return (f"{m.get('cpu_model', '?')}, {m.get('arch', '?')}, {m.get('usable_cpus', '?')} usable "
             f"CPUs ({m.get('physical_cores', '?')} cores, {m.get('sockets', '?')} socket(s)), "
@@ -259,11 +270,8 @@ def show_table(r: Result) -> Table:
     t.add("cpu saturation", sat)
     if r.expert:
         s = r.expert["settings"]
-        x = r.expert.get("speedup_in_search")
         intra, inter = (setting_text(k, s.get(k)) for k in THREAD_COUNTS)
-        t.add("expert rule", f"intra={intra} inter={inter}: "
-                             + (f"{x:.3f}x the defaults in its search trial (one process)"
-                                if x is not None else "not measured"))
+        t.add("expert rule", f"intra={intra} inter={inter}: " + _expert_text(r.expert))
     t.add("evidence", r.evidence)
     w = r.workload
     t.add("workload", f"{w.get('model')} / {w.get('data')}, {w.get('mode')}, "

@@ -143,12 +143,14 @@ def holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def host_lock(on_wait: Callable[[], None] | None = None, poll: float = 0.5,
+def host_lock(on_wait: Callable[[], None] | None = None, poll: float = 0.05,
               timeout: float | None = None) -> Iterator[float]:
     """Hold the host-wide measurement lock; yields the seconds spent waiting for it.
 
-    ``timeout`` bounds the wait (None: wait as long as it takes); past it, :class:`LockTimeout`
-    names the process holding the lock."""
+    ``timeout`` bounds the wait (None: wait as long as it takes, blocked on the lock itself, so
+    the lock is ours the moment it is released); past it, :class:`LockTimeout` names the process
+    holding the lock. A bounded wait tries again every ``poll`` seconds: a trial waiting for
+    another's loses at most that much."""
     path = lock_path()
     named = bool(os.environ.get(LOCK_ENV))
     if named:
@@ -174,8 +176,10 @@ def host_lock(on_wait: Callable[[], None] | None = None, poll: float = 0.5,
                 if not told and on_wait is not None:
                     on_wait()
                     told = True
-                time.sleep(poll if timeout is None else
-                           max(0.0, min(poll, timeout - waited)))
+                if timeout is None:  # Ctrl-C and SIGTERM still end the wait (PEP 475)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    break
+                time.sleep(max(0.0, min(poll, timeout - waited)))
         write_pid(fd)
         try:
             yield time.monotonic() - start

@@ -12,11 +12,11 @@ from __future__ import annotations
 import html
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import render
 from .errors import ConfigError, StudyError
+from .files import check_writable, write_text_atomic
 from .render import Table
 from .results import StudyRecord, read_study
 from .tuned import BASELINE, EXPERT, SCREEN
@@ -334,19 +334,10 @@ def format_html(report: StudyReport) -> str:
     return "".join(parts)
 
 
-def check_output_path(path: str) -> None:
-    """Refuse an ``--html`` path the report could not be written to, naming it and why: a
-    folder, a missing or unwritable folder to put it in. Nothing is created."""
-    where = Path(path)
-    parent = where.parent
-    if where.is_dir():
-        raise ConfigError(f"--html: {path}: is a directory; expected a file name for the report")
-    if not parent.exists():
-        raise ConfigError(f"--html: {path}: no such directory {str(parent)!r}; create it first")
-    if not parent.is_dir():
-        raise ConfigError(f"--html: {path}: {str(parent)!r} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--html: {path}: cannot write in {str(parent)!r}: permission denied")
+def check_html_path(path: str) -> None:
+    """Refuse an ``--html`` path the report could not be written to (a missing folder too:
+    the report makes none). Nothing is created."""
+    check_writable(path, "--html", "the report", make_folders=False)
 
 
 def write_html(report: StudyReport, path: str) -> None:
@@ -354,12 +345,10 @@ def write_html(report: StudyReport, path: str) -> None:
 
 
 def _write_page(text: str, path: str) -> None:
-    from .files import write_text_atomic
-
     if "<script src=\"http" in text or "<script src='http" in text:
         raise StudyError("report: the page would load a script from the network; refusing to "
                          "write a report that does not open offline")
-    check_output_path(path)  # write_text_atomic would create a missing folder
+    check_html_path(path)  # write_text_atomic would create a missing folder
     try:
         # a temporary file renamed into place: a failed write leaves no half report behind
         write_text_atomic(path, text)

@@ -82,8 +82,11 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
     expert_doc = search.get("expert_rule") or {}
     expert = None
     if expert_doc.get("settings"):
+        measured = _block(expert_doc.get("throughput"))
         expert = {"settings": _flat(expert_doc["settings"]),
-                  "speedup_in_search": expert_doc.get("speedup_in_search")}
+                  "speedup_in_search": expert_doc.get("speedup_in_search"),
+                  # its search trial's median: measured even when no baseline trial completed
+                  "throughput_in_search": measured["median"] if measured else None}
     study = doc.get("study") or {}
     rejected = result.get("rejected")
     if rejected and rejected.get("settings"):
@@ -228,6 +231,8 @@ def check_document(doc: dict[str, Any], where: str) -> None:
             raise bad_field(where, "search.expert_rule.settings", expert["settings"],
                             "a mapping of settings")
         check_settings(expert["settings"], where, "search.expert_rule.settings")
+    if expert.get("throughput") is not None:
+        check_block(expert["throughput"], where, "search.expert_rule.throughput")
     _fields(expert, where, "search.expert_rule.",
             (("speedup_in_search", _positive, POSITIVE),))
 
@@ -582,6 +587,7 @@ def from_study(storage: str, name: str | None) -> Result:
         "result": result, "created": created,
         "search": {"expert_rule": {
             "settings": expert.user_attrs.get("settings") if expert else None,
+            "throughput": _trial_block(expert),
             "speedup_in_search": expert.value / base.value if expert and base else None}},
         "study": {"name": record.name, "storage": record.storage,
                   "n_trials": len(record.trials),

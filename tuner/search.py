@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from . import coord, measuring, storage, study, tuned, validate, verdict
+from . import coord, files, measuring, storage, study, tuned, validate, verdict
 from . import host as host_mod
 from .config import Config
 from .errors import StudyError
@@ -39,6 +39,7 @@ class SearchOutcome:
     backup: str | None          # the replaced file's history copy
     interrupted: bool = False
     kept: str | None = None     # the validated file an unvalidated result was not put over
+    retired: str | None = None  # history copy of the stale unvalidated file this result superseded
 
 
 def run(config: Config, say: measuring.Say = measuring.print_line) -> SearchOutcome:
@@ -54,7 +55,8 @@ def run(config: Config, say: measuring.Say = measuring.print_line) -> SearchOutc
 def _run(cfg: Config, say: measuring.Say) -> SearchOutcome:
     started = time.monotonic()
     measurer = measuring.Measurer(cfg, host_mod.detect(), say)
-    tuned.check_writable(cfg.output)  # in seconds, not after the search
+    # in seconds, not after the search; the write makes missing folders
+    files.check_writable(cfg.output, "--output", "the tuned YAML", make_folders=True)
     tuned.check_replaceable(cfg.output, cfg.study_name, cfg.storage, cfg.force)
     locks = coord.Locks(cfg.storage, cfg.study_name)
     try:
@@ -123,7 +125,8 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
     return SearchOutcome(tuned_path=str(written.path), tuned=document,
                          backup=str(written.backup) if written.backup else None,
                          interrupted=interrupted,
-                         kept=str(written.kept) if written.kept else None)
+                         kept=str(written.kept) if written.kept else None,
+                         retired=str(written.retired) if written.retired else None)
 
 
 def validate_once(st: study.Study, locks: coord.Locks, seconds: dict[str, float]) -> Validation:

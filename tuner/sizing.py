@@ -31,7 +31,7 @@ from typing import Any
 
 import optuna
 
-from . import coord, measuring, search, sizes, stats, study, tuned, verdict
+from . import coord, files, measuring, search, sizes, stats, study, verdict
 from . import host as host_mod
 from . import settings as settings_mod
 from . import space as space_mod
@@ -263,7 +263,7 @@ def _run(cfg: Config, opts: Options, say: measuring.Say, machine: host_mod.Machi
     started = time.monotonic()
     counts = ladder(machine.usable_cpus, opts.cpus)
     output = opts.output or sizes.default_output(cfg.study_name)
-    tuned.check_writable(output)
+    files.check_writable(output, "--output", "the sizes file", make_folders=True)
     if opts.budget is not None and cfg.objective.percentile is None:
         # each size's search then prefers configurations within the budget
         cfg = cfg.replace(objective=Objective(metric=cfg.objective.metric,

@@ -1,4 +1,4 @@
-"""The Optuna study of a search: storage, sampler, reference trials, the objective, progress.
+"""The Optuna study of a search: storage, sampler, reference trials, the objective.
 
 Any RDB storage URL works (SQLite by default). A resumed or joined study must belong to the same
 workload, measurement and machine type. Trials left RUNNING by a dead search on this host are
@@ -13,51 +13,21 @@ deliberate replicate. ``search.sampler: structured`` runs the phases of :mod:`tu
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from . import coord, measuring, sampling, stats, structured, tuned
-from . import settings as settings_mod
+from . import coord, measuring, progress, sampling, stats, structured, tuned
 from . import storage as storage_mod
-from .errors import StudyError, TrialFailed
+from .errors import TrialFailed
+from .searched import Searched
 from .trial import Watch
 from .urls import mask_secret, mask_url
 
 BASELINE, EXPERT, SCREEN = tuned.BASELINE, tuned.EXPERT, tuned.SCREEN   # a reference trial's "role"
-
-
-@dataclass(frozen=True)
-class Searched:
-    """This machine type's trials, for the verdict and the tuned file."""
-
-    trials: list[FrozenTrial]
-    other_machine_trials: int   # trials of the study measured on other machine types
-    sampler: str
-
-    def _role(self, role: str) -> FrozenTrial | None:
-        done = [t for t in self.trials
-                if t.state == TrialState.COMPLETE and t.user_attrs.get("role") == role]
-        return done[-1] if done else None
-
-    @property
-    def best(self) -> FrozenTrial:
-        return max((t for t in self.trials if t.state == TrialState.COMPLETE),
-                   key=lambda t: t.value)
-
-    @property
-    def baseline(self) -> FrozenTrial | None:
-        return self._role(BASELINE)
-
-    @property
-    def expert(self) -> FrozenTrial | None:
-        return self._role(EXPERT)
 
 
 class Study:
@@ -73,12 +43,8 @@ class Study:
         self.sampler = sampler
         self.machine_id = coord.machine_id(self.machine.fingerprint())
         self.recorded_on = recorded_on  # the machine type the study was first recorded on
-        v = self.config.validate
-        self.child_seconds = pre.child_seconds
-        self.validation_estimate = pre.child_seconds * (
-            v.candidates * v.screen_rounds * (v.candidates > 1) + 2 * v.rounds)
-        self.trial_walls: list[float] = []
-        self._run_added = 0
+        self.progress = progress.Progress(self.config, pre.child_seconds)
+        self.validation_estimate = self.progress.validation_estimate
         self._interrupted_trial: int | None = None
         self._tpe_said = False
         self.structured = study.sampler if isinstance(
@@ -131,26 +97,12 @@ class Study:
     # -- trials --------------------------------------------------------------------------------
 
     def announce(self) -> None:
-        cfg, m = self.config, self.machine
         prior = len([t for t in self.optuna.get_trials(deepcopy=False)
                      if t.state != TrialState.WAITING])  # enqueued references are not history
-        self.say(
-            f"study {cfg.study_name!r} in {mask_url(cfg.storage)}: "
-            f"{'resuming with ' + str(prior) + ' trials' if prior else 'new'}; sampler "
-            f"{self.sampler}, space of {self.space.size} points over "
-            f"{', '.join(self.space.searched) or 'nothing'}; {cfg.search.n_trials} trials of "
-            f"~{self.child_seconds:.0f} s, then ~{_fmt_seconds(self.validation_estimate)} "
-            f"of validation")
-        self.say(f"machine: {m.cpu_model}, {m.usable_cpus} usable CPUs (visible "
-                 f"{m.visible_cpus}, quota {m.cpu_quota}), TensorFlow {m.tf_version}")
-        if self.structured is not None:
-            plan = self.structured.record(self.optuna)
-            dims = plan["dims"]
-            self.say(f"structured search: baseline x{1 + plan['baseline_replicates']} (noise), "
-                     f"layout ({', '.join(dims['layout']) or 'nothing'}), threads per instance "
-                     f"({', '.join(dims['threads']) or 'nothing'}), data "
-                     f"({', '.join(dims['data']) or 'nothing'}), then TPE over what moved "
-                     f"beyond noise; ablation of the leader in the last trials")
+        plan = self.structured.record(self.optuna) if self.structured is not None else None
+        for line in progress.opening(self.config, self.machine, self.space, self.sampler, prior,
+                                     self.progress, mask_url(self.config.storage), plan):
+            self.say(line)
 
     def run_trials(self, timeout: float | None) -> bool:
         """Add this run's trials; True when Ctrl-C or SIGTERM stopped them."""
@@ -230,7 +182,7 @@ class Study:
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM)")
             self._interrupted_trial = trial.number
             raise
-        self.trial_walls.append(result["wall_seconds"])
+        self.progress.measured(result["wall_seconds"])
         attrs = measuring.summary(result)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -251,8 +203,8 @@ class Study:
         return None
 
     def after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
-        self._run_added += 1
-        self.say(self.trial_line(frozen))
+        best = max(self.complete(), key=lambda c: c.value, default=None)
+        self.say(self.progress.trial_line(frozen, best))
         self.fail_stale_trials()  # before Optuna's own check, to say why on the trial
         if self.cap_reached():
             study.stop()
@@ -269,10 +221,7 @@ class Study:
         if step is not None and step.phase == "tpe" and not self._tpe_said \
                 and (sampler.remaining(study) or 0) > 0:
             self._tpe_said = True
-            effects = ", ".join(f"{k} {v:.2f}x" for k, v in state["effects"].items())
-            self.say(f"  screening done: noise ±{state['noise'] * 100:.1f}% (the baseline "
-                     f"across processes); effects {effects}; TPE over "
-                     f"{', '.join(state['matter'])}, the rest fixed at the leader's values")
+            self.say(progress.screening_done(state))
         if step is None:
             self.say("  structured search: nothing left to measure; stopping early")
             study.stop()
@@ -283,31 +232,6 @@ class Study:
         cap = self.config.search.max_trials
         return cap is not None and len(self.optuna.get_trials(deepcopy=False, states=(
             TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING))) >= cap
-
-    def trial_line(self, t: FrozenTrial) -> str:
-        role = t.user_attrs.get("role")
-        phase = t.user_attrs.get("phase")
-        head = (f"trial {t.number:>3}{f' [{phase}]' if phase else ''}  "
-                f"{settings_mod.short(t.user_attrs.get('settings') or {})}  "
-                f"{f'[{role}] ' if role else ''}")
-        if t.state == TrialState.COMPLETE and "duplicate_of" in t.user_attrs:
-            body = (f"duplicate of #{t.user_attrs['duplicate_of']}: not measured, "
-                    f"{t.value:.1f} as measured there")
-        elif t.state == TrialState.COMPLETE:
-            tp = t.user_attrs["throughput"]
-            body = (f"{tp['median']:>10.1f} samples/s (±{tp['rel_spread'] * 50:.1f}%)  "
-                    f"sat {t.user_attrs.get('cpu_saturation', float('nan')):.2f}")
-        elif t.state == TrialState.PRUNED:
-            body = f"PRUNED  {t.user_attrs.get('prune_reason', '')}"
-        else:
-            body = f"FAIL  {t.user_attrs.get('fail_reason', 'unknown reason')}"
-        best = max(self.complete(), key=lambda c: c.value, default=None)
-        best_text = f"  best {best.value:.1f} (#{best.number})" if best else ""
-        remaining = self.config.search.n_trials - self._run_added
-        walls = self.trial_walls
-        mean = sum(walls) / len(walls) if walls else self.child_seconds
-        left = remaining * mean + self.validation_estimate
-        return f"{head}{body}{best_text}  ~{_fmt_seconds(left)} left"
 
     def _requeue_interrupted(self) -> None:
         """A trial cut short by Ctrl-C or SIGTERM (an orchestrator stopping a worker) lost only
@@ -340,51 +264,13 @@ class Study:
         """This machine type's trials; StudyError when none completed, with the most common
         reason they failed."""
         everything = self.optuna.get_trials(deepcopy=False)
-        trials = self.mine(everything)
-        if not any(t.state == TrialState.COMPLETE for t in trials):
-            raise StudyError(_why_none_completed(trials))
-        return Searched(trials=trials, other_machine_trials=len(everything) - len(trials),
-                        sampler=self.sampler)
+        return Searched.of(self.mine(everything), len(everything), self.sampler)
 
     def say_best(self, searched: Searched) -> None:
         self.say("")
         self.say("best trials of the search (one process each; validation follows):")
-        for line in summarize_trials(searched.trials, limit=5):
+        for line in progress.summarize_trials(searched.trials, limit=5):
             self.say("  " + line)
-
-
-def _why_none_completed(trials: list[FrozenTrial]) -> str:
-    failed = [t for t in trials if t.state == TrialState.FAIL]
-    reasons: dict[str, int] = {}
-    for t in failed:
-        reason = t.user_attrs.get("fail_reason", "unknown reason")
-        reason = re.sub(r"^instance \d+ of \d+: ", "", reason)  # the same failure, N times
-        reasons[reason] = reasons.get(reason, 0) + 1
-    if not reasons:
-        return "no trial completed (the search was stopped before the first one finished)"
-    common = max(reasons, key=lambda r: reasons[r])
-    return f"all {len(failed)} trials failed; most common reason ({reasons[common]}x): {common}"
-
-
-def summarize_trials(trials: Iterable[FrozenTrial], limit: int = 10) -> list[str]:
-    """A small end-of-run table of the best trials."""
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE),
-                  key=lambda t: t.value, reverse=True)[:limit]
-    lines = [f"{'trial':>5}  {'samples/s':>10}  {'spread':>7}  {'sat':>5}  settings"]
-    for t in done:
-        tp = t.user_attrs.get("throughput", {})
-        role = t.user_attrs.get("role")
-        lines.append(f"{t.number:>5}  {t.value:>10.1f}  "
-                     f"{tp.get('rel_spread', math.nan) * 100:>6.1f}%"
-                     f"  {t.user_attrs.get('cpu_saturation', math.nan):>5.2f}  "
-                     f"{settings_mod.short(t.user_attrs.get('settings', {}))}"
-                     f"{'  [' + role + ']' if role else ''}")
-    return lines
-
-
-def _fmt_seconds(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 # -- opening ---------------------------------------------------------------------------------------

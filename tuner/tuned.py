@@ -3,7 +3,9 @@
 Written atomically, versioned, and never put over another study's file without ``--force``. No
 result is lost: every file replaced is kept as ``<name>.<UTC time>.bak`` (never over an older
 one), and an unvalidated result never replaces a validated file: it goes beside it, as
-``<stem>.unvalidated.yaml``.
+``<stem>.unvalidated.yaml``. A validated result written later supersedes that file: it moves
+into the history (``<stem>.unvalidated.yaml.<UTC time>.bak``), so no stale result is left to
+be mistaken for the current one.
 
 Format history (``format_version``):
   1: first version: settings (threads, tf_data, env), machine, result, validation, study.
@@ -98,28 +100,6 @@ def check_replaceable(path: str | Path, study_name: str, storage: str, force: bo
                              f"{path.name}.<time>.bak)")
 
 
-def check_writable(path: str | Path) -> None:
-    """Refuse an output the tuned file could not be written to, naming it and why, before any
-    work: a folder in its place, a file where a folder should be, a folder this user cannot
-    write in. Nothing is created (the write makes missing folders)."""
-    shown = str(path)
-    where = Path(path)
-    if where.is_dir():
-        raise ConfigError(f"--output: {shown}: is a directory; expected a file name for the "
-                          f"tuned YAML")
-    parent = where.parent
-    while not parent.exists():
-        if parent.is_symlink():  # a dangling link: mkdir would fail on it
-            raise ConfigError(f"--output: {shown}: {str(parent)!r} is a broken symbolic link")
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"--output: {shown}: {str(parent)!r} is not a directory")
-    # the file is replaced by a rename, and history and temporary files go beside it: what
-    # counts is the folder, not the file's own mode
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output: {shown}: cannot write in {str(parent)!r}: permission denied")
-
-
 class _Dumper(yaml.SafeDumper):
     """Plain YAML: no &anchors/*aliases when a block appears twice, short float lists inline."""
 
@@ -151,12 +131,14 @@ VALIDATED = ("tuned", "defaults")
 @dataclass(frozen=True)
 class Written:
     """Where a result went: ``path`` (the output, or the file beside it for an unvalidated
-    result), ``backup`` (the replaced file's history copy, if one was replaced) and ``kept`` (the
-    validated file left as it was, when the result went beside it)."""
+    result), ``backup`` (the replaced file's history copy, if one was replaced), ``kept`` (the
+    validated file left as it was, when the result went beside it) and ``retired`` (the history
+    copy of an unvalidated file beside the output that this validated result superseded)."""
 
     path: Path
     backup: Path | None
     kept: Path | None
+    retired: Path | None = None
 
 
 def unvalidated_path(path: str | Path) -> Path:
@@ -204,7 +186,27 @@ def write(data: dict[str, Any], path: str | Path, *, study_name: str, storage: s
         os.chmod(path, 0o644)
     # else the file stays as mkstemp made it, 0600: its storage URL is masked, but the user and
     # host it names are for its owner only
-    return Written(path, backup, kept)
+    retired = _retire_unvalidated(path) if data.get("verdict") in VALIDATED else None
+    return Written(path, backup, kept, retired)
+
+
+def _retire_unvalidated(path: Path) -> Path | None:
+    """Move the unvalidated result beside ``path`` (just written, validated) into the history;
+    its history copy, or None when there was none. Best effort: the validated file is written,
+    and a stale file that cannot be moved stays where it is, whole."""
+    stale = unvalidated_path(path)
+    if not stale.is_file() or stale.is_symlink():
+        return None
+    try:
+        retired = keep_history(stale)
+    except OSError:
+        return None
+    try:
+        stale.unlink()
+    except OSError:
+        retired.unlink(missing_ok=True)
+        return None
+    return retired
 
 
 def keep_history(path: Path, now: float | None = None) -> Path:

@@ -20,7 +20,7 @@ from . import settings as settings_mod
 from .config import Config
 from .errors import StudyError
 from .measuring import Preflight
-from .study import Searched
+from .searched import Searched
 from .urls import mask_url
 from .validate import BASELINE, POWER, TARGET_SPEEDUP, Validation
 
