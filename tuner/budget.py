@@ -47,6 +47,12 @@ STOP_PLAN = "the structured plan had nothing left to measure"
 STOP_INTERRUPTED = "interrupted"
 
 
+def clock() -> float:
+    """The budget's clock (monotonic seconds); the tests replace it with one that counts
+    measurements."""
+    return time.monotonic()
+
+
 def parse(value: Any, where: str) -> float:
     """Seconds from ``600``, ``"90s"``, ``"10m"``, ``"1h"``, ``"1h30m"``; ConfigError naming
     ``where`` otherwise."""
@@ -87,36 +93,36 @@ def affordable_rounds(seconds: float, per_process: float) -> int:
 
 
 def stalled(values: Sequence[float | None], noise: float, patience: int) -> bool:
-    """Whether each of the last ``patience`` values failed to beat the best before it by more
-    than ``noise`` (a ratio above ``1 + noise``). ``values`` are in trial order; None (failed,
-    pruned) counts as no gain. Fewer than ``patience`` values after a first one: not stalled."""
+    """Whether none of the last ``patience`` values beat the best before them by more than
+    ``noise`` (a ratio above ``1 + noise``). ``values`` are in trial order; None (failed,
+    pruned) counts as no gain. Fewer than ``patience`` values after a first one: not stalled.
+    The bar stays the best before the last ``patience``, so a run of small gains that adds up
+    to more than the noise is progress."""
     if len(values) <= patience:
         return False
     best = max((v for v in values[:-patience] if v is not None), default=None)
-    for v in values[-patience:]:
-        if v is not None and (best is None or v > best * (1 + noise)):
-            return False
-        if v is not None:
-            best = max(best, v) if best is not None else v
-    return True
+    last = [v for v in values[-patience:] if v is not None]
+    if best is None:
+        return not last
+    return all(v <= best * (1 + noise) for v in last)
 
 
 @dataclass
 class Budget:
     """One run's budget: what is held back for validation, what the search may still spend,
-    and what was spent. ``clock`` is ``time.monotonic`` except in tests."""
+    and what was spent, on :func:`clock`."""
 
     seconds: float
     started: float
     processes: int                 # validation's first look
     per_process: float             # expected seconds of one process (updated from trials)
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = field(default=lambda: clock())
     search_started: float | None = None
     search_ended: float | None = None
     validation_started: float | None = None
     validation_ended: float | None = None
     stopped: str | None = None
-    walls: list[float] = field(default_factory=list)
+    walls: list[float] = field(default_factory=list)   # each trial's cost to the search
 
     def elapsed(self) -> float:
         return self.clock() - self.started
@@ -126,7 +132,8 @@ class Budget:
 
     @property
     def trial_seconds(self) -> float:
-        """One trial's expected wall time: the mean of this run's trials, else the estimate."""
+        """One process's expected cost: the mean of this run's trials (each as the search paid
+        for it: child, database, sampler), else the preflight's estimate."""
         return sum(self.walls) / len(self.walls) if self.walls else self.per_process
 
     @property
@@ -150,7 +157,7 @@ class Budget:
                 f"{where}: {fmt(self.seconds)} leaves no time for a search: the preflight took "
                 f"{fmt(self.elapsed())} and validation needs ~{fmt(self.reserve)} "
                 f"({self.processes} processes of ~{self.trial_seconds:.0f} s); allow at least "
-                f"{fmt(math.ceil(need / 60) * 60)}")
+                f"{fmt(math.ceil(need / 10) * 10)}")
 
     def plan_line(self) -> str:
         return (f"budget {fmt(self.seconds)}: preflight took {fmt(self.elapsed())}, "

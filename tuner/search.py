@@ -55,6 +55,7 @@ def run(config: Config, say: measuring.Say = measuring.print_line) -> SearchOutc
 
 def _run(cfg: Config, say: measuring.Say) -> SearchOutcome:
     started = time.monotonic()
+    budget_started = budget_mod.clock()
     measurer = measuring.Measurer(cfg, host_mod.detect(), say)
     tuned.check_writable(cfg.output)  # in seconds, not after the search
     tuned.check_replaceable(cfg.output, cfg.study_name, cfg.storage, cfg.force)
@@ -68,7 +69,7 @@ def _run(cfg: Config, say: measuring.Say) -> SearchOutcome:
         pre = measurer.preflight()
         seconds = {"preflight": time.monotonic() - mark}
         measurer = measuring.Measurer(cfg, pre.machine, say)
-        return _search(measurer, pre, locks, started, seconds)
+        return _search(measurer, pre, locks, started, seconds, budget_started)
     except (optuna.exceptions.StorageInternalError, _sqlalchemy_error()) as exc:
         # the database went away mid-run, beyond the retries: one line, never a traceback
         raise storage.cannot_connect(cfg.storage, exc) from None
@@ -77,7 +78,7 @@ def _run(cfg: Config, say: measuring.Say) -> SearchOutcome:
 
 
 def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord.Locks,
-            started: float, seconds: dict[str, float]) -> SearchOutcome:
+            started: float, seconds: dict[str, float], budget_started: float) -> SearchOutcome:
     cfg, say = measurer.config, measurer.say
     st = study.open_study(measurer, pre, locks)
     st.announce()
@@ -88,7 +89,7 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
             raise StudyError(f"--timeout: {cfg.search.timeout:g} s leaves no time for trials "
                              f"after preflight and validation (~{st.validation_estimate:.0f} "
                              f"s); allow more")
-    plan = _budget(st, started)
+    plan = _budget(st, budget_started)
     watch = BudgetWatch(st, plan) if plan is not None else None
     mark = time.monotonic()
     interrupted = st.run_trials(timeout, callbacks=[watch] if watch else [])
@@ -191,8 +192,12 @@ def _budget(st: study.Study, started: float) -> budget_mod.Budget | None:
         return None
     v = cfg.validate
     plan = budget_mod.Budget(
-        seconds=cfg.search.budget, started=started, per_process=st.child_seconds,
+        seconds=cfg.search.budget, per_process=st.child_seconds,
+        started=started,
         processes=budget_mod.validation_processes(v.candidates, v.screen_rounds, v.rounds))
+    # before any trial, one process costs what the estimate says, or what the preflight (one
+    # child, start-up to result) really took when that was more
+    plan.per_process = max(plan.per_process, plan.elapsed())
     plan.check("search.budget (--budget)")
     plan.start_search()
     st.say(plan.plan_line())
@@ -216,48 +221,55 @@ class BudgetWatch:
     """After each trial: this run's trial wall times into the budget, then stop the search
     when the next trial would not fit, or when the last phase stalled (see tuner/budget.py).
     A structured search that stalls or runs short of time keeps the trials its ablation
-    needs: its plan's end is moved, not the search stopped at once."""
+    needs: its plan's end is moved (the engine ablates in the last trials before the end), not
+    the search stopped at once."""
 
     def __init__(self, st: study.Study, plan: budget_mod.Budget) -> None:
         self.st, self.plan = st, plan
-        self.ended = False   # the structured plan was cut to its ablation
+        self.cut = False     # the structured plan's end was moved to fit the time
+        self.mark = plan.clock()
 
     def __call__(self, optuna_study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         st, plan = self.st, self.plan
-        plan.walls[:] = st.trial_walls
+        # a trial's cost as the search pays it: child, study database and sampler together
+        now = plan.clock()
+        plan.walls.append(now - self.mark)
+        self.mark = now
         sampler = st.structured
-        if sampler is not None:
-            started = len([t for t in optuna_study.get_trials(deepcopy=False)
-                           if t.state != optuna.trial.TrialState.WAITING])
-            if plan.trials_left() < (sampler.remaining(optuna_study) or 0):
-                sampler.end = started + plan.trials_left()
-                if plan.stopped is None:
-                    plan.stopped = (f"budget: time for {plan.trials_left()} more trials "
-                                    f"(~{plan.trial_seconds:.0f} s each) before validation's "
-                                    f"~{budget_mod.fmt(plan.reserve)}")
-                    st.say(f"  {plan.stopped}; the plan ends with its ablation there")
+        if sampler is None:
             if plan.stopped is None:
-                stall = self._stalled()
-                if stall:
-                    seen = sampler.history(optuna_study)
-                    todo = sampler.engine.ablation(seen, sampler.engine.noise(seen))
-                    sampler.end = min(sampler.end or started, started + len(todo))
-                    plan.stopped = stall
-                    st.say(f"  budget: {stall}; {len(todo)} ablation trials, then validation")
-            if sampler.end is not None and started >= sampler.end and not self.ended:
-                self.ended = True
-                optuna_study.stop()
+                plan.stopped = self._stalled() or (self._out_of_time() if plan.trials_left() < 1
+                                                   else None)
+                if plan.stopped is not None:
+                    st.say(f"  budget: stopping the search: {plan.stopped}")
+                    optuna_study.stop()
             return
+        started = len([t for t in optuna_study.get_trials(deepcopy=False)
+                       if t.state != optuna.trial.TrialState.WAITING])
+        fit = started + plan.trials_left()
+        if sampler.end is None or fit < sampler.end:
+            if not self.cut:
+                st.say(f"  budget: time for ~{plan.trials_left()} more trials (~"
+                       f"{plan.trial_seconds:.1f} s each); the plan's ablation goes in the last "
+                       f"of them")
+            self.cut = True
+            sampler.end = fit
         if plan.stopped is None:
-            plan.stopped = self._stalled() or (self._out_of_time() if plan.trials_left() < 1
-                                               else None)
-            if plan.stopped is not None:
-                st.say(f"  budget: stopping the search: {plan.stopped}")
-                optuna_study.stop()
+            stall = self._stalled()
+            if stall:
+                seen = sampler.history(optuna_study)
+                todo = sampler.engine.ablation(seen, sampler.engine.noise(seen))
+                sampler.end = min(sampler.end, started + len(todo))
+                plan.stopped = stall
+                st.say(f"  budget: {stall}; {len(todo)} ablation trials, then validation")
+        if started >= sampler.end:
+            if plan.stopped is None:
+                plan.stopped = self._out_of_time()
+            optuna_study.stop()
 
     def _out_of_time(self) -> str:
         plan = self.plan
-        return (f"budget: no time for another trial (~{plan.trial_seconds:.0f} s each) before "
+        return (f"budget: no time for another trial (~{plan.trial_seconds:.1f} s each) before "
                 f"validation's ~{budget_mod.fmt(plan.reserve)}")
 
     def _stalled(self) -> str | None:
