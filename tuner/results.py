@@ -51,7 +51,10 @@ class Result:
     budget: dict[str, Any] | None = None   # search.budget: how a --budget was spent
 
     def as_json(self) -> dict[str, Any]:
-        return tuned.rounded(asdict(self))
+        doc = asdict(self)
+        if doc["budget"] is None:   # only a run with --budget has one
+            del doc["budget"]
+        return tuned.rounded(doc)
 
 
 # -- from a tuned file -------------------------------------------------------------------------
