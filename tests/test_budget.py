@@ -168,7 +168,7 @@ def test_the_search_stops_when_the_next_trial_would_eat_validations_share(
     spent = budget_of(outcome)
     assert "budget 3m00s: preflight took 10s, ~1m20s held back for validation (8 processes of " \
         "~10 s), the search gets ~1m30s (~9 trials)" in outcome.lines
-    assert spent["stopped"] == ("budget: no time for another trial (~10.0 s each) before "
+    assert spent["stopped"] == ("no time for another trial (~10.0 s each) before "
                                 "validation's ~1m20s")
     assert len(trials()) == 9
     assert spent["spent_search_s"] == 90
@@ -193,7 +193,7 @@ def test_a_structured_search_short_of_time_keeps_its_ablation(fake_worker, write
     assert len(phases) == 15, phases   # (240 - 10 - 80) / 10
     assert "threads" in phases        # the plan was cut short of its end ...
     assert phases[-1] == "ablation"   # ... and its ablation moved into the time left
-    assert spent["stopped"].startswith("budget: no time for another trial")
+    assert spent["stopped"].startswith("no time for another trial")
     assert any(line.startswith("  budget: time for ~") for line in outcome.lines)
     assert spent["spent_total_s"] <= 240
 

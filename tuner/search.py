@@ -269,7 +269,7 @@ class BudgetWatch:
 
     def _out_of_time(self) -> str:
         plan = self.plan
-        return (f"budget: no time for another trial (~{plan.trial_seconds:.1f} s each) before "
+        return (f"no time for another trial (~{plan.trial_seconds:.1f} s each) before "
                 f"validation's ~{budget_mod.fmt(plan.reserve)}")
 
     def _stalled(self) -> str | None:
