@@ -53,6 +53,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    from . import budget
+
+    try:
+        return budget.parse(text, "--budget")
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"expected {budget.FORMS}, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m tuner",
                      description="Measure the TensorFlow CPU settings that make a model fastest.")
@@ -65,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-trials", type=_positive_int, help="trials this run adds (as in Optuna)")
     s.add_argument("--timeout", type=_seconds,
                    help="seconds for the whole run, validation included")
+    s.add_argument("--budget", type=_duration,
+                   help="wall time for the whole run (e.g. 10m, 90s, 1h): the tool splits it "
+                   "between search and validation and may stop the search early")
     s.add_argument("--trial-timeout", type=_seconds, help="seconds one trial's child may take")
     s.add_argument("--max-trials", type=_positive_int,
                    help="study-wide cap: every worker stops once the study holds this many trials")
@@ -202,7 +214,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     cfg = config_mod.with_overrides(
         config_mod.load(args.config), n_trials=args.n_trials, timeout=args.timeout,
-        trial_timeout=args.trial_timeout,
+        budget=args.budget, trial_timeout=args.trial_timeout,
         # the environment keeps a password out of the command line (and `ps`): a Secret's value
         storage=args.storage or os.environ.get(STORAGE_ENV) or None, study_name=args.study_name,
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
@@ -210,6 +222,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     outcome = search_mod.run(cfg, (lambda line: None) if args.quiet else measuring.print_line)
     print_summary(outcome.tuned, outcome.tuned_path, outcome.backup, outcome.kept,
                   outcome.retired)
+    if outcome.budget:
+        print(outcome.budget)
     return 130 if outcome.interrupted else 0
 
 

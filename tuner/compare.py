@@ -273,6 +273,12 @@ def show_table(r: Result) -> Table:
         intra, inter = (setting_text(k, s.get(k)) for k in THREAD_COUNTS)
         t.add("expert rule", f"intra={intra} inter={inter}: " + _expert_text(r.expert))
     t.add("evidence", r.evidence)
+    if r.budget:
+        b = r.budget
+        t.add("budget", f"{render.num(b.get('budget_s'), 0)} s: search "
+                        f"{render.num(b.get('spent_search_s'), 0)} s, validation "
+                        f"{render.num(b.get('spent_validation_s'), 0)} s; search stopped: "
+                        f"{b.get('stopped') or '-'}")
     w = r.workload
     t.add("workload", f"{w.get('model')} / {w.get('data')}, {w.get('mode')}, "
                       f"batch size {w.get('batch_size')}")

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from . import budget as budget_mod
 from .errors import ConfigError
 from .knobs import AUTOTUNE, SECTIONS, check_overrides
 
@@ -37,6 +38,9 @@ class Search:
     n_trials: int = 24          # trials this run adds, as in Optuna
     max_trials: int | None = None  # study-wide cap: stop once the study holds this many trials
     timeout: float | None = None   # seconds for the whole run, validation included
+    # wall time for the whole run, split by the tool between search and validation, which may
+    # also stop the search early (tuner/budget.py); in the file "10m", "90s", "1h" or seconds
+    budget: float | None = None
     trial_timeout: float = 180.0   # seconds one child may take, start-up to result
     sampler: str = "auto"
     seed: int | None = 0
@@ -254,6 +258,7 @@ def _bool(value: Any, where: str) -> bool:
 SEARCH_RULES = {
     "n_trials": _int(1), "max_trials": _int(1, allow_none=True),
     "timeout": _float(0, allow_none=True, strictly_above=True),
+    "budget": lambda v, w: None if v is None else budget_mod.parse(v, w),
     "trial_timeout": _float(0, strictly_above=True),
     "sampler": lambda v, w: _choice(v, SAMPLERS, w), "seed": _int(0, allow_none=True),
     "pruning": _bool,
@@ -484,6 +489,7 @@ def check_output(path: Any, where: str) -> str:
 
 
 def with_overrides(config: Config, *, n_trials: int | None = None, timeout: float | None = None,
+                   budget: float | None = None,
                    trial_timeout: float | None = None, storage: str | None = None,
                    study_name: str | None = None, output: str | None = None,
                    seed: int | None = None, force: bool = False, max_trials: int | None = None,
@@ -496,7 +502,8 @@ def with_overrides(config: Config, *, n_trials: int | None = None, timeout: floa
     checked here, by the same checks as the file's."""
     changes: dict[str, Any] = {}
     search_changes: dict[str, Any] = {}
-    numbers = {"n_trials": n_trials, "timeout": timeout, "trial_timeout": trial_timeout,
+    numbers = {"n_trials": n_trials, "timeout": timeout, "budget": budget,
+               "trial_timeout": trial_timeout,
                "seed": seed, "max_trials": max_trials}
     search_changes.update({k: v for k, v in numbers.items() if v is not None})
     if allow_other_machines:

@@ -48,9 +48,13 @@ class Result:
     rejected: dict[str, Any] | None = None
     expert: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    budget: dict[str, Any] | None = None   # search.budget: how a --budget was spent
 
     def as_json(self) -> dict[str, Any]:
-        return tuned.rounded(asdict(self))
+        doc = asdict(self)
+        if doc["budget"] is None:   # only a run with --budget has one
+            del doc["budget"]
+        return tuned.rounded(doc)
 
 
 # -- from a tuned file -------------------------------------------------------------------------
@@ -88,6 +92,7 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
                   # its search trial's median: measured even when no baseline trial completed
                   "throughput_in_search": measured["median"] if measured else None}
     study = doc.get("study") or {}
+    budget = search.get("budget")
     rejected = result.get("rejected")
     if rejected and rejected.get("settings"):
         rejected = {**rejected, "settings": _flat(rejected["settings"])}
@@ -107,7 +112,8 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
                                          "fail")},
         # an unquoted timestamp in a hand-edited file reads as a datetime
         created=created.isoformat() if isinstance(created, (date, datetime)) else created,
-        rejected=rejected or None, expert=expert, notes=settings_mod.notes(doc["settings"]))
+        rejected=rejected or None, expert=expert, notes=settings_mod.notes(doc["settings"]),
+        budget={k: budget.get(k) for k in BUDGET_KEYS} if budget else None)
 
 
 # -- checking a result document ------------------------------------------------------------------
@@ -205,6 +211,13 @@ _BLOCK_RULES = (("median", _positive, POSITIVE), ("ci95", is_interval, INTERVAL)
 _STUDY_RULES = (("name", is_text, TEXT), ("storage", is_text, TEXT), ("n_trials", is_count, COUNT),
                 ("complete", is_count, COUNT), ("pruned", is_count, COUNT),
                 ("fail", is_count, COUNT))
+_BUDGET_RULES = (("budget_s", _positive, POSITIVE),
+                 ("spent_search_s", lambda v: is_number(v) and v >= 0, "a number >= 0"),
+                 ("spent_validation_s", lambda v: is_number(v) and v >= 0, "a number >= 0"),
+                 ("spent_total_s", lambda v: is_number(v) and v >= 0, "a number >= 0"),
+                 ("reserved_validation_s", lambda v: is_number(v) and v >= 0, "a number >= 0"),
+                 ("stopped", is_text, TEXT))
+BUDGET_KEYS = tuple(rule[0] for rule in _BUDGET_RULES)
 _WORKLOAD_RULES = (("model", is_text, TEXT), ("data", is_text, TEXT), ("mode", is_text, TEXT),
                    ("batch_size", is_count, COUNT), ("config", is_text, TEXT))
 
@@ -235,6 +248,8 @@ def check_document(doc: dict[str, Any], where: str) -> None:
         check_block(expert["throughput"], where, "search.expert_rule.throughput")
     _fields(expert, where, "search.expert_rule.",
             (("speedup_in_search", _positive, POSITIVE),))
+    _fields(_mapping(_mapping(doc, "search", where, "search"), "budget", where, "search.budget"),
+            where, "search.budget.", _BUDGET_RULES)
 
 
 def check_result(result: dict[str, Any], where: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 
+from . import budget as budget_mod
 from . import coord, files, measuring, storage, study, tuned, validate, verdict
 from . import host as host_mod
 from .config import Config
@@ -40,6 +41,7 @@ class SearchOutcome:
     interrupted: bool = False
     kept: str | None = None     # the validated file an unvalidated result was not put over
     retired: str | None = None  # history copy of the stale unvalidated file this result superseded
+    budget: str | None = None   # how a budget was spent, one line
 
 
 def run(config: Config, say: measuring.Say = measuring.print_line) -> SearchOutcome:
@@ -54,6 +56,7 @@ def run(config: Config, say: measuring.Say = measuring.print_line) -> SearchOutc
 
 def _run(cfg: Config, say: measuring.Say) -> SearchOutcome:
     started = time.monotonic()
+    budget_started = budget_mod.clock()
     measurer = measuring.Measurer(cfg, host_mod.detect(), say)
     # in seconds, not after the search; the write makes missing folders
     files.check_writable(cfg.output, "--output", "the tuned YAML", make_folders=True)
@@ -68,7 +71,7 @@ def _run(cfg: Config, say: measuring.Say) -> SearchOutcome:
         pre = measurer.preflight()
         seconds = {"preflight": time.monotonic() - mark}
         measurer = measuring.Measurer(cfg, pre.machine, say)
-        return _search(measurer, pre, locks, started, seconds)
+        return _search(measurer, pre, locks, started, seconds, budget_started)
     except (optuna.exceptions.StorageInternalError, _sqlalchemy_error()) as exc:
         # the database went away mid-run, beyond the retries: one line, never a traceback
         raise storage.cannot_connect(cfg.storage, exc) from None
@@ -77,7 +80,7 @@ def _run(cfg: Config, say: measuring.Say) -> SearchOutcome:
 
 
 def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord.Locks,
-            started: float, seconds: dict[str, float]) -> SearchOutcome:
+            started: float, seconds: dict[str, float], budget_started: float) -> SearchOutcome:
     cfg, say = measurer.config, measurer.say
     st = study.open_study(measurer, pre, locks)
     st.announce()
@@ -88,9 +91,15 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
             raise StudyError(f"--timeout: {cfg.search.timeout:g} s leaves no time for trials "
                              f"after preflight and validation (~{st.validation_estimate:.0f} "
                              f"s); allow more")
+    plan = _budget(st, budget_started)
+    watch = BudgetWatch(st, plan) if plan is not None else None
     mark = time.monotonic()
-    interrupted = st.run_trials(timeout)
+    interrupted = st.run_trials(timeout, callbacks=[watch] if watch else [])
     seconds["trials"] = time.monotonic() - mark
+    if plan is not None:
+        plan.end_search(watch.reason(interrupted))
+        say(f"budget: the search stopped after {budget_mod.fmt(seconds['trials'])} "
+            f"({plan.stopped}); {budget_mod.fmt(plan.left())} left for validation")
     if interrupted and not st.complete():
         say("no trial of this machine type completed: nothing to write")
         raise KeyboardInterrupt
@@ -101,7 +110,7 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
     validation = None
     if not interrupted:
         try:
-            validation = validate_once(st, locks, seconds)
+            validation = validate_once(st, locks, seconds, plan)
         except KeyboardInterrupt:
             interrupted = True
             say("interrupted during validation; writing the best result so far (not validated)")
@@ -116,6 +125,8 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
             **decided.result, "carried_by": st.carried_by(decided.settings)})
     document = verdict.document(cfg, pre, searched, decided,
                                 {**seconds, "total": time.monotonic() - started})
+    if plan is not None:
+        document["search"]["budget"] = plan.record()
     written = tuned.write(document, cfg.output, study_name=cfg.study_name, storage=cfg.storage,
                           force=cfg.force)
     st.optuna.set_user_attr(coord.ATTR_PREFIX + "last_result", {
@@ -126,10 +137,12 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
                          backup=str(written.backup) if written.backup else None,
                          interrupted=interrupted,
                          kept=str(written.kept) if written.kept else None,
-                         retired=str(written.retired) if written.retired else None)
+                         retired=str(written.retired) if written.retired else None,
+                         budget=plan.summary_line() if plan is not None else None)
 
 
-def validate_once(st: study.Study, locks: coord.Locks, seconds: dict[str, float]) -> Validation:
+def validate_once(st: study.Study, locks: coord.Locks, seconds: dict[str, float],
+                  plan: budget_mod.Budget | None = None) -> Validation:
     """Validate, unless a validation stored in the study already covers every complete trial
     of this machine type: then reuse it. Runs under the search lock taken exclusively, so it
     waits until no worker is still running trials (or about to: a worker holds the lock
@@ -160,13 +173,166 @@ def validate_once(st: study.Study, locks: coord.Locks, seconds: dict[str, float]
         leader = st.leader()   # structured: the parsimonious leader alone
         if leader is not None and leader.user_attrs["settings"] != st.space.baseline():
             chosen = [validate.Candidate.of(leader)]
-        validation = validate.run(chosen, st.space.baseline(), st.measurer,
+        measurer = st.measurer
+        if plan is not None:
+            plan.start_validation()
+            measurer = _within(plan, measurer)
+        validation = validate.run(chosen, st.space.baseline(), measurer,
                                   validate.replicates(st.complete()))
         seconds["validation"] = time.monotonic() - mark
+        if plan is not None:
+            plan.end_validation()
         st.optuna.set_user_attr(key, validate.record(
             validation, complete=st.complete_numbers(), config=cfg,
             by=f"{coord.host_id()} (pid {os.getpid()})", at=coord.now()))
         return validation
+
+
+def _budget(st: study.Study, started: float) -> budget_mod.Budget | None:
+    """The run's budget, checked against what the preflight cost, and said."""
+    cfg = st.config
+    if cfg.search.budget is None:
+        return None
+    v = cfg.validate
+    plan = budget_mod.Budget(
+        seconds=cfg.search.budget, per_process=st.child_seconds,
+        started=started,
+        processes=budget_mod.validation_processes(v.candidates, v.screen_rounds, v.rounds))
+    # before any trial, one process costs what the estimate says, or what the preflight (one
+    # child, start-up to result) really took when that was more
+    plan.per_process = max(plan.per_process, plan.elapsed())
+    plan.check("search.budget (--budget)")
+    plan.start_search()
+    st.say(plan.plan_line())
+    return plan
+
+
+def _within(plan: budget_mod.Budget, measurer: measuring.Measurer) -> measuring.Measurer:
+    """The measurer validation runs with: its sequential extension capped at the rounds the
+    budget still pays for."""
+    v = measurer.config.validate
+    capped = plan.validation_rounds(v.rounds, v.max_rounds)
+    if capped >= v.max_rounds:
+        return measurer
+    measurer.say(f"budget: validation capped at {capped} final rounds (max_rounds "
+                 f"{v.max_rounds}): {budget_mod.fmt(plan.left())} left")
+    config = measurer.config.replace(validate=dataclasses.replace(v, max_rounds=capped))
+    return dataclasses.replace(measurer, config=config)
+
+
+class BudgetWatch:
+    """After each trial: this run's trial wall times into the budget, then stop the search
+    when the next trial would not fit, or when the last phase stalled (see tuner/budget.py).
+    A structured search that stalls or runs short of time keeps the trials its ablation
+    needs: its plan's end is moved (the engine ablates in the last trials before the end), not
+    the search stopped at once."""
+
+    def __init__(self, st: study.Study, plan: budget_mod.Budget) -> None:
+        self.st, self.plan = st, plan
+        self.cut = False     # the structured plan's end was moved to fit the time
+        self.mark = plan.clock()
+
+    def __call__(self, optuna_study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        st, plan = self.st, self.plan
+        # a trial's cost as the search pays it: child, study database and sampler together
+        now = plan.clock()
+        plan.walls.append(now - self.mark)
+        self.mark = now
+        sampler = st.structured
+        if sampler is None:
+            if plan.stopped is None:
+                plan.stopped = self._stalled() or (self._out_of_time() if plan.trials_left() < 1
+                                                   else None)
+                if plan.stopped is not None:
+                    st.say(f"  budget: stopping the search: {plan.stopped}")
+                    optuna_study.stop()
+            return
+        started = len([t for t in optuna_study.get_trials(deepcopy=False)
+                       if t.state != optuna.trial.TrialState.WAITING])
+        fit = started + plan.trials_left()
+        if sampler.end is None or fit < sampler.end:
+            if not self.cut:
+                st.say(f"  budget: time for ~{plan.trials_left()} more trials (~"
+                       f"{plan.trial_seconds:.1f} s each); the plan's ablation goes in the last "
+                       f"of them")
+            self.cut = True
+            sampler.end = fit
+        if plan.stopped is None:
+            stall = self._stalled()
+            if stall:
+                seen = sampler.history(optuna_study)
+                todo = sampler.engine.ablation(seen, sampler.engine.noise(seen))
+                sampler.end = min(sampler.end, started + len(todo))
+                plan.stopped = stall
+                st.say(f"  budget: {stall}; {len(todo)} ablation trials, then validation")
+        if started >= sampler.end:
+            if plan.stopped is None:
+                plan.stopped = self._out_of_time()
+            optuna_study.stop()
+
+    def _out_of_time(self) -> str:
+        plan = self.plan
+        return (f"no time for another trial (~{plan.trial_seconds:.1f} s each) before "
+                f"validation's ~{budget_mod.fmt(plan.reserve)}")
+
+    def _stalled(self) -> str | None:
+        """The stall rule's reason, or None."""
+        st = self.st
+        trials = sorted(st.mine(st.optuna.get_trials(deepcopy=False)), key=lambda t: t.number)
+        trials = [t for t in trials if t.state != optuna.trial.TrialState.WAITING
+                  and t.state != optuna.trial.TrialState.RUNNING]
+        if st.structured is not None:
+            patience = budget_mod.STRUCTURED_PATIENCE
+            if len(trials) < patience or any(t.user_attrs.get("phase") != "tpe"
+                                             for t in trials[-patience:]):
+                return None
+            noise = st.structured.record(st.optuna)["noise"]
+            phase = "model-phase (TPE) "
+        else:
+            patience = budget_mod.PATIENCE
+            trials = [t for t in trials if t.user_attrs.get("role") not in (
+                study.BASELINE, study.EXPERT, study.SCREEN)]
+            noise = _trial_noise(st)
+            phase = ""
+        if len(trials) < patience:
+            return None
+        last = trials[-patience:]
+        before = [t.value for t in st.complete() if t.number < last[0].number]
+        if not before:
+            return None
+        values = [max(before), *(t.value if t.state == optuna.trial.TrialState.COMPLETE
+                                 and "duplicate_of" not in t.user_attrs else None for t in last)]
+        if not budget_mod.stalled(values, noise, patience):
+            return None
+        return (f"no gain beyond noise (±{noise:.1%}) in the last {patience} {phase}trials"
+                + (", every dimension screened" if st.structured is not None else ""))
+
+    def reason(self, interrupted: bool) -> str:
+        """Why the search ended (for the record)."""
+        st, plan = self.st, self.plan
+        if interrupted:
+            return budget_mod.STOP_INTERRUPTED
+        if plan.stopped is not None:
+            return plan.stopped
+        if st.structured is not None and st.structured.finished(st.optuna):
+            return budget_mod.STOP_PLAN
+        if st.cap_reached():
+            return "max_trials reached"
+        return budget_mod.STOP_TRIALS
+
+
+def _trial_noise(st: study.Study) -> float:
+    """"Beyond noise" for a sampler without replicates: the windows' median spread within a
+    trial, or the spread of repeated configurations across processes when larger, and never
+    below the smallest win validation would adopt (a smaller gain cannot change the answer)."""
+    spreads = sorted(t.user_attrs["throughput"]["rel_spread"] for t in st.complete()
+                     if "throughput" in t.user_attrs and "duplicate_of" not in t.user_attrs)
+    within = spreads[len(spreads) // 2] if spreads else 0.0
+    across = 0.0
+    for group in validate.replicates(st.complete()):
+        mean = sum(group) / len(group)
+        across = max(across, (max(group) - min(group)) / mean)
+    return max(within, across, st.config.validate.min_speedup - 1)
 
 
 def _sqlalchemy_error() -> type[BaseException]:

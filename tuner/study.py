@@ -104,8 +104,9 @@ class Study:
                                      self.progress, mask_url(self.config.storage), plan):
             self.say(line)
 
-    def run_trials(self, timeout: float | None) -> bool:
-        """Add this run's trials; True when Ctrl-C or SIGTERM stopped them."""
+    def run_trials(self, timeout: float | None, callbacks: Iterable[Any] = ()) -> bool:
+        """Add this run's trials; True when Ctrl-C or SIGTERM stopped them. ``callbacks`` run
+        after each trial, after this study's own."""
         cfg = self.config
         try:
             if self.cap_reached():
@@ -117,7 +118,7 @@ class Study:
                         deepcopy=False) if t.state != TrialState.WAITING]) + cfg.search.n_trials
                 self.optuna.optimize(self.objective, n_trials=cfg.search.n_trials,
                                      timeout=timeout, catch=(TrialFailed,),
-                                     callbacks=[self.after_trial])
+                                     callbacks=[self.after_trial, *callbacks])
             return False
         except KeyboardInterrupt:
             self.say("interrupted: stopping the search")
