@@ -195,7 +195,7 @@ def _budget(st: study.Study, started: float) -> budget_mod.Budget | None:
         return None
     v = cfg.validate
     plan = budget_mod.Budget(
-        seconds=cfg.search.budget, per_process=st.child_seconds,
+        seconds=cfg.search.budget, per_process=st.progress.child_seconds,
         started=started,
         processes=budget_mod.validation_processes(v.candidates, v.screen_rounds, v.rounds))
     # before any trial, one process costs what the estimate says, or what the preflight (one
