@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = commands.add_parser("export", help="print a tuned file's settings as environment variables")
     e.add_argument("tuned", help="the tuned YAML")
-    e.add_argument("--format", default="shell", help="shell (default), dotenv, docker or k8s")
+    e.add_argument("--format", default="shell",
+                   help="shell (default), dotenv, docker, k8s or tf-serving (a "
+                        "tensorflow_model_server wrapper script)")
     _acceptance_flags(e)
     e.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
