@@ -276,14 +276,16 @@ def _search_model(cfg: Any, text: str, where: Any, say: Any) -> Any:
     or the run is refused before it started."""
     from . import modelfile
     from . import search as search_mod
-    from .errors import ConfigError as Refused
+    from .errors import WorkloadError
 
     written = modelfile.write(text, where)
     say(f"config: {where}" + (" (written)" if written.created else " (as before)"))
     try:
         return search_mod.run(cfg, say)
-    except Refused:
+    except ConfigError as exc:
         written.undo()
+        if isinstance(exc, WorkloadError):   # the model named, not a file the user never wrote
+            raise WorkloadError(str(exc).replace(f"{cfg.path}: ", "--model: ", 1)) from None
         raise
 
 

@@ -59,6 +59,9 @@ class Loaded:
     def _load_keras(self) -> None:
         import keras
 
+        why = _not_keras_file(self.path)
+        if why:
+            raise WorkloadProblem(f"{self.path}: not a Keras model file: {why}")
         try:
             model = keras.saving.load_model(self.path, compile=self.mode == "train")
         except BaseException as exc:
@@ -193,6 +196,24 @@ class Loaded:
     def describe_inputs(self) -> list[dict[str, Any]]:
         return [{"name": i.name, "shape": None if i.shape is None else list(i.shape),
                  "dtype": i.dtype.name} for i in self.inputs]
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _not_keras_file(path: str) -> str | None:
+    """Why ``path`` cannot be a Keras file, from its first bytes (Keras's own message for a file
+    of the wrong kind says "File not found"), or None."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if path.lower().endswith(".keras"):
+        return None if zipfile.is_zipfile(path) else "not a zip archive (a .keras file is one)"
+    return None if head == HDF5_SIGNATURE else "not an HDF5 file (a .h5 file is one)"
 
 
 def _shape(spec: Input, batch: int, given: list[int] | None) -> list[int]:
