@@ -451,11 +451,28 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None,
               f"inter={expert['settings']['inter_op_parallelism_threads']}): "
               f"{expert['speedup_in_search']:.3f}x the defaults in its search trial")
     print(f"  settings: {settings_mod.short(flat)}")
+    _print_batch_sizes(doc)
     print(f"  cpu saturation: {result.get('cpu_saturation') or float('nan'):.2f}")
     print(f"wrote {path}" + (f" (previous file kept as {backup})" if backup else ""))
     if kept:
         print(f"kept {kept} as it was: it holds a validated result, and this one is not "
               f"validated; run the same command again to resume and validate")
+
+
+def _print_batch_sizes(doc: dict[str, Any]) -> None:
+    """With the batch size searched: each size's best throughput and latency per batch, and
+    where the chosen size goes (the caller's, not something tuner.apply() sets)."""
+    rows = (doc.get("search") or {}).get("batch_sizes")
+    if not rows:
+        return
+    print("  batch sizes (best trial each): "
+          + ", ".join(f"{r['batch_size']}: {r['throughput']:.1f} samples/s, "
+                      f"{r['batch_latency_ms'].get('p50', float('nan')):.1f} ms/batch p50"
+                      for r in rows))
+    size = doc["settings"].get("batch_size") or doc["workload"].get("batch_size")
+    print(f"  batch size {size} is the caller's: tuner.apply() cannot set it; send batches of "
+          f"{size} (cfg.batch_size), or with TF Serving set max_batch_size {size} "
+          f"(docs/production.md)")
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
