@@ -102,6 +102,8 @@ class Knob:
     """What every knob has. Subclasses say how it is applied and where it lives in the file."""
 
     how: ClassVar[str] = ""            # how it is applied, for the knob table
+    # every listed value measured first, one at a time, when searched (the user listed them)
+    screened: ClassVar[bool] = False
 
     def __init__(self, name: str, *, default: Any, allowed: str, valid: Callable[[Any], bool],
                  candidates: Callable[[Machine], list[Any]], help: str, label: str,
@@ -516,6 +518,7 @@ class BatchSizeKnob(Knob):
 
     how = "the caller: batches of this size"
     in_process = True
+    screened = True
 
     def searched_by_default(self, machine: Machine, mode: str, pipeline: Any) -> bool:
         return False
