@@ -134,17 +134,19 @@ def test_the_generated_config_resumes_the_same_study(keras_file, fake_worker, ca
     where = Path("results/My-Model/config.yaml")
     assert f"config: {where} (resume with python -m tuner search --config {where})" in out
     first = load_study("My-Model").trials
-    assert first and first[0].user_attrs["role"] == "baseline"
+    n_first = len(first)
+    assert n_first >= 1 and first[0].user_attrs["role"] == "baseline"
     # resumed from the file: the same study, one more trial, not refused as another workload
     code, out, err = run_cli(capsys, "search", "--config", str(where), "--n-trials", "1")
     assert code == 0, err
     trials = load_study("My-Model").trials
-    assert len(trials) == len(first) + 1 and trials[0].params == first[0].params
+    assert len(trials) == n_first + 1 and trials[0].params == first[0].params
+    assert f"resuming with {n_first} trials" in out
     assert config.load(where).fingerprint() == modelfile.config_for(modelfile.ModelFlags(
         model=str(keras_file), batch_sizes=[16, 64]))[0].fingerprint()
     doc = yaml.safe_load(open("results/My-Model/tuned.yaml"))
     assert doc["workload"]["config"] == str(where.resolve())
-    assert doc["study"]["n_trials"] == len(first) + 1
+    assert doc["study"]["n_trials"] == n_first + 1
     # the same flags again: the same file, left as it is
     text = where.read_text()
     assert modelfile.write(text, where).created is False and where.read_text() == text
