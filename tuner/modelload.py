@@ -187,7 +187,8 @@ class Loaded:
     def params(self) -> int | None:
         if self.keras_model is not None:
             return int(self.keras_model.count_params())
-        variables = getattr(self.loaded, "variables", None) or []
+        # a signature's captured variables (a loaded plain object need not list them)
+        variables = getattr(self.signature_fn, "variables", None) or []
         try:
             return int(sum(int(v.shape.num_elements() or 0) for v in variables))
         except Exception:  # an object's variables are its own business
