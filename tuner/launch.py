@@ -294,7 +294,8 @@ def tf_serving(doc: dict[str, Any], path: str, env: dict[str, str], header: list
     flat = settings.flatten(doc["settings"])
     threads = {k.variable for k in knobs.THREADS}
     env = {k: v for k, v in env.items() if k not in threads}
-    notes = [h for h in header if not h.startswith(("tf.data settings", "declared knobs"))
+    notes = [h for h in header if not h.startswith(("tf.data settings", "declared knobs",
+                                                      "nothing to set"))
              and " instances on CPUs " not in h]
     sets = settings.file_plan(doc["settings"]).instances
     if sets:
