@@ -12,7 +12,9 @@ each measurement draws it from its own seeded stream, so a search is reproducibl
 ``FAKE_BEHAVIOUR`` makes
 chosen trials misbehave: ``crash-intra-N`` (os.abort when intra == N), ``hang-intra-N``,
 ``raise-intra-N``, ``garble-intra-N``, ``exit-intra-N``, ``crash-all``, ``crash-measure``
-(every trial, not the preflight), ``preflight-fail``. With several instances each reports its
+(every trial, not the preflight), ``preflight-fail``. A model file's batch size (the
+setting ``batch_size``, else the task's) scales throughput by batch/(batch+4), 1x at 32, and the
+step latency with it. With several instances each reports its
 share of the throughput, times ``FAKE_INSTANCE_GAIN`` (default 1: instances neither help nor
 hurt), so per-step latency grows with the instance count. ``FAKE_TF_VERSION`` is the TensorFlow
 version the preflight reports (default fake-1.0): another value is another machine type.
@@ -198,7 +200,11 @@ def main() -> None:
     progress = open(task["progress"], "a", buffering=1)
     if task["kind"] == "preflight":
         options, algorithms = tf_data_facts()
-        payload = {"protocol": PROTOCOL, "ok": True, "batch_size": 32, "element_spec": "fake",
+        workload = task["workload"]
+        payload = {"protocol": PROTOCOL, "ok": True, "batch_size": workload.get("batch_size") or 32,
+                   "element_spec": "fake",
+                   "generated_inputs": bool(workload.get("model_format"))
+                   and workload.get("data") is None,
                    "tf_version": os.environ.get("FAKE_TF_VERSION", "fake-1.0"),
                    "onednn_enabled": True, "model_params": 1,
                    "openmp": os.environ.get("FAKE_OPENMP") == "1",
@@ -228,6 +234,11 @@ def main() -> None:
         if task.get("cpus") and os.environ.get("FAKE_NO_PIN") != "1":
             os.sched_setaffinity(0, task["cpus"])
         mean = throughput(settings) * scaling(len(task.get("cpus") or task["affinity"]))
+        # a model file's batch size searched: bigger batches gain throughput, and each one
+        # takes longer (the workload's own batch, or 32, is 1x)
+        batch = settings.get("batch_size") or task["workload"].get("batch_size") or 32
+        if batch != 32:
+            mean *= (batch / (batch + 4)) / (32 / 36)
         count = (task.get("barrier") or {}).get("count", 1)
         if count > 1:  # each instance gets its share; FAKE_INSTANCE_GAIN is the total's gain
             mean = mean * float(os.environ.get("FAKE_INSTANCE_GAIN", "1.0")) / count
@@ -238,10 +249,11 @@ def main() -> None:
                             "throughput": value, "cpu_saturation": 0.9, "input_wait": 0.05})
             progress.write(json.dumps({"window": index, "throughput": value}) + "\n")
             time.sleep(float(os.environ.get("FAKE_WINDOW_SLEEP", "0")))
-        payload = {"protocol": PROTOCOL, "ok": True, "batch_size": 32, "windows": windows,
+        ms = batch * 1000 / mean
+        payload = {"protocol": PROTOCOL, "ok": True, "batch_size": batch, "windows": windows,
                    "warmup_steps": 3,
-                   "step_latency_ms": {"p50": 32000 / mean, "p90": 33000 / mean,
-                                       "p95": 33600 / mean, "p99": 35000 / mean, "steps": 50},
+                   "step_latency_ms": {"p50": ms, "p90": ms * 33 / 32,
+                                       "p95": ms * 33.6 / 32, "p99": ms * 35 / 32, "steps": 50},
                    "affinity": sorted(os.sched_getaffinity(0)),
                    "allocator": os.environ.get("LD_PRELOAD", "system"),
                    "cpu_saturation": 0.9, "per_core_busy": [0.9, 0.9], "input_wait": 0.05,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import copy_workloads, fake_machine, fake_worker_command
 
-from tuner import cli, config, diagnose, host
+from tuner import cli, config, diagnose, host, protocol
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -153,8 +153,8 @@ def test_idle_cpus_and_competing_load(two_cpus):
 def test_garbled_diagnosis_is_a_one_line_error(write_config, tmp_path, capsys, monkeypatch):
     worker = tmp_path / "garbled.py"
     worker.write_text("import json, sys\n"
-                      "json.dump({'protocol': 2, 'ok': True, 'measured': {'seconds': 0}},"
-                      " open(sys.argv[2], 'w'))\n")
+                      f"json.dump({{'protocol': {protocol.PROTOCOL}, 'ok': True, "
+                      "'measured': {'seconds': 0}}, open(sys.argv[2], 'w'))\n")
     monkeypatch.setenv("TUNER_WORKER", f"{sys.executable} {worker}")
     assert cli.main(["diagnose", "--config", str(write_config()), "--format", "json"]) == 1
     assert "garbled result: measured throughput None" in capsys.readouterr().err

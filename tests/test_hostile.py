@@ -1022,7 +1022,7 @@ def _refused_everywhere(workdir: Path, path: Path, *needles: str, flags: tuple =
     assert not (workdir / "MARK").exists()
 
 
-EXPORT_FORMATS = ("shell", "dotenv", "docker", "k8s")
+EXPORT_FORMATS = ("shell", "dotenv", "docker", "k8s", "tf-serving")
 MARK_PAYLOADS = ["$(touch MARK)", "`touch MARK`", "; touch MARK", "x' ; touch MARK ; '",
                  "x\" ; touch MARK ; \"", "$HOME ${HOME} ~ * ? [a] # not a comment",
                  "back\\slash \\$(touch MARK)", "-Xmx4g -Dflag=a,b"]

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="subcommand", parser_class=_Parser)
 
     s = commands.add_parser("search", help="run (or resume) a study and write the tuned YAML")
-    s.add_argument("--config", required=True, help="the study config YAML")
+    s.add_argument("--config", help="the study config YAML (or --model)")
+    _model_flags(s, search=True)
     s.add_argument("--n-trials", type=_positive_int, help="trials this run adds (as in Optuna)")
     s.add_argument("--timeout", type=_seconds,
                    help="seconds for the whole run, validation included")
@@ -112,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
 
     d = commands.add_parser("diagnose", help="measure why TensorFlow isn't using all the CPUs")
-    d.add_argument("--config", required=True, help="the workload config YAML (as for search)")
+    d.add_argument("--config", help="the workload config YAML (as for search), or --model")
+    _model_flags(d, search=False)
     d.add_argument("--format", default="text", choices=("text", "json"),
                    help="text (default) or json (only JSON on stdout)")
     d.add_argument("--seconds", type=_seconds, default=60.0,
@@ -122,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = commands.add_parser("export", help="print a tuned file's settings as environment variables")
     e.add_argument("tuned", help="the tuned YAML")
-    e.add_argument("--format", default="shell", help="shell (default), dotenv, docker or k8s")
+    e.add_argument("--format", default="shell",
+                   help="shell (default), dotenv, docker, k8s or tf-serving (a "
+                        "tensorflow_model_server wrapper script)")
     _acceptance_flags(e)
     e.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -162,6 +166,59 @@ def build_parser() -> argparse.ArgumentParser:
     _add_size_parser(commands)
     _add_size_flags(r, e, rp)
     return parser
+
+
+def _model_flags(parser: argparse.ArgumentParser, *, search: bool) -> None:
+    """``--model PATH`` and the flags that go with it: a study config generated from a model file
+    (:mod:`tuner.modelfile`)."""
+    parser.add_argument("--model", metavar="PATH",
+                        help="a .keras or .h5 file or a SavedModel directory, measured on inputs "
+                             "generated from its signature (instead of --config)")
+    parser.add_argument("--data", metavar="FILE.py:FUNCTION",
+                        help="with --model: your tf.data pipeline instead of generated inputs")
+    parser.add_argument("--mode", choices=("predict", "train"),
+                        help="with --model: predict (default), or train (a compiled .keras model)")
+    parser.add_argument("--signature", metavar="NAME",
+                        help="with a SavedModel: the signature called (default serving_default)")
+    parser.add_argument("--batch-size", type=_positive_int, metavar="N",
+                        help="with --model: samples per generated batch (default 32)")
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                        help="with --model: an input's shape, e.g. image=1x224x224x3, for "
+                             "dimensions the model leaves unknown (repeatable)")
+    if search:
+        parser.add_argument("--batch-sizes", metavar="N,N,...",
+                            help="with --model: search the batch size among these, e.g. "
+                                 "1,8,32,128 (reported with per-batch latency)")
+
+
+_MODEL_ONLY = ("data", "mode", "signature", "batch_size", "input_shape", "batch_sizes")
+
+
+def _model_config(args: argparse.Namespace, command: str) -> Any:
+    """The config of ``--config`` or ``--model`` (exactly one); for ``--model`` also the
+    generated config's text and path: ``(config, text, where)``, text None for ``--config``."""
+    from . import config as config_mod
+    from . import modelfile
+
+    flags = {name: getattr(args, name, None) for name in _MODEL_ONLY}
+    given = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value]
+    if args.config and args.model:
+        raise ConfigError(f"{command}: give --config or --model, not both")
+    if args.config:
+        if given:
+            raise ConfigError(f"{command}: {given[0]} goes with --model; with --config, set it "
+                              f"in the config's workload: section (docs/config.md)")
+        return config_mod.load(args.config), None, None
+    if not args.model:
+        raise ConfigError(f"{command}: give --model PATH (a .keras or .h5 file, or a SavedModel "
+                          f"directory) or --config FILE")
+    sizes = flags["batch_sizes"]
+    return modelfile.config_for(modelfile.ModelFlags(
+        model=args.model, data=flags["data"], mode=flags["mode"], signature=flags["signature"],
+        batch_size=flags["batch_size"],
+        batch_sizes=modelfile.parse_batch_sizes(sizes) if sizes is not None else None,
+        input_shapes=tuple(flags["input_shape"] or ()),
+        study_name=getattr(args, "study_name", None), output=getattr(args, "output", None)))
 
 
 def _acceptance_flags(parser: argparse.ArgumentParser) -> None:
@@ -212,32 +269,56 @@ def cmd_search(args: argparse.Namespace) -> int:
     from . import measuring
     from . import search as search_mod
 
+    loaded, text, where = _model_config(args, "search")
     cfg = config_mod.with_overrides(
-        config_mod.load(args.config), n_trials=args.n_trials, timeout=args.timeout,
+        loaded, n_trials=args.n_trials, timeout=args.timeout,
         budget=args.budget, trial_timeout=args.trial_timeout,
         # the environment keeps a password out of the command line (and `ps`): a Secret's value
         storage=args.storage or os.environ.get(STORAGE_ENV) or None, study_name=args.study_name,
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
         allow_other_machines=args.allow_other_machines)
-    outcome = search_mod.run(cfg, (lambda line: None) if args.quiet else measuring.print_line)
+    say = (lambda line: None) if args.quiet else measuring.print_line
+    outcome = _search_model(cfg, text, where, say) if text is not None \
+        else search_mod.run(cfg, say)
     print_summary(outcome.tuned, outcome.tuned_path, outcome.backup, outcome.kept,
                   outcome.retired)
     if outcome.budget:
         print(outcome.budget)
+    if where is not None:
+        print(f"config: {where} (resume with python -m tuner search --config {where})")
     return 130 if outcome.interrupted else 0
+
+
+def _search_model(cfg: Any, text: str, where: Any, say: Any) -> Any:
+    """``search --model``: the generated config written beside the tuned file before the search
+    (so an interrupted run resumes from it), and taken back when the model fails its preflight
+    or the run is refused before it started."""
+    from . import modelfile
+    from . import search as search_mod
+    from .errors import WorkloadError
+
+    written = modelfile.write(text, where)
+    say(f"config: {where}" + (" (written)" if written.created else " (as before)"))
+    try:
+        return search_mod.run(cfg, say)
+    except ConfigError as exc:
+        written.undo()
+        if isinstance(exc, WorkloadError):   # the model named, not a file the user never wrote
+            raise WorkloadError(str(exc).replace(f"{cfg.path}: ", "--model: ", 1)) from None
+        raise
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     import json
 
-    from . import config as config_mod
     from . import diagnose as diagnose_mod
     from .trial import worker_command
 
-    cfg = config_mod.load(args.config)
+    cfg = _model_config(args, "diagnose")[0]
     text = args.format == "text"
     if text:
-        print(f"diagnosing {cfg.path}: about {args.seconds:g} s of measuring plus start-up",
+        what = cfg.workload.model if args.model else cfg.path
+        print(f"diagnosing {what}: about {args.seconds:g} s of measuring plus start-up",
               file=sys.stderr)
 
     def waiting() -> None:
@@ -508,6 +589,7 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None,
               f"inter={expert['settings']['inter_op_parallelism_threads']}): "
               f"{expert['speedup_in_search']:.3f}x the defaults in its search trial")
     print(f"  settings: {settings_mod.short(flat)}")
+    _print_batch_sizes(doc)
     print(f"  cpu saturation: {result.get('cpu_saturation') or float('nan'):.2f}")
     print(f"wrote {path}" + (f" (previous file kept as {backup})" if backup else ""))
     if kept:
@@ -516,6 +598,22 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None,
     if retired:
         print(f"moved the earlier unvalidated result beside it to {retired}: this validated "
               f"result supersedes it")
+
+
+def _print_batch_sizes(doc: dict[str, Any]) -> None:
+    """With the batch size searched: each size's best throughput and latency per batch, and
+    where the chosen size goes (the caller's, not something tuner.apply() sets)."""
+    rows = (doc.get("search") or {}).get("batch_sizes")
+    if not rows:
+        return
+    print("  batch sizes (best trial each): "
+          + ", ".join(f"{r['batch_size']}: {r['throughput']:.1f} samples/s, "
+                      f"{r['batch_latency_ms'].get('p50', float('nan')):.1f} ms/batch p50"
+                      for r in rows))
+    size = doc["settings"].get("batch_size") or doc["workload"].get("batch_size")
+    print(f"  batch size {size} is the caller's: tuner.apply() cannot set it; send batches of "
+          f"{size} (cfg.batch_size), or with TF Serving set max_batch_size {size} "
+          f"(docs/production.md)")
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

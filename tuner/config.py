@@ -18,7 +18,7 @@ import yaml
 
 from . import budget as budget_mod
 from .errors import ConfigError
-from .knobs import AUTOTUNE, SECTIONS, check_overrides
+from .knobs import AUTOTUNE, BATCH_SIZE, SECTIONS, check_overrides
 
 MODES = ("predict", "train", "data")
 SAMPLERS = ("auto", "grid", "tpe", "random", "structured")
@@ -27,10 +27,28 @@ OBJECTIVES = ("throughput", "latency_p50", "latency_p95")
 
 @dataclass(frozen=True)
 class Workload:
-    model: str | None          # "file.py:function" or "package.module:function"
-    data: str
+    model: str | None          # "file.py:function" or "package.module:function"; a model file
+    data: str | None           # "file.py:function"; None: a model file's inputs are generated
     mode: str
     base_dir: str              # directory of the config file: relative builder files start here
+    # a model file (model: its absolute path): "keras" (.keras, .h5) or "saved_model"; None for
+    # builder functions. Inputs are generated from its signature unless data is given.
+    model_format: str | None = None
+    signature: str | None = None          # the SavedModel signature called
+    batch_size: int | None = None         # the generated inputs' batch
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)  # by input name
+
+    @property
+    def generated(self) -> bool:
+        """Whether tuner generates the inputs (a model file without data)."""
+        return self.model_format is not None and self.data is None
+
+    def describe(self) -> str:
+        """What the preflight builds, for its first line."""
+        if self.model_format is None:
+            return f"{self.model or '(no model)'} and {self.data}"
+        inputs = "generated inputs" if self.data is None else self.data
+        return f"{self.model} ({self.model_format}) with {inputs}"
 
 
 @dataclass(frozen=True)
@@ -126,9 +144,12 @@ class Config:
 
     def fingerprint(self) -> dict[str, Any]:
         """What must stay the same for a resumed study to mean the same thing."""
+        wl = self.workload
+        model_file = {"format": wl.model_format, "signature": wl.signature,
+                      "batch_size": wl.batch_size, "input_shapes": dict(wl.input_shapes)} \
+            if wl.model_format else {}
         return {
-            "workload": {"model": self.workload.model, "data": self.workload.data,
-                         "mode": self.workload.mode},
+            "workload": {"model": wl.model, "data": wl.data, "mode": wl.mode, **model_file},
             "objective": dataclasses.asdict(self.objective),
             "measure": dataclasses.asdict(self.measure),
         }
@@ -385,19 +406,28 @@ def parse(data: Any, path: Path) -> Config:
     _check_keys(data, TOP_KEYS, path, "")
     base_dir = path.resolve().parent
 
-    wl = _check_keys(data.get("workload"), ("model", "data", "mode"), path, "workload")
+    wl = _check_keys(data.get("workload"), WORKLOAD_KEYS, path, "workload")
     if "workload" not in data or not wl:
-        raise ConfigError(f"{_where(path, 'workload')}: missing; it needs model, data and mode")
-    mode = _choice(wl.get("mode"), MODES, _where(path, "workload.mode"))
-    for key in ("data",) if mode == "data" else ("model", "data"):
-        if key not in wl:
-            raise ConfigError(f"{_where(path, 'workload.' + key)}: missing; expected "
-                              f"'file.py:function' or 'package.module:function'")
-    model = _builder(wl["model"], _where(path, "workload.model"), base_dir) \
-        if wl.get("model") is not None else None
-    workload = Workload(model=model,
-                        data=_builder(wl["data"], _where(path, "workload.data"), base_dir),
-                        mode=mode, base_dir=str(base_dir))
+        raise ConfigError(f"{_where(path, 'workload')}: missing; it needs model, data and mode "
+                          f"(or a model file: model: path/to/model.keras)")
+    if is_model_file(wl):
+        workload = _model_file_workload(wl, path, base_dir)
+    else:
+        for key in MODEL_FILE_KEYS:
+            if key in wl:
+                raise ConfigError(f"{_where(path, 'workload.' + key)}: applies to a model file "
+                                  f"(model: a .keras or .h5 file, or saved_model: a directory), "
+                                  f"not to builder functions")
+        mode = _choice(wl.get("mode"), MODES, _where(path, "workload.mode"))
+        for key in ("data",) if mode == "data" else ("model", "data"):
+            if key not in wl:
+                raise ConfigError(f"{_where(path, 'workload.' + key)}: missing; expected "
+                                  f"'file.py:function' or 'package.module:function'")
+        model = _builder(wl["model"], _where(path, "workload.model"), base_dir) \
+            if wl.get("model") is not None else None
+        workload = Workload(model=model,
+                            data=_builder(wl["data"], _where(path, "workload.data"), base_dir),
+                            mode=mode, base_dir=str(base_dir))
 
     search = _section(Search, data.get("search"), path, "search", SEARCH_RULES)
     if search.grace_period <= search.heartbeat_interval:
@@ -412,7 +442,16 @@ def parse(data: Any, path: Path) -> Config:
                               f"below validate.rounds ({validate.rounds}), the first look's size")
         validate = dataclasses.replace(validate, max_rounds=validate.rounds)
     space = check_overrides(_flatten_space(data.get("space"), path), _where(path, "space"))
+    if BATCH_SIZE.name in space and not workload.generated:
+        raise ConfigError(f"{_where(path, 'space.batch_size')}: the batch size is searched only "
+                          f"for a model file whose inputs tuner generates (workload.model: a "
+                          f".keras or .h5 file, or saved_model: a directory, without data:); "
+                          f"a dataset's batches fix their own size")
     knobs = _knobs(data.get("knobs"), path)
+    if knobs and workload.generated:
+        raise ConfigError(f"{_where(path, 'knobs')}: declared knobs are arguments of your "
+                          f"builders; a model file without data: has none (give data: "
+                          f"file.py:function to use them)")
     objective = _objective(data.get("objective", "throughput"), path)
 
     study = _check_keys(data.get("study"), STUDY_KEYS, path, "study")
@@ -433,6 +472,108 @@ def parse(data: Any, path: Path) -> Config:
                   validate=validate, space=space, knobs=knobs, objective=objective,
                   study_name=name,
                   storage=storage, output=output)
+
+
+WORKLOAD_KEYS = ("model", "data", "mode", "saved_model", "signature", "batch_size",
+                 "input_shapes")
+MODEL_FILE_KEYS = ("saved_model", "signature", "batch_size", "input_shapes")
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_SIGNATURE = "serving_default"
+_DIMS_RE = re.compile(r"^[0-9]+(x[0-9]+)*$")
+
+
+def is_model_file(wl: dict[str, Any]) -> bool:
+    """Whether a workload section names a model file rather than builder functions."""
+    model = wl.get("model")
+    if "saved_model" in wl:
+        return True
+    if not isinstance(model, str):
+        return False
+    model = model.strip()
+    # a builder is always file.py:function or module:function
+    return model.lower().endswith(KERAS_SUFFIXES) or (":" not in model
+                                                      and not model.endswith(".py"))
+
+
+def model_format(file: Path, where: str) -> str:
+    """``keras`` or ``saved_model`` for an existing model path, or a ConfigError saying what is
+    wrong with it (checked by the file system only: the parent never imports TensorFlow)."""
+    if not file.exists():
+        raise ConfigError(f"{where}: {str(file)!r} does not exist; expected a .keras or .h5 file, "
+                          f"or a SavedModel directory")
+    if file.is_dir():
+        if not any((file / name).is_file() for name in SAVED_MODEL_FILES):
+            raise ConfigError(f"{where}: {str(file)!r} is a directory without saved_model.pb; "
+                              f"expected a SavedModel directory, or a .keras or .h5 file")
+        return "saved_model"
+    if not file.is_file() or not file.name.lower().endswith(KERAS_SUFFIXES):
+        raise ConfigError(f"{where}: {str(file)!r} is not a model file; expected a .keras or .h5 "
+                          f"file, or a SavedModel directory (with saved_model.pb)")
+    return "keras"
+
+
+def shape_of(value: Any, where: str) -> list[int]:
+    """An input shape: ``[1, 224, 224, 3]`` or ``"1x224x224x3"`` -> a list of sizes >= 1."""
+    if isinstance(value, str) and _DIMS_RE.match(value.strip()):
+        dims = [int(d) for d in value.strip().split("x")]
+    elif isinstance(value, list) and value and all(
+            isinstance(d, int) and not isinstance(d, bool) for d in value):
+        dims = list(value)
+    else:
+        dims = []
+    if not dims or any(d < 1 for d in dims):
+        raise ConfigError(f"{where}: expected a shape like 1x224x224x3 or [1, 224, 224, 3] "
+                          f"(sizes >= 1), got {value!r}")
+    return dims
+
+
+def _model_file_workload(wl: dict[str, Any], path: Path, base_dir: Path) -> Workload:
+    """``{model: m.keras, batch_size: 32}`` or ``{saved_model: dir, signature: ...,
+    input_shapes: {...}}``; paths relative to the config file, like the builders'."""
+    if "saved_model" in wl and "model" in wl:
+        raise ConfigError(f"{_where(path, 'workload.model')}: give model (a .keras or .h5 file) "
+                          f"or saved_model (a directory), not both")
+    key = "saved_model" if "saved_model" in wl else "model"
+    raw = wl[key]
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(f"{_where(path, 'workload.' + key)}: expected a path, got {raw!r}")
+    file = Path(raw.strip()).expanduser()
+    file = (file if file.is_absolute() else base_dir / file).resolve()
+    fmt = model_format(file, _where(path, f"workload.{key}"))
+    mode = _choice(wl.get("mode", "predict"), ("predict", "train"),
+                   _where(path, "workload.mode"))
+    if mode == "train" and fmt != "keras":
+        raise ConfigError(f"{_where(path, 'workload.mode')}: train needs a compiled .keras model; "
+                          f"a SavedModel is measured in mode predict")
+    data = _builder(wl["data"], _where(path, "workload.data"), base_dir) \
+        if wl.get("data") is not None else None
+    signature = wl.get("signature")
+    if signature is not None and (fmt != "saved_model" or not isinstance(signature, str)
+                                  or not signature):
+        raise ConfigError(f"{_where(path, 'workload.signature')}: expected the name of a "
+                          f"SavedModel signature (saved_model: only), got {signature!r}")
+    batch = wl.get("batch_size")
+    shapes = wl.get("input_shapes")
+    if data is not None:
+        for name, value in (("batch_size", batch), ("input_shapes", shapes)):
+            if value is not None:
+                raise ConfigError(f"{_where(path, 'workload.' + name)}: applies to generated "
+                                  f"inputs; with data: the dataset's batches are used as they "
+                                  f"are")
+    else:
+        batch = _number(DEFAULT_BATCH_SIZE if batch is None else batch,
+                        _where(path, "workload.batch_size"), integer=True, minimum=1)
+    if shapes is not None and not isinstance(shapes, dict):
+        raise ConfigError(f"{_where(path, 'workload.input_shapes')}: expected a mapping of input "
+                          f"names to shapes, e.g. {{image: 1x224x224x3}}, got {shapes!r}")
+    checked = {str(name): shape_of(value, _where(path, f"workload.input_shapes.{name}"))
+               for name, value in (shapes or {}).items()}
+    return Workload(model=str(file), data=data, mode=mode, base_dir=str(base_dir),
+                    model_format=fmt,
+                    signature=(signature or DEFAULT_SIGNATURE) if fmt == "saved_model" else None,
+                    batch_size=batch, input_shapes=checked)
 
 
 def _objective(raw: Any, path: Path) -> Objective:

@@ -102,6 +102,8 @@ class Knob:
     """What every knob has. Subclasses say how it is applied and where it lives in the file."""
 
     how: ClassVar[str] = ""            # how it is applied, for the knob table
+    # every listed value measured first, one at a time, when searched (the user listed them)
+    screened: ClassVar[bool] = False
 
     def __init__(self, name: str, *, default: Any, allowed: str, valid: Callable[[Any], bool],
                  candidates: Callable[[Machine], list[Any]], help: str, label: str,
@@ -159,6 +161,12 @@ class Knob:
         if self.needs_openmp and machine.extra.get("openmp") is False:
             raise ConfigError(f"{field}: {value!r} has no effect: this TensorFlow build does not "
                               f"use OpenMP (stock builds use their own thread pool); remove it")
+
+    def baseline(self, pipeline: Any) -> Any:
+        """The value the baseline (the workload as written) runs with when the knob is searched:
+        the default, except where the workload says otherwise (``pipeline``: what the preflight
+        learnt)."""
+        return self.default
 
     def shown(self, value: Any) -> str:
         """The value in a progress line: ``-`` for TensorFlow's own choice."""
@@ -500,6 +508,58 @@ class InstancesKnob(ProcessKnob):
         return None
 
 
+class BatchSizeKnob(Knob):
+    """The batch a model file is fed, for workloads whose inputs tuner generates (a model file
+    without ``data:``); searched only when asked (``--batch-sizes``, ``space: {batch_size:
+    [...]}``). Its default, null, is the workload's own batch size (``--batch-size``,
+    ``workload.batch_size``). In production the batch is the caller's: ``tuner.apply()`` cannot
+    set it, so the tuned file keeps it at the top of ``settings`` (only when set) for the job or
+    the server's batching to use (``Applied.batch_size``)."""
+
+    how = "the caller: batches of this size"
+    in_process = True
+    screened = True
+
+    def searched_by_default(self, machine: Machine, mode: str, pipeline: Any) -> bool:
+        return False
+
+    def check_available(self, value: Any, machine: Machine, mode: str, pipeline: Any,
+                        field: str) -> None:
+        super().check_available(value, machine, mode, pipeline, field)
+        if value != self.default and getattr(pipeline, "batch_size", None) is None:
+            raise ConfigError(f"{field}: {value!r}: the batch size is searched only for a model "
+                              f"file whose inputs tuner generates (workload.model: a .keras, .h5 "
+                              f"or SavedModel, without data:); a dataset's batches fix their "
+                              f"own size")
+
+    def baseline(self, pipeline: Any) -> Any:
+        return getattr(pipeline, "batch_size", None)
+
+    def nest(self, tree: dict[str, Any], flat: dict[str, Any], machine: Machine | None) -> None:
+        value = flat.get(self.name, self.default)
+        if value is not None:
+            tree[self.name] = value
+
+    def read(self, tree: dict[str, Any]) -> Any:
+        return tree.get(self.name, self.default)
+
+    def note(self, tree: Any) -> str | None:
+        value = tree.get(self.name)
+        if not _pos_int(value):
+            return None
+        return (f"batch size {value}: the caller's choice, which tuner.apply() cannot set; send "
+                f"batches of {value} (cfg.batch_size), or with TF Serving set max_batch_size "
+                f"{value} in --batching_parameters_file")
+
+    def applied_by(self) -> str:
+        return "the caller (`cfg.batch_size`; TF Serving: `max_batch_size`)"
+
+    def batch(self, flat: dict[str, Any], workload_batch: int) -> int:
+        """The batch a trial with ``flat`` feeds the model."""
+        value = flat.get(self.name)
+        return int(value) if value is not None else int(workload_batch)
+
+
 KNOB_PREFIX = "knobs."     # declared knobs: Optuna parameter "knobs.map_parallelism"
 AUTOTUNE = "autotune"     # a declared knob's value that arrives as tf.data.AUTOTUNE
 
@@ -708,6 +768,15 @@ KNOBS: dict[str, Knob] = {knob.name: knob for knob in (
         candidates=_cpus_candidates,
         help="how many CPUs the job is pinned to (through its CPU affinity)", label="cpus",
     ),
+    BatchSizeKnob(
+        "batch_size", default=None,
+        allowed="an integer >= 1 (samples per batch), null or 'default' (the workload's batch "
+                "size)",
+        valid=_pos_int_or_none,
+        candidates=lambda m: [None], modes=("predict",),
+        help="samples per batch fed to a model file (searched with --batch-sizes)",
+        label="batch",
+    ),
     InstancesKnob(
         "instances", default=1,
         allowed="an integer >= 1 (processes, each pinned to its own share of the CPUs)",
@@ -743,6 +812,7 @@ TF_DATA = [k for k in KNOBS.values() if isinstance(k, TfDataKnob)]
 ALLOCATOR: AllocatorKnob = KNOBS["allocator"]  # type: ignore[assignment]
 CPUS: CpusKnob = KNOBS["cpus"]  # type: ignore[assignment]
 INSTANCES: InstancesKnob = KNOBS["instances"]  # type: ignore[assignment]
+BATCH_SIZE: BatchSizeKnob = KNOBS["batch_size"]  # type: ignore[assignment]
 
 
 # the top-level keys of the config's space: section and of the tuned file's settings

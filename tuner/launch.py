@@ -7,8 +7,10 @@ variables, the thread-count variables TensorFlow reads, and ``TUNER_TUNED_FILE``
 its own, with nothing in between to lose them.
 
 ``python -m tuner export tuned.yaml --format shell|dotenv|docker|k8s`` prints the same variables
-for places that take environment variables. The tf.data settings live inside the job's pipeline,
-so no environment variable can carry them; both say so.
+for places that take environment variables; ``--format tf-serving`` a wrapper script that starts
+``tensorflow_model_server`` with the thread counts as its own flags and the rest as variables.
+The tf.data settings live inside the job's pipeline, so no environment variable can carry them;
+every format says so.
 
 Both read the file with :func:`tuner.tunedfile.read` (untrusted input: every setting checked,
 only tuner's own variables unless ``--allow-env NAME``, no ``unvalidated`` verdict unless
@@ -43,7 +45,7 @@ from .production import (
     read,
 )
 
-FORMATS = ("shell", "dotenv", "docker", "k8s")
+FORMATS = ("shell", "dotenv", "docker", "k8s", "tf-serving")
 
 
 def tf_data_note(doc: dict[str, Any]) -> str | None:
@@ -269,6 +271,8 @@ def export(path: str, fmt: str, *, allow_env: Iterable[str] = (),
     for var in env:
         if not tunedfile.VARIABLE_NAME.fullmatch(var):
             raise ConfigError(f"export: {path}: {var!r} is not a variable name; nothing exported")
+    if fmt == "tf-serving":
+        return tf_serving(doc, path, env, header)
     comments = [f"# {_one_line(h)}" for h in header]
     if fmt == "shell":
         lines = comments + [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
@@ -315,6 +319,52 @@ def k8s_resources(doc: dict[str, Any], path: str) -> tuple[dict[str, Any], list[
     if replicas is not None:
         notes.append(f"replicas: {replicas[0]} ({replicas[1]})")
     return {"requests": dict(block), "limits": dict(block)}, notes
+
+
+SERVER = "tensorflow_model_server"
+# the server's session thread pools: its own flags (a session config it builds from them wins
+# over the variables TensorFlow reads in a Python job)
+SERVER_FLAGS = {"intra_op_parallelism_threads": "--tensorflow_intra_op_parallelism",
+                "inter_op_parallelism_threads": "--tensorflow_inter_op_parallelism"}
+
+
+def tf_serving(doc: dict[str, Any], path: str, env: dict[str, str], header: list[str]) -> str:
+    """A POSIX shell wrapper for TensorFlow Serving: the variables (allocator, oneDNN, OpenMP)
+    exported, then ``exec tensorflow_model_server`` with both thread flags and the caller's own
+    arguments (``"$@"``: the model's name and path, ports). Comments say what the server cannot
+    carry: tf.data options (a server has no input pipeline), declared knobs, instances and CPU
+    sets (several servers, taskset), and where the batch size goes."""
+    flat = settings.flatten(doc["settings"])
+    threads = {k.variable for k in knobs.THREADS}
+    env = {k: v for k, v in env.items() if k not in threads}
+    notes = [h for h in header if not h.startswith(("tf.data settings", "declared knobs",
+                                                      "nothing to set"))
+             and " instances on CPUs " not in h]
+    sets = settings.file_plan(doc["settings"]).instances
+    if sets:
+        notes.append(f"{len(sets)} instances measured: one server cannot carry them; start "
+                     f"{len(sets)} servers (each its own --port and --rest_api_port), each under "
+                     + ", ".join(f"`taskset -c {host.format_cpus(s)}`" for s in sets)
+                     + ", behind one load balancer")
+    data = [k.target for k in knobs.TF_DATA if flat.get(k.name) is not None]
+    if data or doc["settings"].get("knobs"):
+        notes.append("not carried: the tf.data settings and declared knobs belong to a Python "
+                     "input pipeline, and the server has none (requests arrive as tensors)")
+    batch = flat.get(knobs.BATCH_SIZE.name)
+    if batch is not None:
+        notes.append(f"batch size {batch} measured best: the clients' choice (send batches of "
+                     f"{batch}), or let the server batch requests: --enable_batching=true "
+                     f"--batching_parameters_file=FILE with max_batch_size {{ value: {batch} }}")
+    notes.append("the thread flags set the server's session pools (0 = TensorFlow's default); "
+                 "they are ignored when --platform_config_file is given, and do not combine "
+                 "with --tensorflow_session_parallelism")
+    notes.append("check what the running server got: /proc/PID/cmdline and /proc/PID/environ "
+                 "(docs/production.md)")
+    lines = ["#!/bin/sh", *(f"# {_one_line(n)}" for n in notes)]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    flags = [f"{flag}={int(flat[name] or 0)}" for name, flag in SERVER_FLAGS.items()]
+    lines.append(f"exec {SERVER} " + " ".join(shlex.quote(f) for f in flags) + ' "$@"')
+    return "\n".join(lines) + "\n"
 
 
 def notes_for_stderr(path: str, *, allow_env: Iterable[str] = (),

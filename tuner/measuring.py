@@ -83,8 +83,8 @@ class Measurer:
         """Build the workload once in a child (a typo costs seconds, not a study), then the
         space it is searched in. Raises WorkloadError when the workload cannot run."""
         cfg = self.config
-        self.say(f"preflight: building {cfg.workload.model or '(no model)'} and "
-                 f"{cfg.workload.data} once (timeout {cfg.search.trial_timeout:g} s)")
+        self.say(f"preflight: building {cfg.workload.describe()} once (timeout "
+                 f"{cfg.search.trial_timeout:g} s)")
         try:
             result = self.run("preflight", knobs.default_settings())
         except TrialFailed as exc:
@@ -95,6 +95,11 @@ class Measurer:
         self.say(f"preflight ok: TensorFlow {result['tf_version']}, batch size "
                  f"{result['batch_size']}, first step {result['timings']['first_step']:.2f} s, "
                  f"next step {result['timings']['second_step'] * 1e3:.1f} ms")
+        for spec in result.get("inputs") or []:
+            shape = "unknown rank" if spec["shape"] is None else \
+                "(" + ", ".join("None" if d is None else str(d) for d in spec["shape"]) + ")"
+            self.say(f"  input {spec['name']}: {shape} {spec['dtype']}"
+                     + (" (generated)" if result.get("generated_inputs") else ""))
         if pipeline.ops:
             self.say(f"  pipeline: {' -> '.join(pipeline.ops)}")
         for name, info in (result.get("knobs") or {}).items():

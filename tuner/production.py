@@ -90,6 +90,13 @@ class Applied:
         return dict(self.settings.get("tf_data") or {})
 
     @property
+    def batch_size(self) -> int | None:
+        """The batch size measured best for a model file (None: not searched). The caller
+        chooses its batches: ``model.predict(x, batch_size=cfg.batch_size)``, a server's
+        batching parameters; apply() cannot set it."""
+        return self.settings.get("batch_size")
+
+    @property
     def knobs(self) -> dict[str, Any]:
         """The declared knobs' tuned values, ready to pass on: ``autotune`` is
         ``tf.data.AUTOTUNE`` here (the file keeps the string), so

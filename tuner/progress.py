@@ -54,6 +54,10 @@ class Progress:
             tp = t.user_attrs["throughput"]
             body = (f"{tp['median']:>10.1f} samples/s (±{tp['rel_spread'] * 50:.1f}%)  "
                     f"sat {t.user_attrs.get('cpu_saturation', float('nan')):.2f}")
+            if (t.user_attrs.get("settings") or {}).get("batch_size") is not None \
+                    and t.user_attrs.get("step_latency_p50_ms") is not None:
+                # with the batch size searched, what each caller waits matters too
+                body += f"  {t.user_attrs['step_latency_p50_ms']:.1f} ms/batch (p50)"
         elif t.state == TrialState.PRUNED:
             body = f"PRUNED  {t.user_attrs.get('prune_reason', '')}"
         else:

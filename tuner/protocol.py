@@ -9,7 +9,9 @@ Task (:func:`task` builds it; the parent's trial runner adds the rest)::
 
     kind         "preflight" (build once, two steps), "measure" (one trial's windows) or
                  "diagnose" (the defaults on the real pipeline, then on one cached batch)
-    workload     {"model", "data", "mode", "base_dir"}: the builders, as the config names them
+    workload     {"model", "data", "mode", "base_dir"}: the builders, as the config names them;
+                 for a model file also {"model_format", "signature", "batch_size",
+                 "input_shapes"} (``model`` is then its path, ``data`` may be null)
     usable_cpus  CPUs the child may use; affinity: their ids
     measure      {"warmup_seconds", "min_warmup_steps", "window_seconds", "windows"} (preflight,
                  measure)
@@ -33,6 +35,11 @@ Protocol history (``PROTOCOL``):
      optional tf.data options and autotune algorithms this TensorFlow has, the pipeline's
      transformations and each knob's builders and baseline. (A version-1 child would ignore the
      knobs and measure something else, hence the bump.)
+  3: the workload may be a model file: ``model`` its path, ``model_format`` (keras or
+     saved_model), ``signature``, ``batch_size`` and ``input_shapes``, inputs generated unless
+     ``data`` names a builder; settings carry ``batch_size``; the preflight reports
+     ``generated_inputs`` and ``inputs``. (A version-2 child would import the path as a
+     builder.)
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-PROTOCOL = 2
+PROTOCOL = 3
 
 KINDS = ("preflight", "measure", "diagnose")
 
@@ -51,9 +58,10 @@ class WorkloadSpec(Protocol):
     """Where the builders are (``config.Workload`` is one)."""
 
     model: str | None
-    data: str
+    data: str | None
     mode: str
     base_dir: str
+    model_format: str | None
 
 
 def task(kind: str, workload: WorkloadSpec, *, usable_cpus: int, affinity: Sequence[int],
@@ -71,6 +79,11 @@ def task(kind: str, workload: WorkloadSpec, *, usable_cpus: int, affinity: Seque
         "usable_cpus": usable_cpus,
         "affinity": list(affinity),
     }
+    if getattr(workload, "model_format", None):
+        built["workload"].update(
+            model_format=workload.model_format, signature=workload.signature,  # type: ignore
+            batch_size=workload.batch_size,  # type: ignore[attr-defined]
+            input_shapes={k: list(v) for k, v in workload.input_shapes.items()})  # type: ignore
     optional = {"measure": dict(measure) if measure is not None else None,
                 "knobs": ({name: list(values) for name, values in knobs.items()}
                           if knobs is not None else None),

@@ -23,14 +23,16 @@ MIN_TRIALS_FOR_SCREEN = 12
 def screening_points(space: space_mod.Space, machine: host_mod.Machine, *,
                      threads: bool = True) -> list[dict[str, Any]]:
     """One-knob-at-a-time points, everything else at the baseline: first every listed value of
-    each declared knob (the user named them because they matter), then, with ``threads``, the
+    each declared knob and of the batch sizes (the user named them because they matter;
+    ``Knob.screened``), then, with ``threads``, the
     two thread counts. Few trials that cover the biggest effects (on a many-branch CNN, intra=1
     alone is 1.4x the defaults; a sequential map made parallel, several times) before TPE models
     the rest. A random start found them only by luck."""
     n = machine.usable_cpus
     ladders: dict[str, list[Any]] = {
         name: values for name, values in space.searched.items()
-        if name.startswith(space_mod.KNOB_PREFIX)}
+        if name.startswith(space_mod.KNOB_PREFIX)
+        or (name in space_mod.KNOBS and space_mod.KNOBS[name].screened)}
     if threads:
         ladders.update({"intra_op_parallelism_threads": [1, max(1, n // 2), n, 2 * n],
                         "inter_op_parallelism_threads": [1, n, 2 * n]})

@@ -34,6 +34,9 @@ class Pipeline:
     algorithms: tuple[str, ...] | None = None  # the AutotuneAlgorithm members it has
     ops: tuple[str, ...] | None = None         # the dataset's transformations, source first
     knobs: dict[str, Any] = field(default_factory=dict)   # declared knob -> its baseline value
+    # the batch of a workload whose inputs tuner generates (a model file without data); None
+    # when the dataset's own batches fix it
+    batch_size: int | None = None
 
     @classmethod
     def from_preflight(cls, result: dict[str, Any]) -> Pipeline:
@@ -42,8 +45,9 @@ class Pipeline:
             return tuple(value) if isinstance(value, list) else None
 
         knobs = {name: info["baseline"] for name, info in (result.get("knobs") or {}).items()}
+        batch = result.get("batch_size") if result.get("generated_inputs") else None
         return cls(options=names("tf_data_options"), algorithms=names("autotune_algorithms"),
-                   ops=names("pipeline"), knobs=knobs)
+                   ops=names("pipeline"), knobs=knobs, batch_size=batch)
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,14 @@ def build_space(machine: Machine, overrides: dict[str, Any], where: str = "space
         else:
             fixed[name] = unique[0]
     baseline: dict[str, Any] = {}
+    for name, knob in KNOBS.items():
+        # a searched knob whose baseline is the workload's own value (the batch size of a model
+        # file) measures that value, not a default standing for it
+        base = knob.baseline(pipeline)
+        if name in searched and base != knob.default:
+            values = [base if v == knob.default else v for v in searched[name]]
+            searched[name] = sorted(dict.fromkeys(values), key=_sort_key)
+            baseline[name] = base
     for name, candidates in (knobs or {}).items():
         key = KNOB_PREFIX + name
         base = pipeline.knobs.get(name, candidates[0])

@@ -144,6 +144,10 @@ def check_settings(tree: Any, path: str, *, allow_env: Iterable[str] = ()) -> di
     if cpus is not None:
         _check_cpu_list(cpus, path, "settings.cpus", "a list of CPU numbers or null")
     _check_instances(tree, path)
+    batch = tree.get(knobs.BATCH_SIZE.name)
+    if batch is not None and not knobs.BATCH_SIZE.is_valid(batch):
+        raise ConfigError(f"{path}: settings.batch_size: expected an integer >= 1 or null, "
+                          f"got {batch!r}")
     return tree
 
 

@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
-from . import coord, measuring, stats, tuned
+from . import coord, knobs, measuring, stats, tuned
 from . import host as host_mod
 from . import settings as settings_mod
 from .config import Config
@@ -208,6 +208,8 @@ def document(config: Config, pre: Preflight, searched: Searched, verdict: Verdic
                 "speedup_in_search": (expert.value / base.value) if expert and base else None,
             },
             "space": pre.space.describe(),
+            **({"batch_sizes": batch_sizes(searched.trials)}
+               if knobs.BATCH_SIZE.name in pre.space.searched else {}),
             "sampler": searched.sampler,
             # this run's wall time per phase (a resumed study's earlier runs not included)
             "seconds": seconds,
@@ -217,6 +219,26 @@ def document(config: Config, pre: Preflight, searched: Searched, verdict: Verdic
         },
         "study": _study_block(cfg, machine, searched),
     }
+
+
+def batch_sizes(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
+    """Per batch size searched, its best complete trial: throughput (samples/s) and the latency
+    of one batch (one step), since a larger batch buys throughput with each caller's wait."""
+    best: dict[int, FrozenTrial] = {}
+    for t in trials:
+        size = (t.user_attrs.get("settings") or {}).get(knobs.BATCH_SIZE.name)
+        if t.state != TrialState.COMPLETE or size is None or "throughput" not in t.user_attrs:
+            continue
+        if size not in best or t.user_attrs["throughput"]["median"] > \
+                best[size].user_attrs["throughput"]["median"]:
+            best[size] = t
+    rows = []
+    for size, t in sorted(best.items()):
+        latency = t.user_attrs.get("step_latency_ms") or {}
+        rows.append({"batch_size": size, "trial": t.number,
+                     "throughput": t.user_attrs["throughput"]["median"],
+                     "batch_latency_ms": {k: latency[k] for k in ("p50", "p95") if k in latency}})
+    return rows
 
 
 def _study_block(cfg: Config, machine: host_mod.Machine, searched: Searched

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from . import knobs
 from . import settings as settings_mod
+from .modelload import Loaded
 from .protocol import Progress, WorkloadProblem, describe
 
 
@@ -230,6 +231,8 @@ class Workload:
         wl = task["workload"]
         settings = task["settings"]
         self.mode = wl["mode"]
+        self.loaded: Loaded | None = None     # a model file, when the workload names one
+        self.generated = bool(wl.get("model_format")) and wl.get("data") is None
         phases: tuple[tuple[str, Callable[[], None]], ...] = (
             ("import", lambda: self._start_tensorflow(settings)),
             ("build_model", lambda: self._build_model(wl, task.get("knobs") or {}, settings)),
@@ -253,10 +256,15 @@ class Workload:
 
     def _build_model(self, wl: dict[str, Any], declared: dict[str, list[Any]],
                      settings: dict[str, Any]) -> None:
-        """Load the builders, check which takes which declared knob, and build the model."""
+        """Load the builders, check which takes which declared knob, and build the model (or
+        load the model file)."""
         tf = self.tf
-        builders = {"data": (_load_callable(wl["data"], wl["base_dir"], "data"), wl["data"])}
-        if self.mode != "data":
+        builders = {}
+        if wl.get("data") is not None:
+            builders["data"] = (_load_callable(wl["data"], wl["base_dir"], "data"), wl["data"])
+        if wl.get("model_format"):
+            self.loaded = Loaded(tf, wl)
+        elif self.mode != "data":
             builders["model"] = (_load_callable(wl["model"], wl["base_dir"], "model"), wl["model"])
         self.builders = builders
         values = knobs.declared(settings)
@@ -266,8 +274,8 @@ class Workload:
         for name, info in self.knob_info.items():
             values.setdefault(name, info["baseline"])
         self.knobs = values
-        self.model = None
-        if self.mode != "data":
+        self.model = self.loaded.keras_model if self.loaded is not None else None
+        if self.mode != "data" and self.loaded is None:
             func, spec = builders["model"]
             self.model = _call_builder(func, "model", spec, self.plan.kwargs("model", values, tf))
             self._check_model(wl["model"])
@@ -275,8 +283,13 @@ class Workload:
     def _build_data(self, wl: dict[str, Any], settings: dict[str, Any]) -> None:
         """Build the dataset with the trial's tf.data options and read its first batch."""
         tf = self.tf
-        func, spec = self.builders["data"]
-        dataset = _call_builder(func, "data", spec, self.plan.kwargs("data", self.knobs, tf))
+        if self.generated:
+            assert self.loaded is not None
+            batch = knobs.BATCH_SIZE.batch(settings, wl["batch_size"])
+            dataset = self.loaded.dataset(batch, wl.get("input_shapes") or {})
+        else:
+            func, spec = self.builders["data"]
+            dataset = _call_builder(func, "data", spec, self.plan.kwargs("data", self.knobs, tf))
         if not isinstance(dataset, tf.data.Dataset):
             raise WorkloadProblem(f"workload.data: {wl['data']} returned {type(dataset).__name__}, "
                                   f"expected a tf.data.Dataset")
@@ -293,8 +306,11 @@ class Workload:
         except Exception as exc:
             raise WorkloadProblem(f"workload.data: reading the first batch raised "
                                   f"{describe(exc)}") from exc
-        _check_element(first, self.mode, wl["data"])
-        self.batch_size = _batch_size(first, tf)
+        if self.generated:
+            self.batch_size = batch
+        else:
+            _check_element(first, self.mode, wl["data"])
+            self.batch_size = _batch_size(first, tf)
         self.element_spec = str(dataset.element_spec)[:500]
         self.first = first
 
@@ -317,6 +333,10 @@ class Workload:
 
     def _make_step(self) -> Callable[[Any], Any]:
         tf = self.tf
+        if self.loaded is not None:
+            step = self.loaded.step()
+            return step if self.generated or self.mode == "train" \
+                else (lambda batch: step(_inputs(batch)))
         if self.mode == "data":
             return lambda batch: None
         model = self.model
@@ -342,4 +362,11 @@ class Workload:
 
     def samples(self, batch: Any) -> int:
         """How many samples ``batch`` holds."""
+        if self.generated:
+            return self.batch_size
         return _batch_size(batch, self.tf)
+
+    def model_params(self) -> int | None:
+        if self.loaded is not None:
+            return self.loaded.params()
+        return int(self.model.count_params()) if self.model is not None else None
