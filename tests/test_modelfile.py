@@ -41,7 +41,7 @@ def saved_model(tmp_path):
 
 # -- the one-line contract for a bad path or flag, before any child starts --------------------
 
-@pytest.mark.parametrize("command", ["search", "diagnose"])
+@pytest.mark.parametrize("command", ["search", "diagnose", "size"])
 def test_a_missing_model_is_one_error_line_and_nothing_written(capsys, command):
     code, out, err = run_cli(capsys, command, "--model", "nowhere/model.keras")
     assert_one_error_line(code, err, "--model", "nowhere/model.keras", "does not exist",
@@ -326,3 +326,21 @@ def test_tf_serving_export_says_several_instances_need_several_servers(tmp_path)
     assert "2 instances measured: one server cannot carry them; start 2 servers" in text
     assert "`taskset -c 0-1`, `taskset -c 2-3`" in text
     assert "CPU set 0-3: no variable pins a process; use `taskset -c 0-3`" in text
+
+
+# -- size --model ------------------------------------------------------------------------------
+
+def test_size_needs_a_config_or_a_model(capsys):
+    code, _, err = run_cli(capsys, "size", "--cpus", "1")
+    assert_one_error_line(code, err, "size: give --model PATH", "--config FILE")
+
+
+def test_size_runs_on_a_model_file_and_writes_its_config(keras_file, fake_worker, capsys):
+    code, out, err = run_cli(capsys, "size", "--model", str(keras_file), "--cpus", "1",
+                             "--n-trials", "1")
+    assert code == 0, err
+    where = Path("results/My-Model/config.yaml")
+    assert f"config: {where} (written)" in out
+    sizes = yaml.safe_load(open("results/My-Model/sizes.yaml"))
+    assert [row["cpus"] for row in sizes["sizes"]] == [1]
+    assert config.load(where).workload.model == str(keras_file.resolve())

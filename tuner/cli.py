@@ -218,7 +218,9 @@ def _model_config(args: argparse.Namespace, command: str) -> Any:
         batch_size=flags["batch_size"],
         batch_sizes=modelfile.parse_batch_sizes(sizes) if sizes is not None else None,
         input_shapes=tuple(flags["input_shape"] or ()),
-        study_name=getattr(args, "study_name", None), output=getattr(args, "output", None)))
+        study_name=getattr(args, "study_name", None),
+        # size's --output is the sizes file; the generated config goes to the default place
+        output=getattr(args, "output", None) if command != "size" else None))
 
 
 def _acceptance_flags(parser: argparse.ArgumentParser) -> None:
@@ -278,7 +280,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
         allow_other_machines=args.allow_other_machines)
     say = (lambda line: None) if args.quiet else measuring.print_line
-    outcome = _search_model(cfg, text, where, say) if text is not None \
+    outcome = _with_model_config(cfg, text, where, say, search_mod.run) if text is not None \
         else search_mod.run(cfg, say)
     print_summary(outcome.tuned, outcome.tuned_path, outcome.backup, outcome.kept,
                   outcome.retired)
@@ -289,18 +291,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 130 if outcome.interrupted else 0
 
 
-def _search_model(cfg: Any, text: str, where: Any, say: Any) -> Any:
-    """``search --model``: the generated config written beside the tuned file before the search
-    (so an interrupted run resumes from it), and taken back when the model fails its preflight
-    or the run is refused before it started."""
+def _with_model_config(cfg: Any, text: str, where: Any, say: Any, run: Any) -> Any:
+    """``search --model`` / ``size --model``: the generated config written beside the result
+    before the run (so an interrupted run resumes from it), and taken back when the model fails
+    its preflight or the run is refused before it started."""
     from . import modelfile
-    from . import search as search_mod
     from .errors import WorkloadError
 
     written = modelfile.write(text, where)
     say(f"config: {where}" + (" (written)" if written.created else " (as before)"))
     try:
-        return search_mod.run(cfg, say)
+        return run(cfg, say)
     except ConfigError as exc:
         written.undo()
         if isinstance(exc, WorkloadError):   # the model named, not a file the user never wrote
@@ -476,7 +477,8 @@ def _positive_number(what: str):
 def _add_size_parser(commands: Any) -> None:
     z = commands.add_parser(
         "size", help="the best settings per CPU count, and how many CPUs and replicas to run")
-    z.add_argument("--config", required=True, help="the study config YAML (as for search)")
+    z.add_argument("--config", help="the study config YAML (as for search)")
+    _model_flags(z, search=False)
     z.add_argument("--cpus", type=_cpu_list,
                    help="CPU counts to size, e.g. 1,2,4,8 (default: 1, 2, 4, ... and all the "
                         "usable CPUs)")
@@ -520,15 +522,19 @@ def cmd_size(args: argparse.Namespace) -> int:
     from . import config as config_mod
     from . import measuring, report, sizes, sizing
 
+    loaded, text, where = _model_config(args, "size")
     cfg = config_mod.with_overrides(
-        config_mod.load(args.config), n_trials=args.n_trials, trial_timeout=args.trial_timeout,
+        loaded, n_trials=args.n_trials, trial_timeout=args.trial_timeout,
         storage=args.storage or os.environ.get(STORAGE_ENV) or None, study_name=args.study_name,
         seed=args.seed)
     output = config_mod.check_output(args.output, "--output") if args.output else None
     options = sizing.Options(cpus=args.cpus, target=args.target_throughput,
                              price=args.cpu_hour_price, budget=args.latency_budget_ms,
                              output=output)
-    outcome = sizing.run(cfg, options, (lambda line: None) if args.quiet else measuring.print_line)
+    say = (lambda line: None) if args.quiet else measuring.print_line
+    outcome = _with_model_config(cfg, text, where, say,
+                                 lambda c, s: sizing.run(c, options, s)) if text is not None \
+        else sizing.run(cfg, options, say)
     print()
     sys.stdout.write(report.format_sizes(sizes.read(outcome.path), "text"))
     print(f"wrote {outcome.path}" + (f" (previous file kept as {outcome.backup})"
