@@ -58,10 +58,12 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-# Reading commands run in-process (the same cli.main as `python -m tuner`, without paying an
-# interpreter start per case); test_reading_commands_hold_the_contract_in_a_real_process runs
-# each of them in a real interpreter too.
-IN_PROCESS = ("show", "compare", "export", "report")
+# Reading commands, and search and diagnose without extra environment (refused configs), run
+# in-process: the same cli.main as `python -m tuner`, without paying an interpreter start per
+# case. test_reading_commands_hold_the_contract_in_a_real_process runs each reading command in
+# a real interpreter too; test_a_directory_as_config_says_so and
+# test_diagnose_refuses_a_nan_timeout_too run search and diagnose in one.
+IN_PROCESS = ("show", "compare", "export", "report", "search", "diagnose")
 
 
 def _tuner(*args: str, timeout: float = 60, real: bool = False,
@@ -150,7 +152,7 @@ def test_non_finite_numbers_elsewhere_are_refused(workdir, body, field):
 def test_diagnose_refuses_a_nan_timeout_too(workdir):
     config = workdir / "study.yaml"
     config.write_text(_with("search", "trial_timeout", ".nan"))
-    proc = _tuner("diagnose", "--config", str(config))
+    proc = _tuner("diagnose", "--config", str(config), real=True)
     assert proc.returncode == 2
     _one_error(proc.stderr, "search.trial_timeout")
 
@@ -166,7 +168,7 @@ def test_an_empty_config_says_so(workdir, text):
 
 
 def test_a_directory_as_config_says_so(workdir):
-    proc = _tuner("search", "--config", str(workdir))
+    proc = _tuner("search", "--config", str(workdir), real=True)
     assert proc.returncode == 2
     _one_error(proc.stderr, str(workdir), "is a directory")
 
