@@ -23,12 +23,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
 from helpers import fake_worker_command
 
-from tuner import cli, coord, lock, tuned, urls
+from tuner import cli, coord, launch, lock, tuned, urls
 from tuner.errors import StudyError
 from tuner.trial import run_child
 
@@ -66,16 +67,33 @@ def _env(**extra: str) -> dict[str, str]:
 IN_PROCESS = ("show", "compare", "export", "report", "search", "diagnose")
 
 
-def _tuner(*args: str, timeout: float = 60, real: bool = False,
+def _launched(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("run went on to launch its command")
+
+
+def _in_process(args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:  # argparse's own exit
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def _tuner(*args: str, timeout: float = 60, real: bool = False, refused: bool = False,
            **env: str) -> subprocess.CompletedProcess[str]:
-    if args and args[0] in IN_PROCESS and not env and not real:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = cli.main(list(args))
-            except SystemExit as exc:  # argparse's own exit
-                code = exc.code if isinstance(exc.code, int) else 1
-        return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+    """``python -m tuner ARGS``: in-process for the IN_PROCESS commands, and for a ``run`` that
+    must be ``refused`` (pinning or launching its command then fails the test); in a real
+    interpreter with ``real`` or extra environment variables."""
+    if args and not env and not real:
+        if args[0] in IN_PROCESS:
+            return _in_process(args)
+        if args[0] == "run" and refused:
+            with mock.patch.object(launch, "pin", _launched), \
+                    mock.patch.object(launch, "_run_instances", _launched), \
+                    mock.patch.object(launch.os, "execve", _launched):
+                return _in_process(args)
     return subprocess.run([sys.executable, "-m", "tuner", *args], capture_output=True, text=True,
                           timeout=timeout, env=_env(**env), check=False)
 
@@ -1007,16 +1025,18 @@ def _write_tuned(workdir: Path, doc: dict | str | bytes, name: str = "hostile.ya
     return path
 
 
-def _refused_everywhere(workdir: Path, path: Path, *needles: str, flags: tuple = ()) -> None:
+def _refused_everywhere(workdir: Path, path: Path, *needles: str, flags: tuple = (),
+                        real: bool = False) -> None:
     """``run`` and ``export`` in every format refuse ``path`` with exit code 2, one error line
     naming the file and every needle, nothing on stdout, nothing written, no payload run (the
-    commands run in ``workdir``, where a payload's ``touch MARK`` would land)."""
+    commands run in ``workdir``, where a payload's ``touch MARK`` would land). In-process
+    unless ``real``."""
     assert Path.cwd() == workdir
     before = _listing(workdir)
     commands = [["run", *flags, "--tuned", str(path), "--", "true"],
                 *[["export", str(path), "--format", fmt, *flags] for fmt in EXPORT_FORMATS]]
     for argv in commands:
-        proc = _tuner(*argv)
+        proc = _tuner(*argv, real=real, refused=True)
         assert proc.returncode == 2, (argv, proc.stderr)
         _one_error(proc.stderr, str(path), *needles)
         assert proc.stdout == "", argv
@@ -1060,7 +1080,7 @@ def test_a_variable_no_knob_sets_is_refused_and_named(workdir, var):
 def test_a_thread_count_variable_in_env_points_to_its_field(workdir):
     path = _write_tuned(workdir, _tuned_doc(env={"TF_NUM_INTRAOP_THREADS": "64"}))
     _refused_everywhere(workdir, path, "settings.env.TF_NUM_INTRAOP_THREADS",
-                        "settings.intra_op_parallelism_threads sets it")
+                        "settings.intra_op_parallelism_threads sets it", real=True)
 
 
 @pytest.mark.parametrize("var", ["LD_PRELOAD", "BASH_ENV", "PYTHONSTARTUP", "PYTHONPATH", "PATH"])
