@@ -795,8 +795,8 @@ def test_an_unrelated_database_is_left_exactly_as_it_was(unrelated_db, argv):
     before = _fingerprint(unrelated_db)
     listing = _listing(root)
     time.sleep(0.01)  # an mtime that changes is visible
-    proc = subprocess.run([sys.executable, "-m", "tuner", *argv], capture_output=True, text=True,
-                          timeout=60, env=_env(), cwd=root, check=False)
+    assert Path.cwd() == root
+    proc = _tuner(*argv)
     assert proc.returncode == 2, proc.stderr
     _one_error(proc.stderr, "sqlite:///app.db", "no tuner study here")
     assert _fingerprint(unrelated_db) == before
@@ -1423,11 +1423,12 @@ def _search_until(workdir: Path, line_starts: str, *args: str, **env: str
 
 
 @pytest.fixture
-def validated(workdir: Path) -> Path:
-    """A finished search of the study: its validated tuned file."""
+def validated(workdir: Path, monkeypatch) -> Path:
+    """A finished search of the study (in-process, the fake worker): its validated tuned file."""
     (workdir / "study.yaml").write_text(SEARCHED)
-    proc = _tuner("search", "--config", str(workdir / "study.yaml"), timeout=180,
-                  TUNER_WORKER=FAKE)
+    with monkeypatch.context() as mp:
+        mp.setenv("TUNER_WORKER", FAKE)
+        proc = _tuner("search", "--config", str(workdir / "study.yaml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     path = workdir / "results" / "study" / "tuned.yaml"
     assert yaml.safe_load(path.read_text())["verdict"] in ("tuned", "defaults")
