@@ -1581,15 +1581,17 @@ def test_an_interrupt_with_no_baseline_trial_writes_an_unvalidated_file(workdir)
     (lambda d: d / "file.txt" / "tuned.yaml", "is not a directory"),
     (lambda d: d / "file.txt" / "deeper" / "tuned.yaml", "is not a directory"),
 ])
-def test_an_unwritable_output_fails_in_seconds_before_any_child(workdir, make, needle):
+def test_an_unwritable_output_fails_in_seconds_before_any_child(workdir, make, needle,
+                                                                monkeypatch):
     (workdir / "study.yaml").write_text(SEARCHED)
     (workdir / "out.yaml").mkdir()
     (workdir / "file.txt").write_text("x\n")
     target = make(workdir)
     before = _listing(workdir)
+    monkeypatch.setenv("TUNER_WORKER", FAKE)
+    monkeypatch.setenv("FAKE_LOG", str(workdir / "children.log"))
     started = time.monotonic()
-    proc = _tuner("search", "--config", str(workdir / "study.yaml"), "--output", str(target),
-                  TUNER_WORKER=FAKE, FAKE_LOG=str(workdir / "children.log"))
+    proc = _tuner("search", "--config", str(workdir / "study.yaml"), "--output", str(target))
     assert time.monotonic() - started < 30
     assert proc.returncode == 2, proc.stderr
     _one_error(proc.stderr, "--output", str(target), needle)
