@@ -32,20 +32,6 @@ def pytest_addoption(parser, pluginmanager):
                          help="ignored: pytest-xdist is not loaded")
 
 
-# Fixtures that run one search for several tests (module or session scope): under pytest-xdist
-# the tests that use one go to the same process, so that search runs once, not once per process.
-SHARED_SEARCHES = ("_searched_once", "_structured_once", "sized")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    for item in items:
-        for name in SHARED_SEARCHES:
-            if name in item.fixturenames:
-                item.add_marker(pytest.mark.xdist_group(name))
-                break
-
-
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     """Each test gets its own working directory (results/ lands there) and its own host lock, so
