@@ -22,6 +22,16 @@ from helpers import (
 from tuner import cli, trial
 
 
+def pytest_addoption(parser, pluginmanager):
+    """pyproject.toml's addopts ask pytest-xdist for one process per core; without xdist
+    (``-p no:xdist``, or not installed) those two flags are accepted and the tests run here."""
+    if not pluginmanager.has_plugin("xdist"):
+        parser.addoption("--numprocesses", dest="numprocesses", default=None,
+                         help="ignored: pytest-xdist is not loaded")
+        parser.addoption("--dist", dest="dist", default="no",
+                         help="ignored: pytest-xdist is not loaded")
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     """Each test gets its own working directory (results/ lands there) and its own host lock, so

@@ -23,12 +23,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
 from helpers import fake_worker_command
 
-from tuner import cli, coord, lock, tuned, urls
+from tuner import cli, coord, launch, lock, tuned, urls
 from tuner.errors import StudyError
 from tuner.trial import run_child
 
@@ -58,22 +59,41 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-# Reading commands run in-process (the same cli.main as `python -m tuner`, without paying an
-# interpreter start per case); test_reading_commands_hold_the_contract_in_a_real_process runs
-# each of them in a real interpreter too.
-IN_PROCESS = ("show", "compare", "export", "report")
+# Reading commands, and search and diagnose without extra environment (refused configs), run
+# in-process: the same cli.main as `python -m tuner`, without paying an interpreter start per
+# case. test_reading_commands_hold_the_contract_in_a_real_process runs each reading command in
+# a real interpreter too; test_a_directory_as_config_says_so and
+# test_diagnose_refuses_a_nan_timeout_too run search and diagnose in one.
+IN_PROCESS = ("show", "compare", "export", "report", "search", "diagnose")
 
 
-def _tuner(*args: str, timeout: float = 60, real: bool = False,
+def _launched(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("run went on to launch its command")
+
+
+def _in_process(args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:  # argparse's own exit
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def _tuner(*args: str, timeout: float = 60, real: bool = False, refused: bool = False,
            **env: str) -> subprocess.CompletedProcess[str]:
-    if args and args[0] in IN_PROCESS and not env and not real:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = cli.main(list(args))
-            except SystemExit as exc:  # argparse's own exit
-                code = exc.code if isinstance(exc.code, int) else 1
-        return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+    """``python -m tuner ARGS``: in-process for the IN_PROCESS commands, and for a ``run`` that
+    must be ``refused`` (pinning or launching its command then fails the test); in a real
+    interpreter with ``real`` or extra environment variables."""
+    if args and not env and not real:
+        if args[0] in IN_PROCESS:
+            return _in_process(args)
+        if args[0] == "run" and refused:
+            with mock.patch.object(launch, "pin", _launched), \
+                    mock.patch.object(launch, "_run_instances", _launched), \
+                    mock.patch.object(launch.os, "execve", _launched):
+                return _in_process(args)
     return subprocess.run([sys.executable, "-m", "tuner", *args], capture_output=True, text=True,
                           timeout=timeout, env=_env(**env), check=False)
 
@@ -150,7 +170,7 @@ def test_non_finite_numbers_elsewhere_are_refused(workdir, body, field):
 def test_diagnose_refuses_a_nan_timeout_too(workdir):
     config = workdir / "study.yaml"
     config.write_text(_with("search", "trial_timeout", ".nan"))
-    proc = _tuner("diagnose", "--config", str(config))
+    proc = _tuner("diagnose", "--config", str(config), real=True)
     assert proc.returncode == 2
     _one_error(proc.stderr, "search.trial_timeout")
 
@@ -166,7 +186,7 @@ def test_an_empty_config_says_so(workdir, text):
 
 
 def test_a_directory_as_config_says_so(workdir):
-    proc = _tuner("search", "--config", str(workdir))
+    proc = _tuner("search", "--config", str(workdir), real=True)
     assert proc.returncode == 2
     _one_error(proc.stderr, str(workdir), "is a directory")
 
@@ -775,8 +795,8 @@ def test_an_unrelated_database_is_left_exactly_as_it_was(unrelated_db, argv):
     before = _fingerprint(unrelated_db)
     listing = _listing(root)
     time.sleep(0.01)  # an mtime that changes is visible
-    proc = subprocess.run([sys.executable, "-m", "tuner", *argv], capture_output=True, text=True,
-                          timeout=60, env=_env(), cwd=root, check=False)
+    assert Path.cwd() == root
+    proc = _tuner(*argv)
     assert proc.returncode == 2, proc.stderr
     _one_error(proc.stderr, "sqlite:///app.db", "no tuner study here")
     assert _fingerprint(unrelated_db) == before
@@ -1005,16 +1025,18 @@ def _write_tuned(workdir: Path, doc: dict | str | bytes, name: str = "hostile.ya
     return path
 
 
-def _refused_everywhere(workdir: Path, path: Path, *needles: str, flags: tuple = ()) -> None:
+def _refused_everywhere(workdir: Path, path: Path, *needles: str, flags: tuple = (),
+                        real: bool = False) -> None:
     """``run`` and ``export`` in every format refuse ``path`` with exit code 2, one error line
     naming the file and every needle, nothing on stdout, nothing written, no payload run (the
-    commands run in ``workdir``, where a payload's ``touch MARK`` would land)."""
+    commands run in ``workdir``, where a payload's ``touch MARK`` would land). In-process
+    unless ``real``."""
     assert Path.cwd() == workdir
     before = _listing(workdir)
     commands = [["run", *flags, "--tuned", str(path), "--", "true"],
                 *[["export", str(path), "--format", fmt, *flags] for fmt in EXPORT_FORMATS]]
     for argv in commands:
-        proc = _tuner(*argv)
+        proc = _tuner(*argv, real=real, refused=True)
         assert proc.returncode == 2, (argv, proc.stderr)
         _one_error(proc.stderr, str(path), *needles)
         assert proc.stdout == "", argv
@@ -1058,7 +1080,7 @@ def test_a_variable_no_knob_sets_is_refused_and_named(workdir, var):
 def test_a_thread_count_variable_in_env_points_to_its_field(workdir):
     path = _write_tuned(workdir, _tuned_doc(env={"TF_NUM_INTRAOP_THREADS": "64"}))
     _refused_everywhere(workdir, path, "settings.env.TF_NUM_INTRAOP_THREADS",
-                        "settings.intra_op_parallelism_threads sets it")
+                        "settings.intra_op_parallelism_threads sets it", real=True)
 
 
 @pytest.mark.parametrize("var", ["LD_PRELOAD", "BASH_ENV", "PYTHONSTARTUP", "PYTHONPATH", "PATH"])
@@ -1401,11 +1423,12 @@ def _search_until(workdir: Path, line_starts: str, *args: str, **env: str
 
 
 @pytest.fixture
-def validated(workdir: Path) -> Path:
-    """A finished search of the study: its validated tuned file."""
+def validated(workdir: Path, monkeypatch) -> Path:
+    """A finished search of the study (in-process, the fake worker): its validated tuned file."""
     (workdir / "study.yaml").write_text(SEARCHED)
-    proc = _tuner("search", "--config", str(workdir / "study.yaml"), timeout=180,
-                  TUNER_WORKER=FAKE)
+    with monkeypatch.context() as mp:
+        mp.setenv("TUNER_WORKER", FAKE)
+        proc = _tuner("search", "--config", str(workdir / "study.yaml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     path = workdir / "results" / "study" / "tuned.yaml"
     assert yaml.safe_load(path.read_text())["verdict"] in ("tuned", "defaults")
@@ -1558,15 +1581,17 @@ def test_an_interrupt_with_no_baseline_trial_writes_an_unvalidated_file(workdir)
     (lambda d: d / "file.txt" / "tuned.yaml", "is not a directory"),
     (lambda d: d / "file.txt" / "deeper" / "tuned.yaml", "is not a directory"),
 ])
-def test_an_unwritable_output_fails_in_seconds_before_any_child(workdir, make, needle):
+def test_an_unwritable_output_fails_in_seconds_before_any_child(workdir, make, needle,
+                                                                monkeypatch):
     (workdir / "study.yaml").write_text(SEARCHED)
     (workdir / "out.yaml").mkdir()
     (workdir / "file.txt").write_text("x\n")
     target = make(workdir)
     before = _listing(workdir)
+    monkeypatch.setenv("TUNER_WORKER", FAKE)
+    monkeypatch.setenv("FAKE_LOG", str(workdir / "children.log"))
     started = time.monotonic()
-    proc = _tuner("search", "--config", str(workdir / "study.yaml"), "--output", str(target),
-                  TUNER_WORKER=FAKE, FAKE_LOG=str(workdir / "children.log"))
+    proc = _tuner("search", "--config", str(workdir / "study.yaml"), "--output", str(target))
     assert time.monotonic() - started < 30
     assert proc.returncode == 2, proc.stderr
     _one_error(proc.stderr, "--output", str(target), needle)

@@ -268,7 +268,8 @@ def sized(tmp_path_factory):
         mp.setenv("TUNER_WORKER", " ".join(fake_worker_command()))
         mp.setenv("FAKE_SHAPE", "flat")
         mp.setenv("FAKE_SCALING", "saturating")
-        outcome = _size(path, cpus=[1, 2], target=3000, price=0.05)
+        # 2900, not 3000: three 1-CPU replicas reach it even when the noise puts one below 1000
+        outcome = _size(path, cpus=[1, 2], target=2900, price=0.05)
     return Path(directory / outcome.path)
 
 
@@ -276,7 +277,7 @@ def test_show_prints_the_sizes_table_and_recommendation(sized, capsys):
     code, out, err = run_cli(capsys, "show", str(sized))
     assert code == 0, err
     assert "cpus" in out and "samples/s" in out and "$/M samples" in out
-    assert "recommendation: 3000 samples/s: 3 x 1 CPU(s) = 3 CPUs in total" in out
+    assert "recommendation: 2900 samples/s: 3 x 1 CPU(s) = 3 CPUs in total" in out
     code, out, _ = run_cli(capsys, "show", str(sized), "--format", "markdown")
     assert code == 0 and "| cpus |" in out
     code, out, _ = run_cli(capsys, "show", str(sized), "--format", "json")
@@ -301,7 +302,7 @@ def test_export_k8s_of_a_size_carries_resources_and_replicas(sized, capsys):
     assert body["resources"]["limits"]["cpu"] == "1"
     # 1.5 x the fake's 100 MiB peak, rounded up to 64 MiB
     assert body["resources"]["limits"]["memory"] == "192Mi"
-    assert ("# replicas: 3 (3 replicas of 1 CPU(s) reach the target of 3000 samples/s (the "
+    assert ("# replicas: 3 (3 replicas of 1 CPU(s) reach the target of 2900 samples/s (the "
             "recommended size))") in out
     code, out, err = run_cli(capsys, "export", str(sized), "--format", "k8s", "--size", "2")
     assert yaml.safe_load(out)["resources"]["requests"]["cpu"] == "2"
@@ -451,7 +452,7 @@ def test_costs_in_the_file_follow_the_price(sized):
         assert row["cost_per_million"] == pytest.approx(
             row["cpus"] * 0.05 * 1e6 / (3600 * row["throughput"]["median"]), rel=1e-5)
     rec = sizes.read(sized).recommendation
-    assert rec["cpu_hour_price"] == 0.05 and rec["target_throughput"] == 3000
+    assert rec["cpu_hour_price"] == 0.05 and rec["target_throughput"] == 2900
     assert math.isclose(rec["choice"]["cost_per_hour"], rec["choice"]["total_cpus"] * 0.05)
 
 

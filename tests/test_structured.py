@@ -11,7 +11,7 @@ import json
 
 import optuna
 import pytest
-from helpers import FAST, write_text
+from helpers import FAST, run_trials, write_text
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -146,8 +146,7 @@ space:
   allocator: default
   instances: default
 """)
-    lines: list[str] = []
-    search.run(config.load(path), lines.append)
+    lines = run_trials(path)  # the study stage alone: which trials run is its business
     study = optuna.load_study(study_name="study", storage="sqlite:///results/study.db")
     duplicates = [t for t in study.trials if "duplicate_of" in t.user_attrs]
     assert duplicates
