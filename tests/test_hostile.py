@@ -1556,7 +1556,7 @@ def test_an_interrupt_during_the_baseline_trial_is_130_and_writes_nothing(workdi
     code, out, err = _search_until(workdir, "machine: ", FAKE_BEHAVIOUR="hang-intra-0")
     assert code == 130, out + err
     assert err == "interrupted\n"
-    assert "no trial of this machine type completed: nothing to write" in out
+    assert "no trial of this machine type completed: nothing to write" in out, out
     assert not (workdir / "results" / "study").exists()
 
 

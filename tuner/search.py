@@ -83,20 +83,26 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
             started: float, seconds: dict[str, float], budget_started: float) -> SearchOutcome:
     cfg, say = measurer.config, measurer.say
     st = study.open_study(measurer, pre, locks)
-    st.announce()
-    timeout = None
-    if cfg.search.timeout is not None:
-        timeout = cfg.search.timeout - (time.monotonic() - started) - st.validation_estimate
-        if timeout <= 0:
-            raise StudyError(f"--timeout: {cfg.search.timeout:g} s leaves no time for trials "
-                             f"after preflight and validation (~{st.validation_estimate:.0f} "
-                             f"s); allow more")
-    plan = _budget(st, budget_started)
-    watch = BudgetWatch(st, plan) if plan is not None else None
-    mark = time.monotonic()
-    interrupted = st.run_trials(timeout, callbacks=[watch] if watch else [])
+    plan, watch, mark = None, None, time.monotonic()
+    try:
+        st.announce()
+        timeout = None
+        if cfg.search.timeout is not None:
+            timeout = cfg.search.timeout - (time.monotonic() - started) - st.validation_estimate
+            if timeout <= 0:
+                raise StudyError(f"--timeout: {cfg.search.timeout:g} s leaves no time for "
+                                 f"trials after preflight and validation "
+                                 f"(~{st.validation_estimate:.0f} s); allow more")
+        plan = _budget(st, budget_started)
+        watch = BudgetWatch(st, plan) if plan is not None else None
+        mark = time.monotonic()
+        interrupted = st.run_trials(timeout, callbacks=[watch] if watch else [])
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM before the first trial started: the same ending as during one
+        say("interrupted: stopping the search")
+        interrupted = True
     seconds["trials"] = time.monotonic() - mark
-    if plan is not None:
+    if plan is not None and watch is not None:
         plan.end_search(watch.reason(interrupted))
         say(f"budget: the search stopped after {budget_mod.fmt(seconds['trials'])} "
             f"({plan.stopped}); {budget_mod.fmt(plan.left())} left for validation")
