@@ -125,16 +125,7 @@ def is_sizes_file(path: str | Path) -> bool:
 
 
 def _load(path: str | Path) -> dict[str, Any]:
-    where = Path(path)
-    if where.is_dir():
-        raise ConfigError(f"{path}: is a directory; expected a sizes YAML file")
-    if not where.is_file():
-        raise ConfigError(f"{path}: sizes file not found")
-    try:
-        data = yaml.safe_load(where.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable sizes file: "
-                          f"{str(exc).splitlines()[0]}") from None
+    data = tuned.load_yaml(path, "sizes")
     if isinstance(data, dict) and "kind" not in data and "verdict" in data and "settings" in data:
         raise ConfigError(f"{path}: a tuned file, not a sizes file (python -m tuner size writes "
                           f"those); --size K / size=K is for sizes files: drop it")

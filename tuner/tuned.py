@@ -52,17 +52,24 @@ HEADER = """\
 """
 
 
+def load_yaml(path: str | Path, kind: str) -> Any:
+    """A result file's YAML (``kind``: "tuned" or "sizes"), parsed safely; a folder, a missing
+    file or unreadable YAML is one ConfigError naming the file."""
+    where = Path(path)
+    if where.is_dir():
+        raise ConfigError(f"{path}: is a directory; expected a {kind} YAML file")
+    if not where.is_file():
+        raise ConfigError(f"{path}: {kind} file not found")
+    try:
+        return yaml.safe_load(where.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable {kind} file: "
+                          f"{str(exc).splitlines()[0]}") from None
+
+
 def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory; expected a tuned YAML file")
-    if not path.is_file():
-        raise ConfigError(f"{path}: tuned file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable tuned file: "
-                          f"{str(exc).splitlines()[0]}") from None
+    data = load_yaml(path, "tuned")
     if not isinstance(data, dict) or "format_version" not in data:
         raise ConfigError(f"{path}: not a tuned file (no format_version)")
     version = data["format_version"]
