@@ -53,3 +53,19 @@ def test_two_searches_on_one_host_never_measure_at_the_same_time(fake_worker, wr
     assert len(intervals) >= 2 * (4 + 1 + 2 + 5)  # preflight, trials and validation of both
     for (_, end_a), (start_b, _) in zip(intervals, intervals[1:]):
         assert end_a <= start_b, "two measurements overlapped"
+
+
+def test_a_stop_whose_interrupt_was_swallowed_still_stops_the_next_measurement(fake_worker,
+                                                                               write_config):
+    # Python drops an exception raised inside a weakref callback (SQLAlchemy's cleanups), so a
+    # SIGTERM's KeyboardInterrupt can be lost; the request it left behind stops the next child.
+    from tuner import config, errors, host, knobs, measuring
+
+    measurer = measuring.Measurer(config.load(write_config()), host.detect(), lambda line: None)
+    assert measurer.measure(knobs.default_settings())["windows"]   # no stop asked: it measures
+    errors.request_stop()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            measurer.measure(knobs.default_settings())
+    finally:
+        errors.clear_stop()

@@ -624,7 +624,11 @@ def _print_batch_sizes(doc: dict[str, Any]) -> None:
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     # Orchestrators stop jobs with SIGTERM, and a closed terminal sends SIGHUP: clean up like
-    # Ctrl-C (kill the child and its process group, mark the trial).
+    # Ctrl-C (kill the child and its process group, mark the trial). Recorded as well, in case
+    # the exception lands in a callback that Python swallows it in (errors.request_stop).
+    from . import errors
+
+    errors.request_stop()
     raise KeyboardInterrupt
 
 
@@ -641,6 +645,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.subcommand is None:
             build_parser().print_help()
             return 2
+        from . import errors
+
+        errors.clear_stop()   # a stop asked of an earlier command in this process is done
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm)}
         # `run` forwards signals to its command itself; under nohup a hang-up stays ignored
         if args.subcommand != "run" and signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:

@@ -39,3 +39,26 @@ class TrialFailed(TunerError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+# A stop asked for by SIGTERM or SIGHUP. The CLI's handler raises KeyboardInterrupt, but Python
+# swallows an exception raised while a weakref callback or __del__ runs (it prints "Exception
+# ignored in ..."; SQLAlchemy's cleanups are such callbacks), so the request is kept here too and
+# checked before every measurement: a lost signal still stops the search at the next one.
+_stop_requested = False
+
+
+def request_stop() -> None:
+    global _stop_requested
+    _stop_requested = True
+
+
+def clear_stop() -> None:
+    global _stop_requested
+    _stop_requested = False
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt when a stop was asked for (see :func:`request_stop`)."""
+    if _stop_requested:
+        raise KeyboardInterrupt

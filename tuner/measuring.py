@@ -18,7 +18,7 @@ from . import knobs, protocol, stats
 from . import settings as settings_mod
 from . import space as space_mod
 from .config import Config, Objective
-from .errors import TrialFailed, WorkloadError
+from .errors import TrialFailed, WorkloadError, check_stop
 from .lock import host_lock
 from .trial import Watch, run_child, worker_command
 
@@ -64,6 +64,8 @@ class Measurer:
             watch: Watch | None = None) -> dict[str, Any]:
         def waiting() -> None:
             self.say("  waiting: another tuner process is measuring on this host")
+
+        check_stop()   # a SIGTERM whose KeyboardInterrupt was swallowed still stops here
 
         with host_lock(on_wait=waiting, timeout=self.config.search.timeout):
             return run_child(task(kind, self.config, self.machine),
