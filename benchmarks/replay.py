@@ -21,8 +21,8 @@ rule) and the tuner's duplicate skipping:
 Per strategy: trials until a point >= 95% of the optimum was measured (median, 90th percentile,
 how many seeds reached it within the budget), the wall time until then, and the true speed of the
 configuration the strategy would pick at the end of the budget (the structured search's
-parsimonious leader; for the others the best measured trial, as the tuner's validation takes it),
-as a share of the optimum.
+parsimonious leader unless that is the baseline; otherwise the best measured trial, as the
+tuner's validation takes it), as a share of the optimum.
 """
 
 from __future__ import annotations
@@ -156,10 +156,10 @@ def run_one(grid: Grid, strategy: str, seed: int, budget: int) -> dict[str, Any]
         study.tell(trial, value)
         if hit is None and grid.truth[key] >= TARGET * grid.optimum:
             hit, hit_seconds = n, spent
-    if sspace is not None:
-        leader = sampler.leader(study)
-        pick = grid.key(leader.user_attrs["settings"]) if leader else None
-    else:
+    leader = sampler.leader(study) if sspace is not None else None
+    if leader is not None and leader.user_attrs["settings"] != space.baseline():
+        pick = grid.key(leader.user_attrs["settings"])
+    else:   # as the tool's validation: the parsimonious leader, else the best measured trials
         best = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
         pick = grid.key(best.user_attrs["settings"])
     return {"hit": hit, "hit_seconds": hit_seconds, "seconds": spent,

@@ -217,10 +217,11 @@ def test_a_fake_ladder_measures_the_curve_and_recommends(fake_worker, tmp_path, 
 def test_each_size_starts_from_the_previous_winner_and_validates_against_pinned_defaults(
         fake_worker, write_config, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_SCALING", "linear")   # the default "peak" shape: intra=2, inter=1
-    # seeded: TPE's first trials are then the same draws in every run, and on 1 CPU they
+    # TPE, seeded: its first trials are then the same draws in every run, and on 1 CPU they
     # include a winner to carry (intra=2); unseeded, about one run in four found none
     path = write_text(tmp_path / "s.yaml", _sized_config(tmp_path).replace(
-        "n_trials: 2", "n_trials: 5\n  seed: 2").replace("candidates: 1", "candidates: 2"))
+        "n_trials: 2", "n_trials: 5\n  seed: 2\n  sampler: tpe").replace(
+        "candidates: 1", "candidates: 2"))
     outcome = _size(path, cpus=[1, 2])
     rows = {r["cpus"]: r for r in outcome.doc["sizes"]}
     # the second size carried the first one's winner, rescaled to its CPUs

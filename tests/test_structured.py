@@ -11,7 +11,7 @@ import json
 
 import optuna
 import pytest
-from helpers import FAST, run_trials, write_text
+from helpers import DUMMY_WORKLOAD, FAST, run_trials, write_text
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -240,3 +240,56 @@ def test_the_noise_comes_from_the_baselines_spread_across_processes():
     history = seen(study, engine)
     assert engine.pick(history, engine.noise(history)).params == engine.base
     assert engine.next_step(history).phase == "layout"
+
+
+def test_threads_are_also_screened_around_the_fastest_multi_instance_layout():
+    """A layout within noise of one process can win with its own thread counts: when the
+    leader runs one process, the threads phase screens from both, in turn."""
+    engine = engine16()
+    study = optuna.create_study(direction="maximize")
+    base = engine.base
+    add(study, engine, base, 1000.0, "reference", "baseline")
+    add(study, engine, base, 1200.0, "noise", structured.REPLICATE)   # noisy: ~40%
+    for count, value in ((2, 1010.0), (4, 1150.0), (8, 990.0), (16, 1020.0)):
+        add(study, engine, {**base, "instances": count}, value, "layout")
+    history = seen(study, engine)
+    noise = engine.noise(history)
+    assert engine.pick(history, noise).params == base      # nothing beyond noise
+    anchors = engine.anchors("threads", history, noise)
+    assert [a["instances"] for a in anchors] == [1, 4]
+    # the first two threads trials: one from each anchor
+    tried = {s.key for s in history}
+    first = engine.screen("threads", history, tried, noise)
+    tried.add(engine.s.key(first.params))
+    second = engine.screen("threads", history, tried, noise)
+    assert {first.params["instances"], second.params["instances"]} == {1, 4}
+    # no second anchor when the leader already runs several instances
+    quiet = optuna.create_study(direction="maximize")
+    add(quiet, engine, base, 1000.0, "reference", "baseline")
+    add(quiet, engine, base, 1010.0, "noise", structured.REPLICATE)
+    add(quiet, engine, {**base, "instances": 8}, 1900.0, "layout")
+    add(quiet, engine, {**base, "instances": 16}, 1700.0, "layout")
+    history = seen(quiet, engine)
+    assert [a["instances"] for a in engine.anchors("threads", history, engine.noise(history))
+            ] == [8]
+
+
+def test_auto_is_the_structured_search_when_the_space_exceeds_the_budget(tmp_path):
+    from tuner import sampling
+
+    machine = machine16()
+    space = build_space(machine, {"allocator": "default"})
+    write_text(tmp_path / "wl.py", DUMMY_WORKLOAD)
+    cfg = config.load(write_text(tmp_path / "c.yaml", FAST.replace(
+        "n_trials: 8", "n_trials: 24")))
+    assert cfg.search.sampler == "auto"
+    sampler, kind = sampling.sampler(cfg, space, machine=machine)
+    assert kind == "structured" and isinstance(sampler, structured.StructuredSampler)
+    small = build_space(machine, {"intra_op_parallelism_threads": [1, 2],
+                                  **{name: "default" for name in (
+                                      "inter_op_parallelism_threads",
+                                      "tf_data.private_threadpool_size",
+                                      "tf_data.max_intra_op_parallelism",
+                                      "env.TF_ENABLE_ONEDNN_OPTS", "allocator", "instances")}})
+    assert sampling.sampler(cfg, small, machine=machine)[1] == "grid"
+    assert sampling.sampler(cfg, space)[1] == "tpe"    # no machine to lay out: TPE

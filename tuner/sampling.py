@@ -69,8 +69,9 @@ REPLICATES_FROM = 16
 def sampler(config: Config, space: space_mod.Space, joining: bool = False,
             machine: host_mod.Machine | None = None
             ) -> tuple[optuna.samplers.BaseSampler, str]:
-    """The sampler and its name: exhaustive grid when the space fits the budget, else TPE;
-    the structured search (phases, see :mod:`tuner.structured`) when the config asks for it."""
+    """The sampler and its name. ``auto``: an exhaustive grid when the space fits the budget,
+    else the structured search (phases, see :mod:`tuner.structured`); ``tpe``, ``random`` and
+    ``grid`` on request."""
     search = config.search
     seed = search.seed
     if joining and seed is not None:
@@ -81,8 +82,11 @@ def sampler(config: Config, space: space_mod.Space, joining: bool = False,
     search = dataclasses.replace(search, seed=seed)
     kind = search.sampler
     if kind == "auto":
-        # the baseline and expert trials come on top of the grid (they are enqueued)
-        kind = "grid" if space.size + 2 <= search.n_trials else "tpe"
+        # the baseline and expert trials come on top of the grid (they are enqueued); a space
+        # too large for the budget is searched in phases (layout first) when the machine is
+        # known, which a replay on recorded grids found the most repeatable (docs/benchmarks.md)
+        kind = ("grid" if space.size + 2 <= search.n_trials
+                else "structured" if machine is not None else "tpe")
     if kind == "structured" and machine is not None:
         replicates = 2 if search.n_trials >= REPLICATES_FROM else 1
         return structured.StructuredSampler(structured.StructuredSpace(space, machine),

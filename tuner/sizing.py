@@ -353,18 +353,22 @@ def _size(cfg: Config, pre: measuring.Preflight, pipeline: space_mod.Pipeline, c
 def _enqueue_carried(st: study.Study, carried: tuple[int, dict[str, Any]], count: int,
                      say: measuring.Say) -> None:
     """The previous size's winner, rescaled, as this size's first trial after the references
-    (the structured search keeps its own phases, so it is not given one)."""
+    (for the structured search, one of its references: its phases may screen from it)."""
     from_cpus, settings = carried
-    if st.structured is not None:
-        return
     point = rescale(settings, st.space, from_cpus, count)
+    if st.structured is not None:
+        params = st.structured.space.params_of(point)
+        point = st.structured.space.settings(params)   # thread counts as per-instance choices
+        attrs = {CARRIED_FROM: from_cpus, "phase": "reference"}
+    else:
+        params = {name: point[name] for name in st.space.searched}
+        attrs = {CARRIED_FROM: from_cpus}
     if point == st.space.baseline() or point == st.space.expert(st.machine):
         return
     if any(t.user_attrs.get(CARRIED_FROM) == from_cpus for t in st.optuna.get_trials(
             deepcopy=False)):
         return  # a resumed size already has it
-    st.optuna.enqueue_trial({name: point[name] for name in st.space.searched},
-                            user_attrs={CARRIED_FROM: from_cpus})
+    st.optuna.enqueue_trial(params, user_attrs=attrs)
     say(f"  carried from size {from_cpus}: {settings_mod.short(point)} (its winner, rescaled "
         f"to {count} CPUs)")
 

@@ -8,7 +8,8 @@ these knobs, with Optuna underneath.
 3. ``threads``: intra/inter-op counts *per instance* (TensorFlow's default, 1, c/2, c, 2c for c
    CPUs per instance) around the best layout. The study's parameters hold the relative choice
    (``intra_op_per_instance: c``), so a count is never proposed that means nothing for its
-   layout; the trial's settings (and the tuned file) hold the absolute counts.
+   layout; the trial's settings (and the tuned file) hold the absolute counts. When the leader
+   runs one process, the threads are also screened around the fastest multi-instance layout.
 4. ``data``: tf.data options, oneDNN and declared knobs, around the best so far.
 5. ``tpe``: Optuna's TPE over the dimensions whose screening moved the score beyond noise; the
    others stay at the leader's values.
@@ -293,28 +294,62 @@ class Engine:
             values = [values[round(i * step)] for i in range(SCREEN_VALUES)]
         return values
 
+    def anchors(self, phase: str, seen: list[Seen], noise: float) -> list[dict[str, Any]]:
+        """Where a phase screens from: the leader of the phases before it; for the threads,
+        also the fastest multi-instance layout when the leader runs one process. Several
+        instances often win only with their own thread counts (a layout that is no faster
+        with TensorFlow's defaults can be with inter-op threads set for its CPUs)."""
+        anchor = self.anchor(phase, seen, noise)
+        out = [anchor]
+        if phase != "threads" or (self.s.settings(anchor).get("instances") or 1) > 1:
+            return out
+        means = self.means(seen)
+        multi = [s for s in seen if s.phase == "layout" and s.feasible and s.key in means
+                 and (self.s.settings(s.params).get("instances") or 1) > 1]
+        if multi:
+            out.append(dict(max(multi, key=lambda s: (means[s.key], -s.number)).params))
+        return out
+
     def screen(self, phase: str, seen: list[Seen], tried: set[str], noise: float
                ) -> Step | None:
-        dims = self.dims[phase]
-        if not dims:
+        """The phase's next point: each dimension changed alone from each anchor (the anchors
+        taken in turn), then the best value of each dimension together."""
+        if not self.dims[phase]:
             return None
-        anchor = self.anchor(phase, seen, noise)
-        for dim in dims:
+        anchors = self.anchors(phase, seen, noise)
+        queues = [self._singles(phase, anchor) for anchor in anchors]
+        for point in itertools.chain.from_iterable(itertools.zip_longest(*queues)):
+            if point is not None and self.s.key(point) not in tried:
+                return Step(phase, point)
+        for anchor in anchors:
+            point = self._together(phase, anchor, seen, noise)
+            if point is not None and self.s.key(point) not in tried:
+                return Step(phase, point)
+        return None
+
+    def _singles(self, phase: str, anchor: dict[str, Any]) -> list[dict[str, Any]]:
+        """``anchor`` with one dimension changed, each sensible configuration once."""
+        points, keys = [], set()
+        for dim in self.dims[phase]:
             for value in self.screen_values(phase, dim, anchor):
                 point = {**anchor, dim: value}
-                if self.s.sensible(point) and self.s.key(point) not in tried:
-                    return Step(phase, point)
-        # the best value of each dimension together, when more than one changed
+                key = self.s.key(point)
+                if self.s.sensible(point) and key not in keys:
+                    keys.add(key)
+                    points.append(point)
+        return points
+
+    def _together(self, phase: str, anchor: dict[str, Any], seen: list[Seen], noise: float
+                  ) -> dict[str, Any] | None:
+        """The best value of each dimension together, when more than one beat the anchor's."""
         best: dict[str, Any] = {}
-        for dim in dims:
+        for dim in self.dims[phase]:
             leader = self.pick(seen, noise, lambda s, d=dim: all(
                 s.params[k] == anchor[k] for k in anchor if k != d))
             if leader is not None and leader.params[dim] != anchor[dim]:
                 best[dim] = leader.params[dim]
         point = {**anchor, **best}
-        if len(best) > 1 and self.s.sensible(point) and self.s.key(point) not in tried:
-            return Step(phase, point)
-        return None
+        return point if len(best) > 1 and self.s.sensible(point) else None
 
     def effects(self, seen: list[Seen]) -> dict[str, float]:
         """Each screened dimension's effect: its fastest over its slowest value, each measured
