@@ -312,8 +312,9 @@ def test_no_effect_is_extended_then_kept_as_defaults_saying_what_could_be_missed
     assert results.from_tuned_file("results/study/tuned.yaml").verdict == "defaults"
 
 
-def test_unset_max_rounds_is_the_fixed_design_of_rounds():
-    # the default costs no more time than one look of `rounds`; the sequential design is opt-in
-    assert Validate().max_rounds == Validate().rounds
-    assert Validate(rounds=8).max_rounds == 8
+def test_unset_max_rounds_extends_an_unclear_first_look_to_three_times_its_rounds():
+    # the sequential design is the default; max_rounds equal to rounds is the fixed design
+    assert Validate().max_rounds == 3 * Validate().rounds == 15
+    assert Validate(rounds=8).max_rounds == 24
+    assert Validate(rounds=8, max_rounds=8).max_rounds == 8
     assert Validate(rounds=8, max_rounds=30).max_rounds == 30

@@ -79,16 +79,20 @@ class Measure:
     windows: int = 5
 
 
+# an unset validate.max_rounds is this many times validate.rounds
+EXTEND_BY = 3
+
+
 @dataclass(frozen=True)
 class Validate:
     candidates: int = 3         # best distinct trials screened; the fastest meets the baseline
     screen_rounds: int = 2      # interleaved rounds to pick the winner among candidates
     rounds: int = 5             # interleaved rounds winner vs baseline at the first look
-    # With `max_rounds` above `rounds`, an inconclusive first look is extended, in at most
-    # `looks` looks, to as many rounds as a 1.10x win needs for 80% power at the noise measured,
-    # but never past `max_rounds` (at 10% noise per process the adoption rule needs about 28
-    # rounds: docs/methodology.md). Unset, it is `rounds`: one look, as fast as before, and the
-    # verdict says which win the rounds could have detected.
+    # An inconclusive first look is extended, in at most `looks` looks, to as many rounds as a
+    # 1.10x win needs for 80% power at the noise measured, but never past `max_rounds` (at 10%
+    # noise per process the adoption rule needs about 28 rounds: docs/methodology.md). Unset, it
+    # is 3 x `rounds`; equal to `rounds`, one look. Either way the verdict says which win the
+    # rounds run could have detected.
     max_rounds: int = None  # type: ignore[assignment]
     looks: int = 3
     alpha: float = 0.05         # significance level for "faster than TensorFlow's defaults"
@@ -99,7 +103,7 @@ class Validate:
 
     def __post_init__(self) -> None:
         if self.max_rounds is None:
-            object.__setattr__(self, "max_rounds", self.rounds)
+            object.__setattr__(self, "max_rounds", EXTEND_BY * self.rounds)
 
 
 @dataclass(frozen=True)
