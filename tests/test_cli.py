@@ -14,3 +14,37 @@ def test_importing_tuner_stays_light():
             "heavy = [m for m in ('tensorflow', 'optuna', 'plotly') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=HERE.parent)
+
+
+def test_ctrl_c_sigterm_and_sighup_all_record_the_stop_during_a_command(monkeypatch):
+    """One handler for the three: it raises KeyboardInterrupt and records the stop, which a
+    KeyboardInterrupt that Python swallowed in a callback would lose (errors.request_stop)."""
+    import signal
+
+    from tuner import cli
+
+    seen = {}
+
+    def show(args):
+        seen.update({s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM,
+                                                      signal.SIGHUP)})
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_show", show)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert cli.main(["show", "tuned.yaml"]) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert seen[signal.SIGINT] is seen[signal.SIGTERM] is cli._on_sigterm
+    # under nohup a hang-up stays ignored
+    ignored = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    assert seen[signal.SIGHUP] == (signal.SIG_IGN if ignored else cli._on_sigterm)
+    # an ignored Ctrl-C (a background job) stays ignored
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert cli.main(["show", "tuned.yaml"]) == 0
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert seen[signal.SIGINT] == signal.SIG_IGN

@@ -623,9 +623,9 @@ def _print_batch_sizes(doc: dict[str, Any]) -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    # Orchestrators stop jobs with SIGTERM, and a closed terminal sends SIGHUP: clean up like
-    # Ctrl-C (kill the child and its process group, mark the trial). Recorded as well, in case
-    # the exception lands in a callback that Python swallows it in (errors.request_stop).
+    # Orchestrators stop jobs with SIGTERM, a closed terminal sends SIGHUP, a user Ctrl-C: clean
+    # up (kill the child and its process group, mark the trial). Recorded as well, in case the
+    # exception lands in a callback that Python swallows it in (errors.request_stop).
     from . import errors
 
     errors.request_stop()
@@ -652,6 +652,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `run` forwards signals to its command itself; under nohup a hang-up stays ignored
         if args.subcommand != "run" and signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
             previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_sigterm)
+        # Ctrl-C: Python's own handler raises the same KeyboardInterrupt but records nothing
+        if args.subcommand != "run" and signal.getsignal(signal.SIGINT) is \
+                signal.default_int_handler:
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _on_sigterm)
         try:
             commands = {"search": cmd_search, "diagnose": cmd_diagnose, "run": cmd_run,
                         "export": cmd_export, "show": cmd_show, "compare": cmd_compare,
