@@ -52,6 +52,12 @@ plain = Plain()
 tf.saved_model.save(plain, "plain_module", signatures={"serving_default": plain.serve,
                                                        "score": plain.serve})
 open("broken.keras", "w").write("not a model")
+# a legacy .h5 whose Lambda leaves a mark wherever its code runs (here, once, while building)
+mark = keras.layers.Lambda(lambda t: (open("LAMBDA_RAN", "w").close(), t)[1], name="mark")
+x = keras.Input((4,), name="x")
+keras.Model(x, keras.layers.Dense(2)(mark(x))).save("lambda.h5")
+import os
+os.remove("LAMBDA_RAN")
 """
 
 QUICK = """\
@@ -109,6 +115,15 @@ def test_a_model_that_cannot_run_is_one_error_line(models, capsys, monkeypatch, 
     code, _, err = run_cli(capsys, "search", *argv)
     assert_one_error_line(code, err, *needles)
     assert not (models / "results").exists()
+
+
+def test_a_legacy_h5_file_with_a_lambda_layer_is_refused_before_its_code_runs(
+        models, capsys, monkeypatch):
+    monkeypatch.chdir(models)
+    code, _, err = run_cli(capsys, "search", "--model", "lambda.h5")
+    assert_one_error_line(code, err, "lambda.h5", "refused", "Lambda layer(s) 'mark'",
+                          "save the model as .keras")
+    assert not (models / "LAMBDA_RAN").exists()
 
 
 def test_a_real_search_on_a_model_file_exports_for_tf_serving(models, capsys, monkeypatch):

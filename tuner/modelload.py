@@ -14,6 +14,7 @@ preflight's cause. TensorFlow is passed in; this module imports it nowhere itsel
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -62,8 +63,17 @@ class Loaded:
         why = _not_keras_file(self.path)
         if why:
             raise WorkloadProblem(f"{self.path}: not a Keras model file: {why}")
+        lambdas = _h5_lambda_layers(self.path)
+        if lambdas:
+            raise WorkloadProblem(
+                f"{self.path}: refused: Lambda layer(s) {', '.join(map(repr, lambdas))} in a "
+                f"legacy .h5 file carry Python code that would run when it is loaded; save the "
+                f"model as .keras (Keras refuses code there by default), or measure it through a "
+                f"config whose builder you wrote")
         try:
-            model = keras.saving.load_model(self.path, compile=self.mode == "train")
+            # safe_mode: Keras refuses a Lambda's serialized code instead of running it
+            model = keras.saving.load_model(self.path, compile=self.mode == "train",
+                                            safe_mode=True)
         except BaseException as exc:
             raise WorkloadProblem(f"{self.path}: cannot load it as a Keras model: "
                                   f"{describe(exc)}") from exc
@@ -267,3 +277,38 @@ def _generate(tf: Any, shape: list[Any], dtype: Any) -> Any:
     if dtype.is_complex:
         return tf.complex(tf.random.uniform(shape), tf.random.uniform(shape))
     return tf.zeros(shape, dtype)
+
+
+def _h5_lambda_layers(path: str) -> list[str]:
+    """The names of the Lambda layers a legacy HDF5 model file declares (any depth): their
+    functions are marshalled bytecode or references to any module's function, and Keras before
+    3.11 ran them on load whatever ``safe_mode`` said."""
+    if not str(path).lower().endswith((".h5", ".hdf5")):
+        return []
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            raw = fh.attrs.get("model_config")
+    except (OSError, ValueError):
+        return []   # not readable as HDF5: Keras's own error says so
+    if raw is None:
+        return []
+    try:
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except ValueError:
+        return []
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                found.append(str((node.get("config") or {}).get("name", "?")))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
