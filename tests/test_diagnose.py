@@ -107,6 +107,18 @@ def test_input_bound_thresholds(two_cpus, throughput, wait, expected):
     assert ("input_bound" in [f["kind"] for f in report["findings"]]) is expected
 
 
+def test_a_gap_in_generated_inputs_is_not_advice_on_the_users_pipeline(two_cpus):
+    # a model file's inputs are tuner's own feed: the gap is named as such, with no advice to
+    # cache or parallelise a pipeline the user does not have
+    result = {**_result(measured__throughput=600.0), "generated_inputs": True}
+    report = diagnose.analyse(two_cpus, result, config_path="c.yaml")
+    kinds = {f["kind"]: f for f in report["findings"]}
+    assert "input_bound" not in kinds
+    gap = kinds["generated_input_gap"]
+    assert "0.60x" in gap["title"] and "tuner's generated inputs" in gap["evidence"]
+    assert "--data FILE.py:FUNCTION" in gap["advice"] and ".cache()" not in gap["advice"]
+
+
 @pytest.mark.parametrize("rounds,expected", [
     ([0.3, 0.35, 0.32, 0.9, 0.31, 0.33], True),      # clearly below in most rounds
     ([0.94, 1.07, 0.69, 0.46, 0.47, 0.8], False),    # bursts of other work on half the rounds
