@@ -14,8 +14,9 @@ these knobs, with Optuna underneath.
 5. ``tpe``: Optuna's TPE over the dimensions whose screening moved the score beyond noise; the
    others stay at the leader's values.
 6. ``ablation`` (the last trials of the run): each changed knob of the leader reverted, and the
-   leader replicated. Among configurations within noise of the best, the one that changes the
-   fewest knobs leads (:func:`Engine.pick`), so a knob without an effect does not ship.
+   leader replicated. Among configurations within one standard error of the best, the one
+   that changes the fewest knobs leads (:func:`Engine.pick`), so a knob without an effect does
+   not ship.
 
 A configuration already measured is never proposed again, except as a deliberate replicate
 (role ``replicate``). Every step is a function of the study's trials, so a resumed study picks up
@@ -250,14 +251,18 @@ class Engine:
 
     def pick(self, seen: list[Seen], noise: float,
              among: Callable[[Seen], bool] = lambda s: True) -> Seen | None:
-        """The leader: among the feasible measured configurations within noise of the best,
-        the one that changes the fewest knobs (then the fastest)."""
+        """The leader: among the feasible measured configurations within one standard error of
+        the best, the one that changes the fewest knobs (then the fastest). ``noise`` is the
+        "beyond noise" bar, two standard errors of the ratio of two single processes, so one
+        is half of it: the one-standard-error rule of model selection (Breiman et al., 1984).
+        The full bar here would, under high noise, hand validation a one-knob change that
+        barely moved the score while a two-knob configuration measured far above it."""
         means = self.means(seen)
         done = [s for s in seen if s.feasible and among(s)]
         if not done:
             return None
         best = max(means[s.key] for s in done)
-        close = [s for s in done if means[s.key] * (1 + noise) >= best]
+        close = [s for s in done if means[s.key] * (1 + noise / 2) >= best]
         return min(close, key=lambda s: (len(self.changed(s.params)), -means[s.key], s.number))
 
     # -- the next step ------------------------------------------------------------------------
