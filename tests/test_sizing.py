@@ -108,8 +108,10 @@ def test_the_previous_winner_is_rescaled_and_snapped_to_the_new_space(tmp_path):
     won = {**four.baseline(), "intra_op_parallelism_threads": 2, "inter_op_parallelism_threads": 1,
            "instances": 2, "cpus": 2}
     point = sizing.rescale(won, four, 2, 4)
-    assert point["intra_op_parallelism_threads"] == 4     # threads per CPU kept
-    assert point["instances"] == 4                        # CPUs per instance kept
+    assert point["instances"] == 4                        # CPUs per instance kept (1) ...
+    assert point["intra_op_parallelism_threads"] == 2     # ... so threads per instance too
+    one = {**won, "instances": None}                      # one process: its threads scale
+    assert sizing.rescale(one, four, 2, 4)["intra_op_parallelism_threads"] == 4
     assert point["inter_op_parallelism_threads"] == 1     # not a per-CPU count
     assert point["cpus"] == 4
     # TensorFlow's own choice stays its own choice
@@ -506,3 +508,34 @@ def test_a_real_size_run_on_1_and_2_cpus_feeds_apply_run_and_export(tmp_path, ca
     resources = yaml.safe_load(out)["resources"]
     assert resources["requests"]["cpu"] == "1" and resources["limits"]["cpu"] == "1"
     assert resources["limits"]["memory"].endswith("Mi")
+
+
+def test_a_structured_study_takes_the_carried_winner_as_a_reference(tmp_path):
+    import types
+
+    import optuna
+
+    from tuner import space as space_mod
+    from tuner import structured
+
+    m = sixteen_cpus(tmp_path)
+    four = sizing.sized_machine(m, 4)
+    space = space_mod.build_space(four, {"allocator": "default"})
+    sampler = structured.StructuredSampler(structured.StructuredSpace(space, four), seed=0)
+    st = types.SimpleNamespace(structured=sampler, space=space, machine=four,
+                               optuna=optuna.create_study(direction="maximize", sampler=sampler))
+    lines = []
+    # size 2's winner: 2 instances of 1 CPU, one intra-op thread each
+    won = {**space.baseline(), "instances": 2, "intra_op_parallelism_threads": 1}
+    sizing._enqueue_carried(st, (2, won), 4, lines.append)
+    trial = st.optuna.ask()
+    params = {n: trial.suggest_categorical(n, list(v))
+              for n, v in sampler.space.params.items()}
+    assert trial.user_attrs == {sizing.CARRIED_FROM: 2, "phase": "reference"}
+    carried = sampler.space.settings(params)
+    assert carried["instances"] == 4                      # scaled with the CPUs
+    assert carried["intra_op_parallelism_threads"] == 1   # still one thread per 1-CPU instance
+    assert lines and "carried from size 2" in lines[0]
+    # a resumed size does not get it twice
+    sizing._enqueue_carried(st, (2, won), 4, lines.append)
+    assert len(lines) == 1

@@ -118,24 +118,34 @@ def _as_int(value: Any) -> int | None:
 def rescale(settings: dict[str, Any], space: space_mod.Space, from_cpus: int, to_cpus: int
             ) -> dict[str, Any]:
     """``settings`` found on ``from_cpus`` CPUs as a point of ``space`` (built for ``to_cpus``):
-    CPU-sized counts (intra-op threads, the tf.data pool, instances, OpenMP threads) scaled by
-    ``to_cpus / from_cpus`` and snapped to the nearest candidate; other values kept where the
-    space has them, else the baseline's."""
+    the instances scaled by ``to_cpus / from_cpus``, the per-process CPU-sized counts (intra-op
+    threads, the tf.data pool, OpenMP threads) by the ratio of one instance's CPUs, each snapped
+    to the nearest candidate; other values kept where the space has them, else the
+    baseline's."""
     baseline = space.baseline()
     out = dict(baseline)
     out.update(space.fixed)
-    for name, choices in space.searched.items():
+    # "instances" first: the per-process counts scale with the CPUs of one instance, which
+    # stay the same when the instances scale with the machine
+    names = sorted(space.searched, key=lambda n: n != "instances")
+    factor = to_cpus / from_cpus
+    for name in names:
+        choices = space.searched[name]
         value = settings.get(name, baseline.get(name))
         number = _as_int(value)
         default = baseline.get(name)
         if name in SCALED and number is not None and number > 0 and value != default:
-            wanted = max(1, round(number * to_cpus / from_cpus))
+            wanted = max(1, round(number * factor))
             numeric = [c for c in choices if _as_int(c) is not None and _as_int(c) > 0
                        and type(c) is type(value)]
             if numeric:
                 value = min(numeric, key=lambda c: (abs(math.log(_as_int(c) / wanted)),
                                                     _as_int(c)))
         out[name] = value if any(space_mod.same_value(value, c) for c in choices) else default
+        if name == "instances":
+            before = _as_int(settings.get("instances")) or 1
+            after = _as_int(out["instances"]) or 1
+            factor = (to_cpus / after) / (from_cpus / before)
     return out
 
 
