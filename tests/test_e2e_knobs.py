@@ -86,6 +86,7 @@ workload:
 search:
   n_trials: 6
   trial_timeout: 60
+  sampler: tpe   # its screening of the declared knobs comes first
 measure:
   warmup_seconds: 0.3
   window_seconds: 0.3
@@ -93,6 +94,7 @@ measure:
 validate:
   candidates: 1
   rounds: 4
+  max_rounds: 4
 space:
   intra_op_parallelism_threads: default
   inter_op_parallelism_threads: default

@@ -63,7 +63,7 @@ os.remove("LAMBDA_RAN")
 QUICK = """\
 search: {n_trials: 2, trial_timeout: 90}
 measure: {warmup_seconds: 0.3, window_seconds: 0.3, windows: 2}
-validate: {candidates: 1, rounds: 4}
+validate: {candidates: 1, rounds: 4, max_rounds: 4}
 """
 
 

@@ -41,6 +41,7 @@ measure:
 validate:
   candidates: 1
   rounds: 4
+  max_rounds: 4
 """
 
 

@@ -45,6 +45,7 @@ validate:
   candidates: 1
   screen_rounds: 1
   rounds: 4
+  max_rounds: 4
 space:
   instances: default
 """
@@ -473,7 +474,7 @@ def test_a_real_size_run_on_1_and_2_cpus_feeds_apply_run_and_export(tmp_path, ca
         workload: {model: tiny.py:build_model, data: tiny.py:build_data, mode: predict}
         search: {n_trials: 2, trial_timeout: 90}
         measure: {warmup_seconds: 0.3, window_seconds: 0.3, windows: 2}
-        validate: {candidates: 1, rounds: 4}
+        validate: {candidates: 1, rounds: 4, max_rounds: 4}
         """)
     code, out, err = run_cli(capsys, "size", "--config", str(path), "--cpus", "1,2",
                              "--target-throughput", "1000", "--cpu-hour-price", "0.05")
