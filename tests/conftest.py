@@ -17,6 +17,7 @@ from helpers import (
     TEST_ENV,
     PostgresServer,
     fake_worker_command,
+    fake_worker_env,
     run_search,
     write_text,
 )
@@ -57,6 +58,8 @@ def _isolated(tmp_path, monkeypatch):
 
 def _use_fake_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNER_WORKER", " ".join(fake_worker_command()))
+    for name, value in fake_worker_env().items():
+        monkeypatch.setenv(name, value)
     # A fake child is done in ~50 ms: at the default 0.1 s, waiting for it would be most of
     # each trial. What a child reports is the same either way.
     monkeypatch.setitem(trial.run_child.__kwdefaults__, "poll", 0.01)

@@ -7,6 +7,7 @@ machines.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shlex
@@ -33,13 +34,21 @@ WORKLOADS = HERE / "workloads"
 TEST_ENV = ("FAKE_BEHAVIOUR", "FAKE_SHAPE", "FAKE_NOISE", "FAKE_WINDOW_SLEEP", "FAKE_TF_VERSION",
             "FAKE_TF_DATA", "FAKE_PIPELINE", "FAKE_KNOB_DEFAULTS", "FAKE_INSTANCE_GAIN",
             "FAKE_OPENMP", "FAKE_LOG", "FAKE_SCALING", "FAKE_KNEE", "FAKE_NO_PIN", "FAKE_DIAG",
-            "FAKE_THROTTLE", "KNOB_RECORD",
+            "FAKE_THROTTLE", "FAKE_FACTS", "KNOB_RECORD",
             "TUNER_WORKER", "TUNER_HOST_ID", "TUNER_STORAGE")
 
 
 def fake_worker_command() -> list[str]:
     """The command that replaces ``python -m tuner.worker`` (``TUNER_WORKER`` holds it joined)."""
     return [sys.executable, "-S", str(HERE / "fake_worker.py")]  # -S: see fake_worker.py
+
+
+def fake_worker_env() -> dict[str, str]:
+    """The environment of a fake child that spares it importing tuner: ``FAKE_FACTS``, what a
+    measurement needs from the registry, taken from this process's."""
+    import fake_worker
+
+    return {"FAKE_FACTS": json.dumps(fake_worker.tuner_facts())}
 
 
 # -- configs ---------------------------------------------------------------------------------------
