@@ -7,6 +7,7 @@ machines.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pwd
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 
 from tuner import cli, config, coord, host, measuring, search, study
 from tuner.host import Machine
@@ -36,6 +38,14 @@ TEST_ENV = ("FAKE_BEHAVIOUR", "FAKE_SHAPE", "FAKE_NOISE", "FAKE_WINDOW_SLEEP", "
             "FAKE_OPENMP", "FAKE_LOG", "FAKE_SCALING", "FAKE_KNEE", "FAKE_NO_PIN", "FAKE_DIAG",
             "FAKE_THROTTLE", "FAKE_FACTS", "KNOB_RECORD",
             "TUNER_WORKER", "TUNER_HOST_ID", "TUNER_STORAGE")
+
+
+def skip_without_tensorflow() -> None:
+    """Skip the calling test module when TensorFlow is not installed. It is looked for, not
+    imported: importing it costs seconds of CPU in every test process that collects the module,
+    also when ``-m "not tf"`` then deselects all of its tests."""
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow is not installed", allow_module_level=True)
 
 
 def fake_worker_command() -> list[str]:
