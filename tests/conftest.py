@@ -54,6 +54,9 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNER_LOCK_FILE", str(tmp_path / "measure.lock"))
     for name in TEST_ENV:
         monkeypatch.delenv(name, raising=False)
+    # a fake child started by a test that sets TUNER_WORKER itself starts light too
+    for name, value in fake_worker_env().items():
+        monkeypatch.setenv(name, value)
 
 
 def _use_fake_worker(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ machines.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -53,6 +54,7 @@ def fake_worker_command() -> list[str]:
     return [sys.executable, "-S", str(HERE / "fake_worker.py")]  # -S: see fake_worker.py
 
 
+@functools.cache
 def fake_worker_env() -> dict[str, str]:
     """The environment of a fake child that spares it importing tuner: ``FAKE_FACTS``, what a
     measurement needs from the registry, taken from this process's."""
