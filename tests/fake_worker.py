@@ -50,10 +50,32 @@ import time
 # the fake needs only the standard library and this checkout's tuner (what a trial child runs).
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tuner.protocol import PROTOCOL  # noqa: E402 - after the path above
+# What a measurement needs from tuner (the protocol version, the declared knobs' prefix, the
+# tf.data options' names) comes in FAKE_FACTS, which helpers.fake_worker_env() computes from the
+# registry in the test process: importing tuner.knobs (and tuner.host under it) took ~50 ms of
+# CPU, twice what the rest of a fake child costs, in each of a thousand children per test run.
+# Without FAKE_FACTS (a test that sets TUNER_WORKER itself) they are imported from tuner. The
+# preflight, diagnose and the knob registry's own facts import tuner where they need it.
 
-# tuner.knobs (and tuner.host under it) is imported where a task needs the registry: the children
-# that crash, hang or fail on purpose, and diagnose, start without it.
+
+def tuner_facts() -> dict:
+    """What FAKE_FACTS holds, from tuner itself (helpers.fake_worker_env() passes this on)."""
+    from tuner import knobs
+    from tuner.protocol import PROTOCOL
+
+    return {"protocol": PROTOCOL, "knob_prefix": knobs.KNOB_PREFIX,
+            "tf_data": [knob.name for knob in knobs.TF_DATA]}
+
+
+FACTS = json.loads(os.environ["FAKE_FACTS"]) if os.environ.get("FAKE_FACTS") else tuner_facts()
+PROTOCOL = FACTS["protocol"]
+
+
+def declared(settings: dict) -> dict:
+    """The declared knobs of ``settings`` by argument name, as ``tuner.knobs.declared``."""
+    prefix = FACTS["knob_prefix"]
+    return {name[len(prefix):]: value for name, value in settings.items()
+            if name.startswith(prefix)}
 
 MAP_PARALLELISM = {1: 1.0, 2: 1.6, 4: 1.5, "autotune": 1.7}
 
@@ -75,9 +97,7 @@ def throughput(settings: dict) -> float:
     inter = settings.get("inter_op_parallelism_threads") or 0
     factor = {0: 1.0, 1: 0.6, 2: 1.2, 3: 0.9, 4: 0.8}.get(intra, 0.7)
     factor *= {0: 1.0, 1: 1.0833, 2: 1.0, 4: 0.9}.get(inter, 0.9)
-    from tuner import knobs
-
-    factor *= MAP_PARALLELISM.get(knobs.declared(settings).get("map_parallelism", 1), 1.0)
+    factor *= MAP_PARALLELISM.get(declared(settings).get("map_parallelism", 1), 1.0)
     return 1000.0 * factor
 
 
@@ -220,13 +240,12 @@ def main() -> None:
                    **fake_diagnosis(task)}
     else:
         import random
-        from pathlib import Path
-
-        from tuner import knobs
 
         rng = random.Random()
         counter = os.environ.get("FAKE_SEED_FILE")
         if counter:  # measurements run one at a time (the host lock), so no race here
+            from pathlib import Path
+
             done = int(Path(counter).read_text() or 0) if Path(counter).exists() else 0
             Path(counter).write_text(str(done + 1))
             rng = random.Random(done)
@@ -260,9 +279,9 @@ def main() -> None:
                    "peak_rss_bytes": 100 * 2 ** 20, "threads": 5,
                    "tf_threading": {"intra_op": settings.get("intra_op_parallelism_threads"),
                                     "inter_op": settings.get("inter_op_parallelism_threads")},
-                   "knobs": knobs.declared(settings),
-                   "tf_data_options": {k.name: settings[k.name] for k in knobs.TF_DATA
-                                       if k.name in settings},
+                   "knobs": declared(settings),
+                   "tf_data_options": {name: settings[name] for name in FACTS["tf_data"]
+                                       if name in settings},
                    "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
                                "warmup": 0.0, "measure": 0.05},
                    "child_started": started}

@@ -7,6 +7,9 @@ machines.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import json
 import os
 import pwd
 import shlex
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 
 from tuner import cli, config, coord, host, measuring, search, study
 from tuner.host import Machine
@@ -33,13 +37,30 @@ WORKLOADS = HERE / "workloads"
 TEST_ENV = ("FAKE_BEHAVIOUR", "FAKE_SHAPE", "FAKE_NOISE", "FAKE_WINDOW_SLEEP", "FAKE_TF_VERSION",
             "FAKE_TF_DATA", "FAKE_PIPELINE", "FAKE_KNOB_DEFAULTS", "FAKE_INSTANCE_GAIN",
             "FAKE_OPENMP", "FAKE_LOG", "FAKE_SCALING", "FAKE_KNEE", "FAKE_NO_PIN", "FAKE_DIAG",
-            "FAKE_THROTTLE", "KNOB_RECORD",
+            "FAKE_THROTTLE", "FAKE_FACTS", "KNOB_RECORD",
             "TUNER_WORKER", "TUNER_HOST_ID", "TUNER_STORAGE")
+
+
+def skip_without_tensorflow() -> None:
+    """Skip the calling test module when TensorFlow is not installed. It is looked for, not
+    imported: importing it costs seconds of CPU in every test process that collects the module,
+    also when ``-m "not tf"`` then deselects all of its tests."""
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow is not installed", allow_module_level=True)
 
 
 def fake_worker_command() -> list[str]:
     """The command that replaces ``python -m tuner.worker`` (``TUNER_WORKER`` holds it joined)."""
     return [sys.executable, "-S", str(HERE / "fake_worker.py")]  # -S: see fake_worker.py
+
+
+@functools.cache
+def fake_worker_env() -> dict[str, str]:
+    """The environment of a fake child that spares it importing tuner: ``FAKE_FACTS``, what a
+    measurement needs from the registry, taken from this process's."""
+    import fake_worker
+
+    return {"FAKE_FACTS": json.dumps(fake_worker.tuner_facts())}
 
 
 # -- configs ---------------------------------------------------------------------------------------
@@ -53,7 +74,8 @@ workload:
 """
 
 # A search that takes seconds with the fake worker: 8 trials of 3 short windows, 2 candidates
-# screened once, 5 final rounds.
+# screened once, 4 final rounds (the fewest in which a win can be significant: each round is two
+# children, and a test about the rounds themselves sets its own).
 FAST = GOOD + """\
 search:
   n_trials: 8
@@ -65,7 +87,7 @@ measure:
 validate:
   candidates: 2
   screen_rounds: 1
-  rounds: 5
+  rounds: 4
 """
 
 # The fast search with every knob at its default candidates and two declared knobs; format with

@@ -15,12 +15,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import copy_workloads
+from helpers import copy_workloads, skip_without_tensorflow
 
 from tuner import cli, settings, space
 from tuner.trial import run_child
 
-pytest.importorskip("tensorflow")
+skip_without_tensorflow()
 pytestmark = pytest.mark.tf
 
 OPTIONS = {"tf_data.private_threadpool_size": 2, "tf_data.autotune.enabled": False,

@@ -11,12 +11,12 @@ import textwrap
 
 import pytest
 import yaml
-from helpers import assert_one_error_line, run_cli
+from helpers import assert_one_error_line, run_cli, skip_without_tensorflow
 
 from tuner import config, modelfile, protocol, space
 from tuner.trial import run_child
 
-pytest.importorskip("tensorflow")
+skip_without_tensorflow()
 pytestmark = pytest.mark.tf
 
 BUILD = """\

@@ -11,12 +11,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import copy_workloads
+from helpers import copy_workloads, skip_without_tensorflow
 
 from tuner import cli, space
 from tuner.trial import run_child
 
-pytest.importorskip("tensorflow")
+skip_without_tensorflow()
 pytestmark = pytest.mark.tf
 
 @pytest.fixture

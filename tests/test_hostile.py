@@ -27,7 +27,7 @@ from unittest import mock
 
 import pytest
 import yaml
-from helpers import fake_worker_command
+from helpers import fake_worker_command, fake_worker_env
 
 from tuner import cli, coord, launch, lock, tuned, urls
 from tuner.errors import StudyError
@@ -55,6 +55,7 @@ def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FAKE_", "TUNER_"))}
     env["PYTHONPATH"] = str(ROOT)
     env["TUNER_LOCK_FILE"] = os.environ["TUNER_LOCK_FILE"]
+    env.update(fake_worker_env())   # used only by the fake worker (TUNER_WORKER below)
     env.update(extra)
     return env
 

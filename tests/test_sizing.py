@@ -259,19 +259,11 @@ def test_a_size_whose_trials_all_fail_is_a_failed_row_and_excluded(fake_worker, 
 # -- the sizes file and what reads it -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def sized(tmp_path_factory):
+def sized(tmp_path_factory, fake_search_in):
     """One fake size run on this machine's 1 and 2 CPUs (a saturating curve), once per module."""
     directory = tmp_path_factory.mktemp("sized")
-    (directory / "wl.py").write_text(DUMMY_WORKLOAD)
     path = write_text(directory / "s.yaml", SIZED)
-    from helpers import fake_worker_command
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(directory)
-        mp.setenv("TUNER_LOCK_FILE", str(directory / "measure.lock"))
-        for name in TEST_ENV:
-            mp.delenv(name, raising=False)
-        mp.setenv("TUNER_WORKER", " ".join(fake_worker_command()))
+    with fake_search_in(directory) as mp:
         mp.setenv("FAKE_SHAPE", "flat")
         mp.setenv("FAKE_SCALING", "saturating")
         # 2900, not 3000: three 1-CPU replicas reach it even when the noise puts one below 1000

@@ -4,6 +4,7 @@ in the study reused by a later worker."""
 from __future__ import annotations
 
 from helpers import (
+    edit,
     load_study,
     run_search,
 )
@@ -15,7 +16,7 @@ def test_validation_stops_early_when_the_candidate_cannot_reach_the_minimum(
     # its whole interval below 1.05x, and the remaining rounds are skipped
     monkeypatch.setenv("FAKE_SHAPE", "flat")
     monkeypatch.setenv("FAKE_NOISE", "0.01")
-    doc = run_search(write_config()).tuned
+    doc = run_search(edit(write_config(), ("rounds: 4", "rounds: 5"))).tuned
     assert doc["verdict"] == "defaults"
     validation = doc["validation"]
     assert validation["max_rounds"] == 5
