@@ -71,7 +71,7 @@ def search(config: Path, seed: int, out: Path, log) -> dict:
         f"{settings_mod.short(settings_mod.flatten(doc['settings']))}")
     return {"seed": seed, "wall_s": wall, "load_at_start": load, "tuned": str(tuned),
             "verdict": doc["verdict"], "settings": doc["settings"],
-            "label": settings_mod.short(settings_mod.flat(doc["settings"])),
+            "label": settings_mod.short(settings_mod.flatten(doc["settings"])),
             "carried_by": result.get("carried_by"),
             "reported": result.get("speedup", 1.0), "trials": len(trials),
             "measuring_share": cost.get("measuring_share"),
