@@ -293,3 +293,29 @@ def test_auto_is_the_structured_search_when_the_space_exceeds_the_budget(tmp_pat
                                       "env.TF_ENABLE_ONEDNN_OPTS", "allocator", "instances")}})
     assert sampling.sampler(cfg, small, machine=machine)[1] == "grid"
     assert sampling.sampler(cfg, space)[1] == "tpe"    # no machine to lay out: TPE
+
+
+def test_declared_knobs_are_screened_right_after_the_layout():
+    """The builders' own arguments are the levers the user named: a short search reaches them
+    before the threads (a sequential map's parallelism is worth 2x)."""
+    machine = machine16()
+    space = build_space(machine, {"allocator": "default"},
+                        knobs={"map_parallelism": [1, 2, 4, "autotune"]})
+    engine = structured.Engine(structured.StructuredSpace(space, machine), replicates=1)
+    assert engine.dims["knobs"] == ["knobs.map_parallelism"]
+    assert "knobs.map_parallelism" not in engine.dims["data"]
+    study = optuna.create_study(direction="maximize")
+    base = engine.base
+    add(study, engine, base, 1000.0, "reference", "baseline")
+    add(study, engine, base, 1010.0, "noise", structured.REPLICATE)
+    phases = []
+    for value in range(40):
+        step = engine.next_step(seen(study, engine))
+        phases.append(step.phase)
+        if step.phase == "threads":
+            break
+        add(study, engine, step.params, 1000.0 + value, step.phase)
+    knob_steps = [i for i, p in enumerate(phases) if p == "knobs"]
+    assert len(knob_steps) == 3                      # 2, 4 and autotune, from the baseline's 1
+    assert phases.index("knobs") > phases.index("layout")
+    assert max(knob_steps) < phases.index("threads")

@@ -81,7 +81,10 @@ def opening(config: Any, machine: Any, space: Any, sampler: str, prior: int,
     if plan is not None:
         dims = plan["dims"]
         lines.append(f"structured search: baseline x{1 + plan['baseline_replicates']} (noise), "
-                     f"layout ({', '.join(dims['layout']) or 'nothing'}), threads per instance "
+                     f"layout ({', '.join(dims['layout']) or 'nothing'}), "
+                     + (f"declared knobs ({', '.join(dims['knobs'])}), " if dims.get("knobs")
+                        else "")
+                     + f"threads per instance "
                      f"({', '.join(dims['threads']) or 'nothing'}), data "
                      f"({', '.join(dims['data']) or 'nothing'}), then TPE over what moved "
                      f"beyond noise; ablation of the leader in the last trials")

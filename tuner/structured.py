@@ -5,15 +5,18 @@ these knobs, with Optuna underneath.
    noise every later judgement is made against ("beyond noise"), not a fixed percentage.
 2. ``layout``: process layout (instances, CPUs) and allocator, one at a time from the baseline,
    then the best of each together: the largest effects on inference.
-3. ``threads``: intra/inter-op counts *per instance* (TensorFlow's default, 1, c/2, c, 2c for c
+3. ``knobs``: the config's declared knobs (the builders' own arguments), around the best
+   layout: the levers the user named, screened before the threads so that a short search
+   still reaches them (a sequential map's parallelism is a 2x lever).
+4. ``threads``: intra/inter-op counts *per instance* (TensorFlow's default, 1, c/2, c, 2c for c
    CPUs per instance) around the best layout. The study's parameters hold the relative choice
    (``intra_op_per_instance: c``), so a count is never proposed that means nothing for its
    layout; the trial's settings (and the tuned file) hold the absolute counts. When the leader
    runs one process, the threads are also screened around the fastest multi-instance layout.
-4. ``data``: tf.data options, oneDNN and declared knobs, around the best so far.
-5. ``tpe``: Optuna's TPE over the dimensions whose screening moved the score beyond noise; the
+5. ``data``: tf.data options and oneDNN, around the best so far.
+6. ``tpe``: Optuna's TPE over the dimensions whose screening moved the score beyond noise; the
    others stay at the leader's values.
-6. ``ablation`` (the last trials of the run): each changed knob of the leader reverted, and the
+7. ``ablation`` (the last trials of the run): each changed knob of the leader reverted, and the
    leader replicated. Among configurations within one standard error of the best, the one
    that changes the fewest knobs leads (:func:`Engine.pick`), so a knob without an effect does
    not ship.
@@ -42,7 +45,8 @@ from . import host as host_mod
 from . import knobs
 from . import space as space_mod
 
-PHASES = ("reference", "noise", "layout", "threads", "data", "tpe", "ablation")
+PHASES = ("reference", "noise", "layout", "knobs", "threads", "data", "tpe", "ablation")
+SCREENED = ("layout", "knobs", "threads", "data")   # the one-at-a-time phases, in order
 REPLICATE = "replicate"           # a trial's role: the same configuration measured on purpose
 STUDY_ATTR = "tuner.structured"   # the study's plan and what screening judged
 
@@ -124,10 +128,11 @@ class StructuredSpace:
 
     def phase_dims(self) -> dict[str, list[str]]:
         layout = [n for n in self.params if n in LAYOUT]
+        declared = [n for n in self.params if knobs.DeclaredKnob.owns(n)]
         threads = [n for n in self.params
                    if n in PER_INSTANCE.values() or n in PER_INSTANCE]
-        data = [n for n in self.params if n not in layout and n not in threads]
-        return {"layout": layout, "threads": threads, "data": data}
+        data = [n for n in self.params if n not in layout + declared + threads]
+        return {"layout": layout, "knobs": declared, "threads": threads, "data": data}
 
     def knob_of(self, param: str) -> str:
         return next((k for k, p in self.relative.items() if p == param), param)
@@ -276,7 +281,7 @@ class Engine:
         todo = self.ablation(seen, noise)
         if remaining is not None and todo and remaining <= len(todo):
             return todo[0]
-        for phase in ("layout", "threads", "data"):
+        for phase in SCREENED:
             step = self.screen(phase, seen, tried, noise)
             if step is not None:
                 return step
@@ -294,7 +299,7 @@ class Engine:
 
     def screen_values(self, phase: str, dim: str, anchor: dict[str, Any]) -> list[Any]:
         values = [v for v in self.s.params[dim] if v != anchor[dim]]
-        if phase == "data" and len(values) > SCREEN_VALUES:
+        if phase in ("knobs", "data") and len(values) > SCREEN_VALUES:
             step = (len(values) - 1) / (SCREEN_VALUES - 1)
             values = [values[round(i * step)] for i in range(SCREEN_VALUES)]
         return values
@@ -362,7 +367,7 @@ class Engine:
         means = self.means(seen)
         noise = self.noise(seen)
         out: dict[str, float] = {}
-        for phase in ("layout", "threads", "data"):
+        for phase in SCREENED:
             anchor = self.anchor(phase, seen, noise)
             for dim in self.dims[phase]:
                 keys = {self.s.key({**anchor, dim: v}) for v in self.s.params[dim]}
