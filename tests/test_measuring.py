@@ -69,3 +69,26 @@ def test_a_stop_whose_interrupt_was_swallowed_still_stops_the_next_measurement(f
             measurer.measure(knobs.default_settings())
     finally:
         errors.clear_stop()
+
+
+def test_a_stop_recorded_while_a_child_runs_ends_the_wait_and_the_child(fake_worker,
+                                                                       write_config,
+                                                                       monkeypatch):
+    # the interrupt was swallowed after the child started: the wait loop sees the request
+    import threading
+    import time
+
+    from tuner import config, errors, host, knobs, measuring
+
+    monkeypatch.setenv("FAKE_BEHAVIOUR", "hang-intra-0")
+    measurer = measuring.Measurer(config.load(write_config()), host.detect(), lambda line: None)
+    timer = threading.Timer(1.0, errors.request_stop)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            measurer.measure(knobs.default_settings())
+    finally:
+        timer.cancel()
+        errors.clear_stop()
+    assert time.monotonic() - started < 10   # the trial timeout is 20 s

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import settings as settings_mod
-from .errors import TrialFailed
+from .errors import TrialFailed, check_stop
 from .protocol import PROTOCOL, result_problem
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
@@ -304,6 +304,9 @@ def run_child(task: dict[str, Any], *, timeout: float, settings: dict[str, Any],
                     _kill_group(c.proc)  # type: ignore[arg-type]
                 raise TrialFailed(f"timed out after {timeout:g} s (phase: {watch.phase}); "
                                   f"the child was killed")
+            # a stop whose KeyboardInterrupt Python swallowed (raised inside a callback such as
+            # SQLAlchemy's connection cleanup) ends the wait here, not at the child's timeout
+            check_stop()
             time.sleep(poll)
         wall = time.perf_counter() - started
         results = []
