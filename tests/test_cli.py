@@ -48,3 +48,27 @@ def test_ctrl_c_sigterm_and_sighup_all_record_the_stop_during_a_command(monkeypa
     finally:
         signal.signal(signal.SIGINT, before)
     assert seen[signal.SIGINT] == signal.SIG_IGN
+
+
+def test_a_search_started_with_sigterm_blocked_still_stops_on_it(tmp_path):
+    """A blocked signal survives exec (a parent's mask): the command unblocks what it handles."""
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import signal, sys\n"
+              "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+              "import tuner.cli\n"
+              "def show(args):\n"
+              "    print('ready', file=sys.stderr, flush=True)\n"
+              "    __import__('time').sleep(30)\n"
+              "    return 0\n"
+              "tuner.cli.cmd_show = show\n"
+              "sys.exit(tuner.cli.main(['show', 'x.yaml']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err

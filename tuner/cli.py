@@ -656,12 +656,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.subcommand != "run" and signal.getsignal(signal.SIGINT) is \
                 signal.default_int_handler:
             previous[signal.SIGINT] = signal.signal(signal.SIGINT, _on_sigterm)
+        # a blocked signal survives exec: a search started by a parent that blocked SIGTERM
+        # would never see it (no stop, and its children run to their timeouts)
+        mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, list(previous))
         try:
             commands = {"search": cmd_search, "diagnose": cmd_diagnose, "run": cmd_run,
                         "export": cmd_export, "show": cmd_show, "compare": cmd_compare,
                         "report": cmd_report, "size": cmd_size}
             return commands[args.subcommand](args)
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
     except TunerError as exc:
