@@ -60,6 +60,11 @@ class Machine:
         return dict(self.extra.get("allocators") or {})
 
     @property
+    def cpu_flags(self) -> frozenset[str]:
+        """The compute instructions this CPU has (:data:`COMPUTE_FLAGS`; empty when unknown)."""
+        return frozenset(self.extra.get("cpu_flags") or ())
+
+    @property
     def openmp(self) -> bool:
         """Whether the installed TensorFlow links an OpenMP runtime (stock builds do not); False
         when unknown, so OpenMP knobs are not offered unless the config asks for them."""
@@ -226,6 +231,23 @@ def _cpu_model(root: Path) -> str:
     return platform.processor() or "unknown"
 
 
+# The CPU's vector and matrix instructions that decide which compute levers exist: oneDNN's
+# reduced-precision math (bf16 on AVX512-BF16 / AMX-BF16, f16 on AVX512-FP16 / AMX-FP16).
+COMPUTE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                 "amx_bf16", "amx_fp16", "amx_int8")
+
+
+def _cpu_flags(root: Path) -> list[str]:
+    """The :data:`COMPUTE_FLAGS` the first CPU of /proc/cpuinfo lists (x86 ``flags``)."""
+    text = _read(root / "proc/cpuinfo") or ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            have = set(value.split())
+            return [flag for flag in COMPUTE_FLAGS if flag in have]
+    return []
+
+
 def _core_ids(root: Path, cpus: Sequence[int]) -> dict[int, tuple[str, str]]:
     """(package id, core id) of each of ``cpus`` that sysfs describes."""
     ids: dict[int, tuple[str, str]] = {}
@@ -310,7 +332,8 @@ def detect(root: Path | str = Path("/"), affinity: list[int] | None = None) -> M
         python=platform.python_version(),
         memory_bytes=_memory_bytes(),
         extra={"cpu_cores": _core_groups(affinity, ids, node_of),
-               "allocators": find_allocators(root)},
+               "allocators": find_allocators(root),
+               "cpu_flags": _cpu_flags(root)},
     )
 
 

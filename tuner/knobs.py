@@ -108,7 +108,8 @@ class Knob:
     def __init__(self, name: str, *, default: Any, allowed: str, valid: Callable[[Any], bool],
                  candidates: Callable[[Machine], list[Any]], help: str, label: str,
                  modes: tuple[str, ...] = MODES, needs_openmp: bool = False,
-                 always_shown: bool = False) -> None:
+                 always_shown: bool = False, compute: bool = False,
+                 changes_numbers: bool = False, cpu_flags: tuple[str, ...] = ()) -> None:
         self.name = name                  # dotted: "tf_data.private_threadpool_size"
         self.default = default            # the value that means "TensorFlow decides"
         self.allowed = allowed            # for error messages
@@ -119,6 +120,14 @@ class Knob:
         self.modes = modes                # the workload modes it applies to
         self.needs_openmp = needs_openmp  # only meaningful on TensorFlow builds that use OpenMP
         self.always_shown = always_shown  # in progress lines even at its default
+        # how TensorFlow computes (XLA, oneDNN's math mode): screened in the structured search's
+        # compute phase, right after the layout
+        self.compute = compute
+        # a value other than the default changes the model's numbers (reduced precision): never
+        # searched without the user's accuracy tolerance, never applied without its deviation
+        self.changes_numbers = changes_numbers
+        # offered only on a CPU with at least one of these instructions (host.COMPUTE_FLAGS)
+        self.cpu_flags = cpu_flags
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
