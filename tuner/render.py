@@ -7,11 +7,22 @@ whose values differ). Nothing here knows about tuned files or studies.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 FORMATS = ("text", "json", "markdown")
+
+# C0 and C1 control characters, DEL, and the Unicode line/paragraph separators and bidirectional
+# overrides that can rewrite what a terminal shows
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(value: Any) -> str:
+    """Untrusted text (from a file, a study, the command line) for a terminal: one line, control
+    characters shown escaped (``\\x1b``) instead of acting on the terminal."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
 
 
 @dataclass
