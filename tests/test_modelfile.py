@@ -98,7 +98,7 @@ def test_the_generated_config_is_one_a_user_could_write(keras_file, tmp_path):
         model=str(keras_file), batch_size=8, batch_sizes=[1, 8, 32],
         input_shapes=("tokens=1x16",)), cwd=tmp_path)
     assert cfg.study_name == "My-Model"                       # from the file's name
-    assert where == Path("results/My-Model/config.yaml")      # beside the tuned file
+    assert where == Path("results/My-Model/tuned.config.yaml")      # beside the tuned file
     assert cfg.output == "results/My-Model/tuned.yaml"
     doc = yaml.safe_load(text)
     assert doc["workload"] == {"model": str(keras_file), "batch_size": 8,
@@ -131,7 +131,7 @@ def test_the_generated_config_resumes_the_same_study(keras_file, fake_worker, ca
     flags = ("--model", str(keras_file), "--batch-sizes", "16,64")
     code, out, err = run_cli(capsys, "search", *flags, "--n-trials", "1")
     assert code == 0, err
-    where = Path("results/My-Model/config.yaml")
+    where = Path("results/My-Model/tuned.config.yaml")
     assert f"config: {where} (resume with python -m tuner search --config {where})" in out
     first = [t for t in load_study("My-Model").trials if t.state.name == "COMPLETE"]
     n_first = len(first)      # the expert rule's trial may wait, enqueued, for the next run
@@ -175,8 +175,50 @@ def test_batch_sizes_are_reported_with_throughput_and_latency_per_batch(keras_fi
     assert "is the caller's: tuner.apply() cannot set it" in out
 
 
+def test_two_models_tuned_into_one_folder_each_get_their_own_config(keras_file, saved_model,
+                                                                      fake_worker, capsys):
+    # the generated config is named after the output: out/a.yaml's is out/a.config.yaml
+    for model, name in ((keras_file, "a"), (saved_model, "b")):
+        code, out, err = run_cli(capsys, "search", "--model", str(model), "--output",
+                                 f"out/{name}.yaml", "--n-trials", "1")
+        assert code == 0, err
+        assert f"config: out/{name}.config.yaml (written)" in out
+    assert sorted(p.name for p in Path("out").iterdir() if p.suffix == ".yaml") == [
+        "a.config.yaml", "a.yaml", "b.config.yaml", "b.yaml"]
+    assert config.load("out/a.config.yaml").workload.model == str(keras_file.resolve())
+    assert config.load("out/b.config.yaml").workload.model == str(saved_model.resolve())
+    assert yaml.safe_load(open("out/b.yaml"))["workload"]["config"] == str(
+        Path("out/b.config.yaml").resolve())
+
+
+@pytest.mark.parametrize("output,expected", [
+    ("out/m.yaml", "out/m.config.yaml"), ("out/m.yml", "out/m.config.yaml"),
+    ("results/x/tuned.yaml", "results/x/tuned.config.yaml"), ("m", "m.config.yaml")])
+def test_the_config_path_is_named_after_the_output(output, expected):
+    assert modelfile.config_path_for(output) == Path(expected)
+
+
+def test_an_old_layouts_config_yaml_is_still_resumed(keras_file, fake_worker, capsys):
+    # a study started before the configs were named after the output: its config.yaml, with
+    # the same contents, is used as it is (not a second copy beside it)
+    flags = modelfile.ModelFlags(model=str(keras_file))
+    doc, _ = modelfile.generated(flags)
+    legacy = Path("results/My-Model/config.yaml")
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(modelfile.render(doc, legacy))
+    code, out, err = run_cli(capsys, "search", "--model", str(keras_file), "--n-trials", "1")
+    assert code == 0, err
+    assert f"config: {legacy} (as before)" in out
+    assert not Path("results/My-Model/tuned.config.yaml").exists()
+    # another model's config.yaml there does not block a new one
+    legacy.write_text("# someone else's\n")
+    code, out, err = run_cli(capsys, "search", "--model", str(keras_file), "--n-trials", "1")
+    assert code == 0, err
+    assert "config: results/My-Model/tuned.config.yaml (written)" in out
+
+
 def test_a_hand_edited_config_is_never_overwritten(keras_file, fake_worker, capsys):
-    where = Path("results/My-Model/config.yaml")
+    where = Path("results/My-Model/tuned.config.yaml")
     where.parent.mkdir(parents=True)
     where.write_text("# mine\n")
     code, _, err = run_cli(capsys, "search", "--model", str(keras_file))
@@ -339,7 +381,7 @@ def test_size_runs_on_a_model_file_and_writes_its_config(keras_file, fake_worker
     code, out, err = run_cli(capsys, "size", "--model", str(keras_file), "--cpus", "1",
                              "--n-trials", "1")
     assert code == 0, err
-    where = Path("results/My-Model/config.yaml")
+    where = Path("results/My-Model/tuned.config.yaml")
     assert f"config: {where} (written)" in out
     sizes = yaml.safe_load(open("results/My-Model/sizes.yaml"))
     assert [row["cpus"] for row in sizes["sizes"]] == [1]

@@ -15,8 +15,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigError, TunerError
+from .render import plain
 
 STORAGE_ENV = "TUNER_STORAGE"
+# one precedence wherever a storage is read, said in every --storage help and docs/config.md
+STORAGE_PRECEDENCE = ("--storage wins over $TUNER_STORAGE, which wins over the config's "
+                      "study.storage")
+
+
+def storage_from(flag: str | None) -> str | None:
+    """The storage URL a command uses: ``--storage``, else ``$TUNER_STORAGE`` (which keeps a
+    password out of the command line and ``ps``), else None (the config's, or none)."""
+    return flag or os.environ.get(STORAGE_ENV) or None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-trials", type=_positive_int,
                    help="study-wide cap: every worker stops once the study holds this many trials")
     s.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://USER:PASS@HOST/DB to "
-                   "share one study among several machines (default: $TUNER_STORAGE, else "
-                   "sqlite:///results/<study>.db)")
+                   "share one study among several machines (default: $TUNER_STORAGE, else the "
+                   "config's study.storage, else sqlite:///results/<study>.db; "
+                   + STORAGE_PRECEDENCE + ")")
     s.add_argument("--study-name", help="study name (default: the config file's name)")
     s.add_argument("--output", help="tuned YAML path (default results/<study>/tuned.yaml)")
     s.add_argument("--seed", type=_nonneg_int, help="sampler seed")
@@ -132,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sh = commands.add_parser("show", help="summarise one tuned file (or study)")
     sh.add_argument("tuned", nargs="?", help="the tuned YAML (or a sizes file)")
-    sh.add_argument("--storage", help="Optuna storage URL, to show a study instead of a file")
+    sh.add_argument("--storage", help="Optuna storage URL, to show a study instead of a file "
+                    "(default: $TUNER_STORAGE when no file is given; " + STORAGE_PRECEDENCE + ")")
     sh.add_argument("--study-name", help="the study in --storage (optional if it holds one)")
     sh.add_argument("--format", default="text", help="text (default), json or markdown")
     sh.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -144,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("sources", nargs="*", action=_Ordered, metavar="TUNED",
                    help="tuned YAML files; the first result given is the reference (A)")
     c.add_argument("--storage", action=_Ordered,
-                   help="Optuna storage URL for the --study-name options that follow it")
+                   help="Optuna storage URL for the --study-name options that follow it "
+                   "(default: $TUNER_STORAGE; " + STORAGE_PRECEDENCE + ")")
     c.add_argument("--study-name", action=_Ordered,
                    help="a study to compare (repeatable), from the last --storage given")
     c.add_argument("--format", default="text", help="text (default), json or markdown")
@@ -159,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(terminal, or one offline HTML file)")
     rp.add_argument("sizes", nargs="?", metavar="SIZES",
                     help="a sizes file (python -m tuner size) instead of a study")
-    rp.add_argument("--storage", help="Optuna storage URL")
+    rp.add_argument("--storage", help="Optuna storage URL (default: $TUNER_STORAGE when no "
+                    "sizes file is given; " + STORAGE_PRECEDENCE + ")")
     rp.add_argument("--study-name", help="the study (optional if the storage holds one)")
     rp.add_argument("--html", help="also write a self-contained HTML report with plots here")
     rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -276,7 +290,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         loaded, n_trials=args.n_trials, timeout=args.timeout,
         budget=args.budget, trial_timeout=args.trial_timeout,
         # the environment keeps a password out of the command line (and `ps`): a Secret's value
-        storage=args.storage or os.environ.get(STORAGE_ENV) or None, study_name=args.study_name,
+        storage=storage_from(args.storage), study_name=args.study_name,
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
         allow_other_machines=args.allow_other_machines)
     say = (lambda line: None) if args.quiet else measuring.print_line
@@ -375,14 +389,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise ConfigError("show: give a tuned file or --storage/--study-name, not both")
     if args.tuned and _is_sizes(args.tuned):
         return show_sizes(args.tuned, args.format)
+    storage = storage_from(args.storage)
     if args.tuned:
         result = results.from_tuned_file(args.tuned)
-    elif args.storage:
+    elif storage:
         _quiet_optuna()
-        result = results.from_study(args.storage, args.study_name)
+        result = results.from_study(storage, args.study_name)
     else:
         raise ConfigError("show: give a tuned file (python -m tuner show tuned.yaml) or "
-                          "--storage URL [--study-name NAME]")
+                          f"--storage URL [--study-name NAME] (or set ${STORAGE_ENV})")
     sys.stdout.write(compare.format_show(result, args.format))
     return 0
 
@@ -398,9 +413,11 @@ def sources(order: list[tuple[str, str]]) -> list[tuple[str, str | None, str | N
         elif kind == "file":
             out.append(("file", value, None))
         else:
-            use = storage or (storages[0] if len(storages) == 1 else None)
+            use = storage or (storages[0] if len(storages) == 1 else None) \
+                or (storage_from(None) if not storages else None)
             if use is None:
-                raise ConfigError(f"--study-name {value!r}: no --storage given before it")
+                raise ConfigError(f"--study-name {plain(repr(value))}: no --storage given "
+                                  f"before it" + ("" if storages else f" (nor ${STORAGE_ENV})"))
             out.append(("study", use, value))
     if storages and not any(kind == "study" for kind, _, _ in out):
         # --storage without --study-name: the storage's only study
@@ -413,7 +430,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     compare.check_format(args.format)
     read = []
-    if args.storage or args.study_name:
+    if args.storage or args.study_name or storage_from(None):
         _quiet_optuna()
     for kind, where, name in sources(getattr(args, "order", None) or []):
         read.append(results.from_tuned_file(where) if kind == "file"
@@ -434,13 +451,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.storage or args.study_name:
             raise ConfigError("report: give a sizes file or --storage/--study-name, not both")
         return report_sizes(args.sizes, args.html)
-    if not args.storage:
-        raise ConfigError("report: give --storage URL [--study-name NAME] (a study), or a "
-                          "sizes file (python -m tuner report results/NAME/sizes.yaml)")
+    storage = storage_from(args.storage)
+    if not storage:
+        raise ConfigError("report: give --storage URL [--study-name NAME] (a study; or set "
+                          f"${STORAGE_ENV}), or a sizes file (python -m tuner report "
+                          "results/NAME/sizes.yaml)")
     if args.html:  # before the study is read: a bad path is found in a moment
         report.check_html_path(args.html)
     _quiet_optuna()
-    built = report.build(args.storage, args.study_name)
+    built = report.build(storage, args.study_name)
     sys.stdout.write(report.format_text(built))
     if args.html:
         report.write_html(built, args.html)
@@ -494,7 +513,7 @@ def _add_size_parser(commands: Any) -> None:
                         "search prefers settings within it)")
     z.add_argument("--trial-timeout", type=_seconds, help="seconds one trial's child may take")
     z.add_argument("--storage", help="Optuna storage URL for the per-size studies (default: "
-                   "$TUNER_STORAGE, else the config's)")
+                   "$TUNER_STORAGE, else the config's study.storage; " + STORAGE_PRECEDENCE + ")")
     z.add_argument("--study-name", help="study name; size K's study is NAME.size-K "
                                         "(default: the config file's name)")
     z.add_argument("--output", help="sizes YAML path (default results/<study>/sizes.yaml)")
@@ -525,7 +544,7 @@ def cmd_size(args: argparse.Namespace) -> int:
     loaded, text, where = _model_config(args, "size")
     cfg = config_mod.with_overrides(
         loaded, n_trials=args.n_trials, trial_timeout=args.trial_timeout,
-        storage=args.storage or os.environ.get(STORAGE_ENV) or None, study_name=args.study_name,
+        storage=storage_from(args.storage), study_name=args.study_name,
         seed=args.seed)
     output = config_mod.check_output(args.output, "--output") if args.output else None
     options = sizing.Options(cpus=args.cpus, target=args.target_throughput,

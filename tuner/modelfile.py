@@ -4,8 +4,9 @@ and a few flags, with no config file and no code.
 Everything here is the parent's: the path is checked on the file system only (TensorFlow is
 never imported here; the child loads the model, :mod:`tuner.modelload`). The generated config is
 the one a user could have written (``workload: {model: ..., batch_size: ...}``); ``search``
-writes it beside the tuned file, so ``search --config results/<name>/config.yaml`` resumes the
-same study, or edits it by hand.
+writes it beside the tuned file, named after it (``results/<name>/tuned.config.yaml``, or
+``out/m.config.yaml`` for ``--output out/m.yaml``), so ``search --config`` on it resumes the same
+study, or edits it by hand.
 """
 
 from __future__ import annotations
@@ -21,7 +22,17 @@ from . import config as config_mod
 from .errors import ConfigError, TunerError
 from .files import write_text_atomic
 
-CONFIG_NAME = "config.yaml"
+# before 0.x the generated config was always ``config.yaml`` beside the output, so two models
+# tuned into one folder collided; an old one that still says the same is used as it is
+LEGACY_CONFIG_NAME = "config.yaml"
+
+
+def config_path_for(output: str | Path) -> Path:
+    """Where the generated config of a search writing ``output`` goes: beside it, named after it
+    (``out/m.yaml`` -> ``out/m.config.yaml``), so any number of models share one folder."""
+    out = Path(output)
+    stem = out.name[:-len(out.suffix)] if out.suffix in (".yaml", ".yml") else out.name
+    return out.parent / f"{stem}.config.yaml"
 
 
 @dataclass(frozen=True)
@@ -118,7 +129,21 @@ def generated(flags: ModelFlags, cwd: Path | None = None) -> tuple[dict[str, Any
     config_mod.check_output(output, "--output")
     if flags.output is not None:
         doc["output"] = flags.output
-    return doc, Path(output).parent / CONFIG_NAME
+    return doc, _where(doc, output)
+
+
+def _where(doc: dict[str, Any], output: str) -> Path:
+    """The config's path for ``output``; an old layout's ``config.yaml`` beside it when it holds
+    this very config and the new name is not taken, so an earlier study resumes as it was."""
+    where = config_path_for(output)
+    legacy = Path(output).parent / LEGACY_CONFIG_NAME
+    if where.exists() or not legacy.is_file():
+        return where
+    try:
+        same = yaml.safe_load(legacy.read_text()) == doc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        same = False
+    return legacy if same else where
 
 
 def _absolute_builder(spec: str, cwd: Path) -> str:
