@@ -45,6 +45,37 @@ def test_show_and_compare_read_a_study(small_study, capsys):
     assert pair["throughput"]["verdict"] == "within noise"
 
 
+def test_tuner_storage_is_read_by_show_report_and_compare(small_study, capsys, monkeypatch):
+    # the password stays off the command line: every command that reads a storage takes it
+    monkeypatch.setenv("TUNER_STORAGE", "sqlite:///results/study.db")
+    code, out, err = run_cli(capsys, "show", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["source"]["storage"] == "sqlite:///results/study.db"
+    code, out, err = run_cli(capsys, "report", "--study-name", "study")
+    assert code == 0, err
+    assert "study" in out and "trial" in out
+    code, out, err = run_cli(capsys, "compare", small_study.tuned_path, "--study-name", "study",
+                             "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["comparisons"][0]["throughput"]["verdict"] == "within noise"
+    # the flag wins over the variable
+    monkeypatch.setenv("TUNER_STORAGE", "sqlite:///results/elsewhere.db")
+    code, out, err = run_cli(capsys, "show", "--storage", "sqlite:///results/study.db",
+                             "--format", "json")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "show")
+    assert code != 0 and "elsewhere.db" in err
+
+
+def test_every_storage_help_states_one_precedence(capsys):
+    from tuner import cli
+    for command in ("search", "size", "show", "compare", "report"):
+        parser = cli.build_parser()._subparsers._group_actions[0].choices[command]
+        help_text = " ".join(parser.format_help().split())
+        assert "$TUNER_STORAGE" in help_text, command
+        assert " ".join(cli.STORAGE_PRECEDENCE.split()) in help_text, command
+
+
 def _expert_line(out: str) -> str:
     return next(line for line in out.splitlines() if line.startswith("expert rule"))
 
