@@ -1483,6 +1483,39 @@ def test_every_replaced_file_is_kept_in_history(tmp_path, monkeypatch, links):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+@pytest.mark.parametrize("keep", [0, 2, 5])
+def test_history_is_kept_to_the_newest_n_copies(tmp_path, keep):
+    path = tmp_path / "tuned.yaml"
+    texts = []
+    for n in range(7):
+        written = tuned.write(_doc(n), path, study_name="branchy", storage="sqlite:///x.db",
+                              force=True, keep_backups=keep)
+        texts.append(path.read_text())
+    history = tuned.history_of(path)
+    assert len(history) == min(keep, 6)
+    # the newest copies stay, oldest first, and the last one replaced is the latest copy
+    assert [p.read_text() for p in history] == texts[6 - len(history):6]
+    assert written.backup == (history[-1] if history else None)
+    # another file's history in the folder is not touched
+    other = tmp_path / "other.yaml.2026-01-01T00-00-00.bak"
+    other.write_text("x")
+    tuned.write(_doc(7), path, study_name="branchy", storage="sqlite:///x.db", force=True,
+                keep_backups=keep)
+    assert other.exists()
+
+
+def test_history_order_counts_copies_of_one_second_after_the_first(tmp_path):
+    path = tmp_path / "tuned.yaml"
+    path.write_text("now\n")
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(1_800_000_000))
+    for suffix in (".10", ".2", ""):
+        (tmp_path / f"tuned.yaml.{stamp}{suffix}.bak").write_text(suffix)
+    (tmp_path / "tuned.yaml.2026-01-01T00-00-00.bak").write_text("oldest")
+    assert [p.read_text() for p in tuned.history_of(path)] == ["oldest", "", ".2", ".10"]
+    tuned.prune_history(path, 2)
+    assert [p.read_text() for p in tuned.history_of(path)] == [".2", ".10"]
+
+
 def test_history_never_overwrites_a_file_of_the_same_second(tmp_path):
     path = tmp_path / "tuned.yaml"
     path.write_text("new\n")

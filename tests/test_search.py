@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import optuna
 import pytest
@@ -107,6 +108,19 @@ def test_another_studys_tuned_file_is_not_overwritten_without_force(fake_worker,
     forced = run_search(path, n_trials=3, study_name="other", output=first.tuned_path, force=True)
     assert open(forced.backup).read() == before
     assert yaml.safe_load(open(first.tuned_path))["study"]["name"] == "other"
+
+def test_keep_backups_bounds_the_tuned_files_history(fake_worker, write_config, capsys,
+                                                     tmp_path):
+    path = write_config()
+    for _ in range(3):
+        code = cli.main(["search", "--config", str(path), "--n-trials", "1",
+                         "--keep-backups", "1", "--quiet"])
+        assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    history = sorted(Path("results/study").glob("tuned.yaml.*.bak"))
+    assert len(history) == 1
+    assert out.strip().splitlines()[-1].endswith(f"(previous file kept as {history[0]})")
+
 
 # -- tf.data options and declared knobs ------------------------------------------------------------
 

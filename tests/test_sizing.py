@@ -435,6 +435,15 @@ def test_a_failed_row_cannot_be_used(sized, tmp_path, capsys):
     assert code == 0 and "failed" in out
 
 
+def test_the_sizes_files_history_is_kept_to_the_newest_n(sized, tmp_path):
+    target = tmp_path / "sizes.yaml"
+    doc = sizes.read(sized).doc
+    for _ in range(4):
+        written = sizes.write(doc, target, keep_backups=2)
+    history = sorted(tmp_path.glob("sizes.yaml.*.bak"))
+    assert len(history) == 2 and written.backup in history
+
+
 def test_the_sizes_file_is_replaced_with_history_kept(sized, tmp_path):
     target = tmp_path / "sizes.yaml"
     doc = sizes.read(sized).doc

@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true",
                    help="replace an output file that belongs to another study (kept as "
                    "NAME.<time>.bak)")
+    _keep_backups_flag(s, "tuned")
     s.add_argument("--quiet", action="store_true", help="print only the final summary")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -237,6 +238,13 @@ def _model_config(args: argparse.Namespace, command: str) -> Any:
         output=getattr(args, "output", None) if command != "size" else None))
 
 
+def _keep_backups_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--keep-backups", type=_nonneg_int, default=5, metavar="N",
+                        help=f"a replaced {what} file is kept as NAME.<UTC time>.bak; keep the "
+                             f"newest N such copies and remove older ones (default 5; 0 keeps "
+                             f"none)")
+
+
 def _acceptance_flags(parser: argparse.ArgumentParser) -> None:
     """What a tuned file may hold beyond what a search writes, accepted explicitly."""
     parser.add_argument("--allow-env", action="append", default=[], metavar="NAME",
@@ -292,7 +300,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         # the environment keeps a password out of the command line (and `ps`): a Secret's value
         storage=storage_from(args.storage), study_name=args.study_name,
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
-        allow_other_machines=args.allow_other_machines)
+        allow_other_machines=args.allow_other_machines, keep_backups=args.keep_backups)
     say = (lambda line: None) if args.quiet else measuring.print_line
     outcome = _with_model_config(cfg, text, where, say, search_mod.run) if text is not None \
         else search_mod.run(cfg, say)
@@ -518,6 +526,7 @@ def _add_size_parser(commands: Any) -> None:
                                         "(default: the config file's name)")
     z.add_argument("--output", help="sizes YAML path (default results/<study>/sizes.yaml)")
     z.add_argument("--seed", type=_nonneg_int, help="sampler seed")
+    _keep_backups_flag(z, "sizes")
     z.add_argument("--quiet", action="store_true", help="print only the final table")
     z.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -545,7 +554,7 @@ def cmd_size(args: argparse.Namespace) -> int:
     cfg = config_mod.with_overrides(
         loaded, n_trials=args.n_trials, trial_timeout=args.trial_timeout,
         storage=storage_from(args.storage), study_name=args.study_name,
-        seed=args.seed)
+        seed=args.seed, keep_backups=args.keep_backups)
     output = config_mod.check_output(args.output, "--output") if args.output else None
     options = sizing.Options(cpus=args.cpus, target=args.target_throughput,
                              price=args.cpu_hour_price, budget=args.latency_budget_ms,

@@ -142,6 +142,7 @@ class Config:
     storage: str = "sqlite:///results/study.db"
     output: str = "results/study/tuned.yaml"
     force: bool = False
+    keep_backups: int = 5          # --keep-backups: history copies kept per replaced file
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -638,7 +639,8 @@ def with_overrides(config: Config, *, n_trials: int | None = None, timeout: floa
                    trial_timeout: float | None = None, storage: str | None = None,
                    study_name: str | None = None, output: str | None = None,
                    seed: int | None = None, force: bool = False, max_trials: int | None = None,
-                   allow_other_machines: bool = False) -> Config:
+                   allow_other_machines: bool = False,
+                   keep_backups: int | None = None) -> Config:
     """Apply CLI flags on top of the file. A new study name moves the default storage and output
     with it unless the file or a flag set those explicitly.
 
@@ -668,4 +670,6 @@ def with_overrides(config: Config, *, n_trials: int | None = None, timeout: floa
         changes["output"] = check_output(output, "--output")
     if force:
         changes["force"] = True
+    if keep_backups is not None:
+        changes["keep_backups"] = keep_backups
     return config.replace(**changes)

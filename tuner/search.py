@@ -134,7 +134,7 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
     if plan is not None:
         document["search"]["budget"] = plan.record()
     written = tuned.write(document, cfg.output, study_name=cfg.study_name, storage=cfg.storage,
-                          force=cfg.force)
+                          force=cfg.force, keep_backups=cfg.keep_backups)
     st.optuna.set_user_attr(coord.ATTR_PREFIX + "last_result", {
         "verdict": document["verdict"], "settings": document["settings"],
         "result": document["result"], "written": coord.now(),

@@ -1,7 +1,8 @@
 """The sizes file (``results/<name>/sizes.yaml``): one row per CPU count, and a recommendation.
 
 Written by ``python -m tuner size`` (:mod:`tuner.sizing`), atomically, with every replaced file
-kept as ``<name>.<UTC time>.bak``; read by ``show``, ``report`` and, one row at a time
+kept as ``<name>.<UTC time>.bak`` (the newest ``--keep-backups``, 5 by default); read by
+``show``, ``report`` and, one row at a time
 (``--size K``), by ``tuner.apply()``, ``python -m tuner run`` and ``export``. The file travels
 like a tuned file, so :func:`read` treats it as untrusted input: every row's ``settings`` is
 checked by the tuned file's own rules (:func:`tuner.tunedfile.check_settings`), and must pin the
@@ -62,7 +63,7 @@ class Written:
     backup: Path | None
 
 
-def write(doc: dict[str, Any], path: str | Path) -> Written:
+def write(doc: dict[str, Any], path: str | Path, keep_backups: int = 5) -> Written:
     """Write ``doc`` atomically; a replaced file is kept as history first. An OSError becomes
     one line naming the file (the previous file is then whole)."""
     path = Path(path)
@@ -82,7 +83,7 @@ def write(doc: dict[str, Any], path: str | Path) -> Written:
                 pass
         raise StudyError(f"--output: cannot write {path}: {exc.strerror or exc}; the previous "
                          f"file is unchanged and the trials are kept in the studies") from None
-    return Written(path, backup)
+    return Written(path, tuned.prune_history(path, keep_backups, backup))
 
 
 # -- reading (untrusted input) ------------------------------------------------------------------

@@ -313,7 +313,7 @@ def _run(cfg: Config, opts: Options, say: measuring.Say, machine: host_mod.Machi
                     row["cpus"], row["throughput"]["median"], opts.price)
     seconds["total"] = time.monotonic() - started
     doc = document(cfg, pre, counts, rows, rec, seconds, interrupted)
-    written = sizes.write(doc, output)
+    written = sizes.write(doc, output, keep_backups=cfg.keep_backups)
     return SizingOutcome(path=str(written.path), doc=doc,
                          backup=str(written.backup) if written.backup else None,
                          interrupted=interrupted)

@@ -2,7 +2,8 @@
 
 Written atomically, versioned, and never put over another study's file without ``--force``. No
 result is lost: every file replaced is kept as ``<name>.<UTC time>.bak`` (never over an older
-one), and an unvalidated result never replaces a validated file: it goes beside it, as
+one; the newest ``keep_backups``, 5 by default, are kept and older ones removed), and an
+unvalidated result never replaces a validated file: it goes beside it, as
 ``<stem>.unvalidated.yaml``. A validated result written later supersedes that file: it moves
 into the history (``<stem>.unvalidated.yaml.<UTC time>.bak``), so no stale result is left to
 be mistaken for the current one.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -165,7 +167,7 @@ def verdict_of(path: str | Path) -> str | None:
 
 
 def write(data: dict[str, Any], path: str | Path, *, study_name: str, storage: str,
-          force: bool) -> Written:
+          force: bool, keep_backups: int = 5) -> Written:
     """Write atomically (see the module docstring for where, and what is kept). An OSError
     becomes one line naming the file; the previous file is then whole, and no temporary file is
     left."""
@@ -194,6 +196,9 @@ def write(data: dict[str, Any], path: str | Path, *, study_name: str, storage: s
     # else the file stays as mkstemp made it, 0600: its storage URL is masked, but the user and
     # host it names are for its owner only
     retired = _retire_unvalidated(path) if data.get("verdict") in VALIDATED else None
+    backup = prune_history(path, keep_backups, backup)
+    if retired is not None:
+        retired = prune_history(unvalidated_path(path), keep_backups, retired)
     return Written(path, backup, kept, retired)
 
 
@@ -216,12 +221,48 @@ def _retire_unvalidated(path: Path) -> Path | None:
     return retired
 
 
+def history_of(path: Path) -> list[Path]:
+    """The history copies of ``path`` (:func:`keep_history`), oldest first."""
+    return [p for _, p in _history(path)]
+
+
+def _history(path: Path) -> list[tuple[tuple[str, int], Path]]:
+    pattern = re.compile(re.escape(path.name) + r"\.(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d)"
+                         r"(?:\.(\d+))?\.bak")
+    found = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match:
+            found.append(((match.group(1), int(match.group(2) or 1)), path.parent / name))
+    return sorted(found)
+
+
+def prune_history(path: Path, keep: int, backup: Path | None = None) -> Path | None:
+    """Remove all but the newest ``keep`` history copies of ``path``; returns ``backup`` if it
+    is still there (None once pruned, with ``keep`` 0). Best effort: a copy that cannot be
+    removed stays, and the file just written is never touched."""
+    copies = history_of(path)
+    for old in copies[:max(len(copies) - keep, 0)]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+    return backup if backup is not None and os.path.lexists(backup) else None
+
+
 def keep_history(path: Path, now: float | None = None) -> Path:
     """Keep the file at ``path`` as ``<name>.<UTC time>.bak`` (``.2.bak``, ``.3.bak``... within
     one second), never over an existing file; returns the copy's path. A hard link where the
     file system allows it: instant, and the original's mode and times come along."""
     stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(time.time() if now is None else now))
-    for n in range(1, 10_000):
+    # after the newest copy of this second: a name freed by pruning is not taken again, so the
+    # names stay in the order the copies were made
+    first = 1 + max((n for (s, n), _ in _history(path) if s == stamp), default=0)
+    for n in range(first, first + 10_000):
         backup = path.with_name(f"{path.name}.{stamp}{'' if n == 1 else f'.{n}'}.bak")
         try:
             os.link(path, backup, follow_symlinks=False)
