@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from helpers import HERE
+import pytest
+from helpers import FIXTURES, HERE, assert_one_error_line, run_cli
 
 
 def test_importing_tuner_stays_light():
@@ -72,3 +73,68 @@ def test_a_search_started_with_sigterm_blocked_still_stops_on_it(tmp_path):
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert "interrupted" in err
+
+
+# -- errors that name what the user did, and suggest the right name -------------------------------
+
+REPO = HERE.parent
+BUILDER_CONFIG = "workload:\n  model: wl.py:build_model\n  data: wl.py:build_data\n"
+
+
+@pytest.mark.parametrize("argv,needles,absent", [
+    (["report", "{fixtures}/branchy.yaml"],
+     ["report:", "a tuned file", "python -m tuner show"], ["--size"]),
+    (["compare", "{fixtures}/branchy.yaml", "sizes.yaml"],
+     ["compare:", "sizes.yaml: a sizes file", "compare reads tuned files and studies"],
+     ["settings: missing"]),
+    (["search", "--config", "{repo}/configs/quickstart.yaml", "--batch-size", "8"],
+     ["--batch-size goes with --model", "builder functions", "build_data()"],
+     ["workload: section"]),
+    (["search", "--config", "builders.yaml"],
+     ["builders.yaml: workload.mode: missing", "predict, train, data"], ["None"]),
+    (["show", "{repo}/configs/branchy.yaml"],
+     ["a study config, not a tuned file", "search --config"], []),
+    (["serach", "--config", "x.yaml"],
+     ["'serach' is not a command (did you mean 'search'?)"], []),
+    (["export", "{fixtures}/branchy.yaml", "--format", "dokcer"],
+     ["'dokcer' is not allowed (did you mean 'docker'?)"], []),
+    (["search", "--config", "typo.yaml"],
+     ["typo.yaml: serch: unknown key (did you mean 'search'?)"], []),
+    (["search", "--config", "knob.yaml"],
+     ["space.intra_op_threads: unknown key (did you mean 'intra_op_parallelism_threads'?)"],
+     []),
+    (["search", "--config", "escape.yaml"],
+     [r"\x1b[31mserch: unknown key"], ["\x1b"]),
+])
+def test_an_error_names_what_the_user_did(tmp_path, capsys, argv, needles, absent):
+    (tmp_path / "wl.py").write_text("def build_model():\n    pass\n\ndef build_data():\n    pass\n")
+    (tmp_path / "builders.yaml").write_text(BUILDER_CONFIG)
+    (tmp_path / "typo.yaml").write_text(BUILDER_CONFIG + "  mode: predict\nserch: {}\n")
+    (tmp_path / "escape.yaml").write_text(BUILDER_CONFIG + '  mode: predict\n"\\e[31mserch": 1\n')
+    (tmp_path / "knob.yaml").write_text(BUILDER_CONFIG + "  mode: predict\nspace:\n"
+                                                         "  intra_op_threads: [1]\n")
+    (tmp_path / "sizes.yaml").write_text("format_version: 1\nkind: sizes\n")
+    argv = [a.format(fixtures=FIXTURES, repo=REPO) for a in argv]
+    code, out, err = run_cli(capsys, *argv)
+    line = assert_one_error_line(code, err, *needles)
+    for text in absent:
+        assert text not in line
+    assert out == ""
+
+
+def test_a_suggestion_is_made_only_when_a_name_is_close():
+    from tuner.render import did_you_mean
+
+    assert did_you_mean("jsn", ("text", "json", "markdown")) == " (did you mean 'json'?)"
+    assert did_you_mean("yaml", ("text", "json", "markdown")) == ""
+    # an untrusted name comes back escaped
+    assert "\x1b" not in did_you_mean("\x1bjson", ("\x1bjson",))
+
+
+def test_an_unknown_knob_suggests_the_closest():
+    from tuner import knobs
+    from tuner.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"space.tf_data.private_threadpool: unknown knob \(did "
+                                          r"you mean 'tf_data.private_threadpool_size'\?\)"):
+        knobs.check_overrides({"tf_data.private_threadpool": [1]})

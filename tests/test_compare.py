@@ -177,12 +177,16 @@ def test_a_single_process_gets_no_verdict():
     (["show", "missing.yaml"], "error: missing.yaml: tuned file not found"),
     (["show", "notes.txt"], "error: notes.txt: not a tuned file (no format_version)"),
     (["show", "branchy.yaml", "--format", "xml"],
-     "error: --format: 'xml' is not a known format; allowed: text, json, markdown"),
+     ("error: python -m tuner show: argument --format: 'xml' is not allowed; allowed: text, "
+      "json, markdown")),
+    (["show", "branchy.yaml", "--format", "jsn"],
+     ("error: python -m tuner show: argument --format: 'jsn' is not allowed (did you mean "
+      "'json'?); allowed: text, json, markdown")),
     (["compare", "branchy.yaml"],
      "error: compare: give at least two results (tuned files or --study-name), got 1"),
     (["compare", "branchy.yaml", "missing.yaml"], "error: missing.yaml: tuned file not found"),
     (["compare", "branchy.yaml", "--study-name", "x"],
-     "error: --study-name 'x': no --storage given before it"),
+     "error: --study-name 'x': no --storage given before it (nor $TUNER_STORAGE)"),
     (["report", "--storage", "sqlite:///nope.db"],
      "error: --storage: sqlite:///nope.db: no such database file ('nope.db')"),
     (["compare", "branchy.yaml", "branchy.yaml", "--alpha", "2"],

@@ -64,3 +64,8 @@ def test_unknown_study_lists_the_available_ones(small_study, capsys):
     assert code == 2
     assert err == ("error: --study-name: no study 'nope' in sqlite:///results/study.db; "
                    "available: study\n")
+    code, _, err = run_cli(capsys, "report", "--storage", "sqlite:///results/study.db",
+                           "--study-name", "stduy")
+    assert code == 2
+    assert err == ("error: --study-name: no study 'stduy' in sqlite:///results/study.db (did you "
+                   "mean 'study'?); available: study\n")

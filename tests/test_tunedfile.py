@@ -40,10 +40,13 @@ def test_check_settings_accepts_options_and_knobs_and_old_files():
     ({"tf_data": {"autotune": {"autotune_algorithm": "FAST"}}},
      "settings.tf_data.autotune.autotune_algorithm: expected one of DEFAULT"),
     ({"tf_data": {"autotune": {"budget": 1}}},
-     "settings.tf_data.autotune.budget: unknown; allowed: enabled, cpu_budget, ram_budget"),
+     "settings.tf_data.autotune.budget: unknown (did you mean"),
+    ({"tf_data": {"autotune": {"cpu_budgte": 1}}},
+     "settings.tf_data.autotune.cpu_budgte: unknown (did you mean 'cpu_budget'?); allowed: "),
     ({"tf_data": {"autotune": True}}, "settings.tf_data.autotune: expected a mapping, got True"),
     ({"tf_data": {"optimisation": {}}},
-     ("settings.tf_data.optimisation: unknown; allowed: private_threadpool_size, "
+     ("settings.tf_data.optimisation: unknown (did you mean 'optimization'?); allowed: "
+      "private_threadpool_size, "
      "max_intra_op_parallelism, autotune, optimization")),
     ({"knobs": [1]}, "settings.knobs: expected a mapping"),
     ({"knobs": {"a b": 1}}, "settings.knobs: 'a b' is not a valid knob name"),

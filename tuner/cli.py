@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigError, TunerError
-from .render import plain
+from .render import FORMATS, did_you_mean, plain, quoted
 
 STORAGE_ENV = "TUNER_STORAGE"
 # one precedence wherever a storage is read, said in every --storage help and docs/config.md
@@ -34,6 +34,18 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{self.prog}: {message}")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # argparse's own message, with the closest choice suggested and the value escaped
+        if action.choices is not None and value not in action.choices:
+            choices = [str(c) for c in action.choices]
+            if isinstance(action, argparse._SubParsersAction):
+                raise argparse.ArgumentError(None, f"{quoted(value)} is not a command"
+                                             f"{did_you_mean(value, choices)}; commands: "
+                                             f"{', '.join(choices)}")
+            raise argparse.ArgumentError(action, f"{quoted(value)} is not allowed"
+                                         f"{did_you_mean(value, choices)}; allowed: "
+                                         f"{', '.join(choices)}")
 
 
 def _int_at_least(minimum: int, what: str):
@@ -136,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = commands.add_parser("export", help="print a tuned file's settings as environment variables")
     e.add_argument("tuned", help="the tuned YAML")
-    e.add_argument("--format", default="shell",
+    e.add_argument("--format", default="shell", choices=_export_formats(),
                    help="shell (default), dotenv, docker, k8s or tf-serving (a "
                         "tensorflow_model_server wrapper script)")
     _acceptance_flags(e)
@@ -147,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--storage", help="Optuna storage URL, to show a study instead of a file "
                     "(default: $TUNER_STORAGE when no file is given; " + STORAGE_PRECEDENCE + ")")
     sh.add_argument("--study-name", help="the study in --storage (optional if it holds one)")
-    sh.add_argument("--format", default="text", help="text (default), json or markdown")
+    sh.add_argument("--format", default="text", choices=FORMATS,
+                    help="text (default), json or markdown")
     sh.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     c = commands.add_parser(
@@ -161,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: $TUNER_STORAGE; " + STORAGE_PRECEDENCE + ")")
     c.add_argument("--study-name", action=_Ordered,
                    help="a study to compare (repeatable), from the last --storage given")
-    c.add_argument("--format", default="text", help="text (default), json or markdown")
+    c.add_argument("--format", default="text", choices=FORMATS,
+                   help="text (default), json or markdown")
     c.add_argument("--alpha", type=_fraction, default=0.05, help="significance level (0.05)")
     c.add_argument("--min-ratio", type=_ratio, default=1.05,
                    help="smallest difference called real between separate runs (1.05)")
@@ -181,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_size_parser(commands)
     _add_size_flags(r, e, rp)
     return parser
+
+
+def _export_formats() -> tuple[str, ...]:
+    from .launch import FORMATS as EXPORT_FORMATS
+
+    return tuple(EXPORT_FORMATS)
 
 
 def _model_flags(parser: argparse.ArgumentParser, *, search: bool) -> None:
@@ -220,10 +240,11 @@ def _model_config(args: argparse.Namespace, command: str) -> Any:
     if args.config and args.model:
         raise ConfigError(f"{command}: give --config or --model, not both")
     if args.config:
+        loaded = config_mod.load(args.config)
         if given:
-            raise ConfigError(f"{command}: {given[0]} goes with --model; with --config, set it "
-                              f"in the config's workload: section (docs/config.md)")
-        return config_mod.load(args.config), None, None
+            raise ConfigError(f"{command}: {given[0]} goes with --model; "
+                              + _instead_in_config(given[0], loaded))
+        return loaded, None, None
     if not args.model:
         raise ConfigError(f"{command}: give --model PATH (a .keras or .h5 file, or a SavedModel "
                           f"directory) or --config FILE")
@@ -243,6 +264,24 @@ def _keep_backups_flag(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"a replaced {what} file is kept as NAME.<UTC time>.bak; keep the "
                              f"newest N such copies and remove older ones (default 5; 0 keeps "
                              f"none)")
+
+
+# where a model-file flag's value goes in a config: for a model-file config, and for builders
+_IN_MODEL_CONFIG = {"--data": "workload.data", "--mode": "workload.mode",
+                    "--signature": "workload.signature", "--batch-size": "workload.batch_size",
+                    "--input-shape": "workload.input_shapes", "--batch-sizes": "space.batch_size"}
+
+
+def _instead_in_config(flag: str, cfg: Any) -> str:
+    """What to do instead of a model-file flag given with ``--config``, for that config."""
+    path = cfg.path
+    if cfg.workload.model_format is not None:
+        return f"with --config, set {_IN_MODEL_CONFIG[flag]} in {path} (docs/config.md)"
+    if flag in ("--mode", "--data"):
+        return f"with --config, set {_IN_MODEL_CONFIG[flag]} in {path} (docs/config.md)"
+    return (f"{path} names builder functions, whose build_data() makes the batches, so "
+            f"{flag} has no meaning there: change build_data(), or declare the value as a knob "
+            f"of your builders (docs/knobs.md)")
 
 
 def _acceptance_flags(parser: argparse.ArgumentParser) -> None:
@@ -441,6 +480,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.storage or args.study_name or storage_from(None):
         _quiet_optuna()
     for kind, where, name in sources(getattr(args, "order", None) or []):
+        if kind == "file":
+            _not_a_sizes_file(where, "compare", "compare reads tuned files and studies")
         read.append(results.from_tuned_file(where) if kind == "file"
                     else results.from_study(where, name))  # type: ignore[arg-type]
     comparison = compare.compare_results(read, alpha=args.alpha, min_ratio=args.min_ratio,
@@ -458,6 +499,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.sizes is not None:
         if args.storage or args.study_name:
             raise ConfigError("report: give a sizes file or --storage/--study-name, not both")
+        _not_a_tuned_file(args.sizes, "report",
+                          "report reads a study (--storage URL) or a sizes file")
         return report_sizes(args.sizes, args.html)
     storage = storage_from(args.storage)
     if not storage:
@@ -538,6 +581,22 @@ def _add_size_flags(run: argparse.ArgumentParser, export: argparse.ArgumentParse
                             help="with a sizes file: use its row for K CPUs")
     run.usage = ("python -m tuner run --tuned FILE [--size K] [--strict] [--allow-env NAME] "
                  "[--allow-unvalidated] -- COMMAND [ARGS...]")
+
+
+def _not_a_tuned_file(path: str, command: str, reads: str) -> None:
+    """A tuned file given where it has no place: say so, and what to run on it instead."""
+    from . import tuned
+
+    if not _is_sizes(path) and tuned.verdict_of(path) is not None:
+        raise ConfigError(f"{command}: {plain(path)}: a tuned file; {reads}. For a tuned file: "
+                          f"python -m tuner show {plain(path)} (or compare it with another)")
+
+
+def _not_a_sizes_file(path: str, command: str, reads: str) -> None:
+    if _is_sizes(path):
+        raise ConfigError(f"{command}: {plain(path)}: a sizes file; {reads}. For a sizes file: "
+                          f"python -m tuner show {plain(path)} or report {plain(path)}; "
+                          f"run/export --size K use one row")
 
 
 def _is_sizes(path: str) -> bool:

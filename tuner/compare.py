@@ -394,5 +394,6 @@ def format_compare(c: Comparison, fmt: str) -> str:
 
 def check_format(fmt: str) -> None:
     if fmt not in render.FORMATS:
-        raise ConfigError(f"--format: {fmt!r} is not a known format; allowed: "
+        raise ConfigError(f"--format: {render.quoted(fmt)} is not a known format"
+                          f"{render.did_you_mean(fmt, render.FORMATS)}; allowed: "
                           f"{', '.join(render.FORMATS)}")

@@ -19,6 +19,7 @@ import yaml
 from . import budget as budget_mod
 from .errors import ConfigError
 from .knobs import AUTOTUNE, BATCH_SIZE, SECTIONS, check_overrides
+from .render import did_you_mean, plain, quoted
 
 MODES = ("predict", "train", "data")
 SAMPLERS = ("auto", "grid", "tpe", "random", "structured")
@@ -209,7 +210,8 @@ def _check_keys(data: Any, allowed: tuple[str, ...], path: Path, section: str) -
     for key in data:
         if key not in allowed:
             name = f"{section}.{key}" if section else str(key)
-            raise ConfigError(f"{_where(path, name)}: unknown key; allowed: {', '.join(allowed)}")
+            raise ConfigError(f"{_where(path, plain(name))}: unknown key"
+                              f"{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
     return data
 
 
@@ -229,8 +231,11 @@ def _number(value: Any, where: str, *, integer: bool, minimum: float, allow_none
 
 
 def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
+    if value is None:
+        raise ConfigError(f"{where}: missing; give one of {', '.join(allowed)}")
     if value not in allowed:
-        raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"{where}: {quoted(value)} is not allowed{did_you_mean(value, allowed)}"
+                          f"; allowed: {', '.join(allowed)}")
     return value
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, ClassVar
 from . import host
 from .errors import ConfigError
 from .host import Machine
+from .render import did_you_mean, plain
 
 MODES = ("train", "predict", "data")
 
@@ -845,7 +846,8 @@ def check_overrides(overrides: dict[str, Any], where: str = "space") -> dict[str
             raise ConfigError(f"{field_name}: declared knobs are not narrowed here; list their "
                               f"candidate values under the top-level knobs: section")
         if name not in KNOBS:
-            raise ConfigError(f"{field_name}: unknown knob; allowed: {', '.join(KNOBS)}")
+            raise ConfigError(f"{plain(field_name)}: unknown knob{did_you_mean(name, list(KNOBS))}"
+                              f"; allowed: {', '.join(KNOBS)}")
         knob = KNOBS[name]
         if isinstance(raw, list):
             if not raw:

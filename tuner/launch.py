@@ -44,6 +44,7 @@ from .production import (
     pin,
     read,
 )
+from .render import did_you_mean, quoted
 
 FORMATS = ("shell", "dotenv", "docker", "k8s", "tf-serving")
 
@@ -230,7 +231,8 @@ def export(path: str, fmt: str, *, allow_env: Iterable[str] = (),
     ``size``: with a sizes file, its row for that many CPUs; k8s then also gets the container's
     CPU and memory resources and the recommended replica count."""
     if fmt not in FORMATS:
-        raise ConfigError(f"export --format: {fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
+        raise ConfigError(f"export --format: {quoted(fmt)} is not allowed"
+                          f"{did_you_mean(fmt, FORMATS)}; allowed: {', '.join(FORMATS)}")
     doc = read(path, allow_env, allow_unvalidated, size).doc
     env = settings.environment(doc["settings"])
     plan = settings.file_plan(doc["settings"])

@@ -86,3 +86,18 @@ def value(v: Any) -> str:
     if v is None:
         return "null"
     return str(v)
+
+
+def quoted(name: Any) -> str:
+    """A name from untrusted input, echoed back in an error: quoted as Python does, and
+    escaped like any other untrusted text."""
+    return plain(repr(name))
+
+
+def did_you_mean(name: Any, choices: Sequence[Any]) -> str:
+    """``" (did you mean 'x'?)"`` for the choice closest to ``name`` (difflib), or ``""`` when
+    none is close; ready to append to an error that names ``name``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {quoted(close[0])}?)" if close else ""

@@ -428,7 +428,8 @@ def format_sizes(sizes_file: Any, fmt: str) -> str:
     import json
 
     if fmt not in render.FORMATS:
-        raise ConfigError(f"--format: {fmt!r} is not a known format; allowed: "
+        raise ConfigError(f"--format: {render.quoted(fmt)} is not a known format"
+                          f"{render.did_you_mean(fmt, render.FORMATS)}; allowed: "
                           f"{', '.join(render.FORMATS)}")
     if fmt == "json":
         return json.dumps(sizes_file.doc, indent=2, default=str) + "\n"

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import tuned
 from .errors import ConfigError, StudyError, TunerError
+from .render import did_you_mean, plain, quoted
 from .tuned import BASELINE, EXPERT
 from .tuned import STUDY_ATTR_PREFIX as ATTR
 from .urls import mask_secret, mask_url
@@ -481,8 +482,9 @@ def open_study(storage: str, name: str | None) -> Any:
                               f"{len(names)} studies: {', '.join(names) or 'none'}")
         name = names[0]
     if name not in names:
-        raise ConfigError(f"--study-name: no study {name!r} in {mask_url(storage)}; "
-                          f"available: {', '.join(names) or 'none'}")
+        raise ConfigError(f"--study-name: no study {quoted(name)} in {mask_url(storage)}"
+                          f"{did_you_mean(name, names)}; available: "
+                          f"{plain(', '.join(names) or 'none')}")
     return optuna.load_study(study_name=name, storage=rdb)
 
 

@@ -130,6 +130,9 @@ def _load(path: str | Path) -> dict[str, Any]:
     if isinstance(data, dict) and "kind" not in data and "verdict" in data and "settings" in data:
         raise ConfigError(f"{path}: a tuned file, not a sizes file (python -m tuner size writes "
                           f"those); --size K / size=K is for sizes files: drop it")
+    if isinstance(data, dict) and "kind" not in data and "workload" in data:
+        raise ConfigError(f"{path}: a study config, not a sizes file; python -m tuner size "
+                          f"--config {path} writes one")
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise ConfigError(f"{path}: not a sizes file (no 'kind: sizes'); sizes files are written "
                           f"by python -m tuner size")

@@ -72,6 +72,9 @@ def load_yaml(path: str | Path, kind: str) -> Any:
 def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     data = load_yaml(path, "tuned")
+    if isinstance(data, dict) and "format_version" not in data and "workload" in data:
+        raise ConfigError(f"{path}: a study config, not a tuned file (no format_version); "
+                          f"python -m tuner search --config {path} writes the tuned file")
     if not isinstance(data, dict) or "format_version" not in data:
         raise ConfigError(f"{path}: not a tuned file (no format_version)")
     version = data["format_version"]

@@ -26,6 +26,7 @@ from typing import Any
 
 from . import host, knobs, tuned
 from .errors import ConfigError
+from .render import did_you_mean, plain, quoted
 
 VERDICTS = ("tuned", "defaults", "unvalidated")
 
@@ -125,7 +126,8 @@ def check_settings(tree: Any, path: str, *, allow_env: Iterable[str] = ()) -> di
         raise ConfigError(f"{path}: settings: missing or not a mapping")
     for key in tree:
         if key not in SETTINGS_KEYS:
-            raise ConfigError(f"{path}: settings: unknown key {key!r}; allowed: "
+            raise ConfigError(f"{path}: settings: unknown key {quoted(key)}"
+                              f"{did_you_mean(key, SETTINGS_KEYS)}; allowed: "
                               f"{', '.join(SETTINGS_KEYS)}")
     for knob in knobs.THREADS:
         if knob.name not in tree:
@@ -172,7 +174,8 @@ def _check_tf_data(data: Any, path: str, prefix: str = "") -> None:
             allowed = dict.fromkeys(t[len(prefix):].split(".")[0] for t in _TF_DATA_FIELDS
                                     if t.startswith(prefix))
             shown = target if isinstance(key, str) and key.isprintable() else repr(target)
-            raise ConfigError(f"{path}: settings.tf_data.{shown}: unknown; allowed: "
+            raise ConfigError(f"{path}: settings.tf_data.{plain(shown)}: unknown"
+                              f"{did_you_mean(key, list(allowed))}; allowed: "
                               f"{', '.join(allowed)}")
 
 
