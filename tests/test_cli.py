@@ -138,3 +138,38 @@ def test_an_unknown_knob_suggests_the_closest():
     with pytest.raises(ConfigError, match=r"space.tf_data.private_threadpool: unknown knob \(did "
                                           r"you mean 'tf_data.private_threadpool_size'\?\)"):
         knobs.check_overrides({"tf_data.private_threadpool": [1]})
+
+
+# -- docs/cli.md: generated from the parser, and current ------------------------------------------
+
+def _cli_doc():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cli_doc", REPO / "scripts" / "cli_doc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docs_cli_md_is_generated_from_the_parser_and_current():
+    module = _cli_doc()
+    assert (REPO / "docs" / "cli.md").read_text() == module.page(), \
+        "run python scripts/cli_doc.py --write"
+
+
+def test_every_flag_of_every_command_is_in_its_usage_line_and_in_docs_cli_md():
+    import argparse
+
+    from tuner import cli
+
+    module = _cli_doc()
+    doc = (REPO / "docs" / "cli.md").read_text()
+    for name, (parser, _) in module.commands(cli.build_parser()).items():
+        section = doc.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
+        usage_line = " ".join(parser.format_usage().split())
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            for option in action.option_strings:
+                assert f"`{option}`" in section, (name, option)
+                assert f"[{option}" in usage_line or f" {option} " in usage_line, (name, option)

@@ -120,10 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="print only the final summary")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
-    r = commands.add_parser("run", help="run a command with a tuned file's settings",
-                            usage="python -m tuner run --tuned FILE [--strict] "
-                                  "[--allow-env NAME] [--allow-unvalidated] "
-                                  "-- COMMAND [ARGS...]")
+    r = commands.add_parser("run", help="run a command with a tuned file's settings")
     r.add_argument("--tuned", required=True, help="the tuned YAML")
     r.add_argument("--strict", action="store_true",
                    help="refuse a file measured on another machine instead of warning")
@@ -134,16 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when the file runs several instances: start only this one (0-based)")
     _acceptance_flags(r)
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    r.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
+                   help="the command, after --")
 
     d = commands.add_parser("diagnose", help="measure why TensorFlow isn't using all the CPUs")
     d.add_argument("--config", help="the workload config YAML (as for search), or --model")
     _model_flags(d, search=False)
     d.add_argument("--format", default="text", choices=("text", "json"),
                    help="text (default) or json (only JSON on stdout)")
-    d.add_argument("--seconds", type=_seconds, default=60.0,
-                   help="seconds of measuring (default 60): 70%% on the real pipeline, 20%% on "
-                        "one cached batch, up to 10%% warm-up; start-up comes on top")
+    d.add_argument("--seconds", type=_seconds, default=60.0, help=_diagnose_seconds_help())
     d.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     e = commands.add_parser("export", help="print a tuned file's settings as environment variables")
@@ -164,9 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     c = commands.add_parser(
-        "compare", help="compare tuned files or studies: settings, throughput, significance",
-        usage="python -m tuner compare A B [C ...] [--storage URL --study-name NAME ...] "
-              "[--format text|json|markdown]")
+        "compare", help="compare tuned files or studies: settings, throughput, significance")
     c.add_argument("sources", nargs="*", action=_Ordered, metavar="TUNED",
                    help="tuned YAML files; the first result given is the reference (A)")
     c.add_argument("--storage", action=_Ordered,
@@ -194,7 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     _add_size_parser(commands)
     _add_size_flags(r, e, rp)
+    # argparse shows the command after -- as "...": every flag as argparse lists it, then that
+    auto = " ".join(r.format_usage().split()[1:])
+    r.usage = auto[:-len("...")] + "-- COMMAND [ARGS...]" if auto.endswith("...") else auto
     return parser
+
+
+def _diagnose_seconds_help() -> str:
+    from .diagnose import seconds_help
+
+    return seconds_help()
 
 
 def _export_formats() -> tuple[str, ...]:
@@ -207,8 +210,8 @@ def _model_flags(parser: argparse.ArgumentParser, *, search: bool) -> None:
     """``--model PATH`` and the flags that go with it: a study config generated from a model file
     (:mod:`tuner.modelfile`)."""
     parser.add_argument("--model", metavar="PATH",
-                        help="a .keras or .h5 file or a SavedModel directory, measured on inputs "
-                             "generated from its signature (instead of --config)")
+                        help="a .keras or .h5 (.hdf5) file or a SavedModel directory, measured "
+                             "on inputs generated from its signature (instead of --config)")
     parser.add_argument("--data", metavar="FILE.py:FUNCTION",
                         help="with --model: your tf.data pipeline instead of generated inputs")
     parser.add_argument("--mode", choices=("predict", "train"),
@@ -579,8 +582,6 @@ def _add_size_flags(run: argparse.ArgumentParser, export: argparse.ArgumentParse
     for parser in (run, export):
         parser.add_argument("--size", type=_positive_int, metavar="K",
                             help="with a sizes file: use its row for K CPUs")
-    run.usage = ("python -m tuner run --tuned FILE [--size K] [--strict] [--allow-env NAME] "
-                 "[--allow-unvalidated] -- COMMAND [ARGS...]")
 
 
 def _not_a_tuned_file(path: str, command: str, reads: str) -> None:

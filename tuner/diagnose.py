@@ -59,6 +59,18 @@ class DiagnoseError(TunerError):
     """The diagnose run could not finish: its child crashed, hung or raised."""
 
 
+# how --seconds is shared (plan(); said in diagnose --help and docs/diagnose.md)
+WARMUP_SHARE, PIPELINE_SHARE, CACHED_SHARE, DRAIN_SHARE = 0.10, 0.50, 0.15, 0.25
+
+
+def seconds_help() -> str:
+    """``diagnose --seconds``'s help, from the shares :func:`plan` uses."""
+    return (f"seconds of measuring (default 60): {PIPELINE_SHARE:.0%} on the real pipeline, "
+            f"{CACHED_SHARE:.0%} on one cached batch, {DRAIN_SHARE:.0%} on uncounted pipeline "
+            f"steps before each pipeline chunk, up to {WARMUP_SHARE:.0%} warm-up; start-up "
+            f"comes on top").replace("%", "%%")
+
+
 def plan(seconds: float) -> dict[str, Any]:
     """How ``seconds`` of measuring are spent: up to 10% warming up (less once the step rate
     settles), then 5 to 30 rounds of a chunk on the real pipeline (50% of the time in all), one
@@ -68,12 +80,12 @@ def plan(seconds: float) -> dict[str, Any]:
     rounds = max(5, min(30, round(seconds)))
     return {
         "seconds": seconds,
-        "warmup_seconds": min(5.0, max(0.5, 0.1 * seconds)),
+        "warmup_seconds": min(5.0, max(0.5, WARMUP_SHARE * seconds)),
         "cached_warmup_seconds": min(1.0, 0.03 * seconds),
         "rounds": rounds,
-        "pipeline_seconds": 0.50 * seconds / rounds,
-        "cached_seconds": 0.15 * seconds / rounds,
-        "drain_seconds": 0.25 * seconds / rounds,
+        "pipeline_seconds": PIPELINE_SHARE * seconds / rounds,
+        "cached_seconds": CACHED_SHARE * seconds / rounds,
+        "drain_seconds": DRAIN_SHARE * seconds / rounds,
     }
 
 
