@@ -125,7 +125,7 @@ def test_show_and_compare_list_declared_knobs(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     shown = compare.show_table(results.from_tuned_file(path)).text()
     assert "knobs.map_parallelism" in shown and "autotune" in shown
-    assert "tf_data.autotune.enabled" in shown and "(TensorFlow default: null)" in shown
+    assert "tf_data.autotune.enabled" in shown and "(TensorFlow's default: not set)" in shown
     both = compare.compare_table(compare.compare_results([results.from_tuned_file(fixture),
                                                           results.from_tuned_file(path)])).text()
     assert "* knobs.map_parallelism" in both

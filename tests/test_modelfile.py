@@ -81,7 +81,14 @@ def test_a_bad_model_flag_is_one_error_line(keras_file, capsys, argv, needles):
 def test_model_flags_without_model_are_refused(write_config, capsys):
     path = write_config()
     code, _, err = run_cli(capsys, "search", "--config", str(path), "--batch-size", "8")
-    assert_one_error_line(code, err, "--batch-size goes with --model", "workload:")
+    assert_one_error_line(code, err, "--batch-size goes with --model", "build_data()")
+    # a model-file config: where the value goes in it
+    model = Path("m.keras")
+    model.write_bytes(b"PK")
+    path.write_text(f"workload: {{model: {str(model.resolve())!r}}}\n")
+    code, _, err = run_cli(capsys, "search", "--config", str(path), "--batch-size", "8")
+    assert_one_error_line(code, err, "--batch-size goes with --model",
+                          f"set workload.batch_size in {path}")
     code, _, err = run_cli(capsys, "search")
     assert_one_error_line(code, err, "--model PATH", "--config FILE")
 

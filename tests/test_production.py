@@ -489,3 +489,13 @@ def test_applied_knobs_without_autotune_need_no_tensorflow():
     assert applied.knobs == {"prefetch": 2, "cycle_length": 4}
     assert applied.info()["knobs"] == {"prefetch": 2, "cycle_length": 4}
     assert Applied(path="t", verdict="tuned", settings=settings_doc()["settings"]).knobs == {}
+
+
+def test_export_docker_of_a_defaults_file_prints_nothing_and_says_why(capsys):
+    from helpers import FIXTURES
+
+    path = str(FIXTURES / "quickstart-defaults.yaml")
+    code = cli.main(["export", path, "--format", "docker"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out == ""
+    assert "no environment variable to set (verdict defaults)" in err

@@ -69,3 +69,19 @@ def test_unknown_study_lists_the_available_ones(small_study, capsys):
     assert code == 2
     assert err == ("error: --study-name: no study 'stduy' in sqlite:///results/study.db (did you "
                    "mean 'study'?); available: study\n")
+
+
+def test_a_study_another_tool_made_reads_without_none_or_a_contradiction(capsys):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    Path("results").mkdir()
+    study = optuna.create_study(study_name="foreign", storage="sqlite:///results/foreign.db")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    code, out, err = run_cli(capsys, "report", "--storage", "sqlite:///results/foreign.db")
+    assert code == 0, err
+    assert "2 complete" in out
+    assert "no complete trial yet" not in out
+    assert "none of the 2 complete trials carries tuner's measurements" in out
+    assert "None" not in out
+    assert "workload: not recorded" in out

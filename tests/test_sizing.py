@@ -274,7 +274,7 @@ def sized(tmp_path_factory, fake_search_in):
 def test_show_prints_the_sizes_table_and_recommendation(sized, capsys):
     code, out, err = run_cli(capsys, "show", str(sized))
     assert code == 0, err
-    assert "cpus" in out and "samples/s" in out and "$/M samples" in out
+    assert "cpus" in out and "samples/s" in out and "cost per M samples" in out
     assert "recommendation: 2900 samples/s: 3 x 1 CPU(s) = 3 CPUs in total" in out
     code, out, _ = run_cli(capsys, "show", str(sized), "--format", "markdown")
     assert code == 0 and "| cpus |" in out

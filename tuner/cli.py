@@ -661,28 +661,28 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None,
     base = result.get("baseline_throughput") or {}
     tp = result.get("throughput") or {}
 
+    from . import render
+
     def block(b: dict[str, Any]) -> str:
-        ci = b.get("ci95")
-        ci_text = f" (95% CI {ci[0]:.1f}-{ci[1]:.1f})" if ci else ""
-        return f"{b.get('median', float('nan')):.1f} samples/s{ci_text}"
+        return render.throughput(b.get("median", float("nan")), b.get("per_process"))
 
     if base:
         print(f"  TensorFlow defaults: {block(base)}")
     if doc["verdict"] == "tuned":
-        print(f"  tuned:               {block(tp)}  speedup {result['speedup']:.3f}x "
-              f"[{result['speedup_ci95'][0]:.3f}, {result['speedup_ci95'][1]:.3f}] "
-              f"p={result['p_value']:.3g}")
+        print(f"  tuned:               {block(tp)}")
+        print(f"  speedup:             "
+              f"{render.ratio(result['speedup'], result['speedup_ci95'], result['p_value'])}")
     elif "rejected" in result:
         r = result["rejected"]
-        print(f"  best candidate (trial {r['trial']}): {r['speedup']:.3f}x "
-              f"[{r['speedup_ci95'][0]:.3f}, {r['speedup_ci95'][1]:.3f}] p={r['p_value']:.3g} "
-              f"- not adopted: {r.get('rejected_because') or 'not significant'}")
+        print(f"  best candidate (trial {r['trial']}): "
+              f"{render.ratio(r['speedup'], r['speedup_ci95'], r['p_value'])}"
+              f" - not adopted: {r.get('rejected_because') or 'not significant'}")
     expert = doc.get("search", {}).get("expert_rule", {})
     if expert.get("speedup_in_search") is not None:
         print(f"  expert rule (intra={expert['settings']['intra_op_parallelism_threads']}, "
               f"inter={expert['settings']['inter_op_parallelism_threads']}): "
               f"{expert['speedup_in_search']:.3f}x the defaults in its search trial")
-    print(f"  settings: {settings_mod.short(flat)}")
+    print(f"  settings: {settings_mod.short(flat)}  ({render.LEGEND_DEFAULT})")
     _print_batch_sizes(doc)
     print(f"  cpu saturation: {result.get('cpu_saturation') or float('nan'):.2f}")
     print(f"wrote {path}" + (f" (previous file kept as {backup})" if backup else ""))

@@ -23,7 +23,7 @@ from . import render, stats, tuned
 from .errors import ConfigError, StudyMismatchError
 from .host import FINGERPRINT_KEYS, fingerprint_differences
 from .render import Table
-from .results import THREAD_COUNTS, WORKLOAD_KEYS, Result
+from .results import THREAD_COUNTS, WORKLOAD_KEYS, Result, workload_text
 
 DEFAULT_ALPHA = 0.05
 # Identical configurations measured minutes apart drifted by up to ~4% (README, Performance):
@@ -191,8 +191,7 @@ def _differing(dicts: Any) -> list[str]:
 def _tp(block: dict[str, Any] | None) -> str:
     if not block:
         return "-"
-    ci = f" ({render.interval(block['ci95'])})" if block.get("ci95") else ""
-    return f"{block['median']:.1f}{ci} n={block['processes']}"
+    return render.throughput(block["median"], block.get("per_process"))
 
 
 def _speedup(r: Result) -> str:
@@ -200,9 +199,7 @@ def _speedup(r: Result) -> str:
         return "-"
     if r.verdict == "defaults":
         return "1.000x (defaults kept)"
-    ci = f" ({render.interval(r.speedup_ci95, 3)})" if r.speedup_ci95 else ""
-    p = f" p={r.p_value:.3g}" if r.p_value is not None else ""
-    return f"{r.speedup:.3f}x{ci}{p}"
+    return render.ratio(r.speedup, r.speedup_ci95, r.p_value)
 
 
 NOT_SET = "not set"
@@ -212,7 +209,7 @@ def setting_text(name: str, value: Any) -> str:
     """A setting's value; a thread count the result does not set reads as such, not as 0."""
     if value is None and name in THREAD_COUNTS:
         return NOT_SET
-    return render.value(value)
+    return render.setting(value)
 
 
 def _expert_text(expert: dict[str, Any]) -> str:
@@ -253,16 +250,15 @@ def show_table(r: Result) -> Table:
     for name, value in r.settings.items():
         # a declared knob's default is the user's pipeline as written, not TensorFlow's
         note = "" if name not in defaults or value in (None, defaults[name]) else \
-            f"  (TensorFlow default: {render.value(defaults[name])})"
+            f"  ({render.TF_DEFAULT}: {NOT_SET if defaults[name] is None else defaults[name]})"
         t.add(f"  {name}", setting_text(name, value) + note)
-    t.add("throughput", _tp(r.throughput) + " samples/s")
-    t.add("baseline", (_tp(r.baseline) + " samples/s") if r.baseline else "-")
+    t.add("throughput", _tp(r.throughput))
+    t.add("baseline", _tp(r.baseline))
     t.add("speedup", _speedup(r))
     if r.rejected:
         rj = r.rejected
-        t.add("best candidate", f"trial {rj.get('trial')}: {rj.get('speedup', 0):.3f}x "
-                                f"({render.interval(rj.get('speedup_ci95'), 3)}) "
-                                f"p={rj.get('p_value', 1):.3g}, not adopted: "
+        ratio = render.ratio(rj.get("speedup", 0), rj.get("speedup_ci95"), rj.get("p_value"))
+        t.add("best candidate", f"trial {rj.get('trial')}: {ratio}, not adopted: "
                                 f"{rj.get('rejected_because') or 'not significant'}")
     sat = render.num(r.cpu_saturation, 2)
     if r.baseline_cpu_saturation is not None:
@@ -279,9 +275,7 @@ def show_table(r: Result) -> Table:
                         f"{render.num(b.get('spent_search_s'), 0)} s, validation "
                         f"{render.num(b.get('spent_validation_s'), 0)} s; search stopped: "
                         f"{b.get('stopped') or '-'}")
-    w = r.workload
-    t.add("workload", f"{w.get('model')} / {w.get('data')}, {w.get('mode')}, "
-                      f"batch size {w.get('batch_size')}")
+    t.add("workload", workload_text(r.workload))
     t.add("machine", _machine_line(r.machine))
     t.add("study", _study_line(r.study))
     t.add("created", r.created or "-")
@@ -317,8 +311,8 @@ def compare_table(c: Comparison) -> Table:
                                                       if key in knobs.KNOBS else None))
                      for r in c.results),
               mark=key in c.differing["settings"])
-    t.add("throughput (samples/s)", *(_tp(r.throughput) for r in c.results))
-    t.add("baseline (samples/s)", *(_tp(r.baseline) for r in c.results))
+    t.add("throughput", *(_tp(r.throughput) for r in c.results))
+    t.add("baseline", *(_tp(r.baseline) for r in c.results))
     t.add("speedup vs own baseline", *(_speedup(r) for r in c.results))
     t.add("cpu saturation", *(render.num(r.cpu_saturation, 2) for r in c.results))
     for key in (*FINGERPRINT_KEYS, "hostname"):
@@ -365,7 +359,7 @@ def format_compare(c: Comparison, fmt: str) -> str:
         for w in c.warnings:
             out.append(f"> **WARNING: different machine or TensorFlow.** {w}\n")
         out.append(table.markdown())
-        out.append("\nBold rows differ between the results.\n")
+        out.append("\nBold rows differ between the results; - = not recorded.\n")
         out.append(ratios.markdown())
         out.append("")
         out += [f"- **{p['label']} / A**: {p['interpretation']}" for p in c.pairs
@@ -381,8 +375,8 @@ def format_compare(c: Comparison, fmt: str) -> str:
                                  subsequent_indent="!!   ", break_on_hyphens=False)
         out += [bar, ""]
     out.append(table.text())
-    if any(table.marked):
-        out.append("(* = differs between the results)")
+    out.append("(* = differs between the results; - = not recorded)" if any(table.marked)
+               else "(- = not recorded)")
     out += ["", ratios.text(), ""]
     for line in [f"{p['label']} / A: {p['interpretation']}"
                  for p in c.pairs if p["interpretation"]]:

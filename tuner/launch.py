@@ -44,7 +44,7 @@ from .production import (
     pin,
     read,
 )
-from .render import did_you_mean, quoted
+from .render import did_you_mean, plain, quoted
 
 FORMATS = ("shell", "dotenv", "docker", "k8s", "tf-serving")
 
@@ -286,14 +286,15 @@ def export(path: str, fmt: str, *, allow_env: Iterable[str] = (),
         lines = comments + [f"{k}={v}" for k, v in values.items()]
     elif fmt == "docker":
         # One line of flags to paste into `docker run`; comments would break that.
-        lines = [" ".join(f"-e {shlex.quote(f'{k}={v}')}" for k, v in env.items())]
+        # nothing to set (a defaults file): no line at all, and a note on stderr says so
+        lines = [" ".join(f"-e {shlex.quote(f'{k}={v}')}" for k, v in env.items())] if env else []
     else:
         resources = None
         if "size" in doc:
             resources, notes = k8s_resources(doc, path)
             comments += [f"# {_one_line(n)}" for n in notes]
         lines = comments + [_k8s_env(env, resources).rstrip("\n")]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 # Memory for a pod: the measured peak resident memory times this, rounded up to MEMORY_STEP_MB.
@@ -374,6 +375,9 @@ def notes_for_stderr(path: str, *, allow_env: Iterable[str] = (),
     """What the docker format cannot say in its one line of flags."""
     doc = read(path, allow_env, allow_unvalidated, size).doc
     notes = [UNVALIDATED_NOTE] if doc["verdict"] == "unvalidated" else []
+    if not settings.environment(doc["settings"]):
+        notes.append(f"{plain(path)}: no environment variable to set (verdict {doc['verdict']}): "
+                     f"nothing to pass to docker run")
     note = tf_data_note(doc)
     return notes + ([note] if note else [])
 

@@ -11,6 +11,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from . import settings as settings_mod
+from .render import LEGEND_DEFAULT, SPREAD
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -52,7 +53,7 @@ class Progress:
                     f"{t.value:.1f} as measured there")
         elif t.state == TrialState.COMPLETE:
             tp = t.user_attrs["throughput"]
-            body = (f"{tp['median']:>10.1f} samples/s (±{tp['rel_spread'] * 50:.1f}%)  "
+            body = (f"{tp['median']:>10.1f} samples/s (spread {tp['rel_spread'] * 100:.1f}%)  "
                     f"sat {t.user_attrs.get('cpu_saturation', float('nan')):.2f}")
             if (t.user_attrs.get("settings") or {}).get("batch_size") is not None \
                     and t.user_attrs.get("step_latency_p50_ms") is not None:
@@ -77,7 +78,9 @@ def opening(config: Any, machine: Any, space: Any, sampler: str, prior: int,
         f"~{progress.child_seconds:.0f} s, then ~{fmt_seconds(progress.validation_estimate)} "
         f"of validation",
         f"machine: {machine.cpu_model}, {machine.usable_cpus} usable CPUs (visible "
-        f"{machine.visible_cpus}, quota {machine.cpu_quota}), TensorFlow {machine.tf_version}"]
+        f"{machine.visible_cpus}, "
+        f"{'no CPU quota' if machine.cpu_quota is None else f'quota {machine.cpu_quota:g} CPUs'}"
+        f"), TensorFlow {machine.tf_version}"]
     if plan is not None:
         dims = plan["dims"]
         lines.append(f"structured search: baseline x{1 + plan['baseline_replicates']} (noise), "
@@ -88,6 +91,7 @@ def opening(config: Any, machine: Any, space: Any, sampler: str, prior: int,
                      f"({', '.join(dims['threads']) or 'nothing'}), data "
                      f"({', '.join(dims['data']) or 'nothing'}), then TPE over what moved "
                      f"beyond noise; ablation of the leader in the last trials")
+    lines.append(f"(settings: {LEGEND_DEFAULT}; {SPREAD})")
     return lines
 
 

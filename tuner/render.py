@@ -82,9 +82,9 @@ def interval(ci: Sequence[float] | None, digits: int = 1, suffix: str = "") -> s
 
 
 def value(v: Any) -> str:
-    """A setting's value as a user would write it in YAML."""
+    """A recorded value (a machine's, a workload's); ``-`` when it was not recorded."""
     if v is None:
-        return "null"
+        return "-"
     return str(v)
 
 
@@ -101,3 +101,46 @@ def did_you_mean(name: Any, choices: Sequence[Any]) -> str:
 
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {quoted(close[0])}?)" if close else ""
+
+
+# -- one number style everywhere (show, compare, report, the search's summary; text, markdown,
+# HTML): a rate without false precision, a range labelled as a range, an interval labelled as
+# the 95% interval it is, TensorFlow's own choice named, and one definition of spread.
+
+TF_DEFAULT = "TensorFlow's default"
+SPREAD = "spread: (max - min) / median of a trial's measuring windows"
+LEGEND_DEFAULT = f"- = {TF_DEFAULT}"
+
+
+def rate(value: float | None) -> str:
+    """A throughput: whole numbers from 100 up, three significant digits below."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def throughput(median: float, per_process: Sequence[float] | None,
+               unit: str = "samples/s") -> str:
+    """``3496 samples/s (range 3308-3538 over 5 processes)``: the median of the fresh processes
+    and their whole range, named as such (with 5 processes, a bootstrap interval of the median is
+    the range: calling it a 95% interval would claim more than it is)."""
+    values = list(per_process or [])
+    if len(values) < 2:
+        return f"{rate(median)} {unit} (1 process)"
+    return (f"{rate(median)} {unit} (range {rate(min(values))}-{rate(max(values))} over "
+            f"{len(values)} processes)")
+
+
+def ratio(value: float, ci: Sequence[float] | None = None, p: float | None = None) -> str:
+    """``1.415x (95% CI 1.339-1.495, p=0.00397)``: a speedup with its bootstrap interval."""
+    inside = []
+    if ci:
+        inside.append(f"95% CI {ci[0]:.3f}-{ci[1]:.3f}")
+    if p is not None:
+        inside.append(f"p={p:.3g}")
+    return f"{value:.3f}x" + (f" ({', '.join(inside)})" if inside else "")
+
+
+def setting(v: Any) -> str:
+    """A setting's value; None (nothing set: TensorFlow chooses) reads as TensorFlow's default."""
+    return TF_DEFAULT if v is None else str(v)

@@ -18,7 +18,7 @@ from . import render
 from .errors import ConfigError, StudyError
 from .files import check_writable, write_text_atomic
 from .render import Table
-from .results import StudyRecord, read_study
+from .results import StudyRecord, read_study, workload_text
 from .tuned import BASELINE, EXPERT, SCREEN
 
 ROLES = (BASELINE, EXPERT, SCREEN)
@@ -34,12 +34,12 @@ class TrialRow:
     state: str
     settings: dict[str, Any]
     throughput: float | None
-    spread: float | None          # half the window range, relative to the median
+    spread: float | None          # render.SPREAD: the window range over the median
     saturation: float | None
     note: str
 
     def cells(self) -> list[str]:
-        spread = f"±{self.spread * 100:.1f}%" if self.spread is not None else ""
+        spread = f"{self.spread * 100:.1f}%" if self.spread is not None else ""
         return [str(self.number), self.role, self.state,
                 *(_setting(self.settings, name) for name in COLUMNS),
                 render.num(self.throughput), spread, render.num(self.saturation, 2), self.note]
@@ -81,7 +81,7 @@ def build(storage: str, name: str | None) -> StudyReport:
             settings=attrs.get("settings") or dict(t.params) or
             dict(t.system_attrs.get("fixed_params") or {}),
             throughput=tp["median"] if tp else None,
-            spread=tp["rel_spread"] / 2 if tp and tp.get("rel_spread") is not None else None,
+            spread=tp["rel_spread"] if tp and tp.get("rel_spread") is not None else None,
             saturation=attrs.get("cpu_saturation") if tp else None, note=note))
     importances, why = _importances(record)
     return StudyReport(record=record, rows=rows, counts=record.counts(),
@@ -174,16 +174,28 @@ def header_lines(report: StudyReport) -> list[str]:
         f"study {r.name} in {r.storage}: {len(report.rows)} trials ({c['complete']} complete, "
         f"{c['pruned']} pruned, {c['fail']} failed"
         + (f", {c['running']} running" if c["running"] else "") + ")",
-        f"workload: {w.get('model')} / {w.get('data')}, {w.get('mode')}",
+        f"workload: {workload_text(w)}",
         (f"machine: {m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} usable CPUs, "
          f"TensorFlow {m.get('tf_version', '?')}"),
     ]
 
 
+LEGEND = (f"settings: {render.LEGEND_DEFAULT}, ? = not recorded on the trial; "
+          f"{render.SPREAD}")
+
+
+def _no_references(report: StudyReport) -> str:
+    if report.counts.get("complete"):
+        # a study another tool made: complete trials, but none with tuner's measurements
+        return (f"  none of the {report.counts['complete']} complete trials carries tuner's "
+                f"measurements (user attribute 'throughput'): a study another tool made?")
+    return "  no complete trial yet"
+
+
 def format_text(report: StudyReport) -> str:
-    out = [*header_lines(report), "", trial_table(report).text(), "",
+    out = [*header_lines(report), "", trial_table(report).text(), LEGEND, "",
            "best vs baseline vs expert rule (search trials, one process each):",
-           reference_table(report).text() if report.references else "  no complete trial yet",
+           reference_table(report).text() if report.references else _no_references(report),
            "",
            "validated: " + _validated_line(report.record.last_result), ""]
     if report.importances:
@@ -326,8 +338,7 @@ def format_html(report: StudyReport) -> str:
                 t.add(name, f"{value:.3f}")
             parts.append(_html_table(t, numeric={1}))
     table = trial_table(report)
-    parts.append("<h2>Trials</h2><p class=note>settings: - = TensorFlow's default; spread: half "
-                 "the range over the trial's measurement windows</p>"
+    parts.append(f"<h2>Trials</h2><p class=note>{html.escape(LEGEND)}</p>"
                  + _html_table(table, classes=[r.state for r in report.rows],
                                numeric={0, 8, 9, 10}))
     parts.append("</body></html>\n")
@@ -370,8 +381,9 @@ def sizes_table(sizes_file: Any) -> Table:
     excluded = {e["cpus"]: e["reason"] for e in rec.get("excluded") or []}
     options = {o["cpus"]: o for o in rec.get("options") or []}
     choice = (rec.get("choice") or {}).get("cpus")
-    table = Table(header=["cpus", "verdict", "samples/s", "95% CI", "per CPU", "p50 ms", "p95 ms",
-                          "peak MiB", "sat", "$/M samples", "replicas", "settings", "note"])
+    table = Table(header=["cpus", "verdict", "samples/s", "range", "per CPU", "p50 ms", "p95 ms",
+                          "peak RSS MiB", "sat", "cost per M samples", "replicas", "settings",
+                          "note"])
     for row in sizes_file.rows:
         cpus = row["cpus"]
         if row["verdict"] == "failed":
@@ -390,7 +402,9 @@ def sizes_table(sizes_file: Any) -> Table:
             notes.append(f"excluded: {excluded[cpus]}")
         flat = settings_mod.flatten(row["settings"])
         shown = settings_mod.short({k: v for k, v in flat.items() if k != "cpus"})
-        table.add(cpus, row["verdict"], render.num(tp["median"]), render.interval(tp["ci95"]),
+        per = tp.get("per_process") or []
+        spread = f"{render.rate(min(per))}-{render.rate(max(per))}" if len(per) > 1 else ""
+        table.add(cpus, row["verdict"], render.rate(tp["median"]), spread,
                   render.num(row.get("per_cpu")), render.num(lat.get("p50"), 2),
                   render.num(lat.get("p95"), 2), render.num(row.get("peak_rss_mb"), 0),
                   render.num(row.get("cpu_saturation"), 2),
@@ -400,16 +414,22 @@ def sizes_table(sizes_file: Any) -> Table:
     return table
 
 
+SIZES_NOTE = ("samples/s: the median of the final validation rounds (fresh processes pinned to "
+              "that many CPUs); range: their lowest to highest; peak RSS MiB: the field "
+              "peak_rss_mb, in MiB (2^20 bytes); cost per M samples: a million samples at "
+              "--cpu-hour-price, in that price's unit; replicas: to reach the target at that "
+              "median; - = not measured")
+
+
 def sizes_header(sizes_file: Any) -> list[str]:
     doc = sizes_file.doc
     machine = doc.get("machine") or {}
     workload = doc.get("workload") or {}
     rec = sizes_file.recommendation
     lines = [f"sizes: {sizes_file.path}",
-             f"workload: {workload.get('model') or '(no model)'} / {workload.get('data')} "
-             f"({workload.get('mode')}, batch {workload.get('batch_size')})",
-             f"machine: {machine.get('cpu_model')}, {machine.get('usable_cpus')} usable CPUs, "
-             f"TensorFlow {machine.get('tf_version')}"]
+             f"workload: {workload_text(workload)}",
+             f"machine: {machine.get('cpu_model') or '-'}, {machine.get('usable_cpus') or '-'} "
+             f"usable CPUs, TensorFlow {machine.get('tf_version') or '-'}"]
     asked = [f"target {rec['target_throughput']:g} samples/s"
              if rec.get("target_throughput") is not None else None,
              f"{rec['cpu_hour_price']:g} per CPU-hour"
@@ -435,8 +455,7 @@ def format_sizes(sizes_file: Any, fmt: str) -> str:
         return json.dumps(sizes_file.doc, indent=2, default=str) + "\n"
     table = sizes_table(sizes_file)
     summary = sizes_file.recommendation.get("summary") or ""
-    note = ("samples/s and its interval: the median of the final validation rounds (fresh "
-            "processes pinned to that many CPUs); replicas: to reach the target at that median")
+    note = SIZES_NOTE
     if fmt == "markdown":
         return "\n\n".join([*sizes_header(sizes_file), table.markdown(),
                             f"**Recommendation:** {summary}", note]) + "\n"
@@ -495,8 +514,7 @@ def format_sizes_html(sizes_file: Any) -> str:
     parts.append(f"<p><b>Recommendation:</b> {html.escape(summary)}</p>")
     table = sizes_table(sizes_file)
     classes = ["recommended" if m else "" for m in table.marked]
-    parts.append("<h2>Sizes</h2><p class=note>samples/s and its interval: the final validation "
-                 "rounds, fresh processes pinned to that many CPUs</p>"
+    parts.append(f"<h2>Sizes</h2><p class=note>{html.escape(SIZES_NOTE)}</p>"
                  + _html_table(table, classes=classes, numeric={0, 2, 4, 5, 6, 7, 8, 9, 10}))
     first = True
     for name, fig, note in sizes_figures(sizes_file):

@@ -347,6 +347,20 @@ def _instances(value: Any, where: str, name: str) -> None:
         raise bad_field(where, name + ".cpus", cpus, "a list of CPU lists, one per instance")
 
 
+def workload_text(w: dict[str, Any]) -> str:
+    """``model / data, mode, batch size N``, leaving out what was not recorded (a model file's
+    generated inputs, a study another tool made): never ``None``."""
+    if not any(w.get(k) is not None for k in ("model", "data", "mode", "batch_size")):
+        return "not recorded (a study another tool made?)"
+    parts = [" / ".join(str(w[k]) for k in ("model", "data") if w.get(k) is not None)
+             or "(no model)"]
+    if w.get("mode") is not None:
+        parts.append(str(w["mode"]))
+    if w.get("batch_size") is not None:
+        parts.append(f"batch size {w['batch_size']}")
+    return plain(", ".join(parts))
+
+
 # -- the shapes show and compare use ----------------------------------------------------------
 
 
