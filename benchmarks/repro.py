@@ -12,11 +12,13 @@ re-measured together in fresh processes, interleaved with the order rotated each
 - the wall time of each search and the measuring share of its trials (measurement over the
   child's whole wall time);
 - its verdict, the knobs it changed and the speedup it reported;
-- the re-measured speedup over the defaults (median of the rounds, bootstrap 95% interval), and
-  the share of the best re-measured configuration it reached;
+- the re-measured speedup over the defaults (the ratio of the medians of the rounds, and its
+  bootstrap 95% interval resampling both the tuned runs and the defaults' runs: tuner's own
+  ``stats.ratio_ci``), and the share of the best re-measured configuration it reached;
 
 and the spread of the re-measured speedups across seeds. Everything measured is written to
-``OUT/repro.json``.
+``OUT/repro.json``; ``--tables OUT/repro.json ...`` prints the tables again from such files,
+without measuring (docs/benchmarks.md's tables come from benchmarks/data/repro/ this way).
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from remeasure import bootstrap, run_one  # noqa: E402
+from remeasure import run_one  # noqa: E402
 from run import overhead  # noqa: E402
 
 from tuner import settings as settings_mod  # noqa: E402
+from tuner import stats  # noqa: E402
 
 DEFAULTS = {"intra_op_parallelism_threads": 0, "inter_op_parallelism_threads": 0,
             "tf_data": {}, "env": {}}
@@ -98,18 +101,28 @@ def remeasure(runs: list[dict], rounds: int, seconds: float, warmup: float, log)
         for name in names[shift:] + names[:shift]:
             values[name].append(run_one({**common, **entries[name]}))
         log(f"   round {i + 1}/{rounds}: " + "  ".join(f"{n} {values[n][-1]:.1f}" for n in names))
-    base = statistics.median(values["defaults"])
-    out = {}
-    for name, vals in values.items():
-        lo, hi = bootstrap(vals)
-        out[name] = {"runs": vals, "median": statistics.median(vals),
-                     "speedup": statistics.median(vals) / base,
-                     "ci95": [lo / base, hi / base]}
+    out = intervals({name: {"runs": vals} for name, vals in values.items()})
     for r in runs:   # which measured entry stands for each seed's verdict
         key = json.dumps(r["settings"], sort_keys=True)
         r["remeasured_as"] = next((n for n, e in entries.items() if r["verdict"] == "tuned"
                                    and json.dumps(e["settings"], sort_keys=True) == key),
                                   "defaults")
+    return out
+
+
+def intervals(measured: dict) -> dict:
+    """Each entry's median, speedup over the defaults' median and its 95% interval, from the
+    runs: the bootstrap resamples the entry's runs and the defaults' runs alike (the defaults
+    are measured as noisily as the tuned file; holding their median fixed would understate the
+    interval)."""
+    base_runs = measured["defaults"]["runs"]
+    base = statistics.median(base_runs)
+    out = {}
+    for name, entry in measured.items():
+        vals = entry["runs"]
+        lo, hi = stats.ratio_ci(vals, base_runs)
+        out[name] = {"runs": vals, "median": statistics.median(vals),
+                     "speedup": statistics.median(vals) / base, "ci95": [lo, hi]}
     return out
 
 
@@ -137,9 +150,23 @@ def table(config: str, runs: list[dict], measured: dict) -> str:
     return "\n".join(lines)
 
 
+def tables(paths: list[Path]) -> str:
+    """The tables of recorded runs (``repro.json`` files), intervals computed again from the
+    runs they hold."""
+    out = []
+    for path in paths:
+        report = json.loads(path.read_text())
+        out.append(f"## {path.name} ({report['date']}, {report['machine']['cpus']} CPUs)\n")
+        for config, example in report["examples"].items():
+            out.append(table(config, example["runs"], intervals(example["remeasured"])))
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("configs", nargs="+", type=Path)
+    ap.add_argument("configs", nargs="*", type=Path)
+    ap.add_argument("--tables", nargs="+", type=Path, metavar="REPRO.json",
+                    help="print the tables of recorded runs instead of measuring")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--rounds", type=int, default=5, help="re-measurement rounds")
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per process")
@@ -147,6 +174,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path,
                     default=ROOT / "results" / f"repro-{dt.datetime.now():%Y%m%d-%H%M%S}")
     args = ap.parse_args()
+    if args.tables:
+        print(tables(args.tables))
+        return
+    if not args.configs:
+        ap.error("give configs to measure, or --tables REPRO.json")
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
 
