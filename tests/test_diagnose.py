@@ -235,7 +235,7 @@ def test_cli_text_report(write_config, fake_worker, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--format", "yaml"], "invalid choice: 'yaml'"),
+    (["--format", "yaml"], "argument --format: 'yaml' is not allowed; allowed: text, json"),
     (["--seconds", "0"], "expected seconds (a number > 0), got '0'"),
 ])
 def test_cli_bad_flags_are_one_line_errors(write_config, capsys, argv, needle):
