@@ -319,15 +319,15 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     text = args.format == "text"
     if text:
         what = cfg.workload.model if args.model else cfg.path
-        print(f"diagnosing {what}: about {args.seconds:g} s of measuring plus start-up",
-              file=sys.stderr)
+        print(f"diagnosing {_terminal(str(what))}: about {args.seconds:g} s of measuring plus "
+              f"start-up", file=sys.stderr)
 
     def waiting() -> None:
         print("waiting: another tuner process is measuring on this host", file=sys.stderr)
 
     report = diagnose_mod.diagnose(cfg, args.seconds, worker=worker_command(), on_wait=waiting)
     if text:
-        sys.stdout.write(diagnose_mod.format_text(report))
+        _out(diagnose_mod.format_text(report))
     else:
         print(json.dumps(report, indent=2))
     return 0
@@ -352,11 +352,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     accept = {"allow_env": args.allow_env, "allow_unvalidated": args.allow_unvalidated,
               "size": args.size}
     text = launch.export(args.tuned, args.format, **accept)
-    sys.stdout.write(text)
+    _out(text)
     if args.format == "docker":
         for note in launch.notes_for_stderr(args.tuned, **accept):  # same row as the flags
             print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def _terminal(text: str) -> str:
+    from .render import terminal
+
+    return terminal(text)
+
+
+def _out(text: str) -> None:
+    """Every printout of a command goes out through here: a value from a file, a study or a
+    model that slipped past its printer's escaping still cannot act on the terminal."""
+    sys.stdout.write(_terminal(text))
 
 
 def _quiet_optuna() -> None:
@@ -383,7 +395,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("show: give a tuned file (python -m tuner show tuned.yaml) or "
                           "--storage URL [--study-name NAME]")
-    sys.stdout.write(compare.format_show(result, args.format))
+    _out(compare.format_show(result, args.format))
     return 0
 
 
@@ -420,7 +432,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     else results.from_study(where, name))  # type: ignore[arg-type]
     comparison = compare.compare_results(read, alpha=args.alpha, min_ratio=args.min_ratio,
                                          strict=args.strict)
-    sys.stdout.write(compare.format_compare(comparison, args.format))
+    _out(compare.format_compare(comparison, args.format))
     if args.format != "text":
         for warning in comparison.warnings:
             print(f"warning: {warning}", file=sys.stderr)
@@ -441,7 +453,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         report.check_html_path(args.html)
     _quiet_optuna()
     built = report.build(args.storage, args.study_name)
-    sys.stdout.write(report.format_text(built))
+    _out(report.format_text(built))
     if args.html:
         report.write_html(built, args.html)
         print(f"wrote {args.html}")
@@ -536,7 +548,7 @@ def cmd_size(args: argparse.Namespace) -> int:
                                  lambda c, s: sizing.run(c, options, s)) if text is not None \
         else sizing.run(cfg, options, say)
     print()
-    sys.stdout.write(report.format_sizes(sizes.read(outcome.path), "text"))
+    _out(report.format_sizes(sizes.read(outcome.path), "text"))
     print(f"wrote {outcome.path}" + (f" (previous file kept as {outcome.backup})"
                                       if outcome.backup else ""))
     return 130 if outcome.interrupted else 0
@@ -545,7 +557,7 @@ def cmd_size(args: argparse.Namespace) -> int:
 def show_sizes(path: str, fmt: str) -> int:
     from . import report, sizes
 
-    sys.stdout.write(report.format_sizes(sizes.read(path), fmt))
+    _out(report.format_sizes(sizes.read(path), fmt))
     return 0
 
 
@@ -555,7 +567,7 @@ def report_sizes(path: str, html_path: str | None) -> int:
     if html_path:
         report.check_html_path(html_path)
     read = sizes.read(path)
-    sys.stdout.write(report.format_sizes(read, "text"))
+    _out(report.format_sizes(read, "text"))
     if html_path:
         report.write_sizes_html(read, html_path)
         print(f"wrote {html_path}")
@@ -671,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TunerError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_terminal(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -688,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the last resort: commands name the path themselves where they can say more
         if debug:
             traceback.print_exc()
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        print(f"error: {_terminal(os_error_line(exc))}", file=sys.stderr)
         return 1
 
 

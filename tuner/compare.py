@@ -24,6 +24,7 @@ from .errors import ConfigError, StudyMismatchError
 from .host import FINGERPRINT_KEYS, fingerprint_differences
 from .render import Table
 from .results import THREAD_COUNTS, WORKLOAD_KEYS, Result
+from .urls import mask_url
 
 DEFAULT_ALPHA = 0.05
 # Identical configurations measured minutes apart drifted by up to ~4% (README, Performance):
@@ -239,7 +240,9 @@ def _study_line(s: dict[str, Any]) -> str:
     if s.get("n_trials") is not None:
         counts = (f", {s['n_trials']} trials ({s.get('complete')} complete, {s.get('pruned')} "
                   f"pruned, {s.get('fail')} failed)")
-    return f"{s['name']} in {s.get('storage')}{counts}"
+    storage = s.get("storage")
+    # a file written by hand (or by an old tuner) may hold a password: masked like every URL
+    return f"{s['name']} in {mask_url(storage) if isinstance(storage, str) else storage}{counts}"
 
 
 def show_table(r: Result) -> Table:
@@ -299,7 +302,7 @@ def format_show(r: Result, fmt: str) -> str:
         table.header = ["", r.label]
         table.rows = table.rows[1:]
         table.marked = table.marked[1:]
-        return f"### {r.label}\n\n" + table.markdown() + "\n"
+        return f"### {render.markdown(r.label)}\n\n" + table.markdown() + "\n"
     return table.text() + "\n"
 
 
@@ -363,21 +366,21 @@ def format_compare(c: Comparison, fmt: str) -> str:
     if fmt == "markdown":
         out = []
         for w in c.warnings:
-            out.append(f"> **WARNING: different machine or TensorFlow.** {w}\n")
+            out.append(f"> **WARNING: different machine or TensorFlow.** {render.markdown(w)}\n")
         out.append(table.markdown())
         out.append("\nBold rows differ between the results.\n")
         out.append(ratios.markdown())
         out.append("")
-        out += [f"- **{p['label']} / A**: {p['interpretation']}" for p in c.pairs
-                if p["interpretation"]]
-        out += [f"- {n}" for n in c.notes]
+        out += [f"- **{p['label']} / A**: {render.markdown(p['interpretation'])}"
+                for p in c.pairs if p["interpretation"]]
+        out += [f"- {render.markdown(n)}" for n in c.notes]
         return "\n".join(out) + "\n"
     out = []
     if c.warnings:
         bar = "!" * 78
         out += [bar]
         for w in c.warnings:
-            out += textwrap.wrap(f"WARNING: {w}", width=96, initial_indent="!! ",
+            out += textwrap.wrap(f"WARNING: {render.plain(w)}", width=96, initial_indent="!! ",
                                  subsequent_indent="!!   ", break_on_hyphens=False)
         out += [bar, ""]
     out.append(table.text())
@@ -386,9 +389,9 @@ def format_compare(c: Comparison, fmt: str) -> str:
     out += ["", ratios.text(), ""]
     for line in [f"{p['label']} / A: {p['interpretation']}"
                  for p in c.pairs if p["interpretation"]]:
-        out += textwrap.wrap(line, width=100, subsequent_indent="  ")
+        out += textwrap.wrap(render.plain(line), width=100, subsequent_indent="  ")
     for n in c.notes:
-        out += textwrap.wrap(f"note: {n}", width=100, subsequent_indent="  ")
+        out += textwrap.wrap(f"note: {render.plain(n)}", width=100, subsequent_indent="  ")
     return "\n".join(out) + "\n"
 
 

@@ -478,12 +478,20 @@ def open_study(storage: str, name: str | None) -> Any:
     if name is None:
         if len(names) != 1:
             raise ConfigError(f"--study-name: required, {mask_url(storage)} holds "
-                              f"{len(names)} studies: {', '.join(names) or 'none'}")
+                              f"{len(names)} studies: {_names(names)}")
         name = names[0]
     if name not in names:
         raise ConfigError(f"--study-name: no study {name!r} in {mask_url(storage)}; "
-                          f"available: {', '.join(names) or 'none'}")
+                          f"available: {_names(names)}")
     return optuna.load_study(study_name=name, storage=rdb)
+
+
+def _names(names: list[str]) -> str:
+    """A storage's study names for a message: each one line and inert (a name is anyone's text
+    in a shared database)."""
+    from .render import plain
+
+    return ", ".join(plain(n) for n in names) or "none"
 
 
 @dataclass
