@@ -24,7 +24,7 @@ from .errors import ConfigError, StudyMismatchError
 from .host import FINGERPRINT_KEYS, fingerprint_differences
 from .render import Table
 from .results import THREAD_COUNTS, WORKLOAD_KEYS, Result
-from .urls import mask_url
+from .urls import masked
 
 DEFAULT_ALPHA = 0.05
 # Identical configurations measured minutes apart drifted by up to ~4% (README, Performance):
@@ -242,7 +242,7 @@ def _study_line(s: dict[str, Any]) -> str:
                   f"pruned, {s.get('fail')} failed)")
     storage = s.get("storage")
     # a file written by hand (or by an old tuner) may hold a password: masked like every URL
-    return f"{s['name']} in {mask_url(storage) if isinstance(storage, str) else storage}{counts}"
+    return f"{s['name']} in {masked(storage) if isinstance(storage, str) else storage}{counts}"
 
 
 def show_table(r: Result) -> Table:

@@ -19,7 +19,7 @@ from . import tuned
 from .errors import ConfigError, StudyError, TunerError
 from .tuned import BASELINE, EXPERT
 from .tuned import STUDY_ATTR_PREFIX as ATTR
-from .urls import mask_secret, mask_url
+from .urls import mask_secret, mask_url, masked
 
 WORKLOAD_KEYS = ("model", "data", "mode", "batch_size")
 
@@ -424,13 +424,13 @@ def open_read_only(storage: str) -> Any:
 
         backend = make_url(storage).get_backend_name()
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        raise ConfigError(f"--storage: {mask_url(storage)!r} is not a storage URL; expected "
+        raise ConfigError(f"--storage: {masked(storage)!r} is not a storage URL; expected "
                           f"e.g. sqlite:///results/study.db or "
                           f"postgresql://user:password@host/db") from None
     if backend == "sqlite":
         path = make_url(storage).database
         if path and path != ":memory:" and not os.path.isfile(path):
-            raise ConfigError(f"--storage: {mask_url(storage)}: no such database file "
+            raise ConfigError(f"--storage: {masked(storage)}: no such database file "
                               f"({path!r})")
     url = read_only_url(storage)
     kwargs = engine_kwargs(storage)
@@ -450,7 +450,7 @@ def open_read_only(storage: str) -> Any:
         if missing:
             what = ("it has no Optuna tables" if len(missing) == len(OPTUNA_TABLES) else
                     f"Optuna's tables {', '.join(missing)} are missing")
-            raise ConfigError(f"--storage: {mask_url(storage)}: no tuner study here ({what}); "
+            raise ConfigError(f"--storage: {masked(storage)}: no tuner study here ({what}); "
                               f"check the URL")
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
     except TunerError:
@@ -459,7 +459,7 @@ def open_read_only(storage: str) -> Any:
         orig = getattr(exc, "orig", None) or exc
         text = str(orig).strip()
         first = text.splitlines()[0] if text else type(orig).__name__
-        raise StudyError(f"--storage: cannot open {mask_url(storage)}: "
+        raise StudyError(f"--storage: cannot open {masked(storage)}: "
                          f"{mask_secret(first, storage)}") from None
 
 
@@ -473,15 +473,15 @@ def open_study(storage: str, name: str | None) -> Any:
         names = optuna.get_all_study_names(storage=rdb)
     except Exception as exc:  # noqa: BLE001 - as in open_read_only
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StudyError(f"--storage: cannot open {mask_url(storage)}: "
+        raise StudyError(f"--storage: cannot open {masked(storage)}: "
                          f"{mask_secret(first, storage)}") from None
     if name is None:
         if len(names) != 1:
-            raise ConfigError(f"--study-name: required, {mask_url(storage)} holds "
+            raise ConfigError(f"--study-name: required, {masked(storage)} holds "
                               f"{len(names)} studies: {_names(names)}")
         name = names[0]
     if name not in names:
-        raise ConfigError(f"--study-name: no study {name!r} in {mask_url(storage)}; "
+        raise ConfigError(f"--study-name: no study {name!r} in {masked(storage)}; "
                           f"available: {_names(names)}")
     return optuna.load_study(study_name=name, storage=rdb)
 
@@ -583,8 +583,8 @@ def from_study(storage: str, name: str | None) -> Result:
         settings = last.get("settings")
         if settings is None and verdict == "defaults":
             settings = knobs.default_settings()
-        if settings is None:
-            settings = _settings_from_output(last.get("output"), record.name)
+        # a study is data, not instructions: its "output" (where the search wrote its tuned
+        # file) is never opened, whatever path it names
         if settings is None:
             settings = best.user_attrs.get("settings", best.params)
             notes.append(f"this study predates recording the validated settings: showing the best "
@@ -637,16 +637,3 @@ def _trial_block(t: Any) -> dict[str, Any] | None:
     if t is None:
         return None
     return {"median": t.user_attrs["throughput"]["median"]}
-
-
-def _settings_from_output(output: Any, study_name: str) -> dict[str, Any] | None:
-    """The settings in the tuned file the last search wrote, if it is still that study's."""
-    if not isinstance(output, str) or not os.path.isfile(output):
-        return None
-    try:
-        doc = tuned.load(output)
-    except ConfigError:
-        return None
-    if (doc.get("study") or {}).get("name") != study_name:
-        return None
-    return doc["settings"]

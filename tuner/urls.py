@@ -125,10 +125,16 @@ def mask_secret(text: str, url: str) -> str:
     return text
 
 
+def masked(url: str) -> str:
+    """A storage URL for a message, unquoted: secrets masked, control characters escaped, cut
+    short."""
+    from . import render  # render imports nothing of tuner: no cycle
+
+    text = render.plain(mask_url(url))
+    return text if len(text) <= 160 else text[:150] + "..."
+
+
 def shown(url: object) -> str:
     """A storage URL for a message: secrets masked, control characters escaped, quoted the way
     ``repr`` would and cut short; something that is not a string is named by its type."""
-    from . import render  # render imports nothing of tuner: no cycle
-
-    text = render.plain(mask_url(url) if isinstance(url, str) else type(url).__name__)
-    return repr(text if len(text) <= 160 else text[:150] + "...")
+    return repr(masked(url) if isinstance(url, str) else type(url).__name__)
