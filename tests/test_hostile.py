@@ -1659,3 +1659,34 @@ def test_reading_commands_hold_the_contract_in_a_real_process(tmp_path, argv):
         assert proc.returncode == 2, (command, proc.stderr)
         _one_error(proc.stderr, f"{bad}: {field}: ", expected)
         assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("storage,mode", [
+    ("postgresql://bob:s3cret@db/x", 0o600),
+    ("sqlite+pysqlcipher://:s3cret@/x.db", 0o600),
+    ("sqlite:///results/study.db", 0o600),
+])
+def test_a_tuned_file_honours_the_umask(tmp_path, storage, mode):
+    doc = yaml.safe_load(BRANCHY.read_text())
+    doc["study"]["storage"] = urls.mask_url(storage)
+    path = tmp_path / "tuned.yaml"
+    old = os.umask(0o077)
+    try:
+        tuned.write(doc, path, study_name="branchy", storage=storage, force=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert "s3cret" not in path.read_text()
+
+
+def test_a_tuned_file_replaces_a_symlink_and_leaves_its_target_alone(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.chmod(victim, 0o600)
+    path = tmp_path / "tuned.yaml"
+    path.symlink_to(victim)
+    doc = yaml.safe_load(BRANCHY.read_text())
+    tuned.write(doc, path, study_name="branchy", storage="sqlite:///x.db", force=True)
+    assert victim.read_text() == "precious\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert not path.is_symlink() and "branchy" in path.read_text()

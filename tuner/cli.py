@@ -295,9 +295,13 @@ def _with_model_config(cfg: Any, text: str, where: Any, say: Any, run: Any) -> A
     """``search --model`` / ``size --model``: the generated config written beside the result
     before the run (so an interrupted run resumes from it), and taken back when the model fails
     its preflight or the run is refused before it started."""
-    from . import modelfile
+    from . import files, modelfile
     from .errors import WorkloadError
 
+    # both outputs proven creatable before anything is written or any child starts
+    files.check_writable(where, "--output", "the generated config", make_folders=True)
+    if getattr(cfg, "output", None):
+        files.check_writable(cfg.output, "--output", "the tuned YAML", make_folders=True)
     written = modelfile.write(text, where)
     say(f"config: {where}" + (" (written)" if written.created else " (as before)"))
     try:

@@ -9,7 +9,6 @@ user attributes.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -395,8 +394,7 @@ def _write_page(text: str, path: str) -> None:
     check_html_path(path)  # write_text_atomic would create a missing folder
     try:
         # a temporary file renamed into place: a failed write leaves no half report behind
-        write_text_atomic(path, text)
-        os.chmod(path, 0o644)  # a report is for sharing; mkstemp made it private
+        write_text_atomic(path, text)   # the umask's mode, set before the rename
     except OSError as exc:
         raise StudyError(f"--html: cannot write {path}: {exc.strerror or exc}") from None
 

@@ -180,7 +180,9 @@ def write(data: dict[str, Any], path: str | Path, *, study_name: str, storage: s
     try:
         if path.exists():
             backup = keep_history(path)
-        write_text_atomic(path, text)
+        # the umask's mode; 0600 when the storage URL had credentials: it is masked, but the
+        # user and host it names are for its owner only
+        write_text_atomic(path, text, private=names_credentials(storage))
     except OSError as exc:
         if backup is not None:  # the previous file is still in place: no history to keep
             try:
@@ -189,10 +191,6 @@ def write(data: dict[str, Any], path: str | Path, *, study_name: str, storage: s
                 pass
         raise StudyError(f"--output: cannot write {path}: {exc.strerror or exc}; the previous "
                          f"file is unchanged and the trials are kept in the study") from None
-    if not names_credentials(storage):
-        os.chmod(path, 0o644)
-    # else the file stays as mkstemp made it, 0600: its storage URL is masked, but the user and
-    # host it names are for its owner only
     retired = _retire_unvalidated(path) if data.get("verdict") in VALIDATED else None
     return Written(path, backup, kept, retired)
 
