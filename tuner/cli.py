@@ -601,10 +601,14 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None,
               f"[{result['speedup_ci95'][0]:.3f}, {result['speedup_ci95'][1]:.3f}] "
               f"p={result['p_value']:.3g}")
     elif "rejected" in result:
+        from .render import interval, num
+
         r = result["rejected"]
-        print(f"  best candidate (trial {r['trial']}): {r['speedup']:.3f}x "
-              f"[{r['speedup_ci95'][0]:.3f}, {r['speedup_ci95'][1]:.3f}] p={r['p_value']:.3g} "
-              f"- not adopted: {r.get('rejected_because') or 'not significant'}")
+        ci, p = r.get("speedup_ci95"), r.get("p_value")
+        print(f"  best candidate (trial {r['trial']}): {num(r.get('speedup'), 3)}x"
+              + (f" [{interval(ci, 3)}]" if ci else "")
+              + (f" p={p:.3g}" if p is not None else " (not tested)")
+              + f" - not adopted: {r.get('rejected_because') or 'not significant'}")
     expert = doc.get("search", {}).get("expert_rule", {})
     if expert.get("speedup_in_search") is not None:
         print(f"  expert rule (intra={expert['settings']['intra_op_parallelism_threads']}, "

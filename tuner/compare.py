@@ -197,10 +197,10 @@ def _tp(block: dict[str, Any] | None) -> str:
 
 
 def _speedup(r: Result) -> str:
+    if r.verdict == "defaults":   # its settings are the baseline: nothing of its own to show
+        return "defaults kept"
     if r.speedup is None:
         return "-"
-    if r.verdict == "defaults":
-        return "1.000x (defaults kept)"
     ci = f" ({render.interval(r.speedup_ci95, 3)})" if r.speedup_ci95 else ""
     p = f" p={r.p_value:.3g}" if r.p_value is not None else ""
     return f"{r.speedup:.3f}x{ci}{p}"
@@ -263,10 +263,12 @@ def show_table(r: Result) -> Table:
     t.add("speedup", _speedup(r))
     if r.rejected:
         rj = r.rejected
-        t.add("best candidate", f"trial {rj.get('trial')}: {rj.get('speedup', 0):.3f}x "
-                                f"({render.interval(rj.get('speedup_ci95'), 3)}) "
-                                f"p={rj.get('p_value', 1):.3g}, not adopted: "
-                                f"{rj.get('rejected_because') or 'not significant'}")
+        ci, p = rj.get("speedup_ci95"), rj.get("p_value")
+        t.add("best candidate", f"trial {rj.get('trial')}: {render.num(rj.get('speedup'), 3)}x"
+                                + (f" ({render.interval(ci, 3)})" if ci else "")
+                                + (f" p={p:.3g}" if p is not None else " (not tested)")
+                                + f", not adopted: "
+                                  f"{rj.get('rejected_because') or 'not significant'}")
     sat = render.num(r.cpu_saturation, 2)
     if r.baseline_cpu_saturation is not None:
         sat += f" (baseline {r.baseline_cpu_saturation:.2f})"

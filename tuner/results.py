@@ -104,8 +104,13 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
         machine=dict(doc.get("machine") or {}),
         workload={k: workload.get(k) for k in WORKLOAD_KEYS},
         throughput=throughput, baseline=baseline,
-        speedup=result.get("speedup"), speedup_ci95=result.get("speedup_ci95"),
-        p_value=result.get("p_value"), cpu_saturation=result.get("cpu_saturation"),
+        # a defaults file's settings are the baseline: no speedup of its own. Its result holds
+        # the rejected candidate's numbers (format 1 files before #24 held 1.0, [1, 1] and 1.0
+        # there, made up), shown from result.rejected
+        **({"speedup": None, "speedup_ci95": None, "p_value": None} if verdict == "defaults"
+           else {"speedup": result.get("speedup"), "speedup_ci95": result.get("speedup_ci95"),
+                 "p_value": result.get("p_value")}),
+        cpu_saturation=result.get("cpu_saturation"),
         baseline_cpu_saturation=result.get("baseline_cpu_saturation"),
         evidence=_evidence(throughput, verdict),
         study={k: study.get(k) for k in ("name", "storage", "n_trials", "complete", "pruned",

@@ -13,7 +13,9 @@ Format history (``format_version``):
      result.carried_by (the structured search: the knobs that carry the gain),
      validation.detectable_speedup (when the defaults are kept: the smallest win the rounds
      would have confirmed with 80% power) and validation.sequential (the looks of the
-     sequential final rounds).
+     sequential final rounds). A defaults verdict's result.speedup, speedup_ci95 and p_value
+     hold the rejected candidate's measured numbers (null when none was compared; p_value null
+     when it failed during validation), no longer a made-up 1.0, [1, 1], 1.0.
 """
 
 from __future__ import annotations
