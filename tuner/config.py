@@ -415,6 +415,9 @@ def parse(data: Any, path: Path) -> Config:
         raise ConfigError(f"{_where(path, 'workload')}: missing; it needs model, data and mode "
                           f"(or a model file: model: path/to/model.keras)")
     if is_model_file(wl):
+        from . import kerascheck
+
+        kerascheck.check(_where(path, "workload.model"))   # before any child loads the file
         workload = _model_file_workload(wl, path, base_dir)
     else:
         for key in MODEL_FILE_KEYS:
