@@ -33,7 +33,7 @@ import yaml
 from ._version import __version__
 from .errors import ConfigError, StudyError, StudyMismatchError
 from .files import write_text_atomic
-from .urls import mask_url
+from .urls import mask_url, masked
 
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -102,7 +102,8 @@ def check_replaceable(path: str | Path, study_name: str, storage: str, force: bo
     if isinstance(owner, dict) and owner.get("name") == study_name and \
             owner.get("storage") == mask_url(storage):
         return
-    which = (f"study {owner.get('name')!r} in {owner.get('storage')}" if isinstance(owner, dict)
+    which = (f"study {owner.get('name')!r} in {masked(str(owner.get('storage')))}"
+             if isinstance(owner, dict)
              else "something that is not a tuned file of this study")
     raise StudyMismatchError(f"--output: {str(path)!r} already holds {which}; choose another "
                              f"--output or pass --force to replace it (it is kept as "
