@@ -896,7 +896,7 @@ def test_report_html_into_an_unwritable_directory_is_one_line(optuna_study, tmp_
         proc = _tuner("report", "--storage", optuna_study, "--html", str(target))
         code, err = proc.returncode, proc.stderr
     else:  # root writes into any directory: the directory answers as it would to a user
-        from tuner import files   # the one writability check (--html included)
+        from tuner import files  # the one writability check (--html included)
 
         real_access = os.access
         monkeypatch.setattr(files.os, "access", lambda path, mode: real_access(path, mode)
