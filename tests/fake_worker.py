@@ -12,9 +12,12 @@ each measurement draws it from its own seeded stream, so a search is reproducibl
 ``FAKE_BEHAVIOUR`` makes
 chosen trials misbehave: ``crash-intra-N`` (os.abort when intra == N), ``hang-intra-N``,
 ``raise-intra-N``, ``garble-intra-N``, ``exit-intra-N``, ``crash-all``, ``crash-measure``
-(every trial, not the preflight), ``preflight-fail``. A model file's batch size (the
-setting ``batch_size``, else the task's) scales throughput by batch/(batch+4), 1x at 32, and the
-step latency with it. With several instances each reports its
+(every trial, not the preflight), ``preflight-fail``; with ``FAKE_BEHAVIOUR_FROM=PATH`` only
+once PATH exists (a test creates it, e.g. after a given validation round, to fail a configuration
+from that round on), and as the file says when it is not empty (``crash-intra-3``, or
+``crash-settings-{JSON}``: the one configuration whose flat settings are that JSON). A model
+file's batch size (the setting ``batch_size``, else the task's) scales throughput by
+batch/(batch+4), 1x at 32, and the step latency with it. With several instances each reports its
 share of the throughput, times ``FAKE_INSTANCE_GAIN`` (default 1: instances neither help nor
 hurt), so per-step latency grows with the instance count. ``FAKE_TF_VERSION`` is the TensorFlow
 version the preflight reports (default fake-1.0): another value is another machine type.
@@ -117,12 +120,21 @@ def misbehave(kind: str, settings: dict) -> str | None:
     spec = os.environ.get("FAKE_BEHAVIOUR", "")
     if not spec:
         return None
+    gate = os.environ.get("FAKE_BEHAVIOUR_FROM")
+    if gate:   # misbehave only once the test created this file; what it holds, if anything
+        if not os.path.exists(gate):
+            return None
+        with open(gate) as f:
+            spec = f.read().strip() or spec
     if spec == "crash-all":
         return "crash"
     if spec == "crash-measure":
         return "crash" if kind == "measure" else None
     if spec == "preflight-fail":
         return "raise" if kind == "preflight" else None
+    action, _, value = spec.partition("-settings-")
+    if value:   # one configuration exactly: ACTION-settings-{json of its flat settings}
+        return action if kind == "measure" and json.loads(value) == settings else None
     action, _, value = spec.partition("-intra-")
     if value and kind == "measure" and settings.get("intra_op_parallelism_threads") == int(value):
         return action

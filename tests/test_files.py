@@ -68,3 +68,79 @@ def test_write_text_atomic_makes_folders_and_leaves_no_temporary_file(tmp_path):
     files.write_text_atomic(target, "two\n", durable=False)
     assert target.read_text() == "two\n"
     assert os.listdir(target.parent) == ["t.yaml"]
+
+
+# -- every output proven creatable before the first child (#24) ---------------------------------
+
+
+def test_an_output_whose_folder_cannot_be_made_is_refused_though_access_says_yes(tmp_path):
+    # os.access says root may write under /proc; only creating something there tells the truth
+    assert os.access("/proc", os.W_OK) or os.geteuid() != 0
+    with pytest.raises(ConfigError) as err:
+        files.check_writable("/proc/nope/t.yaml", "--output", "the tuned YAML", make_folders=True)
+    assert str(err.value).startswith("--output: /proc/nope/t.yaml: cannot create a file in "
+                                     "'/proc/nope': ")
+
+
+def test_the_probe_leaves_nothing_behind(tmp_path):
+    files.check_writable(tmp_path / "a" / "b" / "t.yaml", "--output", "the tuned YAML",
+                         make_folders=True)
+    files.check_writable(tmp_path / "t.yaml", "--output", "the tuned YAML", make_folders=True)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_folder_that_refuses_files_is_found_by_the_probe(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    with pytest.raises(ConfigError) as err:
+        files.check_writable(tmp_path / "new" / "r.html", "--html", "the report",
+                             make_folders=True)
+    assert str(err.value) == (f"--html: {tmp_path}/new/r.html: cannot create a file in "
+                              f"'{tmp_path}/new': Read-only file system")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["search", "--config", "{config}", "--output", "/proc/nope/t.yaml"],
+    ["size", "--config", "{config}", "--output", "/proc/nope/sizes.yaml"],
+    ["search", "--config", "{config}", "--output", "{tmp}/file.txt/t.yaml"],
+])
+def test_search_and_size_refuse_an_uncreatable_output_in_seconds(fake_worker, write_config,
+                                                                  capsys, tmp_path, argv):
+    import time
+
+    from helpers import assert_one_error_line, run_cli
+
+    (tmp_path / "file.txt").write_text("x\n")
+    config = write_config()
+    started = time.monotonic()
+    code, _, err = run_cli(capsys, *(a.format(config=config, tmp=tmp_path) for a in argv))
+    assert time.monotonic() - started < 10
+    assert_one_error_line(code, err, "--output")
+    assert not (tmp_path / "results").exists()   # no study, no preflight: nothing ran
+
+
+@pytest.mark.parametrize("mask,private,mode", [
+    (0o022, False, 0o644), (0o077, False, 0o600), (0o027, False, 0o640), (0o002, False, 0o664),
+    (0o022, True, 0o600),
+])
+def test_written_files_honour_the_umask(tmp_path, mask, private, mode):
+    old = os.umask(mask)
+    try:
+        files.write_text_atomic(tmp_path / "f.yaml", "x\n", private=private)
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "f.yaml").st_mode & 0o777 == mode
+
+
+def test_a_write_never_follows_a_symlink_at_the_target(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.chmod(victim, 0o600)
+    link = tmp_path / "t.yaml"
+    link.symlink_to(victim)
+    files.write_text_atomic(link, "new\n")
+    assert victim.read_text() == "precious\n" and victim.stat().st_mode & 0o777 == 0o600
+    assert not link.is_symlink() and link.read_text() == "new\n"

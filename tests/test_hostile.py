@@ -896,10 +896,10 @@ def test_report_html_into_an_unwritable_directory_is_one_line(optuna_study, tmp_
         proc = _tuner("report", "--storage", optuna_study, "--html", str(target))
         code, err = proc.returncode, proc.stderr
     else:  # root writes into any directory: the directory answers as it would to a user
-        from tuner import report
+        from tuner import files  # the one writability check (--html included)
 
         real_access = os.access
-        monkeypatch.setattr(report.os, "access", lambda path, mode: real_access(path, mode)
+        monkeypatch.setattr(files.os, "access", lambda path, mode: real_access(path, mode)
                             and Path(path) != locked)
         code, err = cli.main(["report", "--storage", optuna_study, "--html", str(target)]), \
             capsys.readouterr().err
@@ -1692,3 +1692,34 @@ def test_reading_commands_hold_the_contract_in_a_real_process(tmp_path, argv):
         assert proc.returncode == 2, (command, proc.stderr)
         _one_error(proc.stderr, f"{bad}: {field}: ", expected)
         assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("storage,mode", [
+    ("postgresql://bob:s3cret@db/x", 0o600),
+    ("sqlite+pysqlcipher://:s3cret@/x.db", 0o600),
+    ("sqlite:///results/study.db", 0o600),
+])
+def test_a_tuned_file_honours_the_umask(tmp_path, storage, mode):
+    doc = yaml.safe_load(BRANCHY.read_text())
+    doc["study"]["storage"] = urls.mask_url(storage)
+    path = tmp_path / "tuned.yaml"
+    old = os.umask(0o077)
+    try:
+        tuned.write(doc, path, study_name="branchy", storage=storage, force=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert "s3cret" not in path.read_text()
+
+
+def test_a_tuned_file_replaces_a_symlink_and_leaves_its_target_alone(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.chmod(victim, 0o600)
+    path = tmp_path / "tuned.yaml"
+    path.symlink_to(victim)
+    doc = yaml.safe_load(BRANCHY.read_text())
+    tuned.write(doc, path, study_name="branchy", storage="sqlite:///x.db", force=True)
+    assert victim.read_text() == "precious\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert not path.is_symlink() and "branchy" in path.read_text()

@@ -541,3 +541,23 @@ def test_a_structured_study_takes_the_carried_winner_as_a_reference(tmp_path):
     # a resumed size does not get it twice
     sizing._enqueue_carried(st, (2, won), 4, lines.append)
     assert len(lines) == 1
+
+
+def test_a_sizes_file_prints_its_text_inert_in_every_format(sized, tmp_path, capsys):
+    # workload.model and interrupted are free text: control characters escaped, markup escaped
+    bad = _broken(sized, tmp_path, lambda doc: doc.update(
+        workload={**doc["workload"], "model": "m.keras\x1b]0;pwned\x07<img src=x>"},
+        interrupted="stopped\n\x1b[2Jfake line"))
+    for argv, shown in ((["show", str(bad)], "\\x1b]0;pwned\\x07"),
+                        (["report", str(bad)], "stopped\\n\\x1b[2Jfake line"),
+                        (["show", str(bad), "--format", "markdown"],
+                         "\\\\x1b\\]0;pwned\\\\x07")):   # markdown: the backslash escaped too
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 0, err
+        assert "\x1b" not in out and "\x07" not in out and "\nfake line" not in out
+        assert shown in out, out
+    assert "\\<img src=x\\>" in out and "<img src=x>" not in out.replace("\\<img src=x\\>", "")
+    page = tmp_path / "s.html"
+    code, _, err = run_cli(capsys, "report", str(bad), "--html", str(page))
+    assert code == 0, err
+    assert "<img src=x>" not in page.read_text() and "\x1b" not in page.read_text()

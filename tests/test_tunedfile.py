@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from helpers import (
+    FIXTURES,
+    run_cli,
     settings_doc,
 )
 
@@ -22,7 +25,7 @@ def test_unknown_format_version_is_refused(tmp_path):
 
 
 
-def test_check_settings_accepts_options_and_knobs_and_old_files():
+def test_check_settings_accepts_options_and_knobs():
     check_settings(settings_doc()["settings"], "t.yaml")
     check_settings(settings_doc(tf_data={"private_threadpool_size": 2,
                                        "autotune": {"enabled": False, "cpu_budget": 2,
@@ -30,6 +33,42 @@ def test_check_settings_accepts_options_and_knobs_and_old_files():
                                        "optimization": {"map_parallelization": True}},
                               knobs={"map_parallelism": "autotune", "prefetch": 2,
                                      "ratio": 0.5, "name": None})["settings"], "t.yaml")
+
+
+# Real files written by the first tuner with validation (commit df48d06, format_version 1, with
+# its own fake worker): settings without allocator, cpus, instances or knobs; objective a plain
+# string; a defaults verdict holding the made-up speedup 1.0, [1.0, 1.0], p 1.0 of that time.
+OLD = {"tuned": FIXTURES / "old-df48d06-tuned.yaml",
+       "defaults": FIXTURES / "old-df48d06-defaults.yaml"}
+
+
+@pytest.mark.parametrize("verdict", ["tuned", "defaults"])
+def test_old_files_are_read_by_every_reader(verdict, capsys):
+    from tuner import launch, results, tunedfile
+
+    path = OLD[verdict]
+    raw = yaml.safe_load(path.read_text())
+    assert "written by tuner 0.1.0" in path.read_text()
+    assert not {"allocator", "cpus", "instances", "knobs"} & set(raw["settings"])
+    assert raw["objective"] == "throughput" and raw["verdict"] == verdict
+    read = tunedfile.read(path)
+    assert read.verdict == verdict
+    check_settings(read.settings, str(path))
+    shown = results.from_tuned_file(path)
+    env = launch.export(str(path), "shell")
+    code, out, err = run_cli(capsys, "show", str(path))
+    assert (code, err) == (0, "")
+    if verdict == "tuned":
+        assert shown.speedup == raw["result"]["speedup"] > 1.1
+        assert "export TF_NUM_INTRAOP_THREADS=2" in env
+        assert f"{raw['result']['speedup']:.3f}x" in out
+    else:
+        # the old made-up numbers are not shown as a measurement: the candidate's are
+        assert raw["result"]["speedup"] == 1.0 and raw["result"]["p_value"] == 1.0
+        assert shown.speedup is None and shown.p_value is None
+        assert "defaults kept" in out and "1.000x" not in out
+        assert f"trial {raw['result']['rejected']['trial']}: " in out
+        assert "TF_NUM_INTRAOP_THREADS" not in env
 
 
 @pytest.mark.parametrize("settings,message", [

@@ -76,3 +76,27 @@ def test_a_required_builder_argument_must_be_a_declared_knob():
                                                      "a declared knob"):
         _plan([], data=build_data)
     assert _plan(["batch_size"], data=build_data).accepts == {"batch_size": ["data"]}
+
+
+def test_a_model_file_searchs_data_module_is_not_shadowed_by_the_results_folder(tmp_path,
+                                                                             monkeypatch):
+    # the generated config of `search --model m.keras --data mod:fn` lives in results/<name>:
+    # a results folder, not code; a module there must not win over the user's own
+    import sys
+
+    from tuner import workload
+
+    user, generated = tmp_path / "work", tmp_path / "results" / "m"
+    user.mkdir()
+    generated.mkdir(parents=True)
+    (user / "tuner_t24_data.py").write_text("def fn():\n    return 'user'\n")
+    (generated / "tuner_t24_data.py").write_text("def fn():\n    return 'planted'\n")
+    monkeypatch.setattr(sys, "path", [str(user), *sys.path])   # python -m: the cwd first
+    monkeypatch.delitem(sys.modules, "tuner_t24_data", raising=False)
+    fn = workload._load_callable("tuner_t24_data:fn", str(generated), "data", base_first=False)
+    assert fn() == "user"
+    assert sys.path[0] == str(user) and sys.path[-1] == str(generated)
+    monkeypatch.delitem(sys.modules, "tuner_t24_data")
+    # a builder config's own folder still comes first (its modules are the user's)
+    fn = workload._load_callable("tuner_t24_data:fn", str(generated), "data")
+    assert fn() == "planted" and sys.path[0] == str(generated)

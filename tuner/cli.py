@@ -359,9 +359,13 @@ def _with_model_config(cfg: Any, text: str, where: Any, say: Any, run: Any) -> A
     """``search --model`` / ``size --model``: the generated config written beside the result
     before the run (so an interrupted run resumes from it), and taken back when the model fails
     its preflight or the run is refused before it started."""
-    from . import modelfile
+    from . import files, modelfile
     from .errors import WorkloadError
 
+    # both outputs proven creatable before anything is written or any child starts
+    files.check_writable(where, "--output", "the generated config", make_folders=True)
+    if getattr(cfg, "output", None):
+        files.check_writable(cfg.output, "--output", "the tuned YAML", make_folders=True)
     written = modelfile.write(text, where)
     say(f"config: {where}" + (" (written)" if written.created else " (as before)"))
     try:
@@ -383,15 +387,15 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     text = args.format == "text"
     if text:
         what = cfg.workload.model if args.model else cfg.path
-        print(f"diagnosing {what}: about {args.seconds:g} s of measuring plus start-up",
-              file=sys.stderr)
+        print(f"diagnosing {_terminal(str(what))}: about {args.seconds:g} s of measuring plus "
+              f"start-up", file=sys.stderr)
 
     def waiting() -> None:
         print("waiting: another tuner process is measuring on this host", file=sys.stderr)
 
     report = diagnose_mod.diagnose(cfg, args.seconds, worker=worker_command(), on_wait=waiting)
     if text:
-        sys.stdout.write(diagnose_mod.format_text(report))
+        _out(diagnose_mod.format_text(report))
     else:
         print(json.dumps(report, indent=2))
     return 0
@@ -416,11 +420,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     accept = {"allow_env": args.allow_env, "allow_unvalidated": args.allow_unvalidated,
               "size": args.size}
     text = launch.export(args.tuned, args.format, **accept)
-    sys.stdout.write(text)
+    _out(text)
     if args.format == "docker":
         for note in launch.notes_for_stderr(args.tuned, **accept):  # same row as the flags
             print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def _terminal(text: str) -> str:
+    from .render import terminal
+
+    return terminal(text)
+
+
+def _out(text: str) -> None:
+    """Every printout of a command goes out through here: a value from a file, a study or a
+    model that slipped past its printer's escaping still cannot act on the terminal."""
+    sys.stdout.write(_terminal(text))
 
 
 def _quiet_optuna() -> None:
@@ -448,7 +464,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("show: give a tuned file (python -m tuner show tuned.yaml) or "
                           f"--storage URL [--study-name NAME] (or set ${STORAGE_ENV})")
-    sys.stdout.write(compare.format_show(result, args.format))
+    _out(compare.format_show(result, args.format))
     return 0
 
 
@@ -489,7 +505,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     else results.from_study(where, name))  # type: ignore[arg-type]
     comparison = compare.compare_results(read, alpha=args.alpha, min_ratio=args.min_ratio,
                                          strict=args.strict)
-    sys.stdout.write(compare.format_compare(comparison, args.format))
+    _out(compare.format_compare(comparison, args.format))
     if args.format != "text":
         for warning in comparison.warnings:
             print(f"warning: {warning}", file=sys.stderr)
@@ -514,7 +530,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         report.check_html_path(args.html)
     _quiet_optuna()
     built = report.build(storage, args.study_name)
-    sys.stdout.write(report.format_text(built))
+    _out(report.format_text(built))
     if args.html:
         report.write_html(built, args.html)
         print(f"wrote {args.html}")
@@ -624,7 +640,7 @@ def cmd_size(args: argparse.Namespace) -> int:
                                  lambda c, s: sizing.run(c, options, s)) if text is not None \
         else sizing.run(cfg, options, say)
     print()
-    sys.stdout.write(report.format_sizes(sizes.read(outcome.path), "text"))
+    _out(report.format_sizes(sizes.read(outcome.path), "text"))
     print(f"wrote {outcome.path}" + (f" (previous file kept as {outcome.backup})"
                                       if outcome.backup else ""))
     return 130 if outcome.interrupted else 0
@@ -633,7 +649,7 @@ def cmd_size(args: argparse.Namespace) -> int:
 def show_sizes(path: str, fmt: str) -> int:
     from . import report, sizes
 
-    sys.stdout.write(report.format_sizes(sizes.read(path), fmt))
+    _out(report.format_sizes(sizes.read(path), fmt))
     return 0
 
 
@@ -643,7 +659,7 @@ def report_sizes(path: str, html_path: str | None) -> int:
     if html_path:
         report.check_html_path(html_path)
     read = sizes.read(path)
-    sys.stdout.write(report.format_sizes(read, "text"))
+    _out(report.format_sizes(read, "text"))
     if html_path:
         report.write_sizes_html(read, html_path)
         print(f"wrote {html_path}")
@@ -674,8 +690,9 @@ def print_summary(doc: dict[str, Any], path: str, backup: str | None,
               f"{render.ratio(result['speedup'], result['speedup_ci95'], result['p_value'])}")
     elif "rejected" in result:
         r = result["rejected"]
-        print(f"  best candidate (trial {r['trial']}): "
-              f"{render.ratio(r['speedup'], r['speedup_ci95'], r['p_value'])}"
+        ratio = render.ratio(r.get("speedup"), r.get("speedup_ci95"), r.get("p_value"),
+                             untested=True)
+        print(f"  best candidate (trial {r['trial']}): {ratio}"
               f" - not adopted: {r.get('rejected_because') or 'not significant'}")
     expert = doc.get("search", {}).get("expert_rule", {})
     if expert.get("speedup_in_search") is not None:
@@ -759,7 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TunerError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_terminal(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -776,7 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the last resort: commands name the path themselves where they can say more
         if debug:
             traceback.print_exc()
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        print(f"error: {_terminal(os_error_line(exc))}", file=sys.stderr)
         return 1
 
 

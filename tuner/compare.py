@@ -24,6 +24,7 @@ from .errors import ConfigError, StudyMismatchError
 from .host import FINGERPRINT_KEYS, fingerprint_differences
 from .render import Table
 from .results import THREAD_COUNTS, WORKLOAD_KEYS, Result, workload_text
+from .urls import masked
 
 DEFAULT_ALPHA = 0.05
 # Identical configurations measured minutes apart drifted by up to ~4% (README, Performance):
@@ -195,10 +196,10 @@ def _tp(block: dict[str, Any] | None) -> str:
 
 
 def _speedup(r: Result) -> str:
+    if r.verdict == "defaults":   # its settings are the baseline: nothing of its own to show
+        return "defaults kept"
     if r.speedup is None:
         return "-"
-    if r.verdict == "defaults":
-        return "1.000x (defaults kept)"
     return render.ratio(r.speedup, r.speedup_ci95, r.p_value)
 
 
@@ -236,7 +237,9 @@ def _study_line(s: dict[str, Any]) -> str:
     if s.get("n_trials") is not None:
         counts = (f", {s['n_trials']} trials ({s.get('complete')} complete, {s.get('pruned')} "
                   f"pruned, {s.get('fail')} failed)")
-    return f"{s['name']} in {s.get('storage')}{counts}"
+    storage = s.get("storage")
+    # a file written by hand (or by an old tuner) may hold a password: masked like every URL
+    return f"{s['name']} in {masked(storage) if isinstance(storage, str) else storage}{counts}"
 
 
 def show_table(r: Result) -> Table:
@@ -257,7 +260,8 @@ def show_table(r: Result) -> Table:
     t.add("speedup", _speedup(r))
     if r.rejected:
         rj = r.rejected
-        ratio = render.ratio(rj.get("speedup", 0), rj.get("speedup_ci95"), rj.get("p_value"))
+        ratio = render.ratio(rj.get("speedup"), rj.get("speedup_ci95"), rj.get("p_value"),
+                             untested=True)
         t.add("best candidate", f"trial {rj.get('trial')}: {ratio}, not adopted: "
                                 f"{rj.get('rejected_because') or 'not significant'}")
     sat = render.num(r.cpu_saturation, 2)
@@ -293,7 +297,7 @@ def format_show(r: Result, fmt: str) -> str:
         table.header = ["", r.label]
         table.rows = table.rows[1:]
         table.marked = table.marked[1:]
-        return f"### {r.label}\n\n" + table.markdown() + "\n"
+        return f"### {render.markdown(r.label)}\n\n" + table.markdown() + "\n"
     return table.text() + "\n"
 
 
@@ -357,21 +361,21 @@ def format_compare(c: Comparison, fmt: str) -> str:
     if fmt == "markdown":
         out = []
         for w in c.warnings:
-            out.append(f"> **WARNING: different machine or TensorFlow.** {w}\n")
+            out.append(f"> **WARNING: different machine or TensorFlow.** {render.markdown(w)}\n")
         out.append(table.markdown())
         out.append("\nBold rows differ between the results; - = not recorded.\n")
         out.append(ratios.markdown())
         out.append("")
-        out += [f"- **{p['label']} / A**: {p['interpretation']}" for p in c.pairs
-                if p["interpretation"]]
-        out += [f"- {n}" for n in c.notes]
+        out += [f"- **{p['label']} / A**: {render.markdown(p['interpretation'])}"
+                for p in c.pairs if p["interpretation"]]
+        out += [f"- {render.markdown(n)}" for n in c.notes]
         return "\n".join(out) + "\n"
     out = []
     if c.warnings:
         bar = "!" * 78
         out += [bar]
         for w in c.warnings:
-            out += textwrap.wrap(f"WARNING: {w}", width=96, initial_indent="!! ",
+            out += textwrap.wrap(f"WARNING: {render.plain(w)}", width=96, initial_indent="!! ",
                                  subsequent_indent="!!   ", break_on_hyphens=False)
         out += [bar, ""]
     out.append(table.text())
@@ -380,9 +384,9 @@ def format_compare(c: Comparison, fmt: str) -> str:
     out += ["", ratios.text(), ""]
     for line in [f"{p['label']} / A: {p['interpretation']}"
                  for p in c.pairs if p["interpretation"]]:
-        out += textwrap.wrap(line, width=100, subsequent_indent="  ")
+        out += textwrap.wrap(render.plain(line), width=100, subsequent_indent="  ")
     for n in c.notes:
-        out += textwrap.wrap(f"note: {n}", width=100, subsequent_indent="  ")
+        out += textwrap.wrap(f"note: {render.plain(n)}", width=100, subsequent_indent="  ")
     return "\n".join(out) + "\n"
 
 

@@ -421,6 +421,9 @@ def parse(data: Any, path: Path) -> Config:
         raise ConfigError(f"{_where(path, 'workload')}: missing; it needs model, data and mode "
                           f"(or a model file: model: path/to/model.keras)")
     if is_model_file(wl):
+        from . import kerascheck
+
+        kerascheck.check(_where(path, "workload.model"))   # before any child loads the file
         workload = _model_file_workload(wl, path, base_dir)
     else:
         for key in MODEL_FILE_KEYS:
@@ -623,13 +626,16 @@ def check_study_name(name: Any, where: str) -> str:
 
 
 def check_storage(url: Any, where: str) -> str:
+    from .urls import shown  # the URL in a message: secrets masked, whatever its spelling
+
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigError(f"{where}: {url!r} is not a storage URL; expected e.g. "
+        raise ConfigError(f"{where}: {shown(url)} is not a storage URL; expected e.g. "
                           f"sqlite:///results/study.db or postgresql://user:pass@host/db")
     scheme = url.split("://", 1)[0].split("+", 1)[0]
     if scheme not in ("sqlite", "postgresql", "mysql"):
-        raise ConfigError(f"{where}: unsupported storage scheme {scheme!r}; allowed: sqlite, "
-                          f"postgresql, mysql (Optuna RDB storage URLs)")
+        raise ConfigError(f"{where}: unsupported storage scheme {shown(scheme)} in "
+                          f"{shown(url)}; allowed: sqlite, postgresql, mysql (Optuna RDB "
+                          f"storage URLs)")
     return url
 
 

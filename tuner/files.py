@@ -12,14 +12,37 @@ from typing import Any
 from .errors import ConfigError
 
 
-def write_text_atomic(path: str | Path, text: str, *, durable: bool = True) -> None:
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``/proc``), else
+    set and restored at once."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: str | Path, text: str, *, durable: bool = True,
+                      private: bool | None = False) -> None:
     """Write via a temporary file and a rename. ``durable`` also fsyncs, so the file survives a
     power cut; a trial's result, read a moment later by the parent, does not need that, and an
-    fsync can stall for seconds on a busy disk."""
+    fsync can stall for seconds on a busy disk.
+
+    The file gets the mode a plain ``open()`` would give it (0666 less the umask), or 0600 when
+    ``private`` (a tuned file naming a storage with credentials); ``None`` keeps mkstemp's 0600.
+    The mode is set on the temporary file before the rename, and the rename replaces a symbolic
+    link at ``path`` rather than writing through it: nothing follows a link at the target."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if private is not None:
+            os.fchmod(fd, 0o600 if private else 0o666 & ~umask())
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -36,14 +59,16 @@ def write_text_atomic(path: str | Path, text: str, *, durable: bool = True) -> N
 
 def write_json_atomic(path: str | Path, data: Any, *, durable: bool = True) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n",
-                      durable=durable)
+                      durable=durable, private=None)
 
 
 def check_writable(path: str | Path, flag: str, what: str, *, make_folders: bool) -> None:
     """Refuse an output ``path`` (given as ``flag``, to hold ``what``) that could not be written,
     naming it and why, before any work: a folder in its place, a missing folder (unless the
     write will make it: ``make_folders``), a file where a folder should be, a folder this user
-    cannot write in. Nothing is created."""
+    cannot write in, and anything else that keeps a file from being created there (``os.access``
+    says yes under ``/proc``): the folder is made and a temporary file created in it, then both
+    are removed again. Nothing is left behind."""
     shown = str(path)
     where = Path(path)
     if where.is_dir():
@@ -61,3 +86,26 @@ def check_writable(path: str | Path, flag: str, what: str, *, make_folders: bool
     # counts is the folder, not the file's own mode
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag}: {shown}: cannot write in {str(parent)!r}: permission denied")
+    _probe(where, flag, shown)
+
+
+def _probe(where: Path, flag: str, shown: str) -> None:
+    """Make ``where``'s folder and a temporary file in it, then remove both: the write at the
+    end will succeed as far as this user and file system can tell now."""
+    made = [p for p in [where.parent, *where.parent.parents] if not p.exists()]
+    try:
+        try:
+            where.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{where.name}.", suffix=".probe",
+                                       dir=where.parent)
+        except OSError as exc:
+            raise ConfigError(f"{flag}: {shown}: cannot create a file in "
+                              f"{str(where.parent)!r}: {exc.strerror or exc}") from None
+        os.close(fd)
+        os.unlink(tmp)
+    finally:
+        for folder in made:   # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break

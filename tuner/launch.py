@@ -173,7 +173,7 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
         messages.append(f"warning: {why}")
     if not quiet:
         for line in messages:
-            print(f"tuner: {line}", file=sys.stderr)
+            print(f"tuner: {plain(line)}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(executable, list(command), env)
@@ -187,7 +187,7 @@ def _run_instances(executable: str, command: list[str], base_env: dict[str, str]
 
     if not quiet:
         for line in messages:
-            print(f"tuner: {line}", file=sys.stderr)
+            print(f"tuner: {plain(line)}", file=sys.stderr)
         print(f"tuner: starting {len(sets)} instances on CPUs "
               + " | ".join(host.format_cpus(s) for s in sets), file=sys.stderr)
     procs: list[subprocess.Popen[bytes]] = []
@@ -196,7 +196,7 @@ def _run_instances(executable: str, command: list[str], base_env: dict[str, str]
                                 settings.INSTANCES_ENV: str(len(sets))})
         note = host.pin_check(cpus)
         if note and not quiet:
-            print(f"tuner: warning: instance {index}: {note}", file=sys.stderr)
+            print(f"tuner: warning: instance {index}: {plain(note)}", file=sys.stderr)
         procs.append(subprocess.Popen(
             command, executable=executable, env=env,
             preexec_fn=None if note else (lambda c=cpus: os.sched_setaffinity(0, c))))

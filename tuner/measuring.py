@@ -20,14 +20,16 @@ from . import space as space_mod
 from .config import Config, Objective
 from .errors import TrialFailed, WorkloadError, check_stop
 from .lock import host_lock
+from .render import terminal
 from .trial import Watch, run_child, worker_command
 
 Say = Callable[[str], None]
 
 
 def print_line(line: str = "") -> None:
-    """The command line's progress output."""
-    print(line, flush=True)
+    """The command line's progress output: its lines may echo names and reasons from a shared
+    study, so nothing in them acts on the terminal."""
+    print(terminal(line), flush=True)
 
 
 def task(kind: str, config: Config, machine: host_mod.Machine) -> dict[str, Any]:

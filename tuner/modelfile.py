@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from . import config as config_mod
+from . import kerascheck
 from .errors import ConfigError, TunerError
 from .files import write_text_atomic
 
@@ -158,6 +159,7 @@ def _absolute_builder(spec: str, cwd: Path) -> str:
 def config_for(flags: ModelFlags, cwd: Path | None = None) -> tuple[config_mod.Config, str, Path]:
     """The checked :class:`Config` of ``flags``, the config file's text and its path. Nothing is
     written."""
+    kerascheck.check("--model")   # the flag named, before anything else about the file
     doc, where = generated(flags, cwd)
     text = render(doc, where)
     cfg = config_mod.parse(yaml.safe_load(text), where)

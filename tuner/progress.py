@@ -11,7 +11,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from . import settings as settings_mod
-from .render import LEGEND_DEFAULT, SPREAD
+from .render import LEGEND_DEFAULT, SPREAD, plain
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -60,9 +60,10 @@ class Progress:
                 # with the batch size searched, what each caller waits matters too
                 body += f"  {t.user_attrs['step_latency_p50_ms']:.1f} ms/batch (p50)"
         elif t.state == TrialState.PRUNED:
-            body = f"PRUNED  {t.user_attrs.get('prune_reason', '')}"
+            body = f"PRUNED  {plain(t.user_attrs.get('prune_reason', ''))}"
         else:
-            body = f"FAIL  {t.user_attrs.get('fail_reason', 'unknown reason')}"
+            # a child's reason (and, in a shared study, another worker's): one line, inert
+            body = f"FAIL  {plain(t.user_attrs.get('fail_reason', 'unknown reason'))}"
         best_text = f"  best {best.value:.1f} (#{best.number})" if best else ""
         return f"{head}{body}{best_text}  ~{fmt_seconds(self.seconds_left())} left"
 

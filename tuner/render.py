@@ -25,6 +25,37 @@ def plain(value: Any) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
 
 
+def terminal(text: str) -> str:
+    """A whole printout for a terminal: its own line breaks kept, every other control character
+    shown escaped. The last guard of every text printer; the values in it went through
+    :func:`plain` already, so no value can start a line of its own."""
+    return "\n".join(plain(line) for line in str(text).split("\n"))
+
+
+# What can start markup in CommonMark / GitHub Markdown: emphasis, code spans, links and images,
+# raw HTML, entities, table cells, strikethrough; an underscore only at a word's edge (GitHub
+# ignores one inside a word, so knob names stay readable)
+_MARKDOWN = re.compile(r"[\\`*\[\]<>|~&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# what GitHub turns into a link without any markup
+_AUTOLINK = re.compile(r"(?<=http)s?://|(?<=ftp)://|(?<![A-Za-z0-9])www\.", re.IGNORECASE)
+
+
+def markdown(value: Any) -> str:
+    """Untrusted text for a Markdown page: one line, control characters escaped, and every
+    character that could start markup (``<img src=...>``, ``[a](b)``, ``|``, backticks)
+    backslash-escaped, so it shows as the text it is; bare URLs are kept from being linked."""
+    text = _MARKDOWN.sub(lambda m: "\\" + m.group(), plain(value))
+    return _AUTOLINK.sub(lambda m: m.group().replace("/", "\\/").replace(".", "\\."), text)
+
+
+def html_text(value: Any) -> str:
+    """Untrusted text for an HTML page (and plotly's labels, which read HTML tags): control
+    characters escaped, ``& < > " '`` as entities."""
+    import html
+
+    return html.escape(plain(value), quote=True)
+
+
 @dataclass
 class Table:
     header: list[str]
@@ -33,7 +64,9 @@ class Table:
     title: str = ""
 
     def add(self, *cells: Any, mark: bool = False) -> None:
-        self.rows.append([str(c) for c in cells])
+        # a cell is one line whatever it holds: a value from a file or a study cannot move the
+        # cursor, clear the screen or start a fake line
+        self.rows.append([plain(c) for c in cells])
         self.marked.append(mark)
 
     def text(self, mark: str = "*") -> str:
@@ -46,7 +79,7 @@ class Table:
             prefix = (mark + " " if marked else "  ") if any_marked else ""
             return (prefix + "  ".join(c.ljust(w) for c, w in zip(cells, widths))).rstrip()
 
-        out = [self.title] if self.title else []
+        out = [plain(self.title)] if self.title else []
         if any(self.header):
             out.append(line(self.header, False))
         out += [line(r, m) for r, m in zip(self.rows, self.marked)]
@@ -54,10 +87,8 @@ class Table:
 
     def markdown(self) -> str:
         """A GitHub pipe table; marked rows are bold."""
-        def esc(cell: str) -> str:
-            return cell.replace("|", "\\|")
-
-        out = [f"**{self.title}**", ""] if self.title else []
+        esc = markdown
+        out = [f"**{esc(self.title)}**", ""] if self.title else []
         out.append("| " + " | ".join(esc(h) for h in self.header) + " |")
         out.append("|" + "|".join("---" for _ in self.header) + "|")
         for row, marked in zip(self.rows, self.marked):
@@ -131,13 +162,19 @@ def throughput(median: float, per_process: Sequence[float] | None,
             f"{len(values)} processes)")
 
 
-def ratio(value: float, ci: Sequence[float] | None = None, p: float | None = None) -> str:
-    """``1.415x (95% CI 1.339-1.495, p=0.00397)``: a speedup with its bootstrap interval."""
+def ratio(value: float | None, ci: Sequence[float] | None = None, p: float | None = None,
+          *, untested: bool = False) -> str:
+    """``1.415x (95% CI 1.339-1.495, p=0.00397)``: a speedup with its bootstrap interval
+    (``untested``: say so where no p-value was computed, e.g. a candidate that failed)."""
+    if value is None:
+        return "not measured"
     inside = []
     if ci:
         inside.append(f"95% CI {ci[0]:.3f}-{ci[1]:.3f}")
     if p is not None:
         inside.append(f"p={p:.3g}")
+    elif untested:
+        inside.append("not tested")
     return f"{value:.3f}x" + (f" ({', '.join(inside)})" if inside else "")
 
 

@@ -9,8 +9,6 @@ user attributes.
 
 from __future__ import annotations
 
-import html
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,7 +168,7 @@ def _validated_line(last: dict[str, Any] | None) -> str:
 def header_lines(report: StudyReport) -> list[str]:
     r, c = report.record, report.counts
     m, w = r.machine, r.workload
-    return [
+    lines = [
         f"study {r.name} in {r.storage}: {len(report.rows)} trials ({c['complete']} complete, "
         f"{c['pruned']} pruned, {c['fail']} failed"
         + (f", {c['running']} running" if c["running"] else "") + ")",
@@ -178,6 +176,7 @@ def header_lines(report: StudyReport) -> list[str]:
         (f"machine: {m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} usable CPUs, "
          f"TensorFlow {m.get('tf_version', '?')}"),
     ]
+    return [render.plain(line) for line in lines]   # names and values from the study
 
 
 LEGEND = (f"settings: {render.LEGEND_DEFAULT}, ? = not recorded on the trial; "
@@ -197,14 +196,15 @@ def format_text(report: StudyReport) -> str:
            "best vs baseline vs expert rule (search trials, one process each):",
            reference_table(report).text() if report.references else _no_references(report),
            "",
-           "validated: " + _validated_line(report.record.last_result), ""]
+           "validated: " + render.plain(_validated_line(report.record.last_result)), ""]
     if report.importances:
         out.append(f"parameter importances ({report.importance_note}):")
-        width = max(len(k) for k in report.importances)
+        names = {k: render.plain(k) for k in report.importances}   # parameter names: the study's
+        width = max(len(k) for k in names.values())
         for name, value in report.importances.items():
-            out.append(f"  {name.ljust(width)}  {value:.3f}  {'#' * round(value * 40)}")
+            out.append(f"  {names[name].ljust(width)}  {value:.3f}  {'#' * round(value * 40)}")
     else:
-        out.append(f"parameter importances: {report.importance_note}")
+        out.append(f"parameter importances: {render.plain(report.importance_note)}")
     return "\n".join(out) + "\n"
 
 
@@ -233,7 +233,49 @@ def figures(report: StudyReport) -> list[tuple[str, Any, str]]:
     return out
 
 
+# plotly reads a pseudo-HTML subset (<a href>, <b>, <br>...) in every label, title and hover
+# text; these are the figure's own tags, kept after escaping everything else
+_OWN_TAGS = ("<br>", "<extra></extra>")
+_TRACE_TEXT = ("name", "text", "hovertext", "hovertemplate", "texttemplate", "x", "y",
+               "legendgroup")
+
+
+def _escaped(value: Any) -> Any:
+    """A figure's text (a string, or a list of values) with every string HTML-escaped but for
+    the figure's own tags: a parameter name, trial attribute or setting from a study shows as
+    the text it is, never as a link or markup."""
+    if isinstance(value, str):
+        text = render.html_text(value)
+        for tag in _OWN_TAGS:
+            text = text.replace(render.html_text(tag), tag)
+        return text
+    if isinstance(value, (list, tuple)):
+        return type(value)(_escaped(v) for v in value)
+    return value
+
+
+def _escape_figure(fig: Any) -> Any:
+    for trace in fig.data:
+        shown = trace.to_plotly_json()
+        for key in _TRACE_TEXT:
+            if shown.get(key) is not None:
+                trace[key] = _escaped(shown[key])
+    layout = fig.layout
+    if layout.title.text is not None:
+        layout.title.text = _escaped(layout.title.text)
+    for axis in (getattr(layout, name) for name in layout if name.startswith(("xaxis", "yaxis"))):
+        if axis.title.text is not None:
+            axis.title.text = _escaped(axis.title.text)
+        if axis.ticktext is not None:
+            axis.ticktext = _escaped(axis.ticktext)
+    for note in layout.annotations or ():
+        if note.text is not None:
+            note.text = _escaped(note.text)
+    return fig
+
+
 def _styled(fig: Any) -> Any:
+    _escape_figure(fig)
     fig.update_layout(template="plotly_white", height=420, margin={"l": 60, "r": 20, "t": 50,
                                                                    "b": 50})
     return fig
@@ -297,11 +339,11 @@ tr.FAIL td { color: #a00; } tr.PRUNED td { color: #777; }
 
 def _html_table(table: Table, classes: list[str] | None = None, numeric: set[int] = frozenset()
                 ) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    head = "".join(f"<th>{render.html_text(h)}</th>" for h in table.header)
     body = []
     for i, row in enumerate(table.rows):
-        cls = f' class="{html.escape(classes[i])}"' if classes else ""
-        cells = "".join(f'<td{" class=n" if j in numeric else ""}>{html.escape(c)}</td>'
+        cls = f' class="{render.html_text(classes[i])}"' if classes else ""
+        cells = "".join(f'<td{" class=n" if j in numeric else ""}>{render.html_text(c)}</td>'
                         for j, c in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -313,18 +355,19 @@ def format_html(report: StudyReport) -> str:
     except ImportError:
         raise ConfigError("--html: the plots need plotly: pip install 'tuner[report]' (or "
                           "pip install plotly)") from None
-    title = f"tuner report: {html.escape(report.record.name)}"
+    title = f"tuner report: {render.html_text(report.record.name)}"
     parts = [(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
              f"<style>{CSS}</style></head><body><h1>{title}</h1>")]
-    parts += [f"<p>{html.escape(line)}</p>" for line in header_lines(report)]
+    parts += [f"<p>{render.html_text(line)}</p>" for line in header_lines(report)]
     validated = _validated_line(report.record.last_result)
     parts.append("<h2>Best vs baseline vs expert rule</h2>"
                  "<p class=note>search trials, one process each</p>"
                  + _html_table(reference_table(report), numeric={3, 4, 5})
-                 + f"<p><b>Validated:</b> {html.escape(validated)}</p>")
+                 + f"<p><b>Validated:</b> {render.html_text(validated)}</p>")
     first = True
     for title, fig, note in figures(report):
-        parts.append(f"<h2>{html.escape(title)}</h2><p class=note>{html.escape(note)}</p>")
+        parts.append(f"<h2>{render.html_text(title)}</h2>"
+                     f"<p class=note>{render.html_text(note)}</p>")
         if fig is None:
             continue
         # plotly.js goes in once, inline, with the first figure: one file that works offline
@@ -338,7 +381,7 @@ def format_html(report: StudyReport) -> str:
                 t.add(name, f"{value:.3f}")
             parts.append(_html_table(t, numeric={1}))
     table = trial_table(report)
-    parts.append(f"<h2>Trials</h2><p class=note>{html.escape(LEGEND)}</p>"
+    parts.append(f"<h2>Trials</h2><p class=note>{render.html_text(LEGEND)}</p>"
                  + _html_table(table, classes=[r.state for r in report.rows],
                                numeric={0, 8, 9, 10}))
     parts.append("</body></html>\n")
@@ -362,8 +405,7 @@ def _write_page(text: str, path: str) -> None:
     check_html_path(path)  # write_text_atomic would create a missing folder
     try:
         # a temporary file renamed into place: a failed write leaves no half report behind
-        write_text_atomic(path, text)
-        os.chmod(path, 0o644)  # a report is for sharing; mkstemp made it private
+        write_text_atomic(path, text)   # the umask's mode, set before the rename
     except OSError as exc:
         raise StudyError(f"--html: cannot write {path}: {exc.strerror or exc}") from None
 
@@ -440,7 +482,7 @@ def sizes_header(sizes_file: Any) -> list[str]:
         lines.append("asked: " + ", ".join(a for a in asked if a))
     if doc.get("interrupted"):
         lines.append(f"interrupted: {doc['interrupted']}")
-    return lines
+    return [render.plain(line) for line in lines]   # the file's text, one line each
 
 
 def format_sizes(sizes_file: Any, fmt: str) -> str:
@@ -457,10 +499,10 @@ def format_sizes(sizes_file: Any, fmt: str) -> str:
     summary = sizes_file.recommendation.get("summary") or ""
     note = SIZES_NOTE
     if fmt == "markdown":
-        return "\n\n".join([*sizes_header(sizes_file), table.markdown(),
-                            f"**Recommendation:** {summary}", note]) + "\n"
+        return "\n\n".join([*map(render.markdown, sizes_header(sizes_file)), table.markdown(),
+                            f"**Recommendation:** {render.markdown(summary)}", note]) + "\n"
     return "\n".join([*sizes_header(sizes_file), "", table.text(), "",
-                      f"recommendation: {summary}", note]) + "\n"
+                      f"recommendation: {render.plain(summary)}", note]) + "\n"
 
 
 def sizes_figures(sizes_file: Any) -> list[tuple[str, Any, str]]:
@@ -506,19 +548,19 @@ def format_sizes_html(sizes_file: Any) -> str:
     except ImportError:
         raise ConfigError("--html: the plots need plotly: pip install 'tuner[report]' (or "
                           "pip install plotly)") from None
-    title = f"tuner sizes: {html.escape(sizes_file.path)}"
+    title = f"tuner sizes: {render.html_text(sizes_file.path)}"
     parts = [(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
               f"<style>{CSS}</style></head><body><h1>{title}</h1>")]
-    parts += [f"<p>{html.escape(line)}</p>" for line in sizes_header(sizes_file)[1:]]
+    parts += [f"<p>{render.html_text(line)}</p>" for line in sizes_header(sizes_file)[1:]]
     summary = sizes_file.recommendation.get("summary") or ""
-    parts.append(f"<p><b>Recommendation:</b> {html.escape(summary)}</p>")
+    parts.append(f"<p><b>Recommendation:</b> {render.html_text(summary)}</p>")
     table = sizes_table(sizes_file)
     classes = ["recommended" if m else "" for m in table.marked]
-    parts.append(f"<h2>Sizes</h2><p class=note>{html.escape(SIZES_NOTE)}</p>"
+    parts.append(f"<h2>Sizes</h2><p class=note>{render.html_text(SIZES_NOTE)}</p>"
                  + _html_table(table, classes=classes, numeric={0, 2, 4, 5, 6, 7, 8, 9, 10}))
     first = True
     for name, fig, note in sizes_figures(sizes_file):
-        parts.append(f"<h2>{html.escape(name)}</h2><p class=note>{html.escape(note)}</p>")
+        parts.append(f"<h2>{render.html_text(name)}</h2><p class=note>{render.html_text(note)}</p>")
         parts.append("<div class=plot>" + fig.to_html(
             full_html=False, include_plotlyjs=first,
             config={"displaylogo": False, "responsive": True}) + "</div>")

@@ -20,7 +20,7 @@ from .errors import ConfigError, StudyError, TunerError
 from .render import did_you_mean, plain, quoted
 from .tuned import BASELINE, EXPERT
 from .tuned import STUDY_ATTR_PREFIX as ATTR
-from .urls import mask_secret, mask_url
+from .urls import mask_secret, mask_url, masked
 
 WORKLOAD_KEYS = ("model", "data", "mode", "batch_size")
 
@@ -105,8 +105,13 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
         machine=dict(doc.get("machine") or {}),
         workload={k: workload.get(k) for k in WORKLOAD_KEYS},
         throughput=throughput, baseline=baseline,
-        speedup=result.get("speedup"), speedup_ci95=result.get("speedup_ci95"),
-        p_value=result.get("p_value"), cpu_saturation=result.get("cpu_saturation"),
+        # a defaults file's settings are the baseline: no speedup of its own. Its result holds
+        # the rejected candidate's numbers (format 1 files before #24 held 1.0, [1, 1] and 1.0
+        # there, made up), shown from result.rejected
+        **({"speedup": None, "speedup_ci95": None, "p_value": None} if verdict == "defaults"
+           else {"speedup": result.get("speedup"), "speedup_ci95": result.get("speedup_ci95"),
+                 "p_value": result.get("p_value")}),
+        cpu_saturation=result.get("cpu_saturation"),
         baseline_cpu_saturation=result.get("baseline_cpu_saturation"),
         evidence=_evidence(throughput, verdict),
         study={k: study.get(k) for k in ("name", "storage", "n_trials", "complete", "pruned",
@@ -439,13 +444,13 @@ def open_read_only(storage: str) -> Any:
 
         backend = make_url(storage).get_backend_name()
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        raise ConfigError(f"--storage: {mask_url(storage)!r} is not a storage URL; expected "
+        raise ConfigError(f"--storage: {masked(storage)!r} is not a storage URL; expected "
                           f"e.g. sqlite:///results/study.db or "
                           f"postgresql://user:password@host/db") from None
     if backend == "sqlite":
         path = make_url(storage).database
         if path and path != ":memory:" and not os.path.isfile(path):
-            raise ConfigError(f"--storage: {mask_url(storage)}: no such database file "
+            raise ConfigError(f"--storage: {masked(storage)}: no such database file "
                               f"({path!r})")
     url = read_only_url(storage)
     kwargs = engine_kwargs(storage)
@@ -465,7 +470,7 @@ def open_read_only(storage: str) -> Any:
         if missing:
             what = ("it has no Optuna tables" if len(missing) == len(OPTUNA_TABLES) else
                     f"Optuna's tables {', '.join(missing)} are missing")
-            raise ConfigError(f"--storage: {mask_url(storage)}: no tuner study here ({what}); "
+            raise ConfigError(f"--storage: {masked(storage)}: no tuner study here ({what}); "
                               f"check the URL")
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
     except TunerError:
@@ -474,7 +479,7 @@ def open_read_only(storage: str) -> Any:
         orig = getattr(exc, "orig", None) or exc
         text = str(orig).strip()
         first = text.splitlines()[0] if text else type(orig).__name__
-        raise StudyError(f"--storage: cannot open {mask_url(storage)}: "
+        raise StudyError(f"--storage: cannot open {masked(storage)}: "
                          f"{mask_secret(first, storage)}") from None
 
 
@@ -488,18 +493,26 @@ def open_study(storage: str, name: str | None) -> Any:
         names = optuna.get_all_study_names(storage=rdb)
     except Exception as exc:  # noqa: BLE001 - as in open_read_only
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StudyError(f"--storage: cannot open {mask_url(storage)}: "
+        raise StudyError(f"--storage: cannot open {masked(storage)}: "
                          f"{mask_secret(first, storage)}") from None
     if name is None:
         if len(names) != 1:
-            raise ConfigError(f"--study-name: required, {mask_url(storage)} holds "
-                              f"{len(names)} studies: {', '.join(names) or 'none'}")
+            raise ConfigError(f"--study-name: required, {masked(storage)} holds "
+                              f"{len(names)} studies: {_names(names)}")
         name = names[0]
     if name not in names:
-        raise ConfigError(f"--study-name: no study {quoted(name)} in {mask_url(storage)}"
+        raise ConfigError(f"--study-name: no study {quoted(name)} in {masked(storage)}"
                           f"{did_you_mean(name, names)}; available: "
-                          f"{plain(', '.join(names) or 'none')}")
+                          f"{_names(names)}")
     return optuna.load_study(study_name=name, storage=rdb)
+
+
+def _names(names: list[str]) -> str:
+    """A storage's study names for a message: each one line and inert (a name is anyone's text
+    in a shared database)."""
+    from .render import plain
+
+    return ", ".join(plain(n) for n in names) or "none"
 
 
 @dataclass
@@ -591,8 +604,8 @@ def from_study(storage: str, name: str | None) -> Result:
         settings = last.get("settings")
         if settings is None and verdict == "defaults":
             settings = knobs.default_settings()
-        if settings is None:
-            settings = _settings_from_output(last.get("output"), record.name)
+        # a study is data, not instructions: its "output" (where the search wrote its tuned
+        # file) is never opened, whatever path it names
         if settings is None:
             settings = best.user_attrs.get("settings", best.params)
             notes.append(f"this study predates recording the validated settings: showing the best "
@@ -645,16 +658,3 @@ def _trial_block(t: Any) -> dict[str, Any] | None:
     if t is None:
         return None
     return {"median": t.user_attrs["throughput"]["median"]}
-
-
-def _settings_from_output(output: Any, study_name: str) -> dict[str, Any] | None:
-    """The settings in the tuned file the last search wrote, if it is still that study's."""
-    if not isinstance(output, str) or not os.path.isfile(output):
-        return None
-    try:
-        doc = tuned.load(output)
-    except ConfigError:
-        return None
-    if (doc.get("study") or {}).get("name") != study_name:
-        return None
-    return doc["settings"]

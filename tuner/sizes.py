@@ -17,7 +17,6 @@ Format history (``format_version``, with ``kind: sizes``):
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,8 +72,7 @@ def write(doc: dict[str, Any], path: str | Path, keep_backups: int = 5) -> Writt
     try:
         if path.exists():
             backup = tuned.keep_history(path)
-        write_text_atomic(path, text)
-        os.chmod(path, 0o644)
+        write_text_atomic(path, text)   # the umask's mode, set before the rename
     except OSError as exc:
         if backup is not None:
             try:

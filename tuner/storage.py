@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from .errors import StudyError
-from .urls import mask_secret, mask_url
+from .urls import mask_secret, masked
 
 # Transient errors are retried this many times, after 0.5, 1, 2, 4, 8 s (15 s in all).
 RETRIES = 5
@@ -145,7 +145,7 @@ def cannot_connect(url: str, exc: BaseException) -> StudyError:
     if isinstance(exc, ImportError) or isinstance(exc.__cause__, ImportError):
         extra = {"postgresql": "postgres"}.get(backend(url))
         hint = f"; install it with pip install 'tuner[{extra}]'" if extra else ""
-        return StudyError(f"--storage {mask_url(url)}: the database driver is not "
+        return StudyError(f"--storage {masked(url)}: the database driver is not "
                           f"installed{hint}")
     cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and \
         exc.__cause__ is not None else exc
@@ -155,7 +155,7 @@ def cannot_connect(url: str, exc: BaseException) -> StudyError:
     # psycopg2 puts the useful part (refused, auth failed) on the second line
     if len(lines) > 1 and first.startswith("connection to server"):
         first = f"{first} {lines[1]}"
-    return StudyError(f"--storage {mask_url(url)}: cannot connect: "
+    return StudyError(f"--storage {masked(url)}: cannot connect: "
                       f"{mask_secret(first, url)}")
 
 

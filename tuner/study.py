@@ -25,7 +25,7 @@ from . import storage as storage_mod
 from .errors import TrialFailed
 from .searched import Searched
 from .trial import Watch
-from .urls import mask_secret, mask_url
+from .urls import mask_secret, masked
 
 BASELINE, EXPERT, SCREEN = tuned.BASELINE, tuned.EXPERT, tuned.SCREEN   # a reference trial's "role"
 
@@ -101,7 +101,7 @@ class Study:
                      if t.state != TrialState.WAITING])  # enqueued references are not history
         plan = self.structured.record(self.optuna) if self.structured is not None else None
         for line in progress.opening(self.config, self.machine, self.space, self.sampler, prior,
-                                     self.progress, mask_url(self.config.storage), plan):
+                                     self.progress, masked(self.config.storage), plan):
             self.say(line)
 
     def run_trials(self, timeout: float | None, callbacks: Iterable[Any] = ()) -> bool:
@@ -300,7 +300,7 @@ def open_study(measurer: measuring.Measurer, pre: measuring.Preflight,
         recorded_on = coord.check_or_record(
             optuna_study, config=cfg.fingerprint(), machine=pre.machine.fingerprint(),
             space=pre.space.describe(), machine_full=pre.machine.as_dict(),
-            where=f"study {cfg.study_name!r} in {mask_url(cfg.storage)}",
+            where=f"study {cfg.study_name!r} in {masked(cfg.storage)}",
             allow_other_machines=cfg.search.allow_other_machines, say=say)
         study = Study(optuna_study, measurer, pre, sampler_name, recorded_on)
         study.fail_stale_trials()

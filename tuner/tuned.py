@@ -14,7 +14,9 @@ Format history (``format_version``):
      result.carried_by (the structured search: the knobs that carry the gain),
      validation.detectable_speedup (when the defaults are kept: the smallest win the rounds
      would have confirmed with 80% power) and validation.sequential (the looks of the
-     sequential final rounds).
+     sequential final rounds). A defaults verdict's result.speedup, speedup_ci95 and p_value
+     hold the rejected candidate's measured numbers (null when none was compared; p_value null
+     when it failed during validation), no longer a made-up 1.0, [1, 1], 1.0.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import yaml
 from ._version import __version__
 from .errors import ConfigError, StudyError, StudyMismatchError
 from .files import write_text_atomic
-from .urls import mask_url
+from .urls import mask_url, masked
 
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -105,7 +107,8 @@ def check_replaceable(path: str | Path, study_name: str, storage: str, force: bo
     if isinstance(owner, dict) and owner.get("name") == study_name and \
             owner.get("storage") == mask_url(storage):
         return
-    which = (f"study {owner.get('name')!r} in {owner.get('storage')}" if isinstance(owner, dict)
+    which = (f"study {owner.get('name')!r} in {masked(str(owner.get('storage')))}"
+             if isinstance(owner, dict)
              else "something that is not a tuned file of this study")
     raise StudyMismatchError(f"--output: {str(path)!r} already holds {which}; choose another "
                              f"--output or pass --force to replace it (it is kept as "
@@ -185,7 +188,9 @@ def write(data: dict[str, Any], path: str | Path, *, study_name: str, storage: s
     try:
         if path.exists():
             backup = keep_history(path)
-        write_text_atomic(path, text)
+        # the umask's mode; 0600 when the storage URL had credentials: it is masked, but the
+        # user and host it names are for its owner only
+        write_text_atomic(path, text, private=names_credentials(storage))
     except OSError as exc:
         if backup is not None:  # the previous file is still in place: no history to keep
             try:
@@ -194,10 +199,6 @@ def write(data: dict[str, Any], path: str | Path, *, study_name: str, storage: s
                 pass
         raise StudyError(f"--output: cannot write {path}: {exc.strerror or exc}; the previous "
                          f"file is unchanged and the trials are kept in the study") from None
-    if not names_credentials(storage):
-        os.chmod(path, 0o644)
-    # else the file stays as mkstemp made it, 0600: its storage URL is masked, but the user and
-    # host it names are for its owner only
     retired = _retire_unvalidated(path) if data.get("verdict") in VALIDATED else None
     backup = prune_history(path, keep_backups, backup)
     if retired is not None:

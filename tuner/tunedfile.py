@@ -200,9 +200,9 @@ def _check_env(env: Any, path: str, extra: tuple[str, ...]) -> None:
                 f"(tuner.apply())")
         if not isinstance(value, str):
             raise ConfigError(f"{path}: settings.env.{var}: expected a string, got {value!r}")
-        if "\x00" in value or "\n" in value or "\r" in value:
+        if _CONTROL.search(value):   # an ESC would reach the terminal through export
             raise ConfigError(f"{path}: settings.env.{var}: {value!r}: a value cannot contain a "
-                              f"NUL byte or a line break")
+                              f"NUL byte or a line break, or any other control character")
         knob = ENV_KNOBS.get(var)
         if knob is not None and not knob.is_valid(value):
             raise ConfigError(f"{path}: settings.env.{var}: expected {knob.file_allowed}, "

@@ -66,18 +66,30 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
     baseline_block = _throughput_block([m["throughput"]["median"] for m in base_runs])
     base_sat = stats.median([m["cpu_saturation"] for m in base_runs])
     defaults = pre.space.baseline()
-    if v.winner is None or len(win_runs) < 2:
-        why = (f"the winner failed in validation: {v.failures[label]}"
-               if label and label in v.failures else "no candidate to validate")
+    if v.winner is None:
+        # nothing was compared: no speedup, interval or p-value exists to record
         return Verdict("defaults", defaults, {
             "throughput": baseline_block, "baseline_throughput": baseline_block,
-            "speedup": 1.0, "speedup_ci95": [1.0, 1.0], "p_value": 1.0, "significant": False,
+            "speedup": None, "speedup_ci95": None, "p_value": None, "significant": False,
             "cpu_saturation": base_sat, "baseline_cpu_saturation": base_sat,
-            "step_latency_ms": _median_latency(base_runs), "note": why}, doc)
+            "step_latency_ms": _median_latency(base_runs), "note": "no candidate to validate"},
+            doc)
+    if label in v.failures:
+        # A run that fails during validation is a verdict on the candidate, whatever its other
+        # runs measured: it is never adopted, and no test is made of the rounds it survived
+        # (its looks' levels are spent; another test would be an unplanned look).
+        return _failed_in_validation(v, config, machine, doc, defaults, baseline_block,
+                                     base_sat, base_runs, win_runs)
     # the level of the look the rounds stopped at: the looks together spend cfg.alpha
     level = v.level if v.level is not None else cfg.alpha
     comparison = stats.speedup_test(scores(win_runs), scores(base_runs), alpha=level,
                                     min_speedup=cfg.min_speedup)
+    at_look = bool(v.looks) and v.looks[-1]["rounds"] == min(len(win_runs), len(base_runs))
+    if not at_look and comparison["significant"]:
+        # stopped between looks (the futility rule): the numbers are measured, but no level is
+        # left to test them at
+        comparison = {**comparison, "significant": False,
+                      "reason": v.stopped_early or "stopped before a planned look"}
     winner = {
         "trial": v.winner.number,
         "settings": settings_mod.nest(v.winner.settings, machine),
@@ -111,14 +123,56 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
             "step_latency_ms": winner["step_latency_ms"],
             "baseline_step_latency_ms": _median_latency(base_runs),
             "input_wait": stats.median([m["input_wait"] for m in win_runs])}, doc)
+    # the rejected candidate's measured numbers, where a tuned file has them (result.speedup,
+    # speedup_ci95, p_value: docs/tuned-file.md), and again under result.rejected with why
     return Verdict("defaults", defaults, {
         "throughput": baseline_block, "baseline_throughput": baseline_block,
-        "speedup": 1.0, "speedup_ci95": [1.0, 1.0], "p_value": 1.0, "significant": False,
+        "speedup": winner["speedup"], "speedup_ci95": winner["speedup_ci95"],
+        "p_value": winner["p_value"], "significant": False,
         "cpu_saturation": base_sat, "baseline_cpu_saturation": base_sat,
         "step_latency_ms": _median_latency(base_runs),
         "input_wait": stats.median([m["input_wait"] for m in base_runs]),
         "rejected": {k: winner[k] for k in ("trial", "settings", "speedup", "speedup_ci95",
                                             "p_value", "rejected_because")}}, doc)
+
+
+FAILED_IN_VALIDATION = "failed during validation"
+
+
+def _failed_in_validation(v: Validation, config: Config, machine: host_mod.Machine,
+                          doc: dict[str, Any], defaults: dict[str, Any],
+                          baseline_block: dict[str, Any], base_sat: float,
+                          base_runs: list[dict[str, Any]], win_runs: list[dict[str, Any]]
+                          ) -> Verdict:
+    """The defaults, because the winner failed in a final round: its failure recorded, and what
+    its rounds before the failure measured (the speedup and its interval, descriptive; no
+    p-value, since no test is made)."""
+    assert v.winner is not None
+    reason = f"{FAILED_IN_VALIDATION}: {v.failures[v.winner.label]}"
+    speedup = ci = None
+    if len(win_runs) >= 2:
+        cand = [measuring.score(m, config.objective) for m in win_runs]
+        base = [measuring.score(m, config.objective) for m in base_runs]
+        speedup = stats.median(cand) / stats.median(base)
+        ci = list(stats.ratio_ci(cand, base))
+    winner = {
+        "trial": v.winner.number, "settings": settings_mod.nest(v.winner.settings, machine),
+        "throughput": _throughput_block([m["throughput"]["median"] for m in win_runs])
+        if win_runs else None,
+        "speedup": speedup, "speedup_ci95": ci, "p_value": None, "significant": False,
+        "rejected_because": reason, "failed": v.failures[v.winner.label],
+        "failed_after_rounds": len(win_runs),
+    }
+    doc["winner"] = winner
+    return Verdict("defaults", defaults, {
+        "throughput": baseline_block, "baseline_throughput": baseline_block,
+        "speedup": speedup, "speedup_ci95": ci, "p_value": None, "significant": False,
+        "cpu_saturation": base_sat, "baseline_cpu_saturation": base_sat,
+        "step_latency_ms": _median_latency(base_runs),
+        "input_wait": stats.median([m["input_wait"] for m in base_runs]),
+        "note": reason,
+        "rejected": {k: winner[k] for k in ("trial", "settings", "speedup", "speedup_ci95",
+                                            "p_value", "rejected_because", "failed")}}, doc)
 
 
 def _validation_block(v: Validation, config: Config, machine: host_mod.Machine
@@ -160,6 +214,10 @@ def summary(verdict: Verdict, config: Config) -> str:
             f"{result['speedup']:.3f}x faster"
         return (f"{better} than TensorFlow's defaults (95% CI {result['speedup_ci95'][0]:.3f}-"
                 f"{result['speedup_ci95'][1]:.3f}, p={result['p_value']:.3g})")
+    if verdict.verdict == "defaults" and \
+            str(verdict.result.get("note") or "").startswith(FAILED_IN_VALIDATION):
+        return (f"keeping TensorFlow's defaults: the best candidate (trial "
+                f"{result['rejected']['trial']}) {result['note']}")
     if verdict.verdict == "defaults":
         detectable = verdict.validation.get("detectable_speedup")
         return ("no configuration was faster than TensorFlow's defaults beyond noise; keeping "

@@ -23,7 +23,13 @@ from .modelload import Loaded
 from .protocol import Progress, WorkloadProblem, describe
 
 
-def _load_callable(spec: str, base_dir: str, role: str) -> Callable[..., Any]:
+def _load_callable(spec: str, base_dir: str, role: str, *, base_first: bool = True
+                   ) -> Callable[..., Any]:
+    """The function ``spec`` names (``file.py:fn`` or ``module:fn``). A module is looked up in
+    ``base_dir`` (the config's folder) first, or, with ``base_first`` false, only after
+    everything else on ``sys.path``: the generated config of a model-file search lives in
+    ``results/<name>``, a folder of results, not of code, so nothing there may shadow a module
+    of the user's (``python -m`` already put the working directory first)."""
     target, func_name = spec.rsplit(":", 1)
     try:
         if target.endswith(".py"):
@@ -39,7 +45,10 @@ def _load_callable(spec: str, base_dir: str, role: str) -> Callable[..., Any]:
                 sys.modules[module_name] = module
                 module_spec.loader.exec_module(module)
         else:
-            sys.path.insert(0, base_dir)
+            if base_first:
+                sys.path.insert(0, base_dir)
+            elif base_dir not in sys.path:
+                sys.path.append(base_dir)
             module = importlib.import_module(target)
     except WorkloadProblem:
         raise
@@ -261,7 +270,9 @@ class Workload:
         tf = self.tf
         builders = {}
         if wl.get("data") is not None:
-            builders["data"] = (_load_callable(wl["data"], wl["base_dir"], "data"), wl["data"])
+            builders["data"] = (_load_callable(wl["data"], wl["base_dir"], "data",
+                                               base_first=not wl.get("model_format")),
+                                wl["data"])
         if wl.get("model_format"):
             self.loaded = Loaded(tf, wl)
         elif self.mode != "data":
