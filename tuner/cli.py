@@ -165,7 +165,33 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     _add_size_parser(commands)
     _add_size_flags(r, e, rp)
+    _add_check_parser(commands)
     return parser
+
+
+def _add_check_parser(commands: Any) -> None:
+    k = commands.add_parser(
+        "check", help="re-measure a tuned file against TensorFlow's defaults here: still "
+                      "faster (exit 0) or re-tune (exit 1)",
+        description="Re-measure a tuned file's settings against TensorFlow's defaults on this "
+                    "machine, interleaved in fresh processes, with validation's statistics. "
+                    "The workload comes from --config or --model, never from the file.")
+    k.add_argument("tuned", metavar="TUNED", help="the tuned YAML (or a sizes file, with --size)")
+    k.add_argument("--config", help="the workload's study config YAML (or --model)")
+    _model_flags(k, search=False)
+    k.add_argument("--size", type=_positive_int, metavar="K",
+                   help="with a sizes file: check its row for K CPUs")
+    k.add_argument("--rounds", type=_int_at_least(4, "an integer >= 4"),
+                   help="interleaved rounds, one look (default: the config's validate: rounds, "
+                        "extended as validation extends them up to max_rounds)")
+    k.add_argument("--seconds", type=_seconds,
+                   help="seconds measured per process (default: the config's measure: windows "
+                        "x window_seconds)")
+    k.add_argument("--format", default="text", choices=("text", "json"),
+                   help="text (default) or json (one JSON document on stdout; progress on "
+                        "stderr)")
+    _acceptance_flags(k)
+    k.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
 
 def _model_flags(parser: argparse.ArgumentParser, *, search: bool) -> None:
@@ -542,6 +568,27 @@ def cmd_size(args: argparse.Namespace) -> int:
     return 130 if outcome.interrupted else 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from . import check, measuring
+
+    options = check.Options(rounds=args.rounds, seconds=args.seconds, size=args.size,
+                            allow_env=tuple(args.allow_env),
+                            allow_unvalidated=args.allow_unvalidated)
+    tuned = check.read(args.tuned, options)
+    checked = check.nothing_to_check(tuned, options)
+    if checked is None:
+        cfg = _model_config(args, "check")[0]
+        checked = check.run(tuned, cfg, options, measuring.print_line)
+    if args.format == "json":
+        print(json.dumps(checked.record, indent=2))
+    else:
+        for line in checked.lines:
+            print(line)
+    return checked.exit_code
+
+
 def show_sizes(path: str, fmt: str) -> int:
     from . import report, sizes
 
@@ -662,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             commands = {"search": cmd_search, "diagnose": cmd_diagnose, "run": cmd_run,
                         "export": cmd_export, "show": cmd_show, "compare": cmd_compare,
-                        "report": cmd_report, "size": cmd_size}
+                        "report": cmd_report, "size": cmd_size, "check": cmd_check}
             return commands[args.subcommand](args)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
