@@ -139,10 +139,11 @@ def run(tuned: tunedfile.TunedFile, config: Config, options: Options,
                           f"not declared in {render.plain(cfg.path)}'s knobs: (declared: "
                           f"{', '.join(cfg.knobs) or 'none'}); check it against the config it "
                           f"was tuned with")
-    pre = measuring.Measurer(cfg, machine or host_mod.detect(), say).preflight()
+    detected = machine or host_mod.detect()
+    plan = settings_mod.file_plan(doc["settings"], detected.allocators)
+    _check_fits(plan, detected, path)   # in a moment, before any child
+    pre = measuring.Measurer(cfg, detected, say).preflight()
     here = pre.machine
-    plan = settings_mod.file_plan(doc["settings"], here.allocators)
-    _check_fits(plan, here, path)
     notes = _notes(doc, tuned.path, pre, cfg)
     for note in notes:
         say(f"note: {note}")
@@ -194,8 +195,9 @@ def _notes(doc: dict[str, Any], path: str, pre: measuring.Preflight, cfg: Config
         notes.append(f"the file's allocator, {render.plain(plan.allocator)}, is not installed "
                      f"here; measured with the system allocator, as python -m tuner run would "
                      f"run it")
-    recorded = (doc.get("objective") or {}).get("metric")
-    if recorded and recorded != cfg.objective.metric:
+    objective = doc.get("objective")
+    recorded = objective.get("metric") if isinstance(objective, dict) else objective
+    if isinstance(recorded, str) and recorded != cfg.objective.metric:
         notes.append(f"the file was tuned for {render.plain(recorded)}; checked for "
                      f"{cfg.objective.metric} ({render.plain(cfg.path)})")
     if isinstance(doc.get("result"), dict) and "accuracy" in doc["result"]:
