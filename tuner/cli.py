@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an output file that belongs to another study (kept as "
                    "NAME.<time>.bak)")
     s.add_argument("--quiet", action="store_true", help="print only the final summary")
+    s.add_argument("--format", default="text", choices=("text", "json"),
+                   help="the final summary as text (default) or one JSON document on stdout "
+                        "(schema tuner.search, docs/results.md); progress goes to stderr")
+    s.add_argument("--dry-run", action="store_true",
+                   help="check the config, the space on this machine, the storage and the "
+                        "output path, print the plan, and stop: no child, nothing written")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     r = commands.add_parser("run", help="run a command with a tuned file's settings",
@@ -162,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--storage", help="Optuna storage URL")
     rp.add_argument("--study-name", help="the study (optional if the storage holds one)")
     rp.add_argument("--html", help="also write a self-contained HTML report with plots here")
+    rp.add_argument("--format", default="text", choices=("text", "json"),
+                    help="text (default) or one JSON document on stdout (schema tuner.report, "
+                         "docs/results.md)")
     rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     _add_size_parser(commands)
     _add_size_flags(r, e, rp)
@@ -305,16 +314,43 @@ def cmd_search(args: argparse.Namespace) -> int:
         storage=args.storage or os.environ.get(STORAGE_ENV) or None, study_name=args.study_name,
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
         allow_other_machines=args.allow_other_machines)
+    if args.dry_run:
+        from . import plan
+
+        sys.stdout.write(plan.format_plan(plan.search_plan(cfg, generated=where)))
+        return 0
     say = (lambda line: None) if args.quiet else measuring.print_line
     outcome = _with_model_config(cfg, text, where, say, search_mod.run) if text is not None \
         else search_mod.run(cfg, say)
+    code = 130 if outcome.interrupted else 0
+    if args.format == "json":
+        sys.stdout.write(search_json(outcome, where, code))
+        return code
     print_summary(outcome.tuned, outcome.tuned_path, outcome.backup, outcome.kept,
                   outcome.retired)
     if outcome.budget:
         print(outcome.budget)
     if where is not None:
         print(f"config: {where} (resume with python -m tuner search --config {where})")
-    return 130 if outcome.interrupted else 0
+    return code
+
+
+# `search --format json` and `size --format json` (docs/results.md, "JSON output"). History:
+# 1 - first version.
+SEARCH_SCHEMA, SIZE_SCHEMA, OUTPUT_SCHEMA_VERSION = "tuner.search", "tuner.size", 1
+
+
+def search_json(outcome: Any, where: Any, code: int) -> str:
+    """The search's final summary as one JSON document: where the result went, and the tuned
+    document it wrote, whole (every field, new ones included)."""
+    from . import render
+
+    return render.json_document(SEARCH_SCHEMA, OUTPUT_SCHEMA_VERSION, {
+        "exit_code": code, "interrupted": outcome.interrupted,
+        "tuned_file": outcome.tuned_path, "previous_file": outcome.backup,
+        "kept": outcome.kept, "retired": outcome.retired, "budget": outcome.budget,
+        "config": str(where) if where is not None else None,
+        "tuned": outcome.tuned})
 
 
 def _with_model_config(cfg: Any, text: str, where: Any, say: Any, run: Any) -> Any:
@@ -459,7 +495,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.sizes is not None:
         if args.storage or args.study_name:
             raise ConfigError("report: give a sizes file or --storage/--study-name, not both")
-        return report_sizes(args.sizes, args.html)
+        return report_sizes(args.sizes, args.html, args.format)
     if not args.storage:
         raise ConfigError("report: give --storage URL [--study-name NAME] (a study), or a "
                           "sizes file (python -m tuner report results/NAME/sizes.yaml)")
@@ -467,10 +503,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         report.check_html_path(args.html)
     _quiet_optuna()
     built = report.build(args.storage, args.study_name)
-    sys.stdout.write(report.format_text(built))
+    sys.stdout.write(report.format_json(built) if args.format == "json"
+                     else report.format_text(built))
     if args.html:
         report.write_html(built, args.html)
-        print(f"wrote {args.html}")
+        print(f"wrote {args.html}", file=sys.stderr if args.format == "json" else sys.stdout)
     return 0
 
 
@@ -526,6 +563,17 @@ def _add_size_parser(commands: Any) -> None:
     z.add_argument("--output", help="sizes YAML path (default results/<study>/sizes.yaml)")
     z.add_argument("--seed", type=_nonneg_int, help="sampler seed")
     z.add_argument("--quiet", action="store_true", help="print only the final table")
+    z.add_argument("--budget", type=_duration,
+                   help="wall time for the whole size run (e.g. 30m, 1h): shared among the "
+                        "sizes still to run, each split between its search and its validation "
+                        "as search --budget splits it")
+    z.add_argument("--format", default="text", choices=("text", "json"),
+                   help="the final table as text (default) or one JSON document on stdout "
+                        "(schema tuner.size, docs/results.md); progress goes to stderr")
+    z.add_argument("--dry-run", action="store_true",
+                   help="check the config, the sizes and spaces on this machine, the storage "
+                        "and the output path, print the plan, and stop: no child, nothing "
+                        "written")
     z.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -556,16 +604,31 @@ def cmd_size(args: argparse.Namespace) -> int:
     output = config_mod.check_output(args.output, "--output") if args.output else None
     options = sizing.Options(cpus=args.cpus, target=args.target_throughput,
                              price=args.cpu_hour_price, budget=args.latency_budget_ms,
-                             output=output)
+                             output=output, time_budget=args.budget)
+    if args.dry_run:
+        from . import plan
+
+        sys.stdout.write(plan.format_plan(plan.size_plan(cfg, options, generated=where)))
+        return 0
     say = (lambda line: None) if args.quiet else measuring.print_line
     outcome = _with_model_config(cfg, text, where, say,
                                  lambda c, s: sizing.run(c, options, s)) if text is not None \
         else sizing.run(cfg, options, say)
+    code = 130 if outcome.interrupted else 0
+    if args.format == "json":
+        from . import render
+
+        sys.stdout.write(render.json_document(SIZE_SCHEMA, OUTPUT_SCHEMA_VERSION, {
+            "exit_code": code, "interrupted": outcome.interrupted,
+            "sizes_file": outcome.path, "previous_file": outcome.backup,
+            "config": str(where) if where is not None else None,
+            "sizes": sizes.read(outcome.path).doc}))
+        return code
     print()
     sys.stdout.write(report.format_sizes(sizes.read(outcome.path), "text"))
     print(f"wrote {outcome.path}" + (f" (previous file kept as {outcome.backup})"
                                       if outcome.backup else ""))
-    return 130 if outcome.interrupted else 0
+    return code
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -596,16 +659,17 @@ def show_sizes(path: str, fmt: str) -> int:
     return 0
 
 
-def report_sizes(path: str, html_path: str | None) -> int:
+def report_sizes(path: str, html_path: str | None, fmt: str = "text") -> int:
     from . import report, sizes
 
     if html_path:
         report.check_html_path(html_path)
     read = sizes.read(path)
-    sys.stdout.write(report.format_sizes(read, "text"))
+    sys.stdout.write(report.format_sizes_json(read) if fmt == "json"
+                     else report.format_sizes(read, "text"))
     if html_path:
         report.write_sizes_html(read, html_path)
-        print(f"wrote {html_path}")
+        print(f"wrote {html_path}", file=sys.stderr if fmt == "json" else sys.stdout)
     return 0
 
 
