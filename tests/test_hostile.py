@@ -100,13 +100,14 @@ def _tuner(*args: str, timeout: float = 60, real: bool = False, refused: bool = 
 
 
 def _one_error(err: str, *needles: str) -> str:
+    """stderr ends in one ``error:`` line naming each needle; before it, progress lines only."""
     lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
+    assert lines and lines[-1].startswith("error: "), err
+    assert sum(line.startswith("error: ") for line in lines) == 1, err
     assert "Traceback" not in err
     for needle in needles:
-        assert needle in lines[0], (needle, err)
-    return lines[0]
+        assert needle in lines[-1], (needle, err)
+    return lines[-1]
 
 
 def _listing(root: Path) -> set[str]:
