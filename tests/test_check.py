@@ -132,10 +132,12 @@ def test_the_workload_comes_from_the_command_line_never_from_the_file(tuned_file
     # a hostile file names another workload: it is never loaded
     doc["workload"] = {"model": "/nonexistent/evil.py:build", "data": "/nonexistent/evil.py:d",
                        "mode": "predict", "config": "/nonexistent/evil.yaml"}
+    # and result fields that are not numbers: not shown, never a traceback
+    doc["result"]["speedup_ci95"] = ["\x1b]0;evil\x07", 2]
     tuned.write_text(yaml.safe_dump(doc))
     code, out, err = run_cli(capsys, "check", str(tuned), "--config", str(cfg), "--rounds", "4")
     assert code == 0, err
-    assert "evil" not in out + err
+    assert "evil" not in out + err and "when tuned" not in out
     # and without --config or --model, a tuned verdict cannot be checked
     code, _, err = run_cli(capsys, "check", str(tuned))
     assert_one_error_line(code, err, "--model", "--config")

@@ -260,12 +260,14 @@ def _decide(tuned: tunedfile.TunedFile, options: Options, cfg: Config, v: valida
         lines.append(f"  tuned {tp['median']:.1f} samples/s, TensorFlow's defaults "
                      f"{base['median']:.1f} samples/s (medians of {len(tp['per_process'])} and "
                      f"{len(base['per_process'])} processes)")
-    recorded = tuned.doc.get("result") or {}
-    if isinstance(recorded.get("speedup"), (int, float)) and \
-            isinstance(recorded.get("speedup_ci95"), list) and len(recorded["speedup_ci95"]) == 2:
-        lo, hi = recorded["speedup_ci95"]
-        lines.append(f"  when tuned: {recorded['speedup']:.2f}x (95% interval "
-                     f"{render.num(lo, 2)}-{render.num(hi, 2)})")
+    recorded = tuned.doc.get("result")
+    claim = [recorded.get("speedup"), *(recorded.get("speedup_ci95") or [])] \
+        if isinstance(recorded, dict) and isinstance(recorded.get("speedup_ci95"), list) else []
+    # the file is untrusted: its numbers are shown only when they are numbers
+    if len(claim) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                               for x in claim):
+        lines.append(f"  when tuned: {claim[0]:.2f}x (95% interval {claim[1]:.2f}-"
+                     f"{claim[2]:.2f})")
     record = _record(tuned, options, outcome, line)
     record.update(measured=measured, notes=notes, objective=cfg.objective.metric,
                   machine=machine.as_dict(), config=cfg.path)
