@@ -221,5 +221,31 @@ def test_check_on_the_quickstart_with_real_tensorflow(tmp_path):
     assert measured["rounds"] >= 3
     assert len(measured["throughput"]["per_process"]) == measured["rounds"]
     assert all(v > 0 for v in measured["baseline_throughput"]["per_process"])
+    # the speedup is the ratio of the medians of what was measured (a throughput objective)
+    assert measured["speedup"] == pytest.approx(
+        measured["throughput"]["median"] / measured["baseline_throughput"]["median"], rel=1e-3)
+    assert measured["significant"] is (out.returncode == 0)
     assert record["machine"]["tf_version"] != "fake-1.0"
     assert "final round 1/4" in out.stderr
+
+
+def test_a_model_files_result_is_checked_with_model_and_writes_nothing(fake_worker, tmp_path,
+                                                                        capsys):
+    model = tmp_path / "net.keras"
+    model.write_bytes(b"PK\x03\x04 not really")   # the parent only looks at the name
+    code, _, err = run_cli(capsys, "search", "--model", str(model), "--n-trials", "6")
+    assert code == 0, err
+    tuned = Path("results/net/tuned.yaml")
+    before = sorted(str(p) for p in tmp_path.rglob("*") if "lock" not in p.name)
+    code, out, err = run_cli(capsys, "check", str(tuned), "--model", str(model), "--rounds", "4",
+                             "--format", "json")
+    record = json.loads(out)
+    verdict_written = yaml.safe_load(tuned.read_text())["verdict"]
+    if verdict_written == "defaults":
+        assert code == 0 and record["outcome"] == "nothing_to_check"
+    else:
+        assert code in (0, 1), err
+        assert record["measured"]["rounds"] >= 3
+        assert "generated inputs" in err     # the model file's workload, from --model
+    # no generated config, study or file was written by the check
+    assert sorted(str(p) for p in tmp_path.rglob("*") if "lock" not in p.name) == before
