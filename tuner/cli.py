@@ -632,9 +632,7 @@ def cmd_size(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    import json
-
-    from . import check, measuring
+    from . import check, measuring, render
 
     options = check.Options(rounds=args.rounds, seconds=args.seconds, size=args.size,
                             allow_env=tuple(args.allow_env),
@@ -645,7 +643,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         cfg = _model_config(args, "check")[0]
         checked = check.run(tuned, cfg, options, measuring.print_line)
     if args.format == "json":
-        print(json.dumps(checked.record, indent=2))
+        sys.stdout.write(render.json_document(check.SCHEMA, check.SCHEMA_VERSION,
+                                              checked.record))
     else:
         for line in checked.lines:
             print(line)
