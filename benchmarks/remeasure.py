@@ -2,17 +2,19 @@
 
     python benchmarks/remeasure.py results/branchy/tuned.yaml --rounds 8
 
-Shares no measurement code with tuner: each round starts two fresh Python processes (order
-alternating) that build the workload named in the tuned file, warm up, and time a fixed number of
-seconds of steps. The defaults process sets nothing; the tuned process applies the file the way a
-production job does, with ``cfg = tuner.apply(path)``, ``ds.with_options(cfg.dataset_options())``
-and declared knobs passed to the builders from ``cfg.knobs`` (``--plain`` applies it with plain
-TensorFlow calls and the file's knob values instead). The defaults process calls the builders
-without arguments: the pipeline as written. Applied through tuner, each tuned measurement runs
-under ``python -m tuner run``, so an allocator, a CPU set and several instances (their
-throughputs summed, measured over the same seconds) are applied as in production. Prints a table
-of both configurations (median with a bootstrap 95% interval over processes), the measured
-speedup, and the speedup the search reported.
+Shares no measurement code with tuner (``python -m tuner check`` is the tool's own re-check, on
+validation's code; this script is the independent one that checks it): each round starts two fresh
+Python processes (order alternating) that build the workload named in the tuned file, warm up, and
+time a fixed number of seconds of steps. The defaults process sets nothing; the tuned process
+applies the file the way a production job does, with ``cfg = tuner.apply(path)``,
+``ds.with_options(cfg.dataset_options())`` and declared knobs passed to the builders from
+``cfg.knobs`` (``--plain`` applies it with plain TensorFlow calls and the file's knob values
+instead). The defaults process calls the builders without arguments: the pipeline as written.
+Applied through tuner, each tuned measurement runs under ``python -m tuner run``, so an allocator,
+a CPU set and several instances (their throughputs summed, measured over the same seconds) are
+applied as in production. Prints a table of both configurations (median with a bootstrap 95%
+interval over processes), the measured speedup with validation's statistics (its 95% interval
+resampling both sides, the permutation test's p-value), and the speedup the search reported.
 """
 
 from __future__ import annotations
@@ -181,12 +183,21 @@ def main() -> None:
         lo, hi = bootstrap(values)
         print(f"{name:<10} {statistics.median(values):>17.1f} {f'{lo:.1f}-{hi:.1f}':>21} "
               f"{min(values):>9.1f} {max(values):>9.1f}")
+    # the measuring above is independent of tuner's; the statistics are the same as
+    # validation's and `tuner check`'s (both sides resampled, the exact permutation test)
+    from tuner import stats
+
     measured = statistics.median(runs["tuned"]) / statistics.median(runs["defaults"])
+    lo, hi = stats.ratio_ci(runs["tuned"], runs["defaults"])
+    p = stats.permutation_p_greater(runs["tuned"], runs["defaults"])
     reported = doc["result"]["speedup"]
-    print(f"\nre-measured speedup {measured:.3f}x; the search reported {reported:.3f}x "
-          f"(verdict {doc['verdict']}); difference {100 * (reported / measured - 1):+.1f}%")
+    print(f"\nre-measured speedup {measured:.3f}x (95% interval {lo:.3f}-{hi:.3f}, p={p:.3g}); "
+          f"the search reported {reported:.3f}x (verdict {doc['verdict']}); difference "
+          f"{100 * (reported / measured - 1):+.1f}%")
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": runs, "measured_speedup": measured,
+                                               "measured_speedup_ci95": [lo, hi],
+                                               "p_value": p,
                                                "reported_speedup": reported}, indent=1))
 
 

@@ -16,6 +16,7 @@ from helpers import (
     PG_BIN_DIRS,
     TEST_ENV,
     PostgresServer,
+    assert_one_error_line,
     fake_worker_command,
     fake_worker_env,
     run_search,
@@ -84,9 +85,7 @@ def search_fails_in_preflight(capsys):
     def check(path: Path, needles: list[str]) -> None:
         code = cli.main(["search", "--config", str(path)])
         err = capsys.readouterr().err
-        assert code == 2, err
-        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
-        assert "preflight failed" in err
+        assert_one_error_line(code, err, "preflight failed")
         for needle in needles:
             assert needle in err
         assert not Path("results").exists()

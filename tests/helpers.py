@@ -197,15 +197,17 @@ def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
 
 
 def assert_one_error_line(code: int, err: str, *needles: str, exit_code: int = 2) -> str:
-    """Exit ``exit_code``, and stderr is one ``error:`` line, no traceback, naming each needle."""
+    """Exit ``exit_code``, and stderr ends in one ``error:`` line, no traceback, naming each
+    needle. Before it, stderr may hold only progress lines (a search's, which go to stderr so
+    that stdout pipes cleanly), never another error."""
     assert code == exit_code, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
+    assert lines and lines[-1].startswith("error: "), err
+    assert sum(line.startswith("error: ") for line in lines) == 1, err
     assert "Traceback" not in err
     for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
+        assert needle in lines[-1], (needle, lines[-1])
+    return lines[-1]
 
 
 def settings_doc(**settings: Any) -> dict[str, Any]:

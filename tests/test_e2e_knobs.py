@@ -124,11 +124,11 @@ def test_declared_knobs_reach_the_builders_and_round_trip(workloads, capsys, mon
     record = workloads / "record.jsonl"
     monkeypatch.setenv("KNOB_RECORD", str(record))
     code = cli.main(["search", "--config", str(write(workloads))])
-    out = capsys.readouterr().out
-    assert code == 0, out
+    err = capsys.readouterr().err   # the preflight's progress lines
+    assert code == 0, err
     assert "knob map_parallelism: to build_data and build_model; baseline 1 (builder default)" \
-        in out
-    assert "pipeline: TensorSlice -> ParallelMap -> Batch" in out
+        in err
+    assert "pipeline: TensorSlice -> ParallelMap -> Batch" in err
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     data_calls = [(c["map_parallelism"], c["prefetch"]) for c in calls if c["builder"] == "data"]
     # preflight and baseline: the pipeline as written (its defaults, 1 and None) ...

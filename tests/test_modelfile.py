@@ -148,7 +148,7 @@ def test_the_generated_config_resumes_the_same_study(keras_file, fake_worker, ca
     assert code == 0, err
     trials = [t for t in load_study("My-Model").trials if t.state.name == "COMPLETE"]
     assert len(trials) == n_first + 1 and trials[0].params == first[0].params
-    assert f"resuming with {n_first} trials" in out
+    assert f"resuming with {n_first} trials" in err
     assert config.load(where).fingerprint() == modelfile.config_for(modelfile.ModelFlags(
         model=str(keras_file), batch_sizes=[16, 64]))[0].fingerprint()
     doc = yaml.safe_load(open("results/My-Model/tuned.yaml"))
@@ -178,7 +178,7 @@ def test_batch_sizes_are_reported_with_throughput_and_latency_per_batch(keras_fi
     assert rows[0]["throughput"] < rows[2]["throughput"]
     latency = [r["batch_latency_ms"]["p50"] for r in rows]
     assert latency == sorted(latency) and latency[0] > 0
-    assert "ms/batch (p50)" in out and "batch sizes (best trial each): 8: " in out
+    assert "ms/batch (p50)" in err and "batch sizes (best trial each): 8: " in out
     assert "is the caller's: tuner.apply() cannot set it" in out
 
 
@@ -189,7 +189,7 @@ def test_two_models_tuned_into_one_folder_each_get_their_own_config(keras_file, 
         code, out, err = run_cli(capsys, "search", "--model", str(model), "--output",
                                  f"out/{name}.yaml", "--n-trials", "1")
         assert code == 0, err
-        assert f"config: out/{name}.config.yaml (written)" in out
+        assert f"config: out/{name}.config.yaml (written)" in err
     assert sorted(p.name for p in Path("out").iterdir() if p.suffix == ".yaml") == [
         "a.config.yaml", "a.yaml", "b.config.yaml", "b.yaml"]
     assert config.load("out/a.config.yaml").workload.model == str(keras_file.resolve())
@@ -215,13 +215,13 @@ def test_an_old_layouts_config_yaml_is_still_resumed(keras_file, fake_worker, ca
     legacy.write_text(modelfile.render(doc, legacy))
     code, out, err = run_cli(capsys, "search", "--model", str(keras_file), "--n-trials", "1")
     assert code == 0, err
-    assert f"config: {legacy} (as before)" in out
+    assert f"config: {legacy} (as before)" in err
     assert not Path("results/My-Model/tuned.config.yaml").exists()
     # another model's config.yaml there does not block a new one
     legacy.write_text("# someone else's\n")
     code, out, err = run_cli(capsys, "search", "--model", str(keras_file), "--n-trials", "1")
     assert code == 0, err
-    assert "config: results/My-Model/tuned.config.yaml (written)" in out
+    assert "config: results/My-Model/tuned.config.yaml (written)" in err
 
 
 def test_a_hand_edited_config_is_never_overwritten(keras_file, fake_worker, capsys):
@@ -389,7 +389,7 @@ def test_size_runs_on_a_model_file_and_writes_its_config(keras_file, fake_worker
                              "--n-trials", "1")
     assert code == 0, err
     where = Path("results/My-Model/tuned.config.yaml")
-    assert f"config: {where} (written)" in out
+    assert f"config: {where} (written)" in err
     sizes = yaml.safe_load(open("results/My-Model/sizes.yaml"))
     assert [row["cpus"] for row in sizes["sizes"]] == [1]
     assert config.load(where).workload.model == str(keras_file.resolve())

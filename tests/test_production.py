@@ -224,8 +224,35 @@ def test_launcher_exit_code_and_missing_command(tmp_path, capsys):
     path = make_tuned(tmp_path, env={})
     assert subprocess.run([sys.executable, "-m", "tuner", "run", "--tuned", str(path), "--",
                            "sh", "-c", "exit 42"]).returncode == 42
-    assert cli.main(["run", "--tuned", str(path), "--", "no-such-command-xyz"]) == 2
-    assert "command not found: 'no-such-command-xyz'" in capsys.readouterr().err
+    # as shells do: 127 for a command not found, 126 for one found but not executable
+    assert cli.main(["run", "--tuned", str(path), "--", "no-such-command-xyz"]) == 127
+    assert capsys.readouterr().err == "error: run: command not found: 'no-such-command-xyz'\n"
+    assert cli.main(["run", "--tuned", str(path), "--", str(tmp_path / "missing.sh")]) == 127
+    assert "command not found" in capsys.readouterr().err
+    plain = tmp_path / "plain.sh"
+    plain.write_text("echo hi\n")
+    plain.chmod(0o644)
+    assert cli.main(["run", "--tuned", str(path), "--", str(plain)]) == 126
+    assert "permission denied (not executable)" in capsys.readouterr().err
+    assert cli.main(["run", "--tuned", str(path), "--", str(tmp_path)]) == 126
+    assert "is a directory" in capsys.readouterr().err
+    # only in PATH, and not executable there: 126 as well
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "tool-xyz").write_text("echo hi\n")
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "tuner", "run", "--tuned", str(path), "--",
+                           "tool-xyz"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 126, proc.stderr
+    # executable, but not a program the kernel can start (no #! line): exec fails, 126
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x00\x01not a program\n")
+    garbage.chmod(0o755)
+    proc = subprocess.run([sys.executable, "-m", "tuner", "run", "--tuned", str(path), "--",
+                           str(garbage)], capture_output=True, text=True)
+    assert proc.returncode == 126, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("error: run: ")
+    assert "cannot execute: Exec format error" in proc.stderr
     assert cli.main(["run", "--tuned", str(path)]) == 2
     assert "no command given" in capsys.readouterr().err
 

@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "NAME.<time>.bak)")
     _keep_backups_flag(s, "tuned")
     s.add_argument("--quiet", action="store_true", help="print only the final summary")
+    s.add_argument("--format", default="text", choices=("text", "json"),
+                   help="the final summary as text (default) or one JSON document on stdout "
+                        "(schema tuner.search, docs/results.md); progress goes to stderr")
+    s.add_argument("--dry-run", action="store_true",
+                   help="check the config, the space on this machine, the storage and the "
+                        "output path, print the plan, and stop: no child, nothing written")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     r = commands.add_parser("run", help="run a command with a tuned file's settings")
@@ -185,12 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "sizes file is given; " + STORAGE_PRECEDENCE + ")")
     rp.add_argument("--study-name", help="the study (optional if the storage holds one)")
     rp.add_argument("--html", help="also write a self-contained HTML report with plots here")
+    rp.add_argument("--format", default="text", choices=("text", "json"),
+                    help="text (default) or one JSON document on stdout (schema tuner.report, "
+                         "docs/results.md)")
     rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     _add_size_parser(commands)
     _add_size_flags(r, e, rp)
     # argparse shows the command after -- as "...": every flag as argparse lists it, then that
     auto = " ".join(r.format_usage().split()[1:])
     r.usage = auto[:-len("...")] + "-- COMMAND [ARGS...]" if auto.endswith("...") else auto
+    _add_check_parser(commands)
     return parser
 
 
@@ -204,6 +214,31 @@ def _export_formats() -> tuple[str, ...]:
     from .launch import FORMATS as EXPORT_FORMATS
 
     return tuple(EXPORT_FORMATS)
+
+
+def _add_check_parser(commands: Any) -> None:
+    k = commands.add_parser(
+        "check", help="re-measure a tuned file against TensorFlow's defaults here: still "
+                      "faster (exit 0) or re-tune (exit 1)",
+        description="Re-measure a tuned file's settings against TensorFlow's defaults on this "
+                    "machine, interleaved in fresh processes, with validation's statistics. "
+                    "The workload comes from --config or --model, never from the file.")
+    k.add_argument("tuned", metavar="TUNED", help="the tuned YAML (or a sizes file, with --size)")
+    k.add_argument("--config", help="the workload's study config YAML (or --model)")
+    _model_flags(k, search=False)
+    k.add_argument("--size", type=_positive_int, metavar="K",
+                   help="with a sizes file: check its row for K CPUs")
+    k.add_argument("--rounds", type=_int_at_least(4, "an integer >= 4"),
+                   help="interleaved rounds, one look (default: the config's validate: rounds, "
+                        "extended as validation extends them up to max_rounds)")
+    k.add_argument("--seconds", type=_seconds,
+                   help="seconds measured per process (default: the config's measure: windows "
+                        "x window_seconds)")
+    k.add_argument("--format", default="text", choices=("text", "json"),
+                   help="text (default) or json (one JSON document on stdout; progress on "
+                        "stderr)")
+    _acceptance_flags(k)
+    k.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
 
 def _model_flags(parser: argparse.ArgumentParser, *, search: bool) -> None:
@@ -343,16 +378,43 @@ def cmd_search(args: argparse.Namespace) -> int:
         storage=storage_from(args.storage), study_name=args.study_name,
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
         allow_other_machines=args.allow_other_machines, keep_backups=args.keep_backups)
+    if args.dry_run:
+        from . import plan
+
+        sys.stdout.write(plan.format_plan(plan.search_plan(cfg, generated=where)))
+        return 0
     say = (lambda line: None) if args.quiet else measuring.print_line
     outcome = _with_model_config(cfg, text, where, say, search_mod.run) if text is not None \
         else search_mod.run(cfg, say)
+    code = 130 if outcome.interrupted else 0
+    if args.format == "json":
+        sys.stdout.write(search_json(outcome, where, code))
+        return code
     print_summary(outcome.tuned, outcome.tuned_path, outcome.backup, outcome.kept,
                   outcome.retired)
     if outcome.budget:
         print(outcome.budget)
     if where is not None:
         print(f"config: {where} (resume with python -m tuner search --config {where})")
-    return 130 if outcome.interrupted else 0
+    return code
+
+
+# `search --format json` and `size --format json` (docs/results.md, "JSON output"). History:
+# 1 - first version.
+SEARCH_SCHEMA, SIZE_SCHEMA, OUTPUT_SCHEMA_VERSION = "tuner.search", "tuner.size", 1
+
+
+def search_json(outcome: Any, where: Any, code: int) -> str:
+    """The search's final summary as one JSON document: where the result went, and the tuned
+    document it wrote, whole (every field, new ones included)."""
+    from . import render
+
+    return render.json_document(SEARCH_SCHEMA, OUTPUT_SCHEMA_VERSION, {
+        "exit_code": code, "interrupted": outcome.interrupted,
+        "tuned_file": outcome.tuned_path, "previous_file": outcome.backup,
+        "kept": outcome.kept, "retired": outcome.retired, "budget": outcome.budget,
+        "config": str(where) if where is not None else None,
+        "tuned": outcome.tuned})
 
 
 def _with_model_config(cfg: Any, text: str, where: Any, say: Any, run: Any) -> Any:
@@ -520,7 +582,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise ConfigError("report: give a sizes file or --storage/--study-name, not both")
         _not_a_tuned_file(args.sizes, "report",
                           "report reads a study (--storage URL) or a sizes file")
-        return report_sizes(args.sizes, args.html)
+        return report_sizes(args.sizes, args.html, args.format)
     storage = storage_from(args.storage)
     if not storage:
         raise ConfigError("report: give --storage URL [--study-name NAME] (a study; or set "
@@ -530,10 +592,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         report.check_html_path(args.html)
     _quiet_optuna()
     built = report.build(storage, args.study_name)
-    _out(report.format_text(built))
+    _out(report.format_json(built) if args.format == "json" else report.format_text(built))
     if args.html:
         report.write_html(built, args.html)
-        print(f"wrote {args.html}")
+        print(f"wrote {args.html}", file=sys.stderr if args.format == "json" else sys.stdout)
     return 0
 
 
@@ -590,6 +652,17 @@ def _add_size_parser(commands: Any) -> None:
     z.add_argument("--seed", type=_nonneg_int, help="sampler seed")
     _keep_backups_flag(z, "sizes")
     z.add_argument("--quiet", action="store_true", help="print only the final table")
+    z.add_argument("--budget", type=_duration,
+                   help="wall time for the whole size run (e.g. 30m, 1h): shared among the "
+                        "sizes still to run, each split between its search and its validation "
+                        "as search --budget splits it")
+    z.add_argument("--format", default="text", choices=("text", "json"),
+                   help="the final table as text (default) or one JSON document on stdout "
+                        "(schema tuner.size, docs/results.md); progress goes to stderr")
+    z.add_argument("--dry-run", action="store_true",
+                   help="check the config, the sizes and spaces on this machine, the storage "
+                        "and the output path, print the plan, and stop: no child, nothing "
+                        "written")
     z.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -634,16 +707,51 @@ def cmd_size(args: argparse.Namespace) -> int:
     output = config_mod.check_output(args.output, "--output") if args.output else None
     options = sizing.Options(cpus=args.cpus, target=args.target_throughput,
                              price=args.cpu_hour_price, budget=args.latency_budget_ms,
-                             output=output)
+                             output=output, time_budget=args.budget)
+    if args.dry_run:
+        from . import plan
+
+        sys.stdout.write(plan.format_plan(plan.size_plan(cfg, options, generated=where)))
+        return 0
     say = (lambda line: None) if args.quiet else measuring.print_line
     outcome = _with_model_config(cfg, text, where, say,
                                  lambda c, s: sizing.run(c, options, s)) if text is not None \
         else sizing.run(cfg, options, say)
+    code = 130 if outcome.interrupted else 0
+    if args.format == "json":
+        from . import render
+
+        sys.stdout.write(render.json_document(SIZE_SCHEMA, OUTPUT_SCHEMA_VERSION, {
+            "exit_code": code, "interrupted": outcome.interrupted,
+            "sizes_file": outcome.path, "previous_file": outcome.backup,
+            "config": str(where) if where is not None else None,
+            "sizes": sizes.read(outcome.path).doc}))
+        return code
     print()
     _out(report.format_sizes(sizes.read(outcome.path), "text"))
     print(f"wrote {outcome.path}" + (f" (previous file kept as {outcome.backup})"
                                       if outcome.backup else ""))
-    return 130 if outcome.interrupted else 0
+    return code
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import check, measuring, render
+
+    options = check.Options(rounds=args.rounds, seconds=args.seconds, size=args.size,
+                            allow_env=tuple(args.allow_env),
+                            allow_unvalidated=args.allow_unvalidated)
+    tuned = check.read(args.tuned, options)
+    checked = check.nothing_to_check(tuned, options)
+    if checked is None:
+        cfg = _model_config(args, "check")[0]
+        checked = check.run(tuned, cfg, options, measuring.print_line)
+    if args.format == "json":
+        sys.stdout.write(render.json_document(check.SCHEMA, check.SCHEMA_VERSION,
+                                              checked.record))
+    else:
+        for line in checked.lines:
+            _out(line + "\n")
+    return checked.exit_code
 
 
 def show_sizes(path: str, fmt: str) -> int:
@@ -653,16 +761,17 @@ def show_sizes(path: str, fmt: str) -> int:
     return 0
 
 
-def report_sizes(path: str, html_path: str | None) -> int:
+def report_sizes(path: str, html_path: str | None, fmt: str = "text") -> int:
     from . import report, sizes
 
     if html_path:
         report.check_html_path(html_path)
     read = sizes.read(path)
-    _out(report.format_sizes(read, "text"))
+    _out(report.format_sizes_json(read) if fmt == "json"
+         else report.format_sizes(read, "text"))
     if html_path:
         report.write_sizes_html(read, html_path)
-        print(f"wrote {html_path}")
+        print(f"wrote {html_path}", file=sys.stderr if fmt == "json" else sys.stdout)
     return 0
 
 
@@ -767,7 +876,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             commands = {"search": cmd_search, "diagnose": cmd_diagnose, "run": cmd_run,
                         "export": cmd_export, "show": cmd_show, "compare": cmd_compare,
-                        "report": cmd_report, "size": cmd_size}
+                        "report": cmd_report, "size": cmd_size, "check": cmd_check}
             return commands[args.subcommand](args)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -33,6 +33,18 @@ class StudyMismatchError(StudyError):
     exit_code = 2
 
 
+class CommandError(TunerError):
+    """``run``'s command cannot be started: exit 127 when it is not found, 126 when it is found
+    but cannot be executed, as shells do."""
+
+    NOT_FOUND = 127
+    NOT_EXECUTABLE = 126
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class TrialFailed(TunerError):
     """A trial's child process did not produce a valid measurement; ``reason`` says why."""
 

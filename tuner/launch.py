@@ -22,6 +22,7 @@ knob's rule.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shlex
@@ -34,7 +35,7 @@ from typing import Any
 import yaml
 
 from . import host, knobs, settings, tunedfile
-from .errors import ConfigError
+from .errors import CommandError, ConfigError
 from .production import (
     ALLOW_ENV_ENV,
     ALLOW_UNVALIDATED_ENV,
@@ -146,9 +147,7 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
         check_machine(doc, path, strict)
     env, kept = launch_env(doc, path, override=override, allow_env=tuned.allowed_env,
                            allow_unvalidated=allow_unvalidated, size=size)
-    executable = shutil.which(command[0], path=env.get("PATH"))
-    if executable is None:
-        raise ConfigError(f"run: command not found: {command[0]!r}")
+    executable = find_command(command[0], env.get("PATH"))
     plan = settings.file_plan(doc["settings"])
     sets = plan.instances
     if instance is not None and sets is None:
@@ -176,8 +175,32 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
             print(f"tuner: {plain(line)}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(executable, list(command), env)
+    try:
+        os.execve(executable, list(command), env)
+    except OSError as exc:   # e.g. a script without a #! line, a binary for another machine
+        raise CommandError(f"run: {command[0]!r}: cannot execute: {exc.strerror or exc}",
+                           CommandError.NOT_FOUND if exc.errno == errno.ENOENT
+                           else CommandError.NOT_EXECUTABLE) from None
     return 0  # not reached
+
+
+def find_command(name: str, path: str | None) -> str:
+    """The executable ``run`` starts for ``name``, looked up as a shell does: a name with a
+    slash is a path, otherwise searched in ``path``. Not found: :class:`CommandError` with exit
+    127; found but not executable (no permission, a directory): 126."""
+    found = shutil.which(name, path=path)
+    if found is not None:
+        return found
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d or ".", name)
+                      for d in (path if path is not None else os.defpath).split(os.pathsep)]
+    present = [c for c in candidates if os.path.exists(c)]
+    if not present:
+        raise CommandError(f"run: command not found: {name!r}", CommandError.NOT_FOUND)
+    why = "is a directory" if os.path.isdir(present[0]) else "permission denied (not executable)"
+    raise CommandError(f"run: {present[0]!r}: {why}", CommandError.NOT_EXECUTABLE)
 
 
 def _run_instances(executable: str, command: list[str], base_env: dict[str, str],

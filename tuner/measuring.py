@@ -10,6 +10,7 @@ and a ratio of scores is a speedup everywhere (pruning, ranking, validation).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,9 +28,11 @@ Say = Callable[[str], None]
 
 
 def print_line(line: str = "") -> None:
-    """The command line's progress output: its lines may echo names and reasons from a shared
-    study, so nothing in them acts on the terminal."""
-    print(terminal(line), flush=True)
+    """The command line's progress output: on stderr, so that stdout carries only the result
+    (a summary, a table, a JSON document) and pipes cleanly; its lines may echo names and reasons
+    from a shared study, so nothing in them acts on the terminal."""
+    print(terminal(line), file=sys.stderr, flush=True)
+
 
 
 def task(kind: str, config: Config, machine: host_mod.Machine) -> dict[str, Any]:

@@ -181,3 +181,25 @@ def ratio(value: float | None, ci: Sequence[float] | None = None, p: float | Non
 def setting(v: Any) -> str:
     """A setting's value; None (nothing set: TensorFlow chooses) reads as TensorFlow's default."""
     return TF_DEFAULT if v is None else str(v)
+
+
+# -- machine-readable output (docs/results.md, "JSON output") ----------------------------------
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_document(schema: str, version: int, body: dict[str, Any]) -> str:
+    """One JSON document for stdout: ``schema`` and ``schema_version`` first, then ``body``.
+    Strict JSON: a NaN or an infinity (not JSON) becomes null; anything else not JSON-native
+    (a date PyYAML read) becomes its text."""
+    import json
+
+    return json.dumps({"schema": schema, "schema_version": version, **_finite(body)}, indent=2,
+                      default=str, allow_nan=False) + "\n"

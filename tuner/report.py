@@ -208,6 +208,42 @@ def format_text(report: StudyReport) -> str:
     return "\n".join(out) + "\n"
 
 
+# -- JSON ----------------------------------------------------------------------------------------
+
+# `report --format json` (docs/results.md, "JSON output"). History:
+# 1 - first version.
+REPORT_SCHEMA = "tuner.report"
+REPORT_SCHEMA_VERSION = 1
+
+
+def format_json(report: StudyReport) -> str:
+    """The study as one JSON document: every trial as Optuna holds it (its parameters and every
+    attribute the search recorded, so new attributes flow through), the references, the
+    importances, and the last validated result as the search stored it (the tuned file's
+    verdict, settings and result blocks, whole)."""
+    r = report.record
+    trials = [{"number": t.number, "state": t.state.name, "value": t.value,
+               "params": dict(t.params), "user_attrs": dict(t.user_attrs),
+               "started": t.datetime_start.isoformat() if t.datetime_start else None,
+               "completed": t.datetime_complete.isoformat() if t.datetime_complete else None}
+              for t in r.trials]
+    return render.json_document(REPORT_SCHEMA, REPORT_SCHEMA_VERSION, {
+        "kind": "study",
+        "study": {"name": r.name, "storage": r.storage, "created": r.created,
+                  "counts": report.counts, "machine": r.machine, "workload": r.workload},
+        "trials": trials,
+        "references": report.references,
+        "importances": report.importances, "importance_note": report.importance_note,
+        "last_result": r.last_result,
+    })
+
+
+def format_sizes_json(sizes_file: Any) -> str:
+    """``report --format json`` of a sizes file: the whole sizes document."""
+    return render.json_document(REPORT_SCHEMA, REPORT_SCHEMA_VERSION, {
+        "kind": "sizes", "sizes_file": sizes_file.path, "sizes": sizes_file.doc})
+
+
 # -- HTML --------------------------------------------------------------------------------------
 
 

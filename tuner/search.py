@@ -213,6 +213,12 @@ def _budget(st: study.Study, started: float) -> budget_mod.Budget | None:
     return plan
 
 
+def budget_for(st: study.Study, started: float) -> budget_mod.Budget | None:
+    """The budget of ``st.config.search.budget`` for a run started at ``started`` (on
+    :func:`budget_mod.clock`), checked and said: what ``size --budget`` gives each size."""
+    return _budget(st, started)
+
+
 def _within(plan: budget_mod.Budget, measurer: measuring.Measurer) -> measuring.Measurer:
     """The measurer validation runs with: its sequential extension capped at the rounds the
     budget still pays for."""

@@ -31,6 +31,7 @@ from typing import Any
 
 import optuna
 
+from . import budget as budget_mod
 from . import coord, files, measuring, search, sizes, stats, study, verdict
 from . import host as host_mod
 from . import settings as settings_mod
@@ -242,6 +243,7 @@ class Options:
     price: float | None = None
     budget: float | None = None
     output: str | None = None
+    time_budget: float | None = None    # seconds for the whole run (--budget), shared by sizes
 
 
 @dataclass
@@ -271,6 +273,7 @@ def run(config: Config, options: Options, say: measuring.Say = measuring.print_l
 def _run(cfg: Config, opts: Options, say: measuring.Say, machine: host_mod.Machine
          ) -> SizingOutcome:
     started = time.monotonic()
+    budget_started = budget_mod.clock()
     counts = ladder(machine.usable_cpus, opts.cpus)
     output = opts.output or sizes.default_output(cfg.study_name)
     files.check_writable(output, "--output", "the sizes file", make_folders=True)
@@ -291,8 +294,23 @@ def _run(cfg: Config, opts: Options, say: measuring.Say, machine: host_mod.Machi
         say(f"== size {count} CPU(s) ({index + 1} of {len(counts)}): CPUs "
             f"{host_mod.format_cpus(host_mod.cpu_set(pre.machine, count) or [])} ==")
         mark = time.monotonic()
+        size_cfg = cfg
+        if opts.time_budget is not None:
+            # what is left, shared equally by the sizes still to run; each size splits its share
+            # between search and validation as `search --budget` does
+            left = opts.time_budget - (budget_mod.clock() - budget_started)
+            share = left / (len(counts) - index)
+            say(f"budget: {budget_mod.fmt(max(share, 0))} for this size "
+                f"({budget_mod.fmt(max(left, 0))} left for {len(counts) - index} sizes)")
+            size_cfg = cfg.replace(search=dataclasses.replace(cfg.search, budget=share))
         try:
-            row, carried = _size(cfg, pre, pipeline, count, carried, say)
+            row, carried = _size(size_cfg, pre, pipeline, count, carried, say)
+        except ConfigError as exc:
+            if opts.time_budget is None or not rows or "--budget" not in str(exc):
+                raise
+            say(f"budget: stopping before size {count}: {exc}; writing the sizes measured so "
+                f"far")
+            break
         except KeyboardInterrupt:
             interrupted = True
             say(f"interrupted during size {count}: "
@@ -322,7 +340,9 @@ def _run(cfg: Config, opts: Options, say: measuring.Say, machine: host_mod.Machi
 def _size(cfg: Config, pre: measuring.Preflight, pipeline: space_mod.Pipeline, count: int,
           carried: tuple[int, dict[str, Any]] | None, say: measuring.Say
           ) -> tuple[dict[str, Any], tuple[int, dict[str, Any]] | None]:
-    """Search, validate and decide one size; its row and what the next size carries."""
+    """Search, validate and decide one size; its row and what the next size carries. With
+    ``cfg.search.budget``, the size's search and validation fit in it (:mod:`tuner.budget`)."""
+    size_started = budget_mod.clock()
     machine = sized_machine(pre.machine, count)
     space = size_space(machine, cfg, pipeline)
     sized_cfg = cfg.replace(space={**cfg.space, "cpus": count},
@@ -337,8 +357,15 @@ def _size(cfg: Config, pre: measuring.Preflight, pipeline: space_mod.Pipeline, c
         if carried is not None:
             _enqueue_carried(st, carried, count, say)
         st.announce()
-        if st.run_trials(None):
+        plan = search.budget_for(st, size_started) if sized_cfg.search.budget is not None \
+            else None
+        watch = search.BudgetWatch(st, plan) if plan is not None else None
+        if st.run_trials(None, callbacks=[watch] if watch else []):
             raise KeyboardInterrupt
+        if plan is not None and watch is not None:
+            plan.end_search(watch.reason(False))
+            say(f"budget: the search stopped ({plan.stopped}); {budget_mod.fmt(plan.left())} "
+                f"left for validation")
         try:
             searched = st.searched()
         except StudyError as exc:
@@ -347,7 +374,7 @@ def _size(cfg: Config, pre: measuring.Preflight, pipeline: space_mod.Pipeline, c
         st.say_best(searched)
         seconds: dict[str, float] = {}
         try:
-            validation = search.validate_once(st, locks, seconds)
+            validation = search.validate_once(st, locks, seconds, plan)
             decided = verdict.validated(validation, sized_cfg, sized_pre)
         except StudyError as exc:
             return {"cpus": count, "verdict": "failed", "reason": str(exc),

@@ -44,10 +44,11 @@ class Candidate:
     number: int
     settings: dict[str, Any]
     search_score: float
+    name: str | None = None     # the label instead of "#number" (a tuned file being checked)
 
     @property
     def label(self) -> str:
-        return f"#{self.number}"
+        return self.name or f"#{self.number}"
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> Candidate:
@@ -139,12 +140,23 @@ def run(chosen: list[Candidate], baseline: dict[str, Any], measurer: measuring.M
         for r in range(runs):
             _round(measurer, [(BASELINE, baseline)], r, runs, "final", v.final, v.failures)
         return v
+    say(f"validation: trial {v.winner.label} ({settings_mod.short(v.winner.settings)}) vs "
+        f"TensorFlow's defaults, {cfg.rounds} interleaved rounds in fresh processes")
+    noise = [*replicates, *(_scores(measurer, runs) for runs in v.screening.values())]
+    final_rounds(v, baseline, measurer, noise)
+    return v
+
+
+def final_rounds(v: Validation, baseline: dict[str, Any], measurer: measuring.Measurer,
+                 noise: list[list[float]]) -> None:
+    """``v.winner`` against ``baseline`` in interleaved rounds, each configuration in a fresh
+    process, as the group-sequential test of :func:`sequential`; fills ``v.final`` and
+    ``v.failures``. What validation's final rounds and ``python -m tuner check`` run."""
+    if v.winner is None:
+        raise ValueError("final_rounds: no winner to measure")
     label = v.winner.label
-    say(f"validation: trial {label} ({settings_mod.short(v.winner.settings)}) vs TensorFlow's "
-        f"defaults, {cfg.rounds} interleaved rounds in fresh processes")
     entries = [(BASELINE, baseline), (label, v.winner.settings)]
     v.failures.pop(label, None)
-    noise = [*replicates, *(_scores(measurer, runs) for runs in v.screening.values())]
 
     def measure(r: int, total: int) -> tuple[list[float], list[float]] | None:
         _round(measurer, entries, r, total, "final", v.final, v.failures)
@@ -155,8 +167,7 @@ def run(chosen: list[Candidate], baseline: dict[str, Any], measurer: measuring.M
             return None
         return _scores(measurer, v.final.get(label, [])), _scores(measurer, v.final[BASELINE])
 
-    sequential(v, measure, noise, measurer.config, say)
-    return v
+    sequential(v, measure, noise, measurer.config, measurer.say)
 
 
 def sequential(v: Validation, measure, noise: list[list[float]], config: Config, say) -> None:

@@ -54,9 +54,6 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
     """The verdict of the final rounds (see the module docstring)."""
     cfg, machine = config.validate, pre.machine
 
-    def scores(runs: list[dict[str, Any]]) -> list[float]:
-        return [measuring.score(m, config.objective) for m in runs]
-
     base_runs = v.final.get(BASELINE, [])
     if not base_runs:
         raise StudyError("validation: no baseline measurement succeeded")
@@ -80,16 +77,8 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
         # (its looks' levels are spent; another test would be an unplanned look).
         return _failed_in_validation(v, config, machine, doc, defaults, baseline_block,
                                      base_sat, base_runs, win_runs)
-    # the level of the look the rounds stopped at: the looks together spend cfg.alpha
-    level = v.level if v.level is not None else cfg.alpha
-    comparison = stats.speedup_test(scores(win_runs), scores(base_runs), alpha=level,
-                                    min_speedup=cfg.min_speedup)
-    at_look = bool(v.looks) and v.looks[-1]["rounds"] == min(len(win_runs), len(base_runs))
-    if not at_look and comparison["significant"]:
-        # stopped between looks (the futility rule): the numbers are measured, but no level is
-        # left to test them at
-        comparison = {**comparison, "significant": False,
-                      "reason": v.stopped_early or "stopped before a planned look"}
+    level = level_of(v, config)
+    comparison = judge(v, config)
     winner = {
         "trial": v.winner.number,
         "settings": settings_mod.nest(v.winner.settings, machine),
@@ -100,14 +89,6 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
         "cpu_saturation": stats.median([m["cpu_saturation"] for m in win_runs]),
         "step_latency_ms": _median_latency(win_runs),
     }
-    budget = config.objective.latency_budget_ms
-    if comparison["significant"] and budget is not None \
-            and winner["step_latency_ms"]["p95"] > budget:
-        comparison = {**comparison, "significant": False,
-                      "reason": f"its p95 step latency in validation, "
-                                f"{winner['step_latency_ms']['p95']:.2f} ms, is over "
-                                f"the {budget:g} ms budget"}
-        winner.update(significant=False, rejected_because=comparison["reason"])
     doc["winner"] = winner
     if not comparison["significant"] and v.noise_sd is not None:
         # what this validation could have found: the smallest win it confirms 4 times in 5
@@ -173,6 +154,41 @@ def _failed_in_validation(v: Validation, config: Config, machine: host_mod.Machi
         "note": reason,
         "rejected": {k: winner[k] for k in ("trial", "settings", "speedup", "speedup_ci95",
                                             "p_value", "rejected_because", "failed")}}, doc)
+
+
+def level_of(v: Validation, config: Config) -> float:
+    """The level the final rounds are tested at: that of the look they stopped at (the looks
+    together spend ``validate.alpha``)."""
+    return v.level if v.level is not None else config.validate.alpha
+
+
+def judge(v: Validation, config: Config) -> dict[str, Any]:
+    """The speedup test of ``v``'s final rounds (winner against the baseline, one score per
+    process) at :func:`level_of`, as :func:`stats.speedup_test` gives it; not significant when
+    the rounds stopped between planned looks (no level is left to test them at) or when the
+    winner's median p95 step latency is over the budget. What the verdict of a search and
+    ``python -m tuner check`` both decide by (a winner with a failed run is never judged: see
+    :func:`validated`)."""
+    cfg = config.validate
+    win_runs = v.final.get(v.winner.label, []) if v.winner is not None else []
+    base_runs = v.final.get(BASELINE, [])
+    comparison = stats.speedup_test(
+        [measuring.score(m, config.objective) for m in win_runs],
+        [measuring.score(m, config.objective) for m in base_runs],
+        alpha=level_of(v, config), min_speedup=cfg.min_speedup)
+    at_look = bool(v.looks) and v.looks[-1]["rounds"] == min(len(win_runs), len(base_runs))
+    if not at_look and comparison["significant"]:
+        # stopped between looks (the futility rule): the numbers are measured, but no level is
+        # left to test them at
+        return {**comparison, "significant": False,
+                "reason": v.stopped_early or "stopped before a planned look"}
+    budget = config.objective.latency_budget_ms
+    p95 = _median_latency(win_runs).get("p95")
+    if comparison["significant"] and budget is not None and p95 is not None and p95 > budget:
+        comparison = {**comparison, "significant": False,
+                      "reason": f"its p95 step latency in validation, {p95:.2f} ms, is over "
+                                f"the {budget:g} ms budget"}
+    return comparison
 
 
 def _validation_block(v: Validation, config: Config, machine: host_mod.Machine
