@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import budget as budget_mod
+from . import yamlsafe
 from .errors import ConfigError
 from .knobs import AUTOTUNE, BATCH_SIZE, SECTIONS, check_overrides
 
@@ -163,36 +162,6 @@ TOP_KEYS = ("workload", "search", "measure", "validate", "space", "knobs", "obje
             "output")
 STUDY_KEYS = ("name", "storage")
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.safe_load``, except that a key given twice in one mapping is an error: PyYAML
-    keeps the last silently, so a second ``search:`` would drop the first without a word."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # "<<: *defaults" overrides on purpose
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.setdefault(key, key_node.start_mark)
-            except TypeError:
-                continue  # an unhashable key: the base class reports it
-            if first is not key_node.start_mark:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {first.line + 1}); each "
-                    f"key may appear once", key_node.start_mark)
-        return super().construct_mapping(node, deep)
-
-
-def _safe_load_strict(text: str) -> Any:
-    """``yaml.safe_load(text)`` through :class:`_StrictLoader` (a SafeLoader: plain data only)."""
-    loader = _StrictLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
 
 
 def _where(path: Path, field_name: str) -> str:
@@ -382,21 +351,7 @@ def _knobs(data: Any, path: Path) -> dict[str, list[Any]]:
 def load(path: str | Path) -> Config:
     """Read and check a config file. Raises :class:`ConfigError` with a one-line message."""
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory; expected a config YAML file")
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
-    if not path.is_file():
-        raise ConfigError(f"{path}: not a regular file; expected a config YAML file")
-    try:
-        data = _safe_load_strict(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+    data = yamlsafe.load(path, "config", aliases=True)
     return parse(data, path)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from . import tuned, tunedfile
+from . import tuned, tunedfile, yamlsafe
 from ._version import __version__
 from .errors import ConfigError, StudyError
 from .files import write_text_atomic
@@ -67,7 +68,7 @@ def write(doc: dict[str, Any], path: str | Path) -> Written:
     one line naming the file (the previous file is then whole)."""
     path = Path(path)
     text = dump(doc, path)
-    yaml.safe_load(text)  # never write a file we could not read back
+    yamlsafe.parse(text, str(path), "sizes", aliases=False)  # never write what we cannot read
     backup = None
     try:
         if path.exists():
@@ -116,11 +117,18 @@ class SizesFile:
 
 def is_sizes_file(path: str | Path) -> bool:
     """Whether ``path`` looks like a sizes file (``kind: sizes``); False when unreadable."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(1 << 16)
+    try:  # never blocks on a FIFO: a non-regular file is no sizes file (the reader says why)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except (OSError, ValueError):
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, 1 << 16)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return b"\nkind: sizes" in head or head.startswith(b"kind: sizes")
 
 
