@@ -27,9 +27,9 @@ from unittest import mock
 
 import pytest
 import yaml
-from helpers import fake_worker_command, fake_worker_env
+from helpers import evidence, fake_worker_command, fake_worker_env
 
-from tuner import cli, coord, launch, lock, tuned, urls
+from tuner import cli, coord, host, launch, lock, tuned, urls
 from tuner.errors import StudyError
 from tuner.trial import run_child
 
@@ -1012,7 +1012,9 @@ def _tuned_doc(**settings: object) -> dict:
            "settings": {"intra_op_parallelism_threads": 2, "inter_op_parallelism_threads": 1,
                         "tf_data": {"private_threadpool_size": 2,
                                     "max_intra_op_parallelism": None},
-                        "env": {"TF_ENABLE_ONEDNN_OPTS": "0"}}}
+                        "env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
+           "machine": dict(host.detect().as_dict(), tf_version=host.installed_tf_version()),
+           **evidence()}
     doc["settings"].update(settings)
     return doc
 
@@ -1271,6 +1273,7 @@ def test_the_launcher_passes_a_payload_value_through_literally(workdir):
 def test_comments_carry_no_free_text_from_the_file(workdir):
     # a declared knob's string is free text: named in the note, never shown
     doc = _tuned_doc(knobs={"label": "$(touch MARK) #x", "prefetch": 2})
+    doc["search"] = {"declared_knobs": {"label": ["a", "$(touch MARK) #x"], "prefetch": [1, 2]}}
     path = _write_tuned(workdir, doc)
     for fmt in ("shell", "dotenv", "k8s"):
         proc = _tuner("export", str(path), "--format", fmt)

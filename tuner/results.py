@@ -65,9 +65,21 @@ def from_tuned_file(path: str | Path) -> Result:
     labelled so), then its result fields checked for display."""
     from . import tunedfile
 
-    doc = tunedfile.read(path, allow_unvalidated=True).doc
-    return from_result_doc(doc, label=str(path), source={"kind": "tuned file", "path": str(path)},
-                           where=str(path))
+    doc = tunedfile.read(path, allow_unvalidated=True, use=False).doc
+    out = from_result_doc(doc, label=str(path), source={"kind": "tuned file", "path": str(path)},
+                          where=str(path))
+    problem = tunedfile.evidence_problem(doc)
+    if problem:
+        # what run, export and apply() refuse: shown, with the file's own numbers only
+        out.summary = f"the evidence does not support the verdict: {problem}"
+        out.notes.append(f"run, export and apply() refuse this file as not validated ({problem})")
+    try:
+        tunedfile.check_declared_space(doc["settings"], tunedfile.declared_space(doc, str(path)),
+                                       str(path))
+    except ConfigError as exc:
+        why = str(exc)[len(str(path)) + 2:]
+        out.notes.append(f"run, export and apply() refuse this file: {why}")
+    return out
 
 
 def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
@@ -98,8 +110,12 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
         rejected = {**rejected, "settings": _flat(rejected["settings"])}
     created = doc.get("created")
     workload = doc.get("workload") or {}
+    summary = doc.get("summary") or ""
+    speedup = result.get("speedup")
+    if verdict == "tuned" and speedup is not None and f"{speedup:.3f}x" not in summary:
+        summary = _tuned_summary(result)   # never a speedup the file's own result contradicts
     return Result(
-        label=label, source=source, verdict=verdict, summary=doc.get("summary") or "",
+        label=label, source=source, verdict=verdict, summary=summary,
         settings=_flat(doc["settings"]),
         machine=dict(doc.get("machine") or {}),
         workload={k: workload.get(k) for k in WORKLOAD_KEYS},

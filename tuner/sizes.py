@@ -302,6 +302,8 @@ def row_as_tuned(sizes: SizesFile, cpus: int) -> tunedfile.TunedFile:
         raise ConfigError(f"{sizes.path}: --size {cpus}: that size failed in the size run "
                           f"({row.get('reason') or 'no reason recorded'}); sizes with settings: "
                           f"{', '.join(ok) or 'none'}")
+    tunedfile.check_declared_space(row["settings"], tunedfile.declared_space(sizes.doc, sizes.path),
+                                   f"{sizes.path}: sizes (cpus {cpus})")
     machine = dict(sizes.doc.get("machine") or {})
     machine["usable_cpus"] = cpus
     doc = {"format_version": tuned.FORMAT_VERSION, "verdict": row["verdict"],

@@ -12,8 +12,9 @@ Format history (``format_version``):
      Optional fields added within version 1 (readers ignore what they do not know):
      result.carried_by (the structured search: the knobs that carry the gain),
      validation.detectable_speedup (when the defaults are kept: the smallest win the rounds
-     would have confirmed with 80% power) and validation.sequential (the looks of the
-     sequential final rounds).
+     would have confirmed with 80% power), validation.sequential (the looks of the
+     sequential final rounds) and search.declared_knobs (the declared knobs' names and
+     values: readers refuse settings.knobs outside them).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from typing import Any
 
 import yaml
 
+from . import yamlsafe
 from ._version import __version__
 from .errors import ConfigError, StudyError, StudyMismatchError
 from .files import write_text_atomic
-from . import yamlsafe
 from .urls import mask_url
 
 FORMAT_VERSION = 1

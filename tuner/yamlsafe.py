@@ -69,8 +69,11 @@ def dump(data: Any, **kwargs: Any) -> str:
     return yaml.dump(data, Dumper=Dumper, **kwargs)
 
 
-class _Refused(yaml.YAMLError):
-    """What the bounded loader refuses; its text is the message's end."""
+class _Refused(yaml.MarkedYAMLError):
+    """What the bounded loader refuses, where."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
 
 
 class BoundedLoader(yaml.SafeLoader):
@@ -87,12 +90,11 @@ class BoundedLoader(yaml.SafeLoader):
         event = self.peek_event()
         if not self._aliases and (isinstance(event, yaml.AliasEvent)
                                   or getattr(event, "anchor", None) is not None):
-            raise _Refused(f"anchors and aliases (&name, *name) are not allowed here, found at "
-                           f"line {event.start_mark.line + 1}")
+            raise _Refused("anchors and aliases (&name, *name) are not allowed in this file",
+                           event.start_mark)
         self._depth += 1
         if self._depth > MAX_DEPTH:
-            raise _Refused(f"nested more than {MAX_DEPTH} levels deep at line "
-                           f"{event.start_mark.line + 1}")
+            raise _Refused(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
         try:
             node = super().compose_node(parent, index)
         finally:
@@ -107,10 +109,11 @@ class BoundedLoader(yaml.SafeLoader):
                 elif id(child) in self._weight:
                     total += self._weight[id(child)]
                 else:   # an alias of a node still being composed: the node contains itself
-                    raise _Refused(f"an alias refers to the structure it is in, at line "
-                                   f"{node.start_mark.line + 1}")
+                    raise _Refused("an alias refers to the structure it is in",
+                                   node.start_mark)
             if total > MAX_NODES:
-                raise _Refused(f"its aliases expand to more than {MAX_NODES} values")
+                raise _Refused(f"its aliases expand to more than {MAX_NODES} values",
+                               node.start_mark)
             self._weight[id(node)] = total
         return node
 
@@ -125,14 +128,14 @@ class BoundedLoader(yaml.SafeLoader):
             except TypeError:
                 continue  # an unhashable key: the base class reports it
             if first is not key_node.start_mark:
-                raise _Refused(f"duplicate key {shown(key)} at line {key_node.start_mark.line + 1}"
-                               f" (first at line {first.line + 1}); each key may appear once")
+                raise _Refused(f"duplicate key {shown(key)} (first at line {first.line + 1}); "
+                               f"each key may appear once", key_node.start_mark)
         return super().construct_mapping(node, deep)
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         if len(node.value) > MAX_INT_DIGITS:
-            raise _Refused(f"an integer of {len(node.value)} characters at line "
-                           f"{node.start_mark.line + 1}; at most {MAX_INT_DIGITS}")
+            raise _Refused(f"an integer of {len(node.value)} characters; at most "
+                           f"{MAX_INT_DIGITS}", node.start_mark)
         return super().construct_yaml_int(node)
 
 
@@ -178,19 +181,19 @@ def read_text(path: str | Path, kind: str, limit: int = MAX_BYTES) -> str:
     try:
         return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{where}: not a {kind} file: not UTF-8 text (byte {exc.start})"
+        raise ConfigError(f"{where}: not a readable {kind} file: not UTF-8 text (byte "
+                          f"{exc.start})"
                           ) from None
 
 
 def parse(text: str, where: str, kind: str, *, aliases: bool) -> Any:
     """``text`` parsed through :class:`BoundedLoader`; one :class:`ConfigError` for anything
     PyYAML or its number and date constructors raise."""
-    loader = BoundedLoader(text, aliases)
+    loader = None
     try:
+        loader = BoundedLoader(text, aliases)   # its reader refuses control characters at once
         return loader.get_single_data()
     except yaml.YAMLError as exc:
-        if isinstance(exc, _Refused):
-            raise ConfigError(f"{plain(where)}: not a readable {kind} file: {exc}") from None
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
@@ -204,7 +207,8 @@ def parse(text: str, where: str, kind: str, *, aliases: bool) -> Any:
         raise ConfigError(f"{plain(where)}: not a readable {kind} file: a value cannot be read "
                           f"({type(exc).__name__}: {plain(str(exc))[:120]})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load(path: str | Path, kind: str, *, aliases: bool = False, limit: int = MAX_BYTES) -> Any:
