@@ -20,6 +20,7 @@ from .errors import ConfigError, StudyError, TunerError
 from .tuned import BASELINE, EXPERT
 from .tuned import STUDY_ATTR_PREFIX as ATTR
 from .urls import mask_secret, mask_url
+from .yamlsafe import shown
 
 WORKLOAD_KEYS = ("model", "data", "mode", "batch_size")
 
@@ -143,10 +144,7 @@ THREAD_COUNTS = ("intra_op_parallelism_threads", "inter_op_parallelism_threads")
 
 
 def bad_field(where: str, name: str, value: Any, expected: str) -> ConfigError:
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return ConfigError(f"{where}: {name}: expected {expected}, got {shown}")
+    return ConfigError(f"{where}: {name}: expected {expected}, got {shown(value)}")
 
 
 def missing_field(where: str, name: str, expected: str) -> ConfigError:
@@ -285,6 +283,11 @@ def check_result(result: dict[str, Any], where: str) -> None:
         check_settings(rejected["settings"], where, "result.rejected.settings")
 
 
+# per_process holds one value per validation round (at most the round cap, a few dozen); the
+# significance tests over it grow with its length (400 values took compare 7 s, 64 take 3 s)
+MAX_PROCESSES = 64
+
+
 def check_block(block: Any, where: str, name: str) -> None:
     """A throughput block: validated (``per_process``) or one search trial (no per_process)."""
     if not isinstance(block, dict):
@@ -294,9 +297,10 @@ def check_block(block: Any, where: str, name: str) -> None:
     _fields(block, where, name + ".", _BLOCK_RULES)
     per_process = block.get("per_process")
     if per_process is not None and not (
-            isinstance(per_process, list) and per_process and all(_positive(v)
-                                                                  for v in per_process)):
-        raise bad_field(where, name + ".per_process", per_process, "a list of positive numbers")
+            isinstance(per_process, list) and 0 < len(per_process) <= MAX_PROCESSES
+            and all(_positive(v) for v in per_process)):
+        raise bad_field(where, name + ".per_process", per_process,
+                        f"a list of 1 to {MAX_PROCESSES} positive numbers")
 
 
 def check_machine(machine: dict[str, Any], where: str) -> None:
@@ -524,11 +528,51 @@ class StudyRecord:
                           TrialState.RUNNING, TrialState.WAITING)}
 
     def measured(self) -> list[Any]:
-        """The complete trials that carry a measurement."""
+        """The complete trials that carry a measurement, readable (:func:`trial_problem`)."""
         from optuna.trial import TrialState
 
         return [t for t in self.trials
-                if t.state == TrialState.COMPLETE and "throughput" in t.user_attrs]
+                if t.state == TrialState.COMPLETE and "throughput" in t.user_attrs
+                and trial_problem(t) is None]
+
+
+def trial_problem(t: Any) -> str | None:
+    """Why a trial's record cannot be read as a measurement (a study is data, typed like a tuned
+    file), or None. ``report`` shows such a trial as an error row; ``show`` and ``compare``
+    leave it out. A zero or negative throughput or score is such an error."""
+    from optuna.trial import TrialState
+
+    attrs = t.user_attrs
+    role = attrs.get("role")
+    if role is not None and not is_text(role):
+        return f"role: expected one line of text, got {shown(role)}"
+    settings = attrs.get("settings")
+    if settings is None:
+        settings = dict(t.params)   # what report shows when no settings were recorded
+    if settings is not None:
+        if not isinstance(settings, dict):
+            return f"settings: expected a mapping, got {shown(settings)}"
+        try:
+            check_settings(settings, "", "settings")
+        except ConfigError as exc:
+            return str(exc)[2:]
+    for key in ("fail_reason", "prune_reason"):
+        if attrs.get(key) is not None and not isinstance(attrs[key], str):
+            return f"{key}: expected text, got {shown(attrs[key])}"
+    if t.state != TrialState.COMPLETE or "throughput" not in attrs:
+        return None
+    tp = attrs["throughput"]
+    if not isinstance(tp, dict) or not _positive(tp.get("median")):
+        median = tp.get("median") if isinstance(tp, dict) else tp
+        return f"throughput.median: expected a positive number, got {shown(median)}"
+    if tp.get("rel_spread") is not None and not _non_negative(tp["rel_spread"]):
+        return f"throughput.rel_spread: expected a number >= 0, got {shown(tp['rel_spread'])}"
+    saturation = attrs.get("cpu_saturation")
+    if saturation is not None and not _non_negative(saturation):
+        return f"cpu_saturation: expected a number >= 0, got {shown(saturation)}"
+    if not _positive(t.value):
+        return f"value: expected a positive score, got {shown(t.value)}"
+    return None
 
 
 def read_study(storage: str, name: str | None) -> StudyRecord:
