@@ -41,6 +41,7 @@ from .production import (
     SIZE_ENV,
     TUNED_FILE_ENV,
     check_machine,
+    check_placement,
     pin,
     read,
 )
@@ -140,6 +141,7 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
     doc = tuned.doc
     import warnings
 
+    check_placement(doc, path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_machine(doc, path, strict)

@@ -199,12 +199,22 @@ def resolve_path(path: str | Path | None) -> str:
     return from_env
 
 
+# the machine facts compared with this machine; one the file lacks (or nulls) is a difference:
+# what cannot be compared does not match
+COMPARED = {"usable_cpus": "usable CPUs", "cpu_model": "CPU model", "tf_version": "TensorFlow"}
+
+
 def machine_differences(doc: dict[str, Any], tf_version: str | None = None) -> list[str]:
     """What differs between the machine the file was measured on and this one."""
-    recorded = doc.get("machine") or {}
+    recorded = doc.get("machine")
+    recorded = recorded if isinstance(recorded, dict) else {}
     here = host.detect()
     version = tf_version or host.installed_tf_version()
-    diffs = []
+    ours = {"usable_cpus": here.usable_cpus, "cpu_model": here.cpu_model, "tf_version": version}
+    # (a fact this machine lacks too, a CPU model on some ARM machines, compares equal)
+    missing = [key for key in COMPARED if recorded.get(key) is None and ours[key] is not None]
+    diffs = ([f"the file does not record the machine's {', '.join(COMPARED[k] for k in missing)}"
+              " (a missing or null machine field cannot be compared)"] if missing else [])
     pinned = (doc.get("settings") or {}).get("cpus")
     # a row of a sizes file: measured pinned to its CPUs, which fit in a bigger machine
     fits = isinstance(pinned, list) and "size" in doc and \
@@ -220,6 +230,39 @@ def machine_differences(doc: dict[str, Any], tf_version: str | None = None) -> l
     if recorded.get("tf_version") and version and recorded["tf_version"] != version:
         diffs.append(f"TensorFlow: tuned with {recorded['tf_version']}, this is {version}")
     return diffs
+
+
+def present_cpus(root: Path | str = Path("/")) -> list[int]:
+    """The CPUs this machine has (``/sys/devices/system/cpu/present``), whatever this process
+    may use; ``os.cpu_count()``'s when the file is not there."""
+    try:
+        text = (Path(root) / "sys/devices/system/cpu/present").read_text().strip()
+        cpus = host.parse_cpus(text)
+    except (OSError, ValueError):
+        cpus = []
+    return cpus or list(range(os.cpu_count() or 1))
+
+
+def check_placement(doc: dict[str, Any], path: str) -> None:
+    """Refuse what this machine cannot run at all: CPUs it lacks (pinning would fall back to
+    unpinned processes that the file's numbers do not describe) and more instances than the
+    CPUs this process may use. A CPU that exists but is outside this process's set falls back
+    to unpinned, with a warning (:func:`pin`)."""
+    plan = settings.file_plan(doc["settings"])
+    wanted = set(plan.cpus or []) | {c for s in plan.instances or [] for c in s}
+    present = present_cpus()
+    lacking = sorted(wanted - set(present))
+    if lacking:
+        raise ConfigError(f"{path}: settings: CPUs {host.format_cpus(lacking[:16])}"
+                          f"{' ...' if len(lacking) > 16 else ''} do not exist on this machine "
+                          f"(it has CPUs {host.format_cpus(present)}); re-run `python -m tuner "
+                          f"search` here")
+    count = len(plan.instances or [None])
+    usable = host.detect().usable_cpus
+    if count > usable:
+        raise ConfigError(f"{path}: settings.instances.count: {count} instances, and this "
+                          f"process may use {usable} CPU(s); re-run `python -m tuner search` "
+                          f"here")
 
 
 def check_machine(doc: dict[str, Any], path: str, strict: bool,
@@ -261,6 +304,7 @@ def apply(path: str | Path | None = None, *, strict: bool = False, override: boo
     tree = doc["settings"]
     tf_loaded = "tensorflow" in sys.modules
     tf_version = getattr(sys.modules.get("tensorflow"), "__version__", None) if tf_loaded else None
+    check_placement(doc, path)
     diffs = check_machine(doc, path, strict, tf_version)
 
     env_set: dict[str, str] = {}
