@@ -18,6 +18,7 @@ from . import budget as budget_mod
 from . import yamlsafe
 from .errors import ConfigError
 from .knobs import AUTOTUNE, BATCH_SIZE, SECTIONS, check_overrides
+from .yamlsafe import shown
 
 MODES = ("predict", "train", "data")
 SAMPLERS = ("auto", "grid", "tpe", "random", "structured")
@@ -173,7 +174,7 @@ def _check_keys(data: Any, allowed: tuple[str, ...], path: Path, section: str) -
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{_where(path, section)}: expected a mapping, got {type(data).__name__} "
-                          f"{data!r}")
+                          f"{shown(data)}")
     for key in data:
         if key not in allowed:
             name = f"{section}.{key}" if section else str(key)
@@ -192,13 +193,13 @@ def _number(value: Any, where: str, *, integer: bool, minimum: float, allow_none
             or (value <= minimum if strictly_above else value < minimum)):
         bound = f"> {minimum}" if strictly_above else f">= {minimum}"
         extra = " or null" if allow_none else ""
-        raise ConfigError(f"{where}: expected {kind} {bound}{extra}, got {value!r}")
+        raise ConfigError(f"{where}: expected {kind} {bound}{extra}, got {shown(value)}")
     return value
 
 
 def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
     if value not in allowed:
-        raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"{where}: {shown(value)} is not allowed; allowed: {', '.join(allowed)}")
     return value
 
 
@@ -208,7 +209,7 @@ _BUILDER_RE = re.compile(r"^(?P<target>[^:]+):(?P<func>[A-Za-z_][A-Za-z0-9_]*)$"
 def _builder(value: Any, where: str, base_dir: Path) -> str:
     if not isinstance(value, str) or not _BUILDER_RE.match(value.strip()):
         raise ConfigError(f"{where}: expected 'file.py:function' or 'package.module:function', "
-                          f"got {value!r}")
+                          f"got {shown(value)}")
     value = value.strip()
     target = value.split(":", 1)[0]
     if target.endswith(".py"):
@@ -245,7 +246,7 @@ def _float(minimum: float, allow_none: bool = False, strictly_above: bool = Fals
 
 def _bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {shown(value)}")
     return value
 
 
@@ -277,7 +278,8 @@ VALIDATE_RULES = {
 def _ratio(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not 0 < value < 1:
-        raise ConfigError(f"{where}: expected a number between 0 and 1 (exclusive), got {value!r}")
+        raise ConfigError(f"{where}: expected a number between 0 and 1 (exclusive), "
+                          f"got {shown(value)}")
     return float(value)
 
 
@@ -290,7 +292,7 @@ def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
     def finite(name: str, value: Any) -> Any:
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, float) and not math.isfinite(item):
-                raise ConfigError(f"{_where(path, 'space.' + name)}: {item!r} is not allowed; "
+                raise ConfigError(f"{_where(path, 'space.' + name)}: {shown(item)} is not allowed; "
                                   f"a number must be finite")
         return value
 
@@ -298,7 +300,7 @@ def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
         # tf_data nests (tf_data: {autotune: {enabled: ...}}); a value is never a mapping
         if not isinstance(value, dict):
             raise ConfigError(f"{_where(path, 'space.' + prefix)}: expected a mapping of knob "
-                              f"names to values, got {value!r}")
+                              f"names to values, got {shown(value)}")
         for sub, subvalue in value.items():
             name = f"{prefix}.{sub}"
             if isinstance(subvalue, dict) and prefix.startswith("tf_data"):
@@ -322,27 +324,29 @@ def _knobs(data: Any, path: Path) -> dict[str, list[Any]]:
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{_where(path, 'knobs')}: expected a mapping of knob names to lists "
                           f"of candidate values, e.g. {{map_parallelism: [1, 2, 4, {AUTOTUNE}]}}, "
-                          f"got {data!r}")
+                          f"got {shown(data)}")
     knobs: dict[str, list[Any]] = {}
     for name, values in data.items():
         where = _where(path, f"knobs.{name}")
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
-            raise ConfigError(f"{_where(path, 'knobs')}: {name!r} is not a valid knob name; use "
+            raise ConfigError(f"{_where(path, 'knobs')}: {shown(name)} is not a valid knob name; "
+                              f"use "
                               f"a Python identifier (the builder's keyword argument)")
         if not isinstance(values, list):
-            raise ConfigError(f"{where}: expected a list of candidate values, got {values!r}")
+            raise ConfigError(f"{where}: expected a list of candidate values, got {shown(values)}")
         if not values:
             raise ConfigError(f"{where}: empty list; give at least one candidate value")
         seen: list[tuple[type, Any]] = []
         for value in values:
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{where}: {value!r} is not allowed; a number must be finite")
+                raise ConfigError(f"{where}: {shown(value)} is not allowed; a number must be "
+                                  f"finite")
             if value is not None and not isinstance(value, (bool, int, float, str)):
-                raise ConfigError(f"{where}: {value!r} is not allowed; allowed: numbers, "
+                raise ConfigError(f"{where}: {shown(value)} is not allowed; allowed: numbers, "
                                   f"strings, true, false, null and {AUTOTUNE} "
                                   f"(tf.data.AUTOTUNE)")
             if (type(value), value) in seen:
-                raise ConfigError(f"{where}: {value!r} is listed twice")
+                raise ConfigError(f"{where}: {shown(value)} is listed twice")
             seen.append((type(value), value))
         knobs[name] = list(values)
     return knobs
@@ -419,7 +423,8 @@ def parse(data: Any, path: Path) -> Config:
     else:
         name = path.stem
         if not isinstance(name, str) or not STUDY_NAME_RE.match(name):
-            raise ConfigError(f"{path}: the study name is taken from the file name, and {name!r} "
+            raise ConfigError(f"{path}: the study name is taken from the file name, and "
+                              f"{shown(name)} "
                               f"is not a valid study name (1-100 letters, digits, '.', '_' or "
                               f"'-', starting with a letter or digit); rename the file or set "
                               f"study: {{name: ...}}")
@@ -484,7 +489,7 @@ def shape_of(value: Any, where: str) -> list[int]:
         dims = []
     if not dims or any(d < 1 for d in dims):
         raise ConfigError(f"{where}: expected a shape like 1x224x224x3 or [1, 224, 224, 3] "
-                          f"(sizes >= 1), got {value!r}")
+                          f"(sizes >= 1), got {shown(value)}")
     return dims
 
 
@@ -497,7 +502,7 @@ def _model_file_workload(wl: dict[str, Any], path: Path, base_dir: Path) -> Work
     key = "saved_model" if "saved_model" in wl else "model"
     raw = wl[key]
     if not isinstance(raw, str) or not raw.strip():
-        raise ConfigError(f"{_where(path, 'workload.' + key)}: expected a path, got {raw!r}")
+        raise ConfigError(f"{_where(path, 'workload.' + key)}: expected a path, got {shown(raw)}")
     file = Path(raw.strip()).expanduser()
     file = (file if file.is_absolute() else base_dir / file).resolve()
     fmt = model_format(file, _where(path, f"workload.{key}"))
@@ -512,7 +517,7 @@ def _model_file_workload(wl: dict[str, Any], path: Path, base_dir: Path) -> Work
     if signature is not None and (fmt != "saved_model" or not isinstance(signature, str)
                                   or not signature):
         raise ConfigError(f"{_where(path, 'workload.signature')}: expected the name of a "
-                          f"SavedModel signature (saved_model: only), got {signature!r}")
+                          f"SavedModel signature (saved_model: only), got {shown(signature)}")
     batch = wl.get("batch_size")
     shapes = wl.get("input_shapes")
     if data is not None:
@@ -526,7 +531,7 @@ def _model_file_workload(wl: dict[str, Any], path: Path, base_dir: Path) -> Work
                         _where(path, "workload.batch_size"), integer=True, minimum=1)
     if shapes is not None and not isinstance(shapes, dict):
         raise ConfigError(f"{_where(path, 'workload.input_shapes')}: expected a mapping of input "
-                          f"names to shapes, e.g. {{image: 1x224x224x3}}, got {shapes!r}")
+                          f"names to shapes, e.g. {{image: 1x224x224x3}}, got {shown(shapes)}")
     checked = {str(name): shape_of(value, _where(path, f"workload.input_shapes.{name}"))
                for name, value in (shapes or {}).items()}
     return Workload(model=str(file), data=data, mode=mode, base_dir=str(base_dir),
@@ -546,11 +551,11 @@ def _objective(raw: Any, path: Path) -> Objective:
             if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
                     or not math.isfinite(budget) or not budget > 0:
                 raise ConfigError(f"{_where(path, 'objective.latency_budget_ms')}: expected "
-                                  f"milliseconds (a number > 0), got {budget!r}")
+                                  f"milliseconds (a number > 0), got {shown(budget)}")
             if metric != "throughput":
                 raise ConfigError(f"{_where(path, 'objective.latency_budget_ms')}: a latency "
                                   f"budget goes with metric 'throughput' (best throughput under "
-                                  f"the budget), not {metric!r}")
+                                  f"the budget), not {shown(metric)}")
             budget = float(budget)
         return Objective(metric=metric, latency_budget_ms=budget)
     return Objective(metric=_choice(raw, OBJECTIVES, _where(path, "objective")))
@@ -566,7 +571,7 @@ def default_output(name: str) -> str:
 
 def check_study_name(name: Any, where: str) -> str:
     if not isinstance(name, str) or not STUDY_NAME_RE.match(name):
-        raise ConfigError(f"{where}: {name!r} is not a valid study name; use 1-100 letters, "
+        raise ConfigError(f"{where}: {shown(name)} is not a valid study name; use 1-100 letters, "
                           f"digits, '.', '_' or '-', starting with a letter or digit")
     return name
 

@@ -297,15 +297,10 @@ def apply(path: str | Path | None = None, *, strict: bool = False, override: boo
     variable than those of tuner's own knobs is refused). ``allow_unvalidated``: use a file whose
     verdict is ``unvalidated`` (an interrupted search's best trial, never validated).
     ``size``: with a sizes file (``python -m tuner size``), the row for that many CPUs."""
-    path = resolve_path(path)
-    if size is not None and (type(size) is not int or size < 1):
-        raise ConfigError(f"size: expected a CPU count (an integer >= 1), got {size!r}")
-    doc = read(path, allow_env, allow_unvalidated, size).doc
+    path, doc, diffs = prepare(path, strict=strict, allow_env=allow_env,
+                               allow_unvalidated=allow_unvalidated, size=size)
     tree = doc["settings"]
     tf_loaded = "tensorflow" in sys.modules
-    tf_version = getattr(sys.modules.get("tensorflow"), "__version__", None) if tf_loaded else None
-    check_placement(doc, path)
-    diffs = check_machine(doc, path, strict, tf_version)
 
     env_set: dict[str, str] = {}
     env_kept: dict[str, str] = {}
@@ -367,6 +362,22 @@ def apply(path: str | Path | None = None, *, strict: bool = False, override: boo
                    threading_kept=threading_kept, late=late, machine_differences=diffs,
                    allocator=running, cpus=pinned if not pinning_note else None,
                    instance=instance, pinning_note=pinning_note)
+
+
+def prepare(path: str | Path | None = None, *, strict: bool = False,
+            allow_env: Iterable[str] | str = (), allow_unvalidated: bool = False,
+            size: int | None = None) -> tuple[str, dict[str, Any], list[str]]:
+    """Everything :func:`apply` checks before it changes anything in the process: the file
+    read through the strict reader, its placement possible here, its machine compared (refused
+    under ``strict``). Returns the path, the document and the machine differences."""
+    path = resolve_path(path)
+    if size is not None and (type(size) is not int or size < 1):
+        raise ConfigError(f"size: expected a CPU count (an integer >= 1), got {size!r}")
+    doc = read(path, allow_env, allow_unvalidated, size).doc
+    tf_loaded = "tensorflow" in sys.modules
+    tf_version = getattr(sys.modules.get("tensorflow"), "__version__", None) if tf_loaded else None
+    check_placement(doc, path)
+    return path, doc, check_machine(doc, path, strict, tf_version)
 
 
 # variables of the knobs apply() sets inside TensorFlow, which works after import too
