@@ -1697,7 +1697,7 @@ def _alias_levels(levels: int, where: str) -> str:
     ("format_version: 1\nverdict: tuned\nsettings: {intra_op_parallelism_threads: "
      + "9" * 5000 + "}\n", "an integer of 5000 characters"),
     ("format_version: 0x" + "f" * 5000 + "\n", "an integer of 5002 characters"),
-    ("format_version: 1\ncreated: 2026-13-45\n", "a value cannot be read"),
+    ("format_version: 1\nx: !!binary 'AAAA'\n", "the tag 'binary' is not allowed"),
     ("format_version: " + "[" * 3000 + "]" * 3000 + "\n", "nested more than"),
     ("format_version: 1\nsettings: &s {loop: *s}\n", "anchors and aliases"),
 ])
@@ -1705,6 +1705,21 @@ def test_hostile_yaml_is_one_short_line_in_every_reader(workdir, text, needle):
     path = workdir / "hostile.yaml"
     path.write_text(text)
     _every_reader_refuses(path, "not a readable tuned file", needle)
+
+
+@pytest.mark.parametrize("where", ["machine", "workload", "study", "search"])
+def test_dates_and_other_yaml_types_in_a_tuned_file_print_as_json(workdir, where):
+    text = yaml.safe_dump(_tuned_doc()) + "created: 2026-13-45\n"
+    doc = yaml.safe_load(text.replace("created: 2026-13-45\n", ""))
+    doc.setdefault(where, {})["when"] = "DATE"
+    path = _write_tuned(workdir, yaml.safe_dump(doc).replace("'DATE'", "2026-01-01")
+                        + "created: 2026-13-45\n")
+    for argv in (("show", str(path), "--format", "json"),
+                 ("compare", str(path), str(path), "--format", "json"), ("show", str(path))):
+        proc = _tuner(*argv)
+        assert proc.returncode == 0, (argv, proc.stderr)
+    assert json.loads(_tuner("show", str(path), "--format", "json").stdout)["created"] == \
+        "2026-13-45"
 
 
 def test_a_fifo_is_refused_at_once_by_every_reader(workdir):

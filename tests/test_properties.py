@@ -126,7 +126,8 @@ hostile_value = st.one_of(
 FRAGMENTS = [
     "x: " + "9" * 5000, "x: 0x" + "f" * 5000, "created: 2026-13-45", "x: " + "[" * 3000,
     "x: &a [*a]", "x: &a [1, 2]\ny: *a", "x: !!python/object/apply:os.system [id]",
-    "x: !!binary 'AAA'", "verdict: tuned", "verdict: defaults", "kind: sizes",
+    "x: !!binary 'AAA'", "x: 2026-01-01", "machine: {when: 2026-01-01 10:00:00}",
+    "x: !!binary 'AAAA'", "verdict: tuned", "verdict: defaults", "kind: sizes",
     "sizes: [{cpus: 1}]", "\t- x", "x: '\x1b]0;owned\x07'", "%YAML 1.1", "---", "...",
     "? [1]\n: 2", "x: !!set {a, b}", "x: !!omap [{a: 1}]", "machine: null", "result: {}",
     "settings: {knobs: {data_dir: /tmp/attacker}}", "x: .nan", "x: -.inf", "x: 1e999",

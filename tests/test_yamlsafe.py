@@ -24,7 +24,6 @@ def laughs(levels: int) -> str:
 HOSTILE = {
     "a 5,000-digit integer": "format_version: " + "9" * 5000,
     "a huge hexadecimal integer": "format_version: 0x" + "f" * 5000,
-    "an impossible date": "format_version: 1\ncreated: 2026-13-45\n",
     "3,000 nested [": "format_version: " + "[" * 3000 + "]" * 3000,
     "a self-referencing alias": "format_version: 1\nsettings: &s {loop: *s}\n",
     "a self-referencing list": "a: &a [*a]\n",
@@ -47,6 +46,21 @@ def test_every_hostile_document_is_one_short_line(name, aliases):
     assert text.startswith("f.yaml: not a readable tuned file: ") and "\n" not in text
     assert len(text) <= 220, text
     assert text.isprintable(), text
+
+
+def test_dates_are_text_in_result_files_and_impossible_ones_an_error_in_configs():
+    text = "created: 2026-13-45\nwhen: 2026-11-26T07:08:21+00:00\n"
+    assert yamlsafe.parse(text, "t.yaml", "tuned", aliases=False) == {
+        "created": "2026-13-45", "when": "2026-11-26T07:08:21+00:00"}
+    with pytest.raises(ConfigError, match="a value cannot be read"):
+        yamlsafe.parse(text, "c.yaml", "config", aliases=True)
+
+
+@pytest.mark.parametrize("tag", ["!!binary 'AAAA'", "!!set {a, b}", "!!omap [{a: 1}]",
+                                 "!!pairs [{a: 1}]"])
+def test_result_files_hold_json_data_only(tag):
+    with pytest.raises(ConfigError, match="is not allowed in this file"):
+        yamlsafe.parse(f"x: {tag}\n", "t.yaml", "tuned", aliases=False)
 
 
 def test_anchors_are_refused_in_result_files_and_capped_in_configs():

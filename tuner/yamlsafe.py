@@ -142,6 +142,25 @@ class BoundedLoader(yaml.SafeLoader):
 BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
 
 
+class PlainLoader(BoundedLoader):
+    """:class:`BoundedLoader` for the files tuner writes (tuned, sizes): JSON's data only, as
+    tuner writes it. A timestamp stays the text it is (a hand-edited ``created:``), and the tags
+    that build other types (``!!binary``, ``!!set``, ``!!omap``, ``!!pairs``) are refused:
+    ``show --format json`` and ``compare`` could not print what they make."""
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> str:   # type: ignore[override]
+        return str(node.value)
+
+    def refuse_tag(self, node: yaml.Node) -> Any:
+        raise _Refused(f"the tag {node.tag.rsplit(':', 1)[-1]!r} is not allowed in this file",
+                       node.start_mark)
+
+
+PlainLoader.add_constructor("tag:yaml.org,2002:timestamp", PlainLoader.construct_yaml_timestamp)
+for _tag in ("binary", "set", "omap", "pairs"):
+    PlainLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", PlainLoader.refuse_tag)
+
+
 def read_text(path: str | Path, kind: str, limit: int = MAX_BYTES) -> str:
     """The text of the regular file at ``path``, at most ``limit`` bytes, without ever blocking
     on a FIFO or a device; a :class:`ConfigError` naming it otherwise."""
@@ -187,11 +206,13 @@ def read_text(path: str | Path, kind: str, limit: int = MAX_BYTES) -> str:
 
 
 def parse(text: str, where: str, kind: str, *, aliases: bool) -> Any:
-    """``text`` parsed through :class:`BoundedLoader`; one :class:`ConfigError` for anything
-    PyYAML or its number and date constructors raise."""
+    """``text`` parsed through :class:`BoundedLoader` (``aliases``: a hand-written config), else
+    :class:`PlainLoader` (a file tuner writes); one :class:`ConfigError` for anything PyYAML or
+    its number and date constructors raise."""
     loader = None
     try:
-        loader = BoundedLoader(text, aliases)   # its reader refuses control characters at once
+        # the reader refuses control characters at once
+        loader = BoundedLoader(text, aliases) if aliases else PlainLoader(text, aliases)
         return loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
