@@ -177,7 +177,9 @@ def _check_keys(data: Any, allowed: tuple[str, ...], path: Path, section: str) -
                           f"{shown(data)}")
     for key in data:
         if key not in allowed:
-            name = f"{section}.{key}" if section else str(key)
+            shown_key = key if isinstance(key, str) and key.isprintable() and len(key) <= 60 \
+                else shown(key)
+            name = f"{section}.{shown_key}" if section else shown_key
             raise ConfigError(f"{_where(path, name)}: unknown key; allowed: {', '.join(allowed)}")
     return data
 
