@@ -1722,6 +1722,13 @@ def test_dates_and_other_yaml_types_in_a_tuned_file_print_as_json(workdir, where
         "2026-13-45"
 
 
+@pytest.mark.parametrize("value", ["\x1b]0;owned\x07", "a\x1b[2Jb", "x\x9by", "a\u2028b"])
+def test_an_environment_value_with_control_characters_is_refused(workdir, value):
+    doc = _tuned_doc(env={"KMP_AFFINITY": value})
+    _refused_everywhere(workdir, _write_tuned(workdir, doc), "settings.env.KMP_AFFINITY",
+                        "control character")
+
+
 def test_a_fifo_is_refused_at_once_by_every_reader(workdir):
     path = workdir / "fifo.yaml"
     os.mkfifo(path)

@@ -362,10 +362,9 @@ def _check_env(env: Any, path: str, extra: tuple[str, ...]) -> None:
                 f"(tuner.apply())")
         if not isinstance(value, str):
             raise ConfigError(f"{path}: settings.env.{var}: expected a string, got {shown(value)}")
-        if "\x00" in value or "\n" in value or "\r" in value:
+        if _CONTROL.search(value):   # NUL, line breaks, ESC sequences for the terminal...
             raise ConfigError(f"{path}: settings.env.{var}: {shown(value)}: a value cannot "
-                              f"contain a "
-                              f"NUL byte or a line break")
+                              f"contain a NUL byte or a line break (or any control character)")
         knob = ENV_KNOBS.get(var)
         if knob is not None and not knob.is_valid(value):
             raise ConfigError(f"{path}: settings.env.{var}: expected {knob.file_allowed}, "
