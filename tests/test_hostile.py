@@ -1756,9 +1756,10 @@ def test_a_tuned_verdict_without_its_evidence_is_not_validated(workdir):
     _refused_everywhere(workdir, path, "not validated", "no result")
     with pytest.raises(ConfigError, match="not validated"):
         production.prepare(str(path))
-    # --allow-unvalidated still works
+    # --allow-unvalidated still works, and says why the file is not validated
     proc = _tuner("export", str(path), "--format", "shell", "--allow-unvalidated")
     assert proc.returncode == 0 and "export TF_NUM_INTRAOP_THREADS=2" in proc.stdout
+    assert "# not validated: the file carries no result" in proc.stdout
 
 
 @pytest.mark.parametrize("change,needle", [

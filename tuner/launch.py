@@ -164,6 +164,9 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
         messages.append(f"note: {note}")
     if tuned.verdict == "unvalidated":
         messages.append(f"warning: {UNVALIDATED_NOTE}")
+    problem = tunedfile.evidence_problem(doc) if "size" not in doc else None
+    if problem:   # accepted with --allow-unvalidated
+        messages.append(f"warning: not validated: {problem}")
     if sets is not None and instance is None:
         return _run_instances(executable, list(command), env, sets, messages, quiet)
     if instance is not None:
@@ -243,6 +246,9 @@ def export(path: str, fmt: str, *, allow_env: Iterable[str] = (),
               + f" (verdict: {doc['verdict']})"]
     if doc["verdict"] == "unvalidated":
         header.append(UNVALIDATED_NOTE)
+    problem = tunedfile.evidence_problem(doc) if "size" not in doc else None
+    if problem:   # accepted with --allow-unvalidated
+        header.append(f"not validated: {problem}")
     if note:
         header.append(note)
     variable = knobs.ALLOCATOR.variable
