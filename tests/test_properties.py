@@ -135,6 +135,10 @@ FRAGMENTS = [
 ]
 
 
+ACTED_ON = ("format_version", "verdict", "settings", "result", "machine", "sizes", "kind",
+            "workload", "recommendation")
+
+
 def paths_of(node: Any, prefix: tuple = ()) -> list[tuple]:
     """Every path into a document (mapping keys and list indexes)."""
     out = [prefix]
@@ -153,7 +157,11 @@ def mutated(draw: Any, base: Any) -> str:
     fragment in its text."""
     doc = base()
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        path = draw(st.sampled_from(paths_of(doc)[1:]))
+        paths = paths_of(doc)[1:]
+        # half the time a field a command acts on (the long validation and search blocks would
+        # otherwise draw most changes)
+        acted_on = [p for p in paths if p[0] in ACTED_ON]
+        path = draw(st.sampled_from(acted_on if acted_on and draw(st.booleans()) else paths))
         parent = doc
         for key in path[:-1]:
             parent = parent[key]

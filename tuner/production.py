@@ -32,6 +32,7 @@ from typing import Any
 
 from . import host, knobs, settings, tunedfile
 from .errors import ConfigError, TunerError
+from .yamlsafe import shown
 
 TUNED_FILE_ENV = "TUNER_TUNED_FILE"
 # what the launcher accepted for that file (--allow-env NAME,..., --allow-unvalidated)
@@ -226,9 +227,11 @@ def machine_differences(doc: dict[str, Any], tf_version: str | None = None) -> l
                      f"{here.usable_cpus}" + (" (thread counts tuned for more CPUs than you have "
                                               "usually make a job slower)" if more else ""))
     if recorded.get("cpu_model") and recorded["cpu_model"] != here.cpu_model:
-        diffs.append(f"CPU model: tuned on {recorded['cpu_model']!r}, this is {here.cpu_model!r}")
+        diffs.append(f"CPU model: tuned on {shown(recorded['cpu_model'])}, this is "
+                     f"{here.cpu_model!r}")
     if recorded.get("tf_version") and version and recorded["tf_version"] != version:
-        diffs.append(f"TensorFlow: tuned with {recorded['tf_version']}, this is {version}")
+        diffs.append(f"TensorFlow: tuned with {shown(recorded['tf_version'])[1:-1]}, this is "
+                     f"{version}")
     return diffs
 
 
