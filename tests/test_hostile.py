@@ -1729,6 +1729,18 @@ def test_an_environment_value_with_control_characters_is_refused(workdir, value)
                         "control character")
 
 
+def test_aliases_in_a_sizes_file_are_refused_by_report_and_show(workdir):
+    text = yaml.safe_dump(_sizes()) + _alias_levels(8, "workload").split("\n", 2)[2]
+    path = _write_tuned(workdir, text, "sizes.yaml")
+    for argv in (("report", str(path)), ("show", str(path), "--format", "json"),
+                 ("export", str(path), "--size", "1", "--format", "k8s")):
+        start = time.perf_counter()
+        proc = _tuner(*argv)
+        assert time.perf_counter() - start < 5
+        assert proc.returncode == 2, (argv, proc.stderr)
+        _one_error(proc.stderr, "not a readable sizes file", "anchors and aliases")
+
+
 def test_a_fifo_is_refused_at_once_by_every_reader(workdir):
     path = workdir / "fifo.yaml"
     os.mkfifo(path)

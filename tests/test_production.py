@@ -437,8 +437,9 @@ def test_a_cpu_set_that_is_not_available_falls_back_to_unpinned(tmp_path):
     assert out["cpus"] == [0]
 
 
-@pytest.mark.parametrize("placement", [{"cpus": [4096]},
-                                       {"instances": {"count": 2, "cpus": [[0], [4097]]}}])
+@pytest.mark.parametrize("placement", [
+    {"cpus": [4096]}, {"instances": {"count": 2, "cpus": [[0], [4097]]}},
+    {"instances": {"count": 8, "cpus": [[1000 + i] for i in range(8)]}}])
 def test_cpus_the_machine_lacks_are_refused_by_run_and_apply(tmp_path, placement):
     path = placed_tuned(tmp_path, **placement)
     proc, outs = run_probe(tmp_path, path)
