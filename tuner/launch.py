@@ -45,6 +45,7 @@ from .production import (
     pin,
     read,
 )
+from .yamlsafe import shown
 
 FORMATS = ("shell", "dotenv", "docker", "k8s", "tf-serving")
 
@@ -396,7 +397,8 @@ def _dotenv_value(var: str, value: str, path: str) -> str:
     if _DOTENV_BARE.fullmatch(value):
         return value
     if "'" in value or "\\" in value or re.search(r"[\x00-\x1f\x7f]", value):
-        raise ConfigError(f"export --format dotenv: {path}: settings.env.{var}: {value!r} holds "
+        raise ConfigError(f"export --format dotenv: {path}: settings.env.{var}: {shown(value)} "
+                          f"holds "
                           f"a quote, a backslash or a control character, which dotenv readers "
                           f"take differently; use --format shell, docker or k8s")
     return f"'{value}'"

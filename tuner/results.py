@@ -578,7 +578,7 @@ def trial_problem(t: Any) -> str | None:
 def read_study(storage: str, name: str | None) -> StudyRecord:
     study = open_study(storage, name)
     attrs = study.user_attrs
-    where = f"study {study.study_name!r}"
+    where = f"study {shown(study.study_name)}"
     config = _mapping(attrs, ATTR + "config", where, ATTR + "config")
     machine = attrs.get(ATTR + "machine_full") or attrs.get(ATTR + "machine") or {}
     if not isinstance(machine, dict):
@@ -620,7 +620,7 @@ def from_study(storage: str, name: str | None) -> Result:
     from . import knobs
 
     record = read_study(storage, name)
-    where = f"study {record.name!r}"
+    where = f"study {shown(record.name)}"
     complete = record.measured()
     if not complete:
         raise ConfigError(f"--study-name: {where} has no complete trial to show")

@@ -148,7 +148,8 @@ def _load(path: str | Path) -> dict[str, Any]:
                           f"by python -m tuner size")
     version = data.get("format_version")
     if type(version) is not int or version not in SUPPORTED_VERSIONS:
-        raise ConfigError(f"{path}: format_version {version!r} is not supported by this tuner "
+        raise ConfigError(f"{path}: format_version {_short(version)} is not supported by this "
+                          f"tuner "
                           f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade "
                           f"tuner or re-run python -m tuner size")
     return data

@@ -68,9 +68,9 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a tuned file (no format_version)")
     version = data["format_version"]
     if version not in SUPPORTED_VERSIONS:
-        raise ConfigError(f"{path}: format_version {version!r} is not supported by this tuner "
-                          f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade tuner "
-                          f"or re-run the search")
+        raise ConfigError(f"{path}: format_version {yamlsafe.shown(version)} is not supported "
+                          f"by this tuner (supported: {', '.join(map(str, SUPPORTED_VERSIONS))}); "
+                          f"upgrade tuner or re-run the search")
     settings = data.get("settings")
     if settings is None:
         raise ConfigError(f"{path}: settings: missing; expected a mapping of settings")
