@@ -40,7 +40,7 @@ ROOT = HERE.parent
 FIXTURE = HERE / "fixtures" / "branchy.yaml"
 # TUNER_PROPERTY_EXAMPLES=500 for a longer hunt
 SETTINGS = settings(max_examples=int(os.environ.get("TUNER_PROPERTY_EXAMPLES", "20")),
-                    deadline=None, derandomize=True,
+                    deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])
 # what a terminal acts on: C0 controls but the line break, DEL, C1 controls, and the Unicode
