@@ -17,7 +17,10 @@ pointing to the launcher.
 
 The file is untrusted input, read by :func:`tuner.tunedfile.read`: every setting is checked by
 its knob's rule; ``settings.env`` may set only tuner's own variables unless ``allow_env`` names
-others; an ``unvalidated`` verdict is refused unless ``allow_unvalidated=True``.
+others; an ``unvalidated`` verdict, or a ``tuned`` one its own evidence does not support, is
+refused unless ``allow_unvalidated=True``; declared knobs stay within the declared space; CPUs
+this machine lacks, or more instances than usable CPUs, are refused; under ``strict`` so is a
+machine block that cannot be compared.
 """
 
 from __future__ import annotations
