@@ -220,6 +220,19 @@ def settings_doc(**settings: Any) -> dict[str, Any]:
     return {"settings": base}
 
 
+def evidence(**result: Any) -> dict[str, Any]:
+    """The ``result`` and ``validation`` blocks of a ``tuned`` verdict that its evidence supports
+    (the adoption rule: p below alpha, the interval above 1, at least min_speedup); ``result``
+    replaces entries of the result block."""
+    return {"result": {"throughput": {"median": 120.0, "ci95": [116.0, 124.0],
+                                      "per_process": [116.0, 120.0, 124.0, 119.0, 121.0]},
+                       "baseline_throughput": {"median": 100.0, "ci95": [98.0, 102.0],
+                                               "per_process": [98.0, 100.0, 102.0, 99.0, 101.0]},
+                       "speedup": 1.2, "speedup_ci95": [1.14, 1.26], "p_value": 0.004,
+                       "significant": True, **result},
+            "validation": {"done": True, "alpha": 0.05, "min_speedup": 1.05}}
+
+
 # -- machines --------------------------------------------------------------------------------------
 
 def fake_machine(root: Path, *, cpus: int, threads_per_core: int = 1, sockets: int = 1,

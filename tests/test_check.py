@@ -132,13 +132,19 @@ def test_the_workload_comes_from_the_command_line_never_from_the_file(tuned_file
     # a hostile file names another workload: it is never loaded
     doc["workload"] = {"model": "/nonexistent/evil.py:build", "data": "/nonexistent/evil.py:d",
                        "mode": "predict", "config": "/nonexistent/evil.yaml"}
-    # and result fields that are not numbers: not shown, never a traceback
-    doc["result"]["speedup_ci95"] = ["\x1b]0;evil\x07", 2]
     tuned.write_text(yaml.safe_dump(doc))
     code, out, err = run_cli(capsys, "check", str(tuned), "--config", str(cfg), "--rounds", "4")
     assert code == 0, err
-    assert "evil" not in out + err and "when tuned" not in out
+    assert "evil" not in out + err
+    # result fields that are not numbers: the evidence is refused in one inert line, no child
+    doc["result"]["speedup_ci95"] = ["\x1b]0;evil\x07", 2]
+    tuned.write_text(yaml.safe_dump(doc))
+    code, out, err = run_cli(capsys, "check", str(tuned), "--config", str(cfg), "--rounds", "4")
+    assert_one_error_line(code, err, "not validated", "result.speedup_ci95")
+    assert "\x1b" not in out + err and "preflight" not in err
     # and without --config or --model, a tuned verdict cannot be checked
+    doc["result"]["speedup_ci95"] = [1.2, 1.4]
+    tuned.write_text(yaml.safe_dump(doc))
     code, _, err = run_cli(capsys, "check", str(tuned))
     assert_one_error_line(code, err, "--model", "--config")
 
@@ -169,6 +175,8 @@ def test_undeclared_knobs_in_the_file_are_refused(tuned_file, capsys):
     tuned, cfg = tuned_file
     doc = yaml.safe_load(tuned.read_text())
     doc["settings"]["knobs"] = {"map_parallelism": 4}
+    # the file records the space its search declared; this config declares none of it
+    doc.setdefault("search", {})["declared_knobs"] = {"map_parallelism": [1, 4]}
     tuned.write_text(yaml.safe_dump(doc))
     code, _, err = run_cli(capsys, "check", str(tuned), "--config", str(cfg))
     assert_one_error_line(code, err, "settings.knobs", "map_parallelism", "not declared")

@@ -104,7 +104,7 @@ BUILDER_CONFIG = "workload:\n  model: wl.py:build_model\n  data: wl.py:build_dat
      ["space.intra_op_threads: unknown key (did you mean 'intra_op_parallelism_threads'?)"],
      []),
     (["search", "--config", "escape.yaml"],
-     [r"\x1b[31mserch: unknown key"], ["\x1b"]),
+     [r"'\x1b[31mserch': unknown key"], ["\x1b"]),
 ])
 def test_an_error_names_what_the_user_did(tmp_path, capsys, argv, needles, absent):
     (tmp_path / "wl.py").write_text("def build_model():\n    pass\n\ndef build_data():\n    pass\n")

@@ -15,9 +15,9 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import copy_workloads, skip_without_tensorflow
+from helpers import copy_workloads, evidence, skip_without_tensorflow
 
-from tuner import cli, settings, space
+from tuner import cli, host, settings, space
 from tuner.trial import run_child
 
 skip_without_tensorflow()
@@ -48,11 +48,13 @@ def test_options_reach_the_dataset_in_the_child_and_through_dataset_options(work
 
     tuned = tmp_path / "tuned.yaml"
     tuned.write_text(yaml.safe_dump({
-        "format_version": 1, "verdict": "tuned", "machine": {},
+        "format_version": 1, "verdict": "tuned",
+        "machine": dict(host.detect().as_dict(), tf_version=host.installed_tf_version()),
         "settings": settings.nest({**space.default_settings(), **OPTIONS,
                                          "knobs.map_parallelism": "autotune",
                                          "knobs.prefetch": 2}),
-        "result": {"speedup": 1.5}, "study": {"name": "t"}}))
+        "search": {"declared_knobs": {"map_parallelism": [1, "autotune"], "prefetch": [1, 2]}},
+        **evidence(), "study": {"name": "t"}}))
     code = textwrap.dedent(f"""
         import json, tuner
         cfg = tuner.apply({str(tuned)!r})

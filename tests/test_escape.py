@@ -71,6 +71,12 @@ def _hostile_study() -> None:
 
 def test_report_of_a_hostile_study_prints_nothing_raw(small_study, capsys, tmp_path):
     _hostile_study()
+    # a failed trial whose record is well-formed (its role one printable line) but whose reason
+    # holds markup: listed, with the markup shown as text (a role with control characters makes
+    # its trial an error row instead, whose note shows the role escaped)
+    optuna.load_study(study_name="study", storage=STORAGE).add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL,
+        user_attrs={"role": "screen", "fail_reason": IMG + " crashed"}))
     code, out, err = run_cli(capsys, "report", "--storage", STORAGE, "--study-name", "study",
                              "--html", "r.html")
     assert code == 0, err
@@ -135,7 +141,9 @@ def _tuned(tmp_path, change) -> str:
 
 def test_markdown_show_of_a_tuned_file_escapes_markup(tmp_path, capsys):
     def change(doc):
-        doc["summary"] = f"{IMG} [click here](https://evil.example)"
+        # show prints its verdict from the result, not the file's summary: markup where it
+        # is printed as it is, the workload's builder
+        doc["workload"]["model"] = f"{IMG} [click here](https://evil.example)"
         doc["study"]["name"] = "a|b`c`"
 
     path = _tuned(tmp_path, change)

@@ -27,10 +27,10 @@ from unittest import mock
 
 import pytest
 import yaml
-from helpers import fake_worker_command, fake_worker_env
+from helpers import evidence, fake_worker_command, fake_worker_env
 
-from tuner import cli, coord, launch, lock, tuned, urls
-from tuner.errors import StudyError
+from tuner import cli, coord, host, launch, lock, production, tuned, urls
+from tuner.errors import ConfigError, StudyError
 from tuner.trial import run_child
 
 HERE = Path(__file__).resolve().parent
@@ -1013,7 +1013,9 @@ def _tuned_doc(**settings: object) -> dict:
            "settings": {"intra_op_parallelism_threads": 2, "inter_op_parallelism_threads": 1,
                         "tf_data": {"private_threadpool_size": 2,
                                     "max_intra_op_parallelism": None},
-                        "env": {"TF_ENABLE_ONEDNN_OPTS": "0"}}}
+                        "env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
+           "machine": dict(host.detect().as_dict(), tf_version=host.installed_tf_version()),
+           **evidence()}
     doc["settings"].update(settings)
     return doc
 
@@ -1272,6 +1274,7 @@ def test_the_launcher_passes_a_payload_value_through_literally(workdir):
 def test_comments_carry_no_free_text_from_the_file(workdir):
     # a declared knob's string is free text: named in the note, never shown
     doc = _tuned_doc(knobs={"label": "$(touch MARK) #x", "prefetch": 2})
+    doc["search"] = {"declared_knobs": {"label": ["a", "$(touch MARK) #x"], "prefetch": [1, 2]}}
     path = _write_tuned(workdir, doc)
     for fmt in ("shell", "dotenv", "k8s"):
         proc = _tuner("export", str(path), "--format", fmt)
@@ -1725,3 +1728,262 @@ def test_a_tuned_file_replaces_a_symlink_and_leaves_its_target_alone(tmp_path):
     assert victim.read_text() == "precious\n"
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
     assert not path.is_symlink() and "branchy" in path.read_text()
+
+
+# -- round 2 (#24): every reader survives any file -------------------------------------------------
+
+READERS = (("show",), ("show", "--format", "json"), ("show", "--format", "markdown"),
+           ("compare", str(BRANCHY)), *(("export", "--format", f) for f in EXPORT_FORMATS))
+
+
+def _every_reader_refuses(path: Path, *needles: str, seconds: float = 10.0) -> None:
+    """show (three formats), compare, export (every format) and run: exit 2, one short error
+    line naming the file and every needle, quickly."""
+    for argv in (*((a[0], str(path), *a[1:]) for a in READERS),
+                 ("run", "--tuned", str(path), "--", "true")):
+        start = time.perf_counter()
+        proc = _tuner(*argv, refused=True)
+        assert time.perf_counter() - start < seconds, argv
+        assert proc.returncode == 2, (argv, proc.stderr)
+        line = _one_error(proc.stderr, str(path), *needles)
+        assert len(line) < 300 and line.isprintable(), line
+        assert proc.stdout == "", argv
+
+
+def _alias_levels(levels: int, where: str) -> str:
+    lines = ["format_version: 1", "verdict: tuned", "l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels + 1):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + f"\n{where}: *l{levels}\n"
+
+
+@pytest.mark.parametrize("text,needle", [
+    (_alias_levels(6, "settings"), "anchors and aliases"),
+    (_alias_levels(8, "summary"), "anchors and aliases"),
+    ("format_version: 1\nverdict: tuned\nsettings: {intra_op_parallelism_threads: "
+     + "9" * 5000 + "}\n", "an integer of 5000 characters"),
+    ("format_version: 0x" + "f" * 5000 + "\n", "an integer of 5002 characters"),
+    ("format_version: 1\nx: !!binary 'AAAA'\n", "the tag 'binary' is not allowed"),
+    ("format_version: " + "[" * 3000 + "]" * 3000 + "\n", "nested more than"),
+    ("format_version: 1\nsettings: &s {loop: *s}\n", "anchors and aliases"),
+])
+def test_hostile_yaml_is_one_short_line_in_every_reader(workdir, text, needle):
+    path = workdir / "hostile.yaml"
+    path.write_text(text)
+    _every_reader_refuses(path, "not a readable tuned file", needle)
+
+
+@pytest.mark.parametrize("where", ["machine", "workload", "study", "search"])
+def test_dates_and_other_yaml_types_in_a_tuned_file_print_as_json(workdir, where):
+    text = yaml.safe_dump(_tuned_doc()) + "created: 2026-13-45\n"
+    doc = yaml.safe_load(text.replace("created: 2026-13-45\n", ""))
+    doc.setdefault(where, {})["when"] = "DATE"
+    path = _write_tuned(workdir, yaml.safe_dump(doc).replace("'DATE'", "2026-01-01")
+                        + "created: 2026-13-45\n")
+    for argv in (("show", str(path), "--format", "json"),
+                 ("compare", str(path), str(path), "--format", "json"), ("show", str(path))):
+        proc = _tuner(*argv)
+        assert proc.returncode == 0, (argv, proc.stderr)
+    assert json.loads(_tuner("show", str(path), "--format", "json").stdout)["created"] == \
+        "2026-13-45"
+
+
+@pytest.mark.parametrize("value", ["\x1b]0;owned\x07", "a\x1b[2Jb", "x\x9by", "a\u2028b"])
+def test_an_environment_value_with_control_characters_is_refused(workdir, value):
+    doc = _tuned_doc(env={"KMP_AFFINITY": value})
+    _refused_everywhere(workdir, _write_tuned(workdir, doc), "settings.env.KMP_AFFINITY",
+                        "control character")
+
+
+def test_aliases_in_a_sizes_file_are_refused_by_report_and_show(workdir):
+    text = yaml.safe_dump(_sizes()) + _alias_levels(8, "workload").split("\n", 2)[2]
+    path = _write_tuned(workdir, text, "sizes.yaml")
+    for argv in (("report", str(path)), ("show", str(path), "--format", "json"),
+                 ("export", str(path), "--size", "1", "--format", "k8s")):
+        start = time.perf_counter()
+        proc = _tuner(*argv)
+        assert time.perf_counter() - start < 5
+        assert proc.returncode == 2, (argv, proc.stderr)
+        _one_error(proc.stderr, "not a readable sizes file", "anchors and aliases")
+
+
+def test_a_fifo_is_refused_at_once_by_every_reader(workdir):
+    path = workdir / "fifo.yaml"
+    os.mkfifo(path)
+    _every_reader_refuses(path, "not a regular file", seconds=5.0)
+    proc = _tuner("report", str(path))
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr
+
+
+def test_a_long_per_process_list_is_refused_before_any_test_runs(workdir):
+    doc = yaml.safe_load(BRANCHY.read_text())
+    doc["result"]["throughput"]["per_process"] = [3000.0 + i for i in range(400)]
+    path = _write_tuned(workdir, doc)
+    start = time.perf_counter()
+    proc = _tuner("compare", str(path), str(BRANCHY))
+    assert time.perf_counter() - start < 3
+    _one_error(proc.stderr, "result.throughput.per_process", "a list of 1 to 64")
+
+
+# -- the evidence behind the verdict ---------------------------------------------------------------
+
+def test_a_tuned_verdict_without_its_evidence_is_not_validated(workdir):
+    doc = {"format_version": 1, "verdict": "tuned", **{
+        k: v for k, v in _tuned_doc().items() if k == "settings"}}
+    path = _write_tuned(workdir, doc)
+    _refused_everywhere(workdir, path, "not validated", "no result")
+    with pytest.raises(ConfigError, match="not validated"):
+        production.prepare(str(path))
+    # --allow-unvalidated still works, and says why the file is not validated
+    proc = _tuner("export", str(path), "--format", "shell", "--allow-unvalidated")
+    assert proc.returncode == 0 and "export TF_NUM_INTRAOP_THREADS=2" in proc.stdout
+    assert "# not validated: the file carries no result" in proc.stdout
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"speedup": 0.5, "speedup_ci95": [0.4, 0.6]}, "not above 1"),
+    ({"p_value": 0.2}, "is not below the level 0.05"),
+    ({"speedup": 1.02, "speedup_ci95": [1.01, 1.03]}, "below the minimum speedup 1.05x"),
+    ({"p_value": None}, "result.p_value"),
+])
+def test_evidence_that_contradicts_the_verdict_is_refused_and_shown(workdir, change, needle):
+    doc = _tuned_doc()
+    doc["result"].update(change)
+    doc["summary"] = "1.415x faster than TensorFlow's defaults (95% CI 1.339-1.495, p=0.00397)"
+    path = _write_tuned(workdir, doc)
+    _refused_everywhere(workdir, path, "not validated", needle)
+    proc = _tuner("show", str(path))
+    assert proc.returncode == 0, proc.stderr
+    verdict = next(line for line in proc.stdout.splitlines() if line.startswith("verdict"))
+    assert "the evidence does not support the verdict" in verdict and needle in verdict
+    assert "1.415x" not in proc.stdout
+
+
+def test_a_sequential_validation_is_held_to_its_last_looks_level(workdir):
+    doc = _tuned_doc()
+    doc["validation"]["sequential"] = {"looks": [{"rounds": 5, "level": 0.0226, "p_value": 0.03}]}
+    doc["result"]["p_value"] = 0.03
+    _refused_everywhere(workdir, _write_tuned(workdir, doc), "not below the level 0.0226")
+
+
+def test_settings_that_change_the_numbers_need_their_measured_deviation(workdir, monkeypatch):
+    from tuner import knobs
+
+    knob = knobs.KNOBS["env.TF_ENABLE_ONEDNN_OPTS"]
+    monkeypatch.setattr(knob, "changes_numbers", True)
+    doc = _tuned_doc()   # TF_ENABLE_ONEDNN_OPTS: "0", not the default
+    path = _write_tuned(workdir, doc)
+    _refused_everywhere(workdir, path, "records no measured deviation")
+    doc["result"]["accuracy"] = {"metric": "max_abs_diff", "tolerance": 1e-3,
+                                 "deviation": 5e-3, "limit": None, "samples": 256}
+    _refused_everywhere(workdir, _write_tuned(workdir, doc), "is over the tolerance")
+    doc["result"]["accuracy"]["deviation"] = 2e-4
+    proc = _tuner("export", str(_write_tuned(workdir, doc)), "--format", "shell")
+    assert proc.returncode == 0, proc.stderr
+
+
+# -- one kind per file; declared knobs within the declared space -----------------------------------
+
+def test_a_file_that_is_both_a_sizes_file_and_a_tuned_file_is_refused(workdir):
+    doc = {**_tuned_doc(), "kind": "sizes", "sizes": [{"cpus": 1, "verdict": "failed"}]}
+    path = _write_tuned(workdir, doc)
+    for argv in (("show", str(path)), ("report", str(path)),
+                 ("export", str(path), "--format", "shell"),
+                 ("export", str(path), "--size", "1", "--format", "shell"),
+                 ("run", "--tuned", str(path), "--", "true")):
+        proc = _tuner(*argv, refused=True)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        _one_error(proc.stderr, "a file is one or the other")
+    del doc["kind"]   # a tuned file with a sizes block
+    _refused_everywhere(workdir, _write_tuned(workdir, doc), "a file is one or the other")
+
+
+@pytest.mark.parametrize("knobs_set,needle", [
+    ({"data_dir": "/tmp/attacker"}, "settings.knobs.data_dir: not a knob the search declared"),
+    ({"prefetch": 64}, "settings.knobs.prefetch: 64 is not one of the declared values"),
+    ({"prefetch": "2"}, "settings.knobs.prefetch: '2' is not one of the declared values"),
+])
+def test_declared_knobs_stay_within_the_declared_space(workdir, knobs_set, needle):
+    doc = _tuned_doc(knobs=knobs_set)
+    doc["search"] = {"declared_knobs": {"prefetch": [1, 2, "autotune"]}}
+    _refused_everywhere(workdir, _write_tuned(workdir, doc), needle)
+    with pytest.raises(ConfigError, match="not"):
+        production.prepare(str(workdir / "hostile.yaml"))
+    del doc["search"]   # no record of the space: nothing to check the knobs against
+    _refused_everywhere(workdir, _write_tuned(workdir, doc), "does not record the space")
+    doc = _tuned_doc(knobs={"prefetch": 2})
+    doc["search"] = {"declared_knobs": {"prefetch": [1, 2, "autotune"]}}
+    assert _tuner("export", str(_write_tuned(workdir, doc)), "--format", "shell").returncode == 0
+
+
+# -- sizes files -------------------------------------------------------------------------------
+
+def _sizes(**changes: object) -> dict:
+    row = {"cpus": 1, "verdict": "tuned",
+           "settings": {"intra_op_parallelism_threads": 1, "inter_op_parallelism_threads": 1,
+                        "tf_data": {"private_threadpool_size": None,
+                                    "max_intra_op_parallelism": None},
+                        "env": {}, "cpus": [0]},
+           "throughput": {"median": 100.0, "ci95": [95.0, 105.0]}, "per_cpu": 100.0,
+           "latency_ms": {"p50": 2.0, "p95": 3.0}, "peak_rss_mb": 512.0}
+    doc = {"format_version": 1, "kind": "sizes", "sizes": [row],
+           "machine": dict(host.detect().as_dict(), tf_version=host.installed_tf_version())}
+    for where, value in changes.items():
+        target = doc if where in ("sizes", "workload", "interrupted") else row
+        target[where] = value
+    return doc
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"sizes": [{"cpus": [1], "verdict": "failed"}, {"cpus": [1], "verdict": "failed"}]},
+     "sizes[0].cpus: expected an integer >= 1, got [1]"),
+    ({"sizes": [{"cpus": {"a": 1}, "verdict": "failed"} for _ in range(2)]}, "sizes[0].cpus"),
+    ({"workload": ["x"]}, "workload: expected a mapping"),
+    ({"workload": {"model": "a\x1b[2Jb"}}, "workload.model: expected a line of text"),
+    ({"interrupted": "stopped\n\x1b]0;owned\x07"}, "interrupted: expected a line of text"),
+    ({"peak_rss_mb": 1.7e308}, "peak_rss_mb: expected a number >= 0 and <= 1e+12"),
+])
+def test_hostile_sizes_files_are_one_line_everywhere(workdir, changes, needle):
+    path = _write_tuned(workdir, _sizes(**changes), "sizes.yaml")
+    for argv in (("show", str(path)), ("report", str(path)),
+                 ("export", str(path), "--size", "1", "--format", "k8s"),
+                 ("run", "--tuned", str(path), "--size", "1", "--", "true")):
+        proc = _tuner(*argv, refused=True)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        line = _one_error(proc.stderr, needle)
+        assert line.isprintable()
+
+
+# -- study rows ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("attrs,value,needle", [
+    ({"throughput": {"median": "fast"}}, 1.0, "throughput.median"),
+    ({"throughput": {"median": 0.0}, "role": "baseline"}, 0.0, "throughput.median"),
+    ({"throughput": {"median": 5.0}, "role": "baseline"}, -3.0, "value: expected a positive"),
+    ({"throughput": {"median": 5.0, "rel_spread": "wide"}}, 5.0, "throughput.rel_spread"),
+    ({"throughput": {"median": 5.0}, "settings": {"intra_op_parallelism_threads": "4",
+                                                  "inter_op_parallelism_threads": 1}},
+     5.0, "settings.intra_op_parallelism_threads"),
+])
+def test_a_damaged_trial_is_an_error_row(tmp_path, attrs, value, needle):
+    import optuna
+    from optuna.distributions import IntDistribution
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    dist = {"intra_op_parallelism_threads": IntDistribution(0, 4)}
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=value, user_attrs=attrs,
+                                 params={"intra_op_parallelism_threads": 1}, distributions=dist))
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=9.0, distributions=dist,
+                                 params={"intra_op_parallelism_threads": 2},
+                                 user_attrs={"throughput": {"median": 9.0}}))
+    html = tmp_path / "r.html"
+    proc = _tuner("report", "--storage", url, "--html", str(html))
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.lstrip().startswith("0 "))
+    assert "ERROR" in row and "unreadable record" in row and needle in row
+    assert html.is_file()
+    proc = _tuner("show", "--storage", url)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

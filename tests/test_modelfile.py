@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import assert_one_error_line, load_study, plain_machine, run_cli, settings_doc
+from helpers import (
+    assert_one_error_line,
+    evidence,
+    load_study,
+    plain_machine,
+    run_cli,
+    settings_doc,
+)
 
 from tuner import config, knobs, launch, modelfile, space
 from tuner.errors import ConfigError
@@ -320,7 +327,8 @@ def test_the_batch_size_is_the_callers_and_the_file_says_so():
 
 def _tuned(tmp_path: Path, **settings) -> Path:
     doc = {"format_version": 1, "verdict": "tuned", **settings_doc(**settings),
-           "result": {"speedup": 1.2}}
+           "machine": {"usable_cpus": 2, "cpu_model": "test CPU", "tf_version": "2.21.0"},
+           **evidence()}
     path = tmp_path / "tuned.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from helpers import settings_doc
+from helpers import evidence, settings_doc
 
 import tuner
 from tuner import cli, host
@@ -33,7 +33,7 @@ def make_tuned(tmp_path, *, intra=3, inter=1, pool=2, max_intra=None, env=None, 
                                  "max_intra_op_parallelism": max_intra},
                      "env": {"TF_ENABLE_ONEDNN_OPTS": "0"} if env is None else env},
         "machine": dict(MACHINE, **machine_changes),
-        "result": {"speedup": 1.2},
+        **evidence(),
         "study": {"name": "t", "storage": "sqlite:///results/t.db", "n_trials": 3},
     }
     path = tmp_path / name
@@ -278,6 +278,26 @@ def test_machine_mismatch_warns_and_strict_refuses(tmp_path, capsys):
     assert "tuner: warning:" in proc.stderr and "usable CPUs" in proc.stderr
 
 
+@pytest.mark.parametrize("nulled", ["usable_cpus", "cpu_model", "tf_version", "all", "block"])
+def test_strict_refuses_a_machine_block_it_cannot_compare(tmp_path, capsys, nulled):
+    path = make_tuned(tmp_path, env={})
+    doc = yaml.safe_load(path.read_text())
+    if nulled == "block":
+        del doc["machine"]
+    else:
+        for key in (("usable_cpus", "cpu_model", "tf_version") if nulled == "all" else (nulled,)):
+            doc["machine"][key] = None
+    path.write_text(yaml.safe_dump(doc))
+    flags = ["--allow-unvalidated"] if nulled == "block" else []  # a verdict without its machine
+    code = cli.main(["run", "--tuned", str(path), "--strict", *flags, "--", "true"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "does not record the machine's" in err
+    if nulled == "block":   # and without --allow-unvalidated, no machine means no evidence
+        assert cli.main(["run", "--tuned", str(path), "--", "true"]) == 2
+        assert "does not say which machine" in capsys.readouterr().err
+
+
 @pytest.mark.tf
 def test_apply_strict_refuses_a_file_from_another_machine(tmp_path):
     path = make_tuned(tmp_path, env={}, usable_cpus=here.usable_cpus + 14)
@@ -396,12 +416,13 @@ def placed_tuned(tmp_path, **settings):
     return path
 
 
-def run_probe(tmp_path, path, *extra, code=0):
+def run_probe(tmp_path, path, *extra, code=0, prefix=()):
     (tmp_path / "probe.py").write_text(PROBE)
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "tuner", "run", "--tuned", str(path), *extra,
-                           "--", sys.executable, str(tmp_path / "probe.py"), str(out), str(code)],
+    proc = subprocess.run([*prefix, sys.executable, "-m", "tuner", "run", "--tuned", str(path),
+                           *extra, "--", sys.executable, str(tmp_path / "probe.py"), str(out),
+                           str(code)],
                           capture_output=True, text=True, timeout=60)
     return proc, [json.loads(p.read_text()) for p in sorted(out.glob("out-*.json"))]
 
@@ -433,11 +454,35 @@ def test_launcher_pins_to_the_cpu_set(tmp_path):
     assert out["cpus"] == [1]
 
 
+@TWO_CPUS
 def test_a_cpu_set_that_is_not_available_falls_back_to_unpinned(tmp_path):
-    proc, (out,) = run_probe(tmp_path, placed_tuned(tmp_path, cpus=[4096]))
+    # CPU 1 exists, but the launcher (under taskset) may use CPU 0 only
+    path = placed_tuned(tmp_path, cpus=[1])
+    proc, (out,) = run_probe(tmp_path, path, prefix=("taskset", "-c", "0"))
     assert proc.returncode == 0, proc.stderr
     assert "not available to this process" in proc.stderr and "running unpinned" in proc.stderr
-    assert out["cpus"] == sorted(os.sched_getaffinity(0))
+    assert out["cpus"] == [0]
+
+
+@pytest.mark.parametrize("placement", [
+    {"cpus": [4096]}, {"instances": {"count": 2, "cpus": [[0], [4097]]}},
+    {"instances": {"count": 8, "cpus": [[1000 + i] for i in range(8)]}}])
+def test_cpus_the_machine_lacks_are_refused_by_run_and_apply(tmp_path, placement):
+    path = placed_tuned(tmp_path, **placement)
+    proc, outs = run_probe(tmp_path, path)
+    assert proc.returncode == 2 and outs == [], proc.stderr
+    assert proc.stderr.count("\n") == 1 and "do not exist on this machine" in proc.stderr
+    with pytest.raises(tuner.ConfigError, match="do not exist on this machine"):
+        tuner.apply(str(path))
+
+
+@TWO_CPUS
+def test_more_instances_than_usable_cpus_are_refused(tmp_path):
+    # CPUs 0 and 1 exist, but the launcher (under taskset) may use one CPU
+    path = placed_tuned(tmp_path, instances={"count": 2, "cpus": [[0], [1]]})
+    proc, outs = run_probe(tmp_path, path, prefix=("taskset", "-c", "0"))
+    assert proc.returncode == 2 and outs == [], proc.stderr
+    assert "2 instances, and this process may use 1 CPU(s)" in proc.stderr
 
 
 @TWO_CPUS

@@ -19,7 +19,7 @@ def test_a_damaged_tuned_file_names_the_field(tmp_path, capsys):
     code, _, err = run_cli(capsys, "show", str(tmp_path / "bad.yaml"))
     assert code == 2
     assert err.startswith(f"error: {tmp_path / 'bad.yaml'}: result.throughput.per_process: "
-                          f"expected a list of positive numbers")
+                          f"expected a list of 1 to 64 positive numbers")
 
 
 def test_show_and_compare_read_a_study(small_study, capsys):

@@ -329,7 +329,8 @@ def _acceptance_flags(parser: argparse.ArgumentParser) -> None:
                              "knob sets it (repeatable); others are refused")
     parser.add_argument("--allow-unvalidated", action="store_true",
                         help="accept a file whose verdict is unvalidated (an interrupted "
-                             "search's best trial, never validated against the defaults)")
+                             "search's best trial, never validated against the defaults), or "
+                             "whose evidence does not support its verdict")
 
 
 class _Ordered(argparse.Action):

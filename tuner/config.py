@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import budget as budget_mod
+from . import yamlsafe
 from .errors import ConfigError
 from .knobs import AUTOTUNE, BATCH_SIZE, SECTIONS, check_overrides
-from .render import did_you_mean, plain, quoted
+from .render import did_you_mean, plain
+from .yamlsafe import shown
 
 MODES = ("predict", "train", "data")
 SAMPLERS = ("auto", "grid", "tpe", "random", "structured")
@@ -167,36 +167,6 @@ STUDY_KEYS = ("name", "storage")
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.safe_load``, except that a key given twice in one mapping is an error: PyYAML
-    keeps the last silently, so a second ``search:`` would drop the first without a word."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # "<<: *defaults" overrides on purpose
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.setdefault(key, key_node.start_mark)
-            except TypeError:
-                continue  # an unhashable key: the base class reports it
-            if first is not key_node.start_mark:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {first.line + 1}); each "
-                    f"key may appear once", key_node.start_mark)
-        return super().construct_mapping(node, deep)
-
-
-def _safe_load_strict(text: str) -> Any:
-    """``yaml.safe_load(text)`` through :class:`_StrictLoader` (a SafeLoader: plain data only)."""
-    loader = _StrictLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
 def _where(path: Path, field_name: str) -> str:
     return f"{path}: {field_name}"
 
@@ -206,10 +176,12 @@ def _check_keys(data: Any, allowed: tuple[str, ...], path: Path, section: str) -
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{_where(path, section)}: expected a mapping, got {type(data).__name__} "
-                          f"{data!r}")
+                          f"{shown(data)}")
     for key in data:
         if key not in allowed:
-            name = f"{section}.{key}" if section else str(key)
+            shown_key = key if isinstance(key, str) and key.isprintable() and len(key) <= 60 \
+                else shown(key)
+            name = f"{section}.{shown_key}" if section else shown_key
             raise ConfigError(f"{_where(path, plain(name))}: unknown key"
                               f"{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
     return data
@@ -226,7 +198,7 @@ def _number(value: Any, where: str, *, integer: bool, minimum: float, allow_none
             or (value <= minimum if strictly_above else value < minimum)):
         bound = f"> {minimum}" if strictly_above else f">= {minimum}"
         extra = " or null" if allow_none else ""
-        raise ConfigError(f"{where}: expected {kind} {bound}{extra}, got {value!r}")
+        raise ConfigError(f"{where}: expected {kind} {bound}{extra}, got {shown(value)}")
     return value
 
 
@@ -234,7 +206,7 @@ def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
     if value is None:
         raise ConfigError(f"{where}: missing; give one of {', '.join(allowed)}")
     if value not in allowed:
-        raise ConfigError(f"{where}: {quoted(value)} is not allowed{did_you_mean(value, allowed)}"
+        raise ConfigError(f"{where}: {shown(value)} is not allowed{did_you_mean(value, allowed)}"
                           f"; allowed: {', '.join(allowed)}")
     return value
 
@@ -245,7 +217,7 @@ _BUILDER_RE = re.compile(r"^(?P<target>[^:]+):(?P<func>[A-Za-z_][A-Za-z0-9_]*)$"
 def _builder(value: Any, where: str, base_dir: Path) -> str:
     if not isinstance(value, str) or not _BUILDER_RE.match(value.strip()):
         raise ConfigError(f"{where}: expected 'file.py:function' or 'package.module:function', "
-                          f"got {value!r}")
+                          f"got {shown(value)}")
     value = value.strip()
     target = value.split(":", 1)[0]
     if target.endswith(".py"):
@@ -282,7 +254,7 @@ def _float(minimum: float, allow_none: bool = False, strictly_above: bool = Fals
 
 def _bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {shown(value)}")
     return value
 
 
@@ -314,7 +286,8 @@ VALIDATE_RULES = {
 def _ratio(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not 0 < value < 1:
-        raise ConfigError(f"{where}: expected a number between 0 and 1 (exclusive), got {value!r}")
+        raise ConfigError(f"{where}: expected a number between 0 and 1 (exclusive), "
+                          f"got {shown(value)}")
     return float(value)
 
 
@@ -327,7 +300,7 @@ def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
     def finite(name: str, value: Any) -> Any:
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, float) and not math.isfinite(item):
-                raise ConfigError(f"{_where(path, 'space.' + name)}: {item!r} is not allowed; "
+                raise ConfigError(f"{_where(path, 'space.' + name)}: {shown(item)} is not allowed; "
                                   f"a number must be finite")
         return value
 
@@ -335,7 +308,7 @@ def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
         # tf_data nests (tf_data: {autotune: {enabled: ...}}); a value is never a mapping
         if not isinstance(value, dict):
             raise ConfigError(f"{_where(path, 'space.' + prefix)}: expected a mapping of knob "
-                              f"names to values, got {value!r}")
+                              f"names to values, got {shown(value)}")
         for sub, subvalue in value.items():
             name = f"{prefix}.{sub}"
             if isinstance(subvalue, dict) and prefix.startswith("tf_data"):
@@ -359,27 +332,29 @@ def _knobs(data: Any, path: Path) -> dict[str, list[Any]]:
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{_where(path, 'knobs')}: expected a mapping of knob names to lists "
                           f"of candidate values, e.g. {{map_parallelism: [1, 2, 4, {AUTOTUNE}]}}, "
-                          f"got {data!r}")
+                          f"got {shown(data)}")
     knobs: dict[str, list[Any]] = {}
     for name, values in data.items():
         where = _where(path, f"knobs.{name}")
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
-            raise ConfigError(f"{_where(path, 'knobs')}: {name!r} is not a valid knob name; use "
+            raise ConfigError(f"{_where(path, 'knobs')}: {shown(name)} is not a valid knob name; "
+                              f"use "
                               f"a Python identifier (the builder's keyword argument)")
         if not isinstance(values, list):
-            raise ConfigError(f"{where}: expected a list of candidate values, got {values!r}")
+            raise ConfigError(f"{where}: expected a list of candidate values, got {shown(values)}")
         if not values:
             raise ConfigError(f"{where}: empty list; give at least one candidate value")
         seen: list[tuple[type, Any]] = []
         for value in values:
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{where}: {value!r} is not allowed; a number must be finite")
+                raise ConfigError(f"{where}: {shown(value)} is not allowed; a number must be "
+                                  f"finite")
             if value is not None and not isinstance(value, (bool, int, float, str)):
-                raise ConfigError(f"{where}: {value!r} is not allowed; allowed: numbers, "
+                raise ConfigError(f"{where}: {shown(value)} is not allowed; allowed: numbers, "
                                   f"strings, true, false, null and {AUTOTUNE} "
                                   f"(tf.data.AUTOTUNE)")
             if (type(value), value) in seen:
-                raise ConfigError(f"{where}: {value!r} is listed twice")
+                raise ConfigError(f"{where}: {shown(value)} is listed twice")
             seen.append((type(value), value))
         knobs[name] = list(values)
     return knobs
@@ -388,21 +363,7 @@ def _knobs(data: Any, path: Path) -> dict[str, list[Any]]:
 def load(path: str | Path) -> Config:
     """Read and check a config file. Raises :class:`ConfigError` with a one-line message."""
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory; expected a config YAML file")
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
-    if not path.is_file():
-        raise ConfigError(f"{path}: not a regular file; expected a config YAML file")
-    try:
-        data = _safe_load_strict(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+    data = yamlsafe.load(path, "config", aliases=True)
     return parse(data, path)
 
 
@@ -473,7 +434,8 @@ def parse(data: Any, path: Path) -> Config:
     else:
         name = path.stem
         if not isinstance(name, str) or not STUDY_NAME_RE.match(name):
-            raise ConfigError(f"{path}: the study name is taken from the file name, and {name!r} "
+            raise ConfigError(f"{path}: the study name is taken from the file name, and "
+                              f"{shown(name)} "
                               f"is not a valid study name (1-100 letters, digits, '.', '_' or "
                               f"'-', starting with a letter or digit); rename the file or set "
                               f"study: {{name: ...}}")
@@ -538,7 +500,7 @@ def shape_of(value: Any, where: str) -> list[int]:
         dims = []
     if not dims or any(d < 1 for d in dims):
         raise ConfigError(f"{where}: expected a shape like 1x224x224x3 or [1, 224, 224, 3] "
-                          f"(sizes >= 1), got {value!r}")
+                          f"(sizes >= 1), got {shown(value)}")
     return dims
 
 
@@ -551,7 +513,7 @@ def _model_file_workload(wl: dict[str, Any], path: Path, base_dir: Path) -> Work
     key = "saved_model" if "saved_model" in wl else "model"
     raw = wl[key]
     if not isinstance(raw, str) or not raw.strip():
-        raise ConfigError(f"{_where(path, 'workload.' + key)}: expected a path, got {raw!r}")
+        raise ConfigError(f"{_where(path, 'workload.' + key)}: expected a path, got {shown(raw)}")
     file = Path(raw.strip()).expanduser()
     file = (file if file.is_absolute() else base_dir / file).resolve()
     fmt = model_format(file, _where(path, f"workload.{key}"))
@@ -566,7 +528,7 @@ def _model_file_workload(wl: dict[str, Any], path: Path, base_dir: Path) -> Work
     if signature is not None and (fmt != "saved_model" or not isinstance(signature, str)
                                   or not signature):
         raise ConfigError(f"{_where(path, 'workload.signature')}: expected the name of a "
-                          f"SavedModel signature (saved_model: only), got {signature!r}")
+                          f"SavedModel signature (saved_model: only), got {shown(signature)}")
     batch = wl.get("batch_size")
     shapes = wl.get("input_shapes")
     if data is not None:
@@ -580,7 +542,7 @@ def _model_file_workload(wl: dict[str, Any], path: Path, base_dir: Path) -> Work
                         _where(path, "workload.batch_size"), integer=True, minimum=1)
     if shapes is not None and not isinstance(shapes, dict):
         raise ConfigError(f"{_where(path, 'workload.input_shapes')}: expected a mapping of input "
-                          f"names to shapes, e.g. {{image: 1x224x224x3}}, got {shapes!r}")
+                          f"names to shapes, e.g. {{image: 1x224x224x3}}, got {shown(shapes)}")
     checked = {str(name): shape_of(value, _where(path, f"workload.input_shapes.{name}"))
                for name, value in (shapes or {}).items()}
     return Workload(model=str(file), data=data, mode=mode, base_dir=str(base_dir),
@@ -600,11 +562,11 @@ def _objective(raw: Any, path: Path) -> Objective:
             if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
                     or not math.isfinite(budget) or not budget > 0:
                 raise ConfigError(f"{_where(path, 'objective.latency_budget_ms')}: expected "
-                                  f"milliseconds (a number > 0), got {budget!r}")
+                                  f"milliseconds (a number > 0), got {shown(budget)}")
             if metric != "throughput":
                 raise ConfigError(f"{_where(path, 'objective.latency_budget_ms')}: a latency "
                                   f"budget goes with metric 'throughput' (best throughput under "
-                                  f"the budget), not {metric!r}")
+                                  f"the budget), not {shown(metric)}")
             budget = float(budget)
         return Objective(metric=metric, latency_budget_ms=budget)
     return Objective(metric=_choice(raw, OBJECTIVES, _where(path, "objective")))
@@ -620,7 +582,7 @@ def default_output(name: str) -> str:
 
 def check_study_name(name: Any, where: str) -> str:
     if not isinstance(name, str) or not STUDY_NAME_RE.match(name):
-        raise ConfigError(f"{where}: {name!r} is not a valid study name; use 1-100 letters, "
+        raise ConfigError(f"{where}: {shown(name)} is not a valid study name; use 1-100 letters, "
                           f"digits, '.', '_' or '-', starting with a letter or digit")
     return name
 

@@ -42,10 +42,12 @@ from .production import (
     SIZE_ENV,
     TUNED_FILE_ENV,
     check_machine,
+    check_placement,
     pin,
     read,
 )
 from .render import did_you_mean, plain, quoted
+from .yamlsafe import shown
 
 FORMATS = ("shell", "dotenv", "docker", "k8s", "tf-serving")
 
@@ -142,6 +144,7 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
     doc = tuned.doc
     import warnings
 
+    check_placement(doc, path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_machine(doc, path, strict)
@@ -162,6 +165,9 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
         messages.append(f"note: {note}")
     if tuned.verdict == "unvalidated":
         messages.append(f"warning: {UNVALIDATED_NOTE}")
+    problem = tunedfile.evidence_problem(doc) if "size" not in doc else None
+    if problem:   # accepted with --allow-unvalidated
+        messages.append(f"warning: not validated: {problem}")
     if sets is not None and instance is None:
         return _run_instances(executable, list(command), env, sets, messages, quiet)
     if instance is not None:
@@ -266,6 +272,9 @@ def export(path: str, fmt: str, *, allow_env: Iterable[str] = (),
               + f" (verdict: {doc['verdict']})"]
     if doc["verdict"] == "unvalidated":
         header.append(UNVALIDATED_NOTE)
+    problem = tunedfile.evidence_problem(doc) if "size" not in doc else None
+    if problem:   # accepted with --allow-unvalidated
+        header.append(f"not validated: {problem}")
     if note:
         header.append(note)
     variable = knobs.ALLOCATOR.variable
@@ -417,7 +426,8 @@ def _dotenv_value(var: str, value: str, path: str) -> str:
     if _DOTENV_BARE.fullmatch(value):
         return value
     if "'" in value or "\\" in value or re.search(r"[\x00-\x1f\x7f]", value):
-        raise ConfigError(f"export --format dotenv: {path}: settings.env.{var}: {value!r} holds "
+        raise ConfigError(f"export --format dotenv: {path}: settings.env.{var}: {shown(value)} "
+                          f"holds "
                           f"a quote, a backslash or a control character, which dotenv readers "
                           f"take differently; use --format shell, docker or k8s")
     return f"'{value}'"

@@ -17,7 +17,10 @@ pointing to the launcher.
 
 The file is untrusted input, read by :func:`tuner.tunedfile.read`: every setting is checked by
 its knob's rule; ``settings.env`` may set only tuner's own variables unless ``allow_env`` names
-others; an ``unvalidated`` verdict is refused unless ``allow_unvalidated=True``.
+others; an ``unvalidated`` verdict, or a ``tuned`` one its own evidence does not support, is
+refused unless ``allow_unvalidated=True``; declared knobs stay within the declared space; CPUs
+this machine lacks, or more instances than usable CPUs, are refused; under ``strict`` so is a
+machine block that cannot be compared.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 
 from . import host, knobs, settings, tunedfile
 from .errors import ConfigError, TunerError
+from .yamlsafe import shown
 
 TUNED_FILE_ENV = "TUNER_TUNED_FILE"
 # what the launcher accepted for that file (--allow-env NAME,..., --allow-unvalidated)
@@ -199,12 +203,22 @@ def resolve_path(path: str | Path | None) -> str:
     return from_env
 
 
+# the machine facts compared with this machine; one the file lacks (or nulls) is a difference:
+# what cannot be compared does not match
+COMPARED = {"usable_cpus": "usable CPUs", "cpu_model": "CPU model", "tf_version": "TensorFlow"}
+
+
 def machine_differences(doc: dict[str, Any], tf_version: str | None = None) -> list[str]:
     """What differs between the machine the file was measured on and this one."""
-    recorded = doc.get("machine") or {}
+    recorded = doc.get("machine")
+    recorded = recorded if isinstance(recorded, dict) else {}
     here = host.detect()
     version = tf_version or host.installed_tf_version()
-    diffs = []
+    ours = {"usable_cpus": here.usable_cpus, "cpu_model": here.cpu_model, "tf_version": version}
+    # (a fact this machine lacks too, a CPU model on some ARM machines, compares equal)
+    missing = [key for key in COMPARED if recorded.get(key) is None and ours[key] is not None]
+    diffs = ([f"the file does not record the machine's {', '.join(COMPARED[k] for k in missing)}"
+              " (a missing or null machine field cannot be compared)"] if missing else [])
     pinned = (doc.get("settings") or {}).get("cpus")
     # a row of a sizes file: measured pinned to its CPUs, which fit in a bigger machine
     fits = isinstance(pinned, list) and "size" in doc and \
@@ -216,10 +230,45 @@ def machine_differences(doc: dict[str, Any], tf_version: str | None = None) -> l
                      f"{here.usable_cpus}" + (" (thread counts tuned for more CPUs than you have "
                                               "usually make a job slower)" if more else ""))
     if recorded.get("cpu_model") and recorded["cpu_model"] != here.cpu_model:
-        diffs.append(f"CPU model: tuned on {recorded['cpu_model']!r}, this is {here.cpu_model!r}")
+        diffs.append(f"CPU model: tuned on {shown(recorded['cpu_model'])}, this is "
+                     f"{here.cpu_model!r}")
     if recorded.get("tf_version") and version and recorded["tf_version"] != version:
-        diffs.append(f"TensorFlow: tuned with {recorded['tf_version']}, this is {version}")
+        diffs.append(f"TensorFlow: tuned with {shown(recorded['tf_version'])[1:-1]}, this is "
+                     f"{version}")
     return diffs
+
+
+def present_cpus(root: Path | str = Path("/")) -> list[int]:
+    """The CPUs this machine has (``/sys/devices/system/cpu/present``), whatever this process
+    may use; ``os.cpu_count()``'s when the file is not there."""
+    try:
+        text = (Path(root) / "sys/devices/system/cpu/present").read_text().strip()
+        cpus = host.parse_cpus(text)
+    except (OSError, ValueError):
+        cpus = []
+    return cpus or list(range(os.cpu_count() or 1))
+
+
+def check_placement(doc: dict[str, Any], path: str) -> None:
+    """Refuse what this machine cannot run at all: CPUs it lacks (pinning would fall back to
+    unpinned processes that the file's numbers do not describe) and more instances than the
+    CPUs this process may use. A CPU that exists but is outside this process's set falls back
+    to unpinned, with a warning (:func:`pin`)."""
+    plan = settings.file_plan(doc["settings"])
+    wanted = set(plan.cpus or []) | {c for s in plan.instances or [] for c in s}
+    present = present_cpus()
+    lacking = sorted(wanted - set(present))
+    if lacking:
+        raise ConfigError(f"{path}: settings: CPUs {host.format_cpus(lacking[:16])}"
+                          f"{' ...' if len(lacking) > 16 else ''} do not exist on this machine "
+                          f"(it has CPUs {host.format_cpus(present)}); re-run `python -m tuner "
+                          f"search` here")
+    count = len(plan.instances or [None])
+    usable = host.detect().usable_cpus
+    if count > usable:
+        raise ConfigError(f"{path}: settings.instances.count: {count} instances, and this "
+                          f"process may use {usable} CPU(s); re-run `python -m tuner search` "
+                          f"here")
 
 
 def check_machine(doc: dict[str, Any], path: str, strict: bool,
@@ -254,14 +303,10 @@ def apply(path: str | Path | None = None, *, strict: bool = False, override: boo
     variable than those of tuner's own knobs is refused). ``allow_unvalidated``: use a file whose
     verdict is ``unvalidated`` (an interrupted search's best trial, never validated).
     ``size``: with a sizes file (``python -m tuner size``), the row for that many CPUs."""
-    path = resolve_path(path)
-    if size is not None and (type(size) is not int or size < 1):
-        raise ConfigError(f"size: expected a CPU count (an integer >= 1), got {size!r}")
-    doc = read(path, allow_env, allow_unvalidated, size).doc
+    path, doc, diffs = prepare(path, strict=strict, allow_env=allow_env,
+                               allow_unvalidated=allow_unvalidated, size=size)
     tree = doc["settings"]
     tf_loaded = "tensorflow" in sys.modules
-    tf_version = getattr(sys.modules.get("tensorflow"), "__version__", None) if tf_loaded else None
-    diffs = check_machine(doc, path, strict, tf_version)
 
     env_set: dict[str, str] = {}
     env_kept: dict[str, str] = {}
@@ -323,6 +368,22 @@ def apply(path: str | Path | None = None, *, strict: bool = False, override: boo
                    threading_kept=threading_kept, late=late, machine_differences=diffs,
                    allocator=running, cpus=pinned if not pinning_note else None,
                    instance=instance, pinning_note=pinning_note)
+
+
+def prepare(path: str | Path | None = None, *, strict: bool = False,
+            allow_env: Iterable[str] | str = (), allow_unvalidated: bool = False,
+            size: int | None = None) -> tuple[str, dict[str, Any], list[str]]:
+    """Everything :func:`apply` checks before it changes anything in the process: the file
+    read through the strict reader, its placement possible here, its machine compared (refused
+    under ``strict``). Returns the path, the document and the machine differences."""
+    path = resolve_path(path)
+    if size is not None and (type(size) is not int or size < 1):
+        raise ConfigError(f"size: expected a CPU count (an integer >= 1), got {size!r}")
+    doc = read(path, allow_env, allow_unvalidated, size).doc
+    tf_loaded = "tensorflow" in sys.modules
+    tf_version = getattr(sys.modules.get("tensorflow"), "__version__", None) if tf_loaded else None
+    check_placement(doc, path)
+    return path, doc, check_machine(doc, path, strict, tf_version)
 
 
 # variables of the knobs apply() sets inside TensorFlow, which works after import too

@@ -16,7 +16,7 @@ from . import render
 from .errors import ConfigError, StudyError
 from .files import check_writable, write_text_atomic
 from .render import Table
-from .results import StudyRecord, read_study, workload_text
+from .results import StudyRecord, read_study, trial_problem, workload_text
 from .tuned import BASELINE, EXPERT, SCREEN
 
 ROLES = (BASELINE, EXPERT, SCREEN)
@@ -70,6 +70,12 @@ def build(storage: str, name: str | None) -> StudyReport:
     record = read_study(storage, name)
     rows = []
     for t in record.trials:
+        problem = trial_problem(t)
+        if problem is not None:   # a damaged record: an error row, in no figure or comparison
+            rows.append(TrialRow(number=t.number, role="?", state="ERROR", settings={},
+                                 throughput=None, spread=None, saturation=None,
+                                 note=f"unreadable record: {problem}"))
+            continue
         attrs = t.user_attrs
         tp = attrs.get("throughput") if t.state == TrialState.COMPLETE else None
         note = attrs.get("fail_reason") or attrs.get("prune_reason") or ""
@@ -117,7 +123,7 @@ def _importances(record: StudyRecord) -> tuple[dict[str, float] | None, str]:
         return None, "parameter importances need parameters that vary across complete trials"
     try:
         return dict(get_param_importances(record.study)), "PED-ANOVA, Optuna's default evaluator"
-    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+    except (ValueError, RuntimeError, ArithmeticError, TypeError) as exc:
         return None, f"Optuna could not compute parameter importances: {exc}"
 
 

@@ -21,6 +21,7 @@ from .render import did_you_mean, plain, quoted
 from .tuned import BASELINE, EXPERT
 from .tuned import STUDY_ATTR_PREFIX as ATTR
 from .urls import mask_secret, mask_url, masked
+from .yamlsafe import shown
 
 WORKLOAD_KEYS = ("model", "data", "mode", "batch_size")
 
@@ -66,9 +67,21 @@ def from_tuned_file(path: str | Path) -> Result:
     labelled so), then its result fields checked for display."""
     from . import tunedfile
 
-    doc = tunedfile.read(path, allow_unvalidated=True).doc
-    return from_result_doc(doc, label=str(path), source={"kind": "tuned file", "path": str(path)},
-                           where=str(path))
+    doc = tunedfile.read(path, allow_unvalidated=True, use=False).doc
+    out = from_result_doc(doc, label=str(path), source={"kind": "tuned file", "path": str(path)},
+                          where=str(path))
+    problem = tunedfile.evidence_problem(doc)
+    if problem:
+        # what run, export and apply() refuse: shown, with the file's own numbers only
+        out.summary = f"the evidence does not support the verdict: {problem}"
+        out.notes.append(f"run, export and apply() refuse this file as not validated ({problem})")
+    try:
+        tunedfile.check_declared_space(doc["settings"], tunedfile.declared_space(doc, str(path)),
+                                       str(path))
+    except ConfigError as exc:
+        why = str(exc)[len(str(path)) + 2:]
+        out.notes.append(f"run, export and apply() refuse this file: {why}")
+    return out
 
 
 def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
@@ -99,8 +112,12 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
         rejected = {**rejected, "settings": _flat(rejected["settings"])}
     created = doc.get("created")
     workload = doc.get("workload") or {}
+    summary = doc.get("summary") or ""
+    speedup = result.get("speedup")
+    if verdict == "tuned" and speedup is not None and f"{speedup:.3f}x" not in summary:
+        summary = _tuned_summary(result)   # never a speedup the file's own result contradicts
     return Result(
-        label=label, source=source, verdict=verdict, summary=doc.get("summary") or "",
+        label=label, source=source, verdict=verdict, summary=summary,
         settings=_flat(doc["settings"]),
         machine=dict(doc.get("machine") or {}),
         workload={k: workload.get(k) for k in WORKLOAD_KEYS},
@@ -133,10 +150,7 @@ THREAD_COUNTS = ("intra_op_parallelism_threads", "inter_op_parallelism_threads")
 
 
 def bad_field(where: str, name: str, value: Any, expected: str) -> ConfigError:
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return ConfigError(f"{where}: {name}: expected {expected}, got {shown}")
+    return ConfigError(f"{where}: {name}: expected {expected}, got {shown(value)}")
 
 
 def missing_field(where: str, name: str, expected: str) -> ConfigError:
@@ -275,6 +289,11 @@ def check_result(result: dict[str, Any], where: str) -> None:
         check_settings(rejected["settings"], where, "result.rejected.settings")
 
 
+# per_process holds one value per validation round (at most the round cap, a few dozen); the
+# significance tests over it grow with its length (400 values took compare 7 s, 64 take 3 s)
+MAX_PROCESSES = 64
+
+
 def check_block(block: Any, where: str, name: str) -> None:
     """A throughput block: validated (``per_process``) or one search trial (no per_process)."""
     if not isinstance(block, dict):
@@ -284,9 +303,10 @@ def check_block(block: Any, where: str, name: str) -> None:
     _fields(block, where, name + ".", _BLOCK_RULES)
     per_process = block.get("per_process")
     if per_process is not None and not (
-            isinstance(per_process, list) and per_process and all(_positive(v)
-                                                                  for v in per_process)):
-        raise bad_field(where, name + ".per_process", per_process, "a list of positive numbers")
+            isinstance(per_process, list) and 0 < len(per_process) <= MAX_PROCESSES
+            and all(_positive(v) for v in per_process)):
+        raise bad_field(where, name + ".per_process", per_process,
+                        f"a list of 1 to {MAX_PROCESSES} positive numbers")
 
 
 def check_machine(machine: dict[str, Any], where: str) -> None:
@@ -537,17 +557,57 @@ class StudyRecord:
                           TrialState.RUNNING, TrialState.WAITING)}
 
     def measured(self) -> list[Any]:
-        """The complete trials that carry a measurement."""
+        """The complete trials that carry a measurement, readable (:func:`trial_problem`)."""
         from optuna.trial import TrialState
 
         return [t for t in self.trials
-                if t.state == TrialState.COMPLETE and "throughput" in t.user_attrs]
+                if t.state == TrialState.COMPLETE and "throughput" in t.user_attrs
+                and trial_problem(t) is None]
+
+
+def trial_problem(t: Any) -> str | None:
+    """Why a trial's record cannot be read as a measurement (a study is data, typed like a tuned
+    file), or None. ``report`` shows such a trial as an error row; ``show`` and ``compare``
+    leave it out. A zero or negative throughput or score is such an error."""
+    from optuna.trial import TrialState
+
+    attrs = t.user_attrs
+    role = attrs.get("role")
+    if role is not None and not is_text(role):
+        return f"role: expected one line of text, got {shown(role)}"
+    settings = attrs.get("settings")
+    if settings is None:
+        settings = dict(t.params)   # what report shows when no settings were recorded
+    if settings is not None:
+        if not isinstance(settings, dict):
+            return f"settings: expected a mapping, got {shown(settings)}"
+        try:
+            check_settings(settings, "", "settings")
+        except ConfigError as exc:
+            return str(exc)[2:]
+    for key in ("fail_reason", "prune_reason"):
+        if attrs.get(key) is not None and not isinstance(attrs[key], str):
+            return f"{key}: expected text, got {shown(attrs[key])}"
+    if t.state != TrialState.COMPLETE or "throughput" not in attrs:
+        return None
+    tp = attrs["throughput"]
+    if not isinstance(tp, dict) or not _positive(tp.get("median")):
+        median = tp.get("median") if isinstance(tp, dict) else tp
+        return f"throughput.median: expected a positive number, got {shown(median)}"
+    if tp.get("rel_spread") is not None and not _non_negative(tp["rel_spread"]):
+        return f"throughput.rel_spread: expected a number >= 0, got {shown(tp['rel_spread'])}"
+    saturation = attrs.get("cpu_saturation")
+    if saturation is not None and not _non_negative(saturation):
+        return f"cpu_saturation: expected a number >= 0, got {shown(saturation)}"
+    if not _positive(t.value):
+        return f"value: expected a positive score, got {shown(t.value)}"
+    return None
 
 
 def read_study(storage: str, name: str | None) -> StudyRecord:
     study = open_study(storage, name)
     attrs = study.user_attrs
-    where = f"study {study.study_name!r}"
+    where = f"study {shown(study.study_name)}"
     config = _mapping(attrs, ATTR + "config", where, ATTR + "config")
     machine = attrs.get(ATTR + "machine_full") or attrs.get(ATTR + "machine") or {}
     if not isinstance(machine, dict):
@@ -589,7 +649,7 @@ def from_study(storage: str, name: str | None) -> Result:
     from . import knobs
 
     record = read_study(storage, name)
-    where = f"study {record.name!r}"
+    where = f"study {shown(record.name)}"
     complete = record.measured()
     if not complete:
         raise ConfigError(f"--study-name: {where} has no complete trial to show")

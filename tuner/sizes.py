@@ -17,6 +17,8 @@ Format history (``format_version``, with ``kind: sizes``):
 from __future__ import annotations
 
 import math
+import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from . import tuned, tunedfile
+from . import tuned, tunedfile, yamlsafe
 from ._version import __version__
 from .errors import ConfigError, StudyError
 from .files import write_text_atomic
@@ -33,6 +35,7 @@ FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 KIND = "sizes"
 ROW_VERDICTS = ("tuned", "defaults", "failed")
+MAX_ROWS = 256   # one per CPU count of the ladder
 FILE_NAME = "sizes.yaml"
 
 HEADER = """\
@@ -67,7 +70,7 @@ def write(doc: dict[str, Any], path: str | Path, keep_backups: int = 5) -> Writt
     one line naming the file (the previous file is then whole)."""
     path = Path(path)
     text = dump(doc, path)
-    yaml.safe_load(text)  # never write a file we could not read back
+    yamlsafe.parse(text, str(path), "sizes", aliases=False)  # never write what we cannot read
     backup = None
     try:
         if path.exists():
@@ -115,11 +118,18 @@ class SizesFile:
 
 def is_sizes_file(path: str | Path) -> bool:
     """Whether ``path`` looks like a sizes file (``kind: sizes``); False when unreadable."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(1 << 16)
+    try:  # never blocks on a FIFO: a non-regular file is no sizes file (the reader says why)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except (OSError, ValueError):
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, 1 << 16)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return b"\nkind: sizes" in head or head.startswith(b"kind: sizes")
 
 
@@ -131,15 +141,26 @@ def _load(path: str | Path) -> dict[str, Any]:
     if isinstance(data, dict) and "kind" not in data and "workload" in data:
         raise ConfigError(f"{path}: a study config, not a sizes file; python -m tuner size "
                           f"--config {path} writes one")
+    if isinstance(data, dict) and data.get("kind") == KIND and \
+            ("verdict" in data or "settings" in data):
+        raise ConfigError(f"{path}: both a sizes file and a tuned file (it has "
+                          f"{'verdict' if 'verdict' in data else 'settings'}: at the top); a "
+                          f"file is one or the other: refused")
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise ConfigError(f"{path}: not a sizes file (no 'kind: sizes'); sizes files are written "
                           f"by python -m tuner size")
     version = data.get("format_version")
     if type(version) is not int or version not in SUPPORTED_VERSIONS:
-        raise ConfigError(f"{path}: format_version {version!r} is not supported by this tuner "
+        raise ConfigError(f"{path}: format_version {_short(version)} is not supported by this "
+                          f"tuner "
                           f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade "
                           f"tuner or re-run python -m tuner size")
     return data
+
+
+# no measurement reaches this (a peak of 10^12 MiB, a throughput of 10^15 samples/s): a bound
+# that keeps the arithmetic on it finite (memory requests, costs)
+MAXIMUM = 1e12
 
 
 def _number(value: Any, where: str, *, minimum: float = 0.0, allow_none: bool = False,
@@ -147,9 +168,11 @@ def _number(value: Any, where: str, *, minimum: float = 0.0, allow_none: bool = 
     if value is None and allow_none:
         return None
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value) and (value > minimum if strictly_above else value >= minimum)
+        and math.isfinite(value) and value <= MAXIMUM \
+        and (value > minimum if strictly_above else value >= minimum)
     if not ok:
-        bound = f"> {minimum:g}" if strictly_above else f">= {minimum:g}"
+        bound = (f"> {minimum:g}" if strictly_above else f">= {minimum:g}") + \
+            f" and <= {MAXIMUM:g}"
         raise ConfigError(f"{where}: expected a number {bound}{' or null' if allow_none else ''}"
                           f", got {_short(value)}")
     return float(value)
@@ -168,8 +191,7 @@ def _text(value: Any, where: str) -> None:
 
 
 def _short(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
+    return yamlsafe.shown(value)
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -217,6 +239,17 @@ def check_row(row: Any, index: int, path: str, allow_env: Iterable[str] = ()) ->
     for key in ("peak_rss_mb", "cpu_saturation", "cost_per_million"):
         _number(row.get(key), f"{where}.{key}", allow_none=True)
     return row
+
+
+def _check_workload(workload: Any, where: str) -> None:
+    if workload is None:
+        return
+    workload = _mapping(workload, f"{where}: workload")
+    for key in ("model", "data", "mode", "config"):
+        _text(workload.get(key), f"{where}: workload.{key}")
+    batch = workload.get("batch_size")
+    if batch is not None:
+        _count(batch, f"{where}: workload.batch_size")
 
 
 def _check_recommendation(rec: Any, path: str, counts: list[int]) -> None:
@@ -274,14 +307,23 @@ def read(path: str | Path, *, allow_env: Iterable[str] = ()) -> SizesFile:
     if not isinstance(rows, list) or not rows:
         raise ConfigError(f"{where}: sizes: expected a non-empty list of rows, got "
                           f"{_short(rows)}")
+    if len(rows) > MAX_ROWS:
+        raise ConfigError(f"{where}: sizes: {len(rows)} rows; a sizes file has at most "
+                          f"{MAX_ROWS}")
     seen: set[int] = set()
     for index, row in enumerate(rows):
         cpus = row.get("cpus") if isinstance(row, dict) else None
-        if cpus in seen:
+        if type(cpus) is int and cpus in seen:
             raise ConfigError(f"{where}: sizes[{index}].cpus: {cpus} appears twice")
         check_row(row, index, where, extra)
         seen.add(row["cpus"])
     _text(doc.get("summary"), f"{where}: summary")
+    _text(doc.get("interrupted"), f"{where}: interrupted")
+    _check_workload(doc.get("workload"), where)
+    ladder = doc.get("ladder")
+    if ladder is not None and not (isinstance(ladder, list) and len(ladder) <= MAX_ROWS
+                                   and all(type(n) is int and n >= 1 for n in ladder)):
+        raise ConfigError(f"{where}: ladder: expected a list of CPU counts, got {_short(ladder)}")
     tunedfile.check_machine_block(doc.get("machine"), where)
     _check_recommendation(doc.get("recommendation"), where, [r["cpus"] for r in rows])
     return SizesFile(path=where, doc=doc, allowed_env=extra)
@@ -296,6 +338,8 @@ def row_as_tuned(sizes: SizesFile, cpus: int) -> tunedfile.TunedFile:
         raise ConfigError(f"{sizes.path}: --size {cpus}: that size failed in the size run "
                           f"({row.get('reason') or 'no reason recorded'}); sizes with settings: "
                           f"{', '.join(ok) or 'none'}")
+    tunedfile.check_declared_space(row["settings"], tunedfile.declared_space(sizes.doc, sizes.path),
+                                   f"{sizes.path}: sizes (cpus {cpus})")
     machine = dict(sizes.doc.get("machine") or {})
     machine["usable_cpus"] = cpus
     doc = {"format_version": tuned.FORMAT_VERSION, "verdict": row["verdict"],

@@ -485,7 +485,9 @@ def document(cfg: Config, pre: measuring.Preflight, counts: list[int],
                    "measure": dataclasses.asdict(cfg.measure),
                    "validate": {"rounds": cfg.validate.rounds,
                                 "candidates": cfg.validate.candidates},
-                   "studies": [f"{cfg.study_name}.size-{n}" for n in counts]},
+                   "studies": [f"{cfg.study_name}.size-{n}" for n in counts],
+                   # what settings.knobs of a row may hold (readers refuse anything else)
+                   **({"declared_knobs": cfg.knobs} if cfg.knobs else {})},
     }
     if interrupted:
         measured = {r["cpus"] for r in rows}

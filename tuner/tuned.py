@@ -13,10 +13,12 @@ Format history (``format_version``):
      Optional fields added within version 1 (readers ignore what they do not know):
      result.carried_by (the structured search: the knobs that carry the gain),
      validation.detectable_speedup (when the defaults are kept: the smallest win the rounds
-     would have confirmed with 80% power) and validation.sequential (the looks of the
-     sequential final rounds). A defaults verdict's result.speedup, speedup_ci95 and p_value
-     hold the rejected candidate's measured numbers (null when none was compared; p_value null
-     when it failed during validation), no longer a made-up 1.0, [1, 1], 1.0.
+     would have confirmed with 80% power), validation.sequential (the looks of the
+     sequential final rounds) and search.declared_knobs (the declared knobs' names and
+     values: readers refuse settings.knobs outside them). A defaults verdict's result.speedup,
+     speedup_ci95 and p_value hold the rejected candidate's measured numbers (null when none
+     was compared; p_value null when it failed during validation), no longer a made-up 1.0,
+     [1, 1], 1.0.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from . import yamlsafe
 from ._version import __version__
 from .errors import ConfigError, StudyError, StudyMismatchError
 from .files import write_text_atomic
@@ -57,18 +60,10 @@ HEADER = """\
 
 
 def load_yaml(path: str | Path, kind: str) -> Any:
-    """A result file's YAML (``kind``: "tuned" or "sizes"), parsed safely; a folder, a missing
+    """A result file's YAML (``kind``: "tuned" or "sizes"), through the bounded loader
+    (:mod:`tuner.yamlsafe`: a regular file, bounded, no anchors or aliases); a folder, a missing
     file or unreadable YAML is one ConfigError naming the file."""
-    where = Path(path)
-    if where.is_dir():
-        raise ConfigError(f"{path}: is a directory; expected a {kind} YAML file")
-    if not where.is_file():
-        raise ConfigError(f"{path}: {kind} file not found")
-    try:
-        return yaml.safe_load(where.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable {kind} file: "
-                          f"{str(exc).splitlines()[0]}") from None
+    return yamlsafe.load(path, kind)
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -81,9 +76,9 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a tuned file (no format_version)")
     version = data["format_version"]
     if version not in SUPPORTED_VERSIONS:
-        raise ConfigError(f"{path}: format_version {version!r} is not supported by this tuner "
-                          f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade tuner "
-                          f"or re-run the search")
+        raise ConfigError(f"{path}: format_version {yamlsafe.shown(version)} is not supported "
+                          f"by this tuner (supported: {', '.join(map(str, SUPPORTED_VERSIONS))}); "
+                          f"upgrade tuner or re-run the search")
     settings = data.get("settings")
     if settings is None:
         raise ConfigError(f"{path}: settings: missing; expected a mapping of settings")
@@ -100,26 +95,23 @@ def check_replaceable(path: str | Path, study_name: str, storage: str, force: bo
     if force or not path.exists():
         return
     try:
-        existing = yaml.safe_load(path.read_text())
+        existing = yamlsafe.load(path, "tuned")
         owner = existing.get("study") if isinstance(existing, dict) else None
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+    except ConfigError:
         owner = None
     if isinstance(owner, dict) and owner.get("name") == study_name and \
             owner.get("storage") == mask_url(storage):
         return
-    which = (f"study {owner.get('name')!r} in {masked(str(owner.get('storage')))}"
-             if isinstance(owner, dict)
+    which = (f"study {yamlsafe.shown(owner.get('name'))} in "
+             f"{masked(yamlsafe.shown(owner.get('storage')))}" if isinstance(owner, dict)
              else "something that is not a tuned file of this study")
     raise StudyMismatchError(f"--output: {str(path)!r} already holds {which}; choose another "
                              f"--output or pass --force to replace it (it is kept as "
                              f"{path.name}.<time>.bak)")
 
 
-class _Dumper(yaml.SafeDumper):
-    """Plain YAML: no &anchors/*aliases when a block appears twice, short float lists inline."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
+# Plain YAML: no &anchors/*aliases when a block appears twice (readers refuse them)
+_Dumper = yamlsafe.Dumper
 
 
 def rounded(value: Any) -> Any:
@@ -165,8 +157,8 @@ def unvalidated_path(path: str | Path) -> Path:
 def verdict_of(path: str | Path) -> str | None:
     """The verdict of the file at ``path``, or None when there is none to read."""
     try:
-        existing = yaml.safe_load(Path(path).read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError, ValueError):
+        existing = yamlsafe.load(path, "tuned")
+    except ConfigError:
         return None
     verdict = existing.get("verdict") if isinstance(existing, dict) else None
     return verdict if isinstance(verdict, str) else None
@@ -183,7 +175,7 @@ def write(data: dict[str, Any], path: str | Path, *, study_name: str, storage: s
     if data.get("verdict") not in VALIDATED and verdict_of(path) in VALIDATED:
         kept, path = path, unvalidated_path(path)
     text = dump(data, path)
-    yaml.safe_load(text)  # never write a file we could not read back
+    yamlsafe.parse(text, str(path), "tuned", aliases=False)  # never write what we cannot read
     backup = None
     try:
         if path.exists():

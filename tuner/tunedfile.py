@@ -26,7 +26,8 @@ from typing import Any
 
 from . import host, knobs, tuned
 from .errors import ConfigError
-from .render import did_you_mean, plain, quoted
+from .render import did_you_mean, plain
+from .yamlsafe import shown
 
 VERDICTS = ("tuned", "defaults", "unvalidated")
 
@@ -71,24 +72,32 @@ class TunedFile:
 
 
 def read(path: str | Path, *, allow_env: Iterable[str] = (),
-         allow_unvalidated: bool = False) -> TunedFile:
+         allow_unvalidated: bool = False, use: bool = True) -> TunedFile:
     """Read and check the tuned file at ``path``; a :class:`ConfigError` (one line, naming the
     file and the field) for anything that is not a tuned file tuner could have written.
 
     ``allow_env``: variable names ``settings.env`` may set beyond the registry's own.
-    ``allow_unvalidated``: accept an ``unvalidated`` verdict (otherwise refused, saying why)."""
+    ``allow_unvalidated``: accept an ``unvalidated`` verdict, or a ``tuned`` one whose evidence
+    does not support it (otherwise refused, saying why). ``use``: the file is about to be
+    applied (``run``, ``export``, ``apply()``): the evidence must support the verdict and the
+    declared knobs stay within the declared space. ``show`` reads with ``use=False`` and says
+    what :func:`evidence_problem` finds instead."""
     where = str(path)
     if "\x00" in where:
-        raise ConfigError(f"{where!r}: a path cannot contain a NUL byte")
+        raise ConfigError(f"{shown(where)}: a path cannot contain a NUL byte")
     extra = allowed_names(allow_env)
     doc = tuned.load(path)
     if type(doc["format_version"]) is not int:
         raise ConfigError(f"{where}: format_version: expected an integer, "
-                          f"got {doc['format_version']!r}")
+                          f"got {shown(doc['format_version'])}")
+    if "kind" in doc or "sizes" in doc:
+        raise ConfigError(f"{where}: both a tuned file and a sizes file (it has "
+                          f"{'kind' if 'kind' in doc else 'sizes'}:); a file is one or the other: "
+                          f"refused")
     verdict = doc.get("verdict")
     if verdict not in VERDICTS:
         raise ConfigError(f"{where}: verdict: expected one of {', '.join(VERDICTS)}, "
-                          f"got {verdict!r}")
+                          f"got {shown(verdict)}")
     check_settings(doc["settings"], where, allow_env=extra)
     check_machine_block(doc.get("machine"), where)
     if verdict == "unvalidated" and not allow_unvalidated:
@@ -97,7 +106,158 @@ def read(path: str | Path, *, allow_env: Iterable[str] = (),
             f"these settings come from one search trial and were never validated against "
             f"TensorFlow's defaults; re-run the same `python -m tuner search` to resume and "
             f"validate, or {ALLOW_UNVALIDATED_HINT}")
+    if use:
+        problem = evidence_problem(doc)
+        if problem and not allow_unvalidated:
+            raise ConfigError(f"{where}: verdict: {verdict}: not validated: {problem}; "
+                              f"{ALLOW_UNVALIDATED_HINT}")
+        check_declared_space(doc["settings"], declared_space(doc, where), where)
     return TunedFile(path=where, doc=doc, allowed_env=extra)
+
+
+# -- the evidence behind the verdict -------------------------------------------------------------
+
+# validation.min_speedup of files written before it was recorded: the config's default then
+DEFAULT_MIN_SPEEDUP = 1.05
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def evidence_problem(doc: dict[str, Any]) -> str | None:
+    """Why the file's own evidence does not support its verdict, or None when it does. A
+    ``tuned`` verdict needs its result (speedup, interval, p-value) and machine, satisfying the
+    adoption rule validation applied: p below the recorded level (the last look's in a
+    sequential validation, else ``validation.alpha``), the interval's low end above 1, and at
+    least the minimum speedup. Settings that change the model's numbers need their measured
+    deviation within the recorded tolerance (:func:`accuracy_problem`)."""
+    if doc.get("verdict") != "tuned":
+        return accuracy_problem(doc)
+    result = doc.get("result")
+    if not isinstance(result, dict):
+        return "the file carries no result (speedup, interval, p-value)"
+    if not isinstance(doc.get("machine"), dict) or not doc["machine"]:
+        return "the file does not say which machine it was measured on (machine: missing)"
+    speedup, ci, p = result.get("speedup"), result.get("speedup_ci95"), result.get("p_value")
+    if not _number(speedup) or speedup <= 0:
+        return f"result.speedup: expected a positive number, got {shown(speedup)}"
+    if not (isinstance(ci, list) and len(ci) == 2 and all(_number(x) for x in ci)
+            and ci[0] <= ci[1]):
+        return f"result.speedup_ci95: expected [low, high], got {shown(ci)}"
+    if not _number(p) or not 0 <= p <= 1:
+        return f"result.p_value: expected a number between 0 and 1, got {shown(p)}"
+    validation = doc.get("validation")
+    validation = validation if isinstance(validation, dict) else {}
+    alpha = validation.get("alpha")
+    if not _number(alpha) or not 0 < alpha < 1:
+        return f"validation.alpha: expected the significance level (0-1), got {shown(alpha)}"
+    level = alpha
+    sequential = validation.get("sequential")
+    looks = sequential.get("looks") if isinstance(sequential, dict) else None
+    if isinstance(looks, list) and looks:
+        last = looks[-1].get("level") if isinstance(looks[-1], dict) else None
+        if not _number(last) or not 0 < last <= alpha:
+            return (f"validation.sequential.looks: the last look's level: expected a number in "
+                    f"(0, {alpha:g}], got {shown(last)}")
+        level = last
+    minimum = validation.get("min_speedup", DEFAULT_MIN_SPEEDUP)
+    if not _number(minimum) or minimum < 1:
+        return f"validation.min_speedup: expected a number >= 1, got {shown(minimum)}"
+    if p >= level:
+        return f"p={p:.3g} is not below the level {level:.3g}"
+    if ci[0] <= 1:
+        return f"the speedup's 95% interval starts at {ci[0]:.3f}x, not above 1"
+    if speedup < minimum:
+        return f"{speedup:.3f}x is below the minimum speedup {minimum:g}x"
+    return accuracy_problem(doc)
+
+
+def numbers_changed(tree: Any) -> list[str]:
+    """The knobs of a settings block that change the model's numbers (``changes_numbers``) and
+    are set away from their default."""
+    if not isinstance(tree, dict):
+        return []
+    from . import settings as settings_mod
+
+    flat = settings_mod.flatten(tree)
+    return [k.name for k in knobs.KNOBS.values()
+            if getattr(k, "changes_numbers", False) and flat.get(k.name, k.default) != k.default]
+
+
+ACCURACY_KEYS = ("metric", "tolerance", "deviation", "limit", "samples")
+
+
+def accuracy_problem(doc: dict[str, Any]) -> str | None:
+    """Why settings that change the model's numbers are not supported by the file's measured
+    accuracy (``result.accuracy: {metric, tolerance, deviation, limit, samples}``), or None."""
+    changed = numbers_changed(doc.get("settings"))
+    if not changed:
+        return None
+    result = doc.get("result") if isinstance(doc.get("result"), dict) else {}
+    accuracy = result.get("accuracy")
+    if not isinstance(accuracy, dict):
+        return (f"settings {', '.join(changed)} change the model's numbers, and the file "
+                f"records no measured deviation (result.accuracy)")
+    metric, tolerance = accuracy.get("metric"), accuracy.get("tolerance")
+    deviation, limit, samples = (accuracy.get(k) for k in ("deviation", "limit", "samples"))
+    if not isinstance(metric, str) or not metric or _CONTROL.search(metric):
+        return f"result.accuracy.metric: expected a name, got {shown(metric)}"
+    for name, value in (("tolerance", tolerance), ("deviation", deviation)):
+        if not _number(value) or value < 0:
+            return f"result.accuracy.{name}: expected a number >= 0, got {shown(value)}"
+    if limit is not None and (not _number(limit) or limit < 0):
+        return f"result.accuracy.limit: expected a number >= 0 or null, got {shown(limit)}"
+    if type(samples) is not int or samples < 1:
+        return f"result.accuracy.samples: expected an integer >= 1, got {shown(samples)}"
+    if deviation > tolerance:
+        return (f"result.accuracy: the measured deviation {deviation:.3g} ({metric}) is over "
+                f"the tolerance {tolerance:.3g}")
+    if limit is not None and deviation > limit:
+        return (f"result.accuracy: the measured deviation {deviation:.3g} ({metric}) is over "
+                f"the limit {limit:.3g}")
+    return None
+
+
+# -- the declared knobs' space -------------------------------------------------------------------
+
+def declared_space(doc: dict[str, Any], where: str) -> dict[str, list[Any]] | None:
+    """The declared knobs and their candidate values the search recorded
+    (``search.declared_knobs``), checked; None when the file records none."""
+    search = doc.get("search")
+    space = search.get("declared_knobs") if isinstance(search, dict) else None
+    return check_space_record(space, where, "search.declared_knobs")
+
+
+def check_space_record(space: Any, where: str, name: str) -> dict[str, list[Any]] | None:
+    if space is None:
+        return None
+    if not isinstance(space, dict) or not all(
+            isinstance(k, str) and k.isidentifier() and isinstance(v, list) and v
+            for k, v in space.items()):
+        raise ConfigError(f"{where}: {name}: expected a mapping of knob names to lists of "
+                          f"values, got {shown(space)}")
+    return space
+
+
+def check_declared_space(tree: dict[str, Any], space: dict[str, list[Any]] | None,
+                         where: str) -> None:
+    """``settings.knobs``: only the names the search declared, each at one of its values."""
+    declared = tree.get("knobs") or {}
+    if not declared:
+        return
+    if space is None:
+        raise ConfigError(f"{where}: settings.knobs: the file does not record the space the "
+                          f"search declared (search.declared_knobs), so its declared knobs "
+                          f"cannot be checked; re-run the search with this tuner")
+    for key, value in declared.items():
+        if key not in space:
+            raise ConfigError(f"{where}: settings.knobs.{key}: not a knob the search declared; "
+                              f"declared: {', '.join(space) or 'none'}")
+        if not any(type(value) is type(v) and value == v for v in space[key]):
+            raise ConfigError(f"{where}: settings.knobs.{key}: {shown(value)} is not one of the "
+                              f"declared values {shown(space[key])}")
 
 
 def allowed_names(names: Iterable[str] | str) -> tuple[str, ...]:
@@ -107,7 +267,7 @@ def allowed_names(names: Iterable[str] | str) -> tuple[str, ...]:
     out = []
     for name in names:
         if not isinstance(name, str) or not VARIABLE_NAME.fullmatch(name):
-            raise ConfigError(f"--allow-env (allow_env): {name!r} is not a variable name "
+            raise ConfigError(f"--allow-env (allow_env): {shown(name)} is not a variable name "
                               f"(letters, digits and _, not starting with a digit)")
         out.append(name)
     return tuple(dict.fromkeys(out))
@@ -126,7 +286,7 @@ def check_settings(tree: Any, path: str, *, allow_env: Iterable[str] = ()) -> di
         raise ConfigError(f"{path}: settings: missing or not a mapping")
     for key in tree:
         if key not in SETTINGS_KEYS:
-            raise ConfigError(f"{path}: settings: unknown key {quoted(key)}"
+            raise ConfigError(f"{path}: settings: unknown key {shown(key)}"
                               f"{did_you_mean(key, SETTINGS_KEYS)}; allowed: "
                               f"{', '.join(SETTINGS_KEYS)}")
     for knob in knobs.THREADS:
@@ -134,13 +294,14 @@ def check_settings(tree: Any, path: str, *, allow_env: Iterable[str] = ()) -> di
             raise ConfigError(f"{path}: settings.{knob.name}: missing")
         if not knob.is_valid(tree[knob.name]):
             raise ConfigError(f"{path}: settings.{knob.name}: expected an integer >= 0, "
-                              f"got {tree[knob.name]!r}")
+                              f"got {shown(tree[knob.name])}")
     _check_tf_data(tree.get("tf_data") or {}, path)
     _check_env(tree.get("env"), path, allowed_names(allow_env))
     _check_declared(tree.get("knobs"), path)
     allocator = tree.get(knobs.ALLOCATOR.name, knobs.ALLOCATOR.default)
     if not knobs.ALLOCATOR.is_valid(allocator):
-        raise ConfigError(f"{path}: settings.allocator: {allocator!r} is not allowed; allowed: "
+        raise ConfigError(f"{path}: settings.allocator: {shown(allocator)} is not allowed; "
+                          f"allowed: "
                           f"{', '.join(host.ALLOCATOR_NAMES)}")
     cpus = tree.get(knobs.CPUS.name)
     if cpus is not None:
@@ -149,7 +310,7 @@ def check_settings(tree: Any, path: str, *, allow_env: Iterable[str] = ()) -> di
     batch = tree.get(knobs.BATCH_SIZE.name)
     if batch is not None and not knobs.BATCH_SIZE.is_valid(batch):
         raise ConfigError(f"{path}: settings.batch_size: expected an integer >= 1 or null, "
-                          f"got {batch!r}")
+                          f"got {shown(batch)}")
     return tree
 
 
@@ -160,21 +321,21 @@ _TF_DATA_FIELDS = {k.target: k for k in knobs.TF_DATA}
 def _check_tf_data(data: Any, path: str, prefix: str = "") -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: settings.tf_data{'.' + prefix.rstrip('.') if prefix else ''}: "
-                          f"expected a mapping, got {data!r}")
+                          f"expected a mapping, got {shown(data)}")
     for key, value in data.items():
         target = f"{prefix}{key}"
         knob = _TF_DATA_FIELDS.get(target)
         if knob is not None:
             if not knob.is_valid(value):
                 raise ConfigError(f"{path}: settings.tf_data.{target}: expected "
-                                  f"{knob.file_allowed}, got {value!r}")
+                                  f"{knob.file_allowed}, got {shown(value)}")
         elif any(t.startswith(target + ".") for t in _TF_DATA_FIELDS):
             _check_tf_data(value, path, target + ".")
         else:
             allowed = dict.fromkeys(t[len(prefix):].split(".")[0] for t in _TF_DATA_FIELDS
                                     if t.startswith(prefix))
-            shown = target if isinstance(key, str) and key.isprintable() else repr(target)
-            raise ConfigError(f"{path}: settings.tf_data.{plain(shown)}: unknown"
+            name = target if isinstance(key, str) and key.isprintable() else shown(target)
+            raise ConfigError(f"{path}: settings.tf_data.{plain(name)}: unknown"
                               f"{did_you_mean(key, list(allowed))}; allowed: "
                               f"{', '.join(allowed)}")
 
@@ -184,11 +345,12 @@ def _check_env(env: Any, path: str, extra: tuple[str, ...]) -> None:
         return
     if not isinstance(env, dict):
         raise ConfigError(f"{path}: settings.env: expected a mapping of variable names to "
-                          f"strings, got {env!r}")
+                          f"strings, got {shown(env)}")
     allowed = (*ALLOWED_ENV, *(n for n in extra if n not in ALLOWED_ENV))
     for var, value in env.items():
         if not isinstance(var, str) or not VARIABLE_NAME.fullmatch(var):
-            raise ConfigError(f"{path}: settings.env: {var!r} is not a variable name (letters, "
+            raise ConfigError(f"{path}: settings.env: {shown(var)} is not a variable name "
+                              f"(letters, "
                               f"digits and _, not starting with a digit)")
         if var not in allowed:
             owner = _FIELD_OF_VARIABLE.get(var)
@@ -196,17 +358,17 @@ def _check_env(env: Any, path: str, extra: tuple[str, ...]) -> None:
             raise ConfigError(
                 f"{path}: settings.env.{var}: not a variable tuner sets{why}; allowed: "
                 f"{', '.join(allowed)}. A variable you added on purpose is accepted with "
-                f"--allow-env {var} (python -m tuner run/export) or allow_env=[{var!r}] "
+                f"--allow-env {var} (python -m tuner run/export) or allow_env=[{shown(var)}] "
                 f"(tuner.apply())")
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: settings.env.{var}: expected a string, got {value!r}")
+            raise ConfigError(f"{path}: settings.env.{var}: expected a string, got {shown(value)}")
         if _CONTROL.search(value):   # an ESC would reach the terminal through export
-            raise ConfigError(f"{path}: settings.env.{var}: {value!r}: a value cannot contain a "
-                              f"NUL byte or a line break, or any other control character")
+            raise ConfigError(f"{path}: settings.env.{var}: {shown(value)}: a value cannot contain "
+                              f"a NUL byte or a line break, or any other control character")
         knob = ENV_KNOBS.get(var)
         if knob is not None and not knob.is_valid(value):
             raise ConfigError(f"{path}: settings.env.{var}: expected {knob.file_allowed}, "
-                              f"got {value!r}")
+                              f"got {shown(value)}")
 
 
 def _check_declared(declared: Any, path: str) -> None:
@@ -214,26 +376,26 @@ def _check_declared(declared: Any, path: str) -> None:
         return
     if not isinstance(declared, dict):
         raise ConfigError(f"{path}: settings.knobs: expected a mapping of knob names to values, "
-                          f"got {declared!r}")
+                          f"got {shown(declared)}")
     for key, value in declared.items():
         if not isinstance(key, str) or not key.isidentifier():
-            raise ConfigError(f"{path}: settings.knobs: {key!r} is not a valid knob name")
+            raise ConfigError(f"{path}: settings.knobs: {shown(key)} is not a valid knob name")
         plain = value is None or isinstance(value, (bool, int, float, str))
         if not plain or (isinstance(value, float) and not math.isfinite(value)) or \
                 (isinstance(value, str) and _CONTROL.search(value)):
             raise ConfigError(f"{path}: settings.knobs.{key}: expected a number, a string "
                               f"(without control characters), true, false or null, "
-                              f"got {value!r}")
+                              f"got {shown(value)}")
 
 
 def _check_cpu_list(value: Any, path: str, name: str, expected: str) -> list[int]:
     if not isinstance(value, list) or not value or \
             not all(_int_at_least(c, 0) for c in value):
-        raise ConfigError(f"{path}: {name}: expected {expected}, got {value!r}")
+        raise ConfigError(f"{path}: {name}: expected {expected}, got {shown(value)}")
     seen: set[int] = set()
     for cpu in value:
         if cpu in seen:
-            raise ConfigError(f"{path}: {name}: CPU {cpu} appears twice in {value!r}")
+            raise ConfigError(f"{path}: {name}: CPU {cpu} appears twice in {shown(value)}")
         seen.add(cpu)
     return value
 
@@ -243,20 +405,21 @@ def _check_instances(tree: dict[str, Any], path: str) -> None:
     instances = {"count": raw, "cpus": None} if _int_at_least(raw, 0) else raw
     if not isinstance(instances, dict) or not _int_at_least(instances.get("count"), 1):
         raise ConfigError(f"{path}: settings.instances: expected {{count: N >= 1, cpus: [[...], "
-                          f"...]}}, got {raw!r}")
+                          f"...]}}, got {shown(raw)}")
     unknown = [k for k in instances if k not in ("count", "cpus")]
     if unknown:
-        raise ConfigError(f"{path}: settings.instances: unknown key {unknown[0]!r}; allowed: "
+        raise ConfigError(f"{path}: settings.instances: unknown key {shown(unknown[0])}; allowed: "
                           f"count, cpus")
     count, sets = instances["count"], instances.get("cpus")
     if count == 1:
         if sets is not None:
             raise ConfigError(f"{path}: settings.instances.cpus: expected null for a single "
-                              f"instance (count: 1), got {sets!r}")
+                              f"instance (count: 1), got {shown(sets)}")
         return
     expected = f"{count} lists of CPU numbers, one per instance"
     if not isinstance(sets, list) or len(sets) != count:
-        raise ConfigError(f"{path}: settings.instances.cpus: expected {expected}, got {sets!r}")
+        raise ConfigError(f"{path}: settings.instances.cpus: expected {expected}, "
+                          f"got {shown(sets)}")
     owner: dict[int, int] = {}
     for index, cpus in enumerate(sets):
         _check_cpu_list(cpus, path, "settings.instances.cpus", expected)
@@ -274,13 +437,13 @@ def check_machine_block(machine: Any, path: str) -> None:
     if machine is None:
         return
     if not isinstance(machine, dict):
-        raise ConfigError(f"{path}: machine: expected a mapping, got {machine!r}")
+        raise ConfigError(f"{path}: machine: expected a mapping, got {shown(machine)}")
     usable = machine.get("usable_cpus")
     if usable is not None and not _int_at_least(usable, 1):
         raise ConfigError(f"{path}: machine.usable_cpus: expected an integer >= 1 or null, "
-                          f"got {usable!r}")
+                          f"got {shown(usable)}")
     for key in ("cpu_model", "tf_version"):
         value = machine.get(key)
         if value is not None and (not isinstance(value, str) or _CONTROL.search(value)):
             raise ConfigError(f"{path}: machine.{key}: expected a line of text or null, "
-                              f"got {value!r}")
+                              f"got {shown(value)}")

@@ -285,6 +285,9 @@ def document(config: Config, pre: Preflight, searched: Searched, verdict: Verdic
             **({"batch_sizes": batch_sizes(searched.trials)}
                if knobs.BATCH_SIZE.name in pre.space.searched else {}),
             "sampler": searched.sampler,
+            # the declared knobs' names and values: all settings.knobs may hold (readers
+            # refuse anything else)
+            **({"declared_knobs": cfg.knobs} if cfg.knobs else {}),
             # this run's wall time per phase (a resumed study's earlier runs not included)
             "seconds": seconds,
             "measure": {"warmup_seconds": cfg.measure.warmup_seconds,
