@@ -12,9 +12,10 @@ each measurement draws it from its own seeded stream, so a search is reproducibl
 ``FAKE_BEHAVIOUR`` makes
 chosen trials misbehave: ``crash-intra-N`` (os.abort when intra == N), ``hang-intra-N``,
 ``raise-intra-N``, ``garble-intra-N``, ``exit-intra-N``, ``crash-all``, ``crash-measure``
-(every trial, not the preflight), ``preflight-fail``. A model file's batch size (the
-setting ``batch_size``, else the task's) scales throughput by batch/(batch+4), 1x at 32, and the
-step latency with it. With several instances each reports its
+(every trial, not the preflight), ``preflight-fail``, ``xla-fail`` (every trial whose
+environment turns XLA on fails as the real worker reports a model XLA cannot compile).
+A model file's batch size (the setting ``batch_size``, else the task's) scales throughput by
+batch/(batch+4), 1x at 32, and the step latency with it. With several instances each reports its
 share of the throughput, times ``FAKE_INSTANCE_GAIN`` (default 1: instances neither help nor
 hurt), so per-step latency grows with the instance count. ``FAKE_TF_VERSION`` is the TensorFlow
 version the preflight reports (default fake-1.0): another value is another machine type.
@@ -123,6 +124,8 @@ def misbehave(kind: str, settings: dict) -> str | None:
         return "crash" if kind == "measure" else None
     if spec == "preflight-fail":
         return "raise" if kind == "preflight" else None
+    if spec == "xla-fail":
+        return "xla" if kind == "measure" and settings.get("env.TF_XLA_FLAGS") else None
     action, _, value = spec.partition("-intra-")
     if value and kind == "measure" and settings.get("intra_op_parallelism_threads") == int(value):
         return action
@@ -215,6 +218,13 @@ def main() -> None:
     if bad == "raise":
         payload = {"protocol": PROTOCOL, "ok": False, "error": "workload.model: fake raised "
                    "ValueError: boom", "child_started": started}
+        open(result_path, "w").write(json.dumps(payload))
+        sys.exit(3)
+    if bad == "xla":   # what the real worker reports when XLA cannot compile the model
+        payload = {"protocol": PROTOCOL, "ok": False, "child_started": started,
+                   "error": f"XLA could not run this model (TF_XLA_FLAGS="
+                            f"{os.environ.get('TF_XLA_FLAGS', '')!r}): InvalidArgumentError: "
+                            f"Input 1 to node Tile must be a compile-time constant"}
         open(result_path, "w").write(json.dumps(payload))
         sys.exit(3)
     progress = open(task["progress"], "a", buffering=1)

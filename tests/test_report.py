@@ -49,7 +49,7 @@ def test_report_notes_missing_importances_instead_of_failing(fake_worker, write_
                     "  inter_op_parallelism_threads: [0, 2]\n"
                     "  tf_data: {private_threadpool_size: default, "
                     "max_intra_op_parallelism: default}\n"
-                    "  env: {TF_ENABLE_ONEDNN_OPTS: default}\n")
+                    "  env: {TF_ENABLE_ONEDNN_OPTS: default, TF_XLA_FLAGS: default}\n")
     search.run(config.load(path), lambda line: None)
     code, out, err = run_cli(capsys, "report", "--storage", "sqlite:///results/study.db",
                              "--html", "r.html")
