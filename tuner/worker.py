@@ -25,7 +25,7 @@ from . import host, meter, probes
 from . import settings as settings_mod
 from .files import write_json_atomic
 from .protocol import PROTOCOL, Progress, WorkloadProblem, describe
-from .workload import Workload, onednn_enabled
+from .workload import Workload, onednn_enabled, xla_state
 
 
 def preflight(task: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -93,7 +93,7 @@ def measure(task: dict[str, Any], progress: Progress) -> dict[str, Any]:
         },
         "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "allocator": host.allocator_in_process(),
-        "xla_flags": os.environ.get("TF_XLA_FLAGS"),
+        "xla": xla_state(),
         "tf_data_options": work.options_in_effect,
         "knobs": work.knobs,
         "timings": timings,
