@@ -308,3 +308,38 @@ def test_show_reports_the_first_steps_and_the_advice(tmp_path, capsys):
     assert cli.main(["show", str(path)]) == 2
     err = capsys.readouterr().err
     assert "result.first_steps.extra_seconds" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_ten_trial_training_search_still_reaches_the_declared_knobs():
+    """configs/sequential_map.yaml's budget (10 trials, training, two declared knobs, two
+    allocators installed): the compute phase takes two trials before the declared knobs, and the
+    map's parallelism (its 2x lever) is still measured and led with."""
+    from tuner.host import Machine
+
+    machine = Machine(visible_cpus=2, affinity=(0, 1), cpu_quota=None, usable_cpus=2,
+                      physical_cores=2, sockets=1, numa_nodes=1, cpu_model="sim", arch="x86_64",
+                      hostname="sim", python="3", memory_bytes=None, tf_version="fake",
+                      onednn_default=True,
+                      extra={"allocators": {"tcmalloc": "/t.so", "jemalloc": "/j.so"}})
+    space = build_space(machine, {}, mode="train", pipeline=Pipeline(
+        knobs={"map_parallelism": 1, "prefetch": 1}),
+        knobs={"map_parallelism": [1, 2, 4, "autotune"], "prefetch": [1, 2, "autotune"]})
+    eng = structured.Engine(structured.StructuredSpace(space, machine), replicates=1)
+    assert eng.dims["compute"] == [XLA.name]
+
+    def score(s):
+        return 1000.0 * (1.6 if s["knobs.map_parallelism"] in (2, 4, "autotune") else 1.0)
+
+    study = optuna.create_study(direction="maximize")
+    add(study, eng, eng.base, 1000.0, "reference", "baseline")
+    add(study, eng, eng.s.params_of(space.expert(machine)), 1001.0,
+        "reference", "expert")
+    for number in range(2, 10):
+        step = eng.next_step(seen(study, eng), remaining=10 - number)
+        add(study, eng, step.params, score(eng.s.settings(step.params)), step.phase)
+    phases = [t.user_attrs["phase"] for t in study.trials]
+    assert phases.count("compute") == 2 and "knobs" in phases
+    assert phases.index("compute") < phases.index("knobs")
+    history = seen(study, eng)
+    leader = eng.s.settings(eng.pick(history, eng.noise(history)).params)
+    assert leader["knobs.map_parallelism"] != 1 and leader[XLA.name] is None
