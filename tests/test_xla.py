@@ -143,6 +143,19 @@ def test_the_warm_up_waits_until_the_rate_settles_after_compilation():
     assert clock.t == pytest.approx(1.54)
 
 
+def test_a_compilation_in_the_very_first_warm_up_step_is_recognised_once_steps_get_fast():
+    clock = FakeClock()
+    work = FakeWork(clock, step=lambda n: 2.0 if n == 0 else 0.01)   # nothing before it to compare
+    steps, rates = meter.warm_up(work, seconds=0.5, min_steps=3, start=0.0, clock=clock,
+                                 compiles=True)
+    assert clock.t >= 2.0 + meter.WARMUP_CHUNK_SECONDS
+    assert rates[-1] == pytest.approx(32 / 0.01, rel=0.01)
+    clock = FakeClock()
+    work = FakeWork(clock, step=lambda n: 2.0 if n == 0 else 0.01)
+    meter.warm_up(work, seconds=0.5, min_steps=3, start=0.0, clock=clock)
+    assert clock.t == pytest.approx(2.02)   # without XLA: over at the limit (after 3 steps)
+
+
 def test_a_model_that_keeps_compiling_stops_at_the_hard_limit():
     clock = FakeClock()
     work = FakeWork(clock, step=lambda n: 0.01 if n % 2 else 5.0)   # recompiles every other step

@@ -126,6 +126,8 @@ def warm_up(work: Steps, seconds: float, min_steps: int, start: float,
     if compiles:
         min_steps = max(min_steps, XLA_MIN_STEPS)
     fastest = math.inf
+    slowest = slowest_end = 0.0
+    slowest_chunk = compiled_end = -1.0
     settled_from = 0    # the first chunk after the last compilation
     while True:
         chunk_start = clock.now()
@@ -138,11 +140,21 @@ def warm_up(work: Steps, seconds: float, min_steps: int, start: float,
             steps += 1
             now = clock.now()
             if compiles:
+                # a compilation: a step far slower than the fastest before it, or, seen once
+                # faster steps follow, the slowest so far (the first step has nothing before it)
                 took = now - before
+                found = None
                 if took >= COMPILE_STEP_RATIO * fastest:
-                    limit = min(hard_limit, now + seconds)
-                    settled_from = len(rates) + 1
+                    found = (now, len(rates))
                 fastest = min(fastest, took)
+                if took > slowest:
+                    slowest, slowest_end, slowest_chunk = took, now, len(rates)
+                elif slowest >= COMPILE_STEP_RATIO * fastest and slowest_end > compiled_end:
+                    found = (slowest_end, slowest_chunk)
+                if found is not None:
+                    compiled_end = found[0]
+                    limit = min(hard_limit, max(limit, found[0] + seconds))
+                    settled_from = max(settled_from, int(found[1]) + 1)
             if now - chunk_start >= WARMUP_CHUNK_SECONDS or now >= limit:
                 break
         rates.append(samples / (now - chunk_start))
