@@ -6,7 +6,8 @@ Throughput is a known function of the settings, so tests know which configuratio
 ``FAKE_SHAPE=peak`` (default) peaks at intra=2, inter=1 (1.3x the defaults); ``flat`` is the same
 for every setting; ``layout`` depends only on the instances (``FAKE_INSTANCE_GAIN``) and costs
 0.8x when intra-op threads outnumber the process's CPUs (an instances-dominated model); ``step``
-is ``FAKE_GAIN`` (default 1.1) times the defaults for every setting with an intra-op count.
+is ``FAKE_GAIN`` (default 1.1) times the defaults for every setting with an intra-op count;
+``xla`` is ``FAKE_XLA_GAIN`` (default 1.6) with ``TF_XLA_FLAGS`` at level 2, 1x otherwise.
 ``FAKE_NOISE`` is the relative noise (default 0.01); with ``FAKE_SEED_FILE`` (a counter file)
 each measurement draws it from its own seeded stream, so a search is reproducible.
 ``FAKE_BEHAVIOUR`` makes
@@ -91,6 +92,10 @@ def throughput(settings: dict) -> float:
         cpus = len(os.sched_getaffinity(0))
         return 1000.0 * (0.8 if (settings.get("intra_op_parallelism_threads") or 0) > cpus
                          else 1.0)
+    if shape == "xla":   # XLA auto-clustering carries the gain (FAKE_XLA_GAIN), at level 2
+        gain = float(os.environ.get("FAKE_XLA_GAIN", "1.6"))
+        flags = settings.get("env.TF_XLA_FLAGS") or ""
+        return 1000.0 * (gain if "auto_jit=2" in flags else 1.0)
     if shape == "step":
         gain = float(os.environ.get("FAKE_GAIN", "1.1"))
         return 1000.0 * (gain if settings.get("intra_op_parallelism_threads") else 1.0)
@@ -281,6 +286,10 @@ def main() -> None:
         ms = batch * 1000 / mean
         payload = {"protocol": PROTOCOL, "ok": True, "batch_size": batch, "windows": windows,
                    "warmup_steps": 3,
+                   # with XLA on, the first steps compile (as the real meter reports them)
+                   "first_steps": {"steps": 3, "seconds": 0.9 if settings.get("env.TF_XLA_FLAGS")
+                                   else 0.3, "extra_seconds": 0.8 if
+                                   settings.get("env.TF_XLA_FLAGS") else 0.2},
                    "step_latency_ms": {"p50": ms, "p90": ms * 33 / 32,
                                        "p95": ms * 33.6 / 32, "p99": ms * 35 / 32, "steps": 50},
                    "affinity": sorted(os.sched_getaffinity(0)),

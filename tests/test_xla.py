@@ -356,3 +356,23 @@ def test_a_ten_trial_training_search_still_reaches_the_declared_knobs():
     history = seen(study, eng)
     leader = eng.s.settings(eng.pick(history, eng.noise(history)).params)
     assert leader["knobs.map_parallelism"] != 1 and leader[XLA.name] is None
+
+
+def test_a_search_adopts_xla_where_it_wins_with_its_first_steps_and_advice(
+        fake_worker, write_config, monkeypatch):
+    monkeypatch.setenv("FAKE_SHAPE", "xla")
+    outcome = run_search(xla_study(write_config))
+    doc = outcome.tuned
+    assert doc["verdict"] == "tuned"
+    assert doc["settings"]["env"] == {"TF_XLA_FLAGS": LEVEL2}
+    assert doc["result"]["carried_by"] == [XLA.name]
+    assert doc["result"]["first_steps"] == {"steps": 3, "seconds": 0.9, "extra_seconds": 0.8,
+                                            "processes": doc["validation"]["rounds"]}
+    assert doc["result"]["baseline_first_steps"]["extra_seconds"] == 0.2
+    assert doc["result"]["advice"] == [XLA.jit_advice(), XLA.cache_advice(LEVEL2)]
+    # the file it wrote reads back through the strict reader and show
+    shown = compare.format_show(results.from_tuned_file(outcome.tuned_path), "text")
+    assert "0.80 s more than steady steps (baseline 0.20 s more)" in shown
+    assert "jit_compile=True" in shown
+    tree = tunedfile.read(outcome.tuned_path).settings
+    assert settings.flatten(tree)[XLA.name] == LEVEL2
