@@ -120,7 +120,8 @@ def run_one(spec: dict) -> float:
     starts every instance (their throughputs are summed); plain settings run one process."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS",
-                        "LD_PRELOAD", "TUNER_TUNED_FILE", "TUNER_INSTANCE", "TUNER_INSTANCES")}
+                        "TF_XLA_FLAGS", "LD_PRELOAD", "TUNER_TUNED_FILE", "TUNER_INSTANCE",
+                        "TUNER_INSTANCES")}
     if not spec.get("apply"):
         env.update({k: str(v) for k, v in (spec["settings"].get("env") or {}).items()})
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

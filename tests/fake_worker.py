@@ -6,21 +6,24 @@ Throughput is a known function of the settings, so tests know which configuratio
 ``FAKE_SHAPE=peak`` (default) peaks at intra=2, inter=1 (1.3x the defaults); ``flat`` is the same
 for every setting; ``layout`` depends only on the instances (``FAKE_INSTANCE_GAIN``) and costs
 0.8x when intra-op threads outnumber the process's CPUs (an instances-dominated model); ``step``
-is ``FAKE_GAIN`` (default 1.1) times the defaults for every setting with an intra-op count.
+is ``FAKE_GAIN`` (default 1.1) times the defaults for every setting with an intra-op count;
+``xla`` is ``FAKE_XLA_GAIN`` (default 1.6) with ``TF_XLA_FLAGS`` at level 2, 1x otherwise.
 ``FAKE_NOISE`` is the relative noise (default 0.01); with ``FAKE_SEED_FILE`` (a counter file)
 each measurement draws it from its own seeded stream, so a search is reproducible.
 ``FAKE_BEHAVIOUR`` makes
 chosen trials misbehave: ``crash-intra-N`` (os.abort when intra == N), ``hang-intra-N``,
 ``raise-intra-N``, ``garble-intra-N``, ``exit-intra-N``, ``crash-all``, ``crash-measure``
-(every trial, not the preflight), ``preflight-fail``; with ``FAKE_BEHAVIOUR_FROM=PATH`` only
-once PATH exists (a test creates it, e.g. after a given validation round, to fail a configuration
-from that round on), and as the file says when it is not empty (``crash-intra-3``, or
-``crash-settings-{JSON}``: the one configuration whose flat settings are that JSON). A model
-file's batch size (the setting ``batch_size``, else the task's) scales throughput by
-batch/(batch+4), 1x at 32, and the step latency with it. With several instances each reports its
-share of the throughput, times ``FAKE_INSTANCE_GAIN`` (default 1: instances neither help nor
-hurt), so per-step latency grows with the instance count. ``FAKE_TF_VERSION`` is the TensorFlow
-version the preflight reports (default fake-1.0): another value is another machine type.
+(every trial, not the preflight), ``preflight-fail``, ``xla-fail`` (every trial whose
+environment turns XLA on fails as the real worker reports a model XLA cannot compile); with
+``FAKE_BEHAVIOUR_FROM=PATH`` only once PATH exists (a test creates it, e.g. after a given
+validation round, to fail a configuration from that round on), and as the file says when it is
+not empty (``crash-intra-3``, or ``crash-settings-{JSON}``: the one configuration whose flat
+settings are that JSON). A model file's batch size (the setting ``batch_size``, else the
+task's) scales throughput by batch/(batch+4), 1x at 32, and the step latency with it. With
+several instances each reports its share of the throughput, times ``FAKE_INSTANCE_GAIN``
+(default 1: instances neither help nor hurt), so per-step latency grows with the instance
+count. ``FAKE_TF_VERSION`` is the TensorFlow version the preflight reports (default
+fake-1.0): another value is another machine type.
 
 ``FAKE_SCALING`` gives throughput a known curve over the number of CPUs the child is pinned to
 (``n``, the task's CPU set): ``linear`` (n x), ``saturating`` (min(n, FAKE_KNEE) x, knee 2 by
@@ -93,6 +96,10 @@ def throughput(settings: dict) -> float:
         cpus = len(os.sched_getaffinity(0))
         return 1000.0 * (0.8 if (settings.get("intra_op_parallelism_threads") or 0) > cpus
                          else 1.0)
+    if shape == "xla":   # XLA auto-clustering carries the gain (FAKE_XLA_GAIN), at level 2
+        gain = float(os.environ.get("FAKE_XLA_GAIN", "1.6"))
+        flags = settings.get("env.TF_XLA_FLAGS") or ""
+        return 1000.0 * (gain if "auto_jit=2" in flags else 1.0)
     if shape == "step":
         gain = float(os.environ.get("FAKE_GAIN", "1.1"))
         return 1000.0 * (gain if settings.get("intra_op_parallelism_threads") else 1.0)
@@ -135,6 +142,8 @@ def misbehave(kind: str, settings: dict) -> str | None:
     action, _, value = spec.partition("-settings-")
     if value:   # one configuration exactly: ACTION-settings-{json of its flat settings}
         return action if kind == "measure" and json.loads(value) == settings else None
+    if spec == "xla-fail":
+        return "xla" if kind == "measure" and settings.get("env.TF_XLA_FLAGS") else None
     action, _, value = spec.partition("-intra-")
     if value and kind == "measure" and settings.get("intra_op_parallelism_threads") == int(value):
         return action
@@ -229,6 +238,13 @@ def main() -> None:
                    "ValueError: boom", "child_started": started}
         open(result_path, "w").write(json.dumps(payload))
         sys.exit(3)
+    if bad == "xla":   # what the real worker reports when XLA cannot compile the model
+        payload = {"protocol": PROTOCOL, "ok": False, "child_started": started,
+                   "error": f"XLA could not run this model (TF_XLA_FLAGS="
+                            f"{os.environ.get('TF_XLA_FLAGS', '')!r}): InvalidArgumentError: "
+                            f"Input 1 to node Tile must be a compile-time constant"}
+        open(result_path, "w").write(json.dumps(payload))
+        sys.exit(3)
     progress = open(task["progress"], "a", buffering=1)
     if task["kind"] == "preflight":
         options, algorithms = tf_data_facts()
@@ -283,6 +299,10 @@ def main() -> None:
         ms = batch * 1000 / mean
         payload = {"protocol": PROTOCOL, "ok": True, "batch_size": batch, "windows": windows,
                    "warmup_steps": 3,
+                   # with XLA on, the first steps compile (as the real meter reports them)
+                   "first_steps": {"steps": 3, "seconds": 0.9 if settings.get("env.TF_XLA_FLAGS")
+                                   else 0.3, "extra_seconds": 0.8 if
+                                   settings.get("env.TF_XLA_FLAGS") else 0.2},
                    "step_latency_ms": {"p50": ms, "p90": ms * 33 / 32,
                                        "p95": ms * 33.6 / 32, "p99": ms * 35 / 32, "steps": 50},
                    "affinity": sorted(os.sched_getaffinity(0)),

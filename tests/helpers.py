@@ -113,7 +113,7 @@ space:
   intra_op_parallelism_threads: default
   inter_op_parallelism_threads: default
   tf_data: {{private_threadpool_size: default, max_intra_op_parallelism: default}}
-  env: {{TF_ENABLE_ONEDNN_OPTS: default}}
+  env: {{TF_ENABLE_ONEDNN_OPTS: default, TF_XLA_FLAGS: default}}
   allocator: default
   instances: default
   cpus: default

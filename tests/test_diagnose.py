@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import copy_workloads, fake_machine, fake_worker_command
 
-from tuner import cli, config, diagnose, host, protocol
+from tuner import cli, config, diagnose, host, knobs, protocol
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -350,3 +350,33 @@ def test_real_pipeline_inspection_names_sequential_python_and_parallel_steps():
     assert step["parallel_py"]["sequential"] is False
     assert step["parallel_py"]["python"] == ["tf.numpy_function"]
     assert any(s.get("from_generator") for s in out["generator"])
+
+
+@pytest.mark.parametrize("flags,mode,levers", [
+    ("fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8", "predict",
+     ["env.TF_ENABLE_ONEDNN_OPTS", "env.TF_XLA_FLAGS"]),
+    ("fpu sse avx2", "train", ["env.TF_ENABLE_ONEDNN_OPTS", "env.TF_XLA_FLAGS"]),
+    ("fpu sse avx2", "data", []),   # nothing is computed in data mode but the pipeline
+])
+def test_the_compute_section_names_the_instructions_xla_onednn_and_the_levers(
+        tmp_path, flags, mode, levers):
+    root = fake_machine(tmp_path / "m", cpus=2)
+    (root / "proc/cpuinfo").write_text(f"processor\t: 0\nmodel name\t: Fake\n"
+                                       f"flags\t\t: {flags}\n\n")
+    machine = host.detect(root, affinity=[0, 1])
+    xla = {"flags": None, "auto_jit": None, "active": False, "available": True}
+    result = _result(onednn_enabled=True, xla=xla, mode=mode)
+    report = diagnose.analyse(machine, result, config_path="c.yaml")
+    have = [f for f in host.COMPUTE_FLAGS if f in flags.split()]
+    assert report["cpu_flags"] == have and report["xla"] == xla
+    # TF_ENABLE_ONEDNN_OPTS applies in every mode, XLA only where a model computes
+    assert [lv["knob"] for lv in report["compute_levers"]] == (
+        levers or ["env.TF_ENABLE_ONEDNN_OPTS"])
+    assert not any(lv["needs_tolerance"] for lv in report["compute_levers"])
+    text = diagnose.format_text(report)
+    assert f"CPU instructions: {' '.join(have)}" in text
+    assert "in the child: oneDNN on, XLA off (TF_XLA_FLAGS unset)" in text
+    assert ("env.TF_XLA_FLAGS (XLA auto-clustering" in text) == ("env.TF_XLA_FLAGS" in levers)
+    on = dict(xla, flags=knobs.XLA_VALUES[1], auto_jit=2, active=True)
+    assert f"XLA on (TF_XLA_FLAGS={knobs.XLA_VALUES[1]!r})" in diagnose.format_text(
+        diagnose.analyse(machine, _result(onednn_enabled=False, xla=on), config_path="c.yaml"))

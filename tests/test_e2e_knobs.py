@@ -106,7 +106,7 @@ space:
     autotune: {{enabled: default}}
     optimization: {{map_parallelization: default, inject_prefetch: default,
                     parallel_batch: default}}
-  env: {{TF_ENABLE_ONEDNN_OPTS: default}}
+  env: {{TF_ENABLE_ONEDNN_OPTS: default, TF_XLA_FLAGS: default}}
   allocator: default
   instances: default
   cpus: default

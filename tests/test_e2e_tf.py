@@ -53,7 +53,7 @@ def config(tmp_path, model, data, mode="predict", n=3, timeout=60, extra=""):
 def test_real_search_predict_writes_a_valid_tuned_file(workloads, capsys):
     path = config(workloads, "tiny.py:build_model", "tiny.py:build_data",
                   extra="space:\n  tf_data:\n    max_intra_op_parallelism: default\n"
-                        "  env:\n    TF_ENABLE_ONEDNN_OPTS: default\n")
+                        "  env:\n    TF_ENABLE_ONEDNN_OPTS: default\n    TF_XLA_FLAGS: default\n")
     code = cli.main(["search", "--config", str(path)])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -178,7 +178,7 @@ def test_trial_failures_are_recorded_and_the_study_goes_on(workloads, capsys, bu
                   extra="space:\n  intra_op_parallelism_threads: 1\n"
                         "  tf_data:\n    max_intra_op_parallelism: default\n"
                         "    private_threadpool_size: default\n"
-                        "  env:\n    TF_ENABLE_ONEDNN_OPTS: default\n")
+                        "  env:\n    TF_ENABLE_ONEDNN_OPTS: default\n    TF_XLA_FLAGS: default\n")
     # intra is fixed at 1 for search trials; the baseline (0) and expert (2) still work
     code = cli.main(["search", "--config", str(path)])
     assert code == 0, capsys.readouterr()

@@ -173,7 +173,7 @@ def test_batch_sizes_are_reported_with_throughput_and_latency_per_batch(keras_fi
             + "space: {intra_op_parallelism_threads: default, "
               "inter_op_parallelism_threads: default, tf_data: "
               "{private_threadpool_size: default, max_intra_op_parallelism: default}, "
-              "env: {TF_ENABLE_ONEDNN_OPTS: default}, allocator: default, "
+              "env: {TF_ENABLE_ONEDNN_OPTS: default, TF_XLA_FLAGS: default}, allocator: default, "
               "instances: default, cpus: default, batch_size: [8, 128]}\n")
     path.write_text(body.replace("n_trials: 2", "n_trials: 4, sampler: tpe"))
     code, out, err = run_cli(capsys, "search", "--config", str(path))

@@ -17,7 +17,8 @@ def test_auto_sampler_is_exhaustive_when_the_space_fits(fake_worker, write_confi
     path.write_text(path.read_text() + "space:\n  intra_op_parallelism_threads: [1, 2, 3]\n"
                     "  inter_op_parallelism_threads: [1, 2]\n  tf_data:\n"
                     "    private_threadpool_size: default\n    max_intra_op_parallelism: default\n"
-                    "  env:\n    TF_ENABLE_ONEDNN_OPTS: default\n  allocator: default\n"
+                    "  env:\n    TF_ENABLE_ONEDNN_OPTS: default\n    TF_XLA_FLAGS: default\n"
+                    "  allocator: default\n"
                     "  instances: default\n")
     outcome = run_search(path, n_trials=20)
     assert outcome.tuned["search"]["sampler"] == "grid"

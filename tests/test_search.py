@@ -27,7 +27,7 @@ space:
   intra_op_parallelism_threads: [1, 2, 3]
   inter_op_parallelism_threads: [1, 2]
   tf_data: {private_threadpool_size: default, max_intra_op_parallelism: default}
-  env: {TF_ENABLE_ONEDNN_OPTS: default}
+  env: {TF_ENABLE_ONEDNN_OPTS: default, TF_XLA_FLAGS: default}
   allocator: default
   instances: default
 """

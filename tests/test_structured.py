@@ -142,7 +142,7 @@ space:
   intra_op_parallelism_threads: [1, 2, 3]
   inter_op_parallelism_threads: [1, 2]
   tf_data: {private_threadpool_size: default, max_intra_op_parallelism: default}
-  env: {TF_ENABLE_ONEDNN_OPTS: default}
+  env: {TF_ENABLE_ONEDNN_OPTS: default, TF_XLA_FLAGS: default}
   allocator: default
   instances: default
 """)
@@ -290,7 +290,8 @@ def test_auto_is_the_structured_search_when_the_space_exceeds_the_budget(tmp_pat
                                       "inter_op_parallelism_threads",
                                       "tf_data.private_threadpool_size",
                                       "tf_data.max_intra_op_parallelism",
-                                      "env.TF_ENABLE_ONEDNN_OPTS", "allocator", "instances")}})
+                                      "env.TF_ENABLE_ONEDNN_OPTS", "env.TF_XLA_FLAGS", "allocator",
+                                      "instances")}})
     assert sampling.sampler(cfg, small, machine=machine)[1] == "grid"
     assert sampling.sampler(cfg, space)[1] == "tpe"    # no machine to lay out: TPE
 

@@ -224,6 +224,16 @@ def _expert_text(expert: dict[str, Any]) -> str:
     return "not measured (its search trial did not complete)"
 
 
+def _first_steps_text(first: dict[str, Any], baseline: dict[str, Any] | None) -> str:
+    """What the first steps of each process cost (tracing, XLA's compilation): a short job or
+    a server's first requests pay it."""
+    text = (f"{render.num(first.get('seconds'), 2)} s for the first {first.get('steps')} steps, "
+            f"{render.num(first.get('extra_seconds'), 2)} s more than steady steps")
+    if baseline:
+        text += f" (baseline {render.num(baseline.get('extra_seconds'), 2)} s more)"
+    return text + ": each process pays it once"
+
+
 def _machine_line(m: dict[str, Any]) -> str:
     return (f"{m.get('cpu_model', '?')}, {m.get('arch', '?')}, {m.get('usable_cpus', '?')} usable "
             f"CPUs ({m.get('physical_cores', '?')} cores, {m.get('sockets', '?')} socket(s)), "
@@ -268,6 +278,10 @@ def show_table(r: Result) -> Table:
     if r.baseline_cpu_saturation is not None:
         sat += f" (baseline {r.baseline_cpu_saturation:.2f})"
     t.add("cpu saturation", sat)
+    if r.first_steps:
+        t.add("first steps", _first_steps_text(r.first_steps, r.baseline_first_steps))
+    for line in r.advice:
+        t.add("advice", render.plain(line))
     if r.expert:
         s = r.expert["settings"]
         intra, inter = (setting_text(k, s.get(k)) for k in THREAD_COUNTS)

@@ -272,6 +272,9 @@ def analyse(machine: host.Machine, result: dict[str, Any], config: Config | None
                      "batch_size": result.get("batch_size")},
         "tf_version": result.get("tf_version"),
         "onednn_enabled": result.get("onednn_enabled"),
+        "xla": result.get("xla"),
+        "cpu_flags": [f for f in host.COMPUTE_FLAGS if f in machine.cpu_flags],
+        "compute_levers": compute_levers(machine, mode),
         "visible_cpus": machine.visible_cpus,
         "usable_cpus": f.usable,
         "affinity": list(machine.affinity),
@@ -305,6 +308,45 @@ def analyse(machine: host.Machine, result: dict[str, Any], config: Config | None
                        "low_saturation": LOW_SATURATION, "high_system_share": HIGH_SYSTEM_SHARE,
                        "throttled_periods": THROTTLED_PERIODS, "competing_load": COMPETING_LOAD},
     }
+
+
+def compute_levers(machine: host.Machine, mode: str) -> list[dict[str, Any]]:
+    """The registry's compute knobs this machine and mode offer (oneDNN's switch included):
+    each with what it does and whether it needs an accuracy tolerance (reduced precision)."""
+    out = []
+    for k in knobs.KNOBS.values():
+        if not (k.compute or k.name == "env.TF_ENABLE_ONEDNN_OPTS") or mode not in k.modes:
+            continue
+        if k.cpu_flags and not set(k.cpu_flags) & machine.cpu_flags:
+            continue
+        out.append({"knob": k.name, "what": k.help,
+                    **({"cpu_flags": [f for f in k.cpu_flags if f in machine.cpu_flags]}
+                       if k.cpu_flags else {}),
+                    "needs_tolerance": bool(k.changes_numbers)})
+    return out
+
+
+def _compute_lines(r: dict[str, Any]) -> list[str]:
+    flags = r.get("cpu_flags") or []
+    xla = r.get("xla") or {}
+    onednn = {True: "on", False: "off", None: "unknown"}[r.get("onednn_enabled")]
+    if xla.get("active"):
+        xla_text = f"on (TF_XLA_FLAGS={xla.get('flags')!r})"
+    else:
+        xla_text = ("off (TF_XLA_FLAGS " + (f"{xla['flags']!r}" if xla.get("flags") else "unset")
+                    + ")")
+    if xla.get("available") is False:
+        xla_text += "; this build has no XLA JIT"
+    lines = ["Compute",
+             f"  CPU instructions: {' '.join(flags) or 'none of ' + ', '.join(host.COMPUTE_FLAGS)}",
+             f"  in the child: oneDNN {onednn}, XLA {xla_text}"]
+    levers = r.get("compute_levers") or []
+    if levers:
+        lines.append("  levers this machine offers (searched by python -m tuner search): "
+                     + "; ".join(f"{lv['knob']} ({lv['what']}"
+                                 + (", needs an accuracy tolerance" if lv["needs_tolerance"]
+                                    else "") + ")" for lv in levers))
+    return lines
 
 
 # -- findings: one rule each, in report order ----------------------------------------------------
@@ -660,6 +702,8 @@ def format_text(report: dict[str, Any]) -> str:
         lines.append(f"  pipeline: {chain}")
     else:
         lines.append(f"  pipeline: not inspected ({p.get('error', 'unknown reason')})")
+    lines.append("")
+    lines.extend(_compute_lines(r))
     lines.append("")
     lines.append("Findings")
     for index, finding in enumerate(r["findings"], 1):

@@ -399,6 +399,62 @@ class EnvKnob(Knob):
         return {} if value is None else {self.variable: str(value)}
 
 
+# XLA auto-clustering by its level: the only values TF_XLA_FLAGS may take in a tuned file. The
+# variable is free text to TensorFlow (any of its flags, read once per process), so a file is
+# held to these. On CPU nothing is clustered without --tf_xla_cpu_global_jit.
+XLA_LEVELS = {"1": "--tf_xla_auto_jit=1 --tf_xla_cpu_global_jit",
+              "2": "--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit"}
+XLA_VALUES = tuple(XLA_LEVELS.values())
+
+
+class XlaKnob(EnvKnob):
+    """XLA auto-clustering (``TF_XLA_FLAGS``): TensorFlow compiles clusters of ops with XLA on
+    their first executions. Only :data:`XLA_VALUES` are accepted. The knob also knows what goes
+    with it: TF Serving refuses every XLA compilation unless started with
+    ``--xla_cpu_compilation_enabled=true``, the first steps pay the compilation, and
+    ``jit_compile=True`` on the job's own ``tf.function`` is the in-code form no file carries."""
+
+    # TensorFlow Serving's switch for XLA on CPU (tensorflow_serving/model_servers/main.cc)
+    SERVING_FLAG = "--xla_cpu_compilation_enabled=true"
+    # TensorFlow's persistent XLA compile cache (a TF_XLA_FLAGS flag of its own)
+    CACHE_FLAG = "--tf_xla_persistent_cache_directory"
+
+    def on(self, value: Any) -> bool:
+        """Whether ``value`` turns XLA compilation on."""
+        return value in XLA_VALUES
+
+    def level(self, value: Any) -> str | None:
+        return next((lvl for lvl, flags in XLA_LEVELS.items() if flags == value), None)
+
+    def shown(self, value: Any) -> str:
+        return "-" if value is None else f"auto_jit={self.level(value) or '?'}"
+
+    def serving_flags(self, value: Any) -> list[str]:
+        """What ``tensorflow_model_server`` needs for ``value``."""
+        return [self.SERVING_FLAG] if self.on(value) else []
+
+    def jit_advice(self) -> str:
+        """Where XLA helped: the in-code form, which no file can carry."""
+        return ("XLA helped this model: in your own code, @tf.function(jit_compile=True) on the "
+                "step function compiles it whole, which auto-clustering may not (a file cannot "
+                "carry that; measure it)")
+
+    def cache_advice(self, value: Any) -> str:
+        """How a job keeps compiled clusters across processes (a flag a file cannot hold)."""
+        return (f"to skip most of the compilation in later processes, give TensorFlow a "
+                f"persistent cache: set TF_XLA_FLAGS='{value or XLA_VALUES[-1]} "
+                f"{self.CACHE_FLAG}=DIR' in the job's environment (it then wins over the file's "
+                f"value; a tuned file holds only the values tuner searched)")
+
+    def note(self, tree: Any) -> str | None:
+        env = tree.get("env") if isinstance(tree, dict) else None
+        value = env.get(self.variable) if isinstance(env, dict) else None
+        if not self.on(value):
+            return None
+        return (f"XLA auto-clustering {self.shown(value)}: the first steps of each process "
+                f"compile (see first_steps); TF Serving needs {self.SERVING_FLAG}")
+
+
 class ProcessKnob(Knob):
     """Where and with what the process runs; the tuned file keeps it at the top level."""
 
@@ -814,6 +870,13 @@ KNOBS: dict[str, Knob] = {knob.name: knob for knob in (
         candidates=lambda m: [None, "granularity=fine,compact,1,0"],
         help="how Intel OpenMP binds its threads to cores", needs_openmp=True, label="kmp.aff",
     ),
+    XlaKnob(
+        "env.TF_XLA_FLAGS", variable="TF_XLA_FLAGS", default=None,
+        allowed=f"{', '.join(repr(v) for v in XLA_VALUES)}, null or 'default' (unset: no XLA)",
+        valid=lambda v: v is None or v in XLA_VALUES,
+        candidates=lambda m: [None, *XLA_VALUES], modes=("predict", "train"), compute=True,
+        help="XLA auto-clustering: compiles clusters of ops on their first steps", label="xla",
+    ),
 )}
 
 THREADS = [k for k in KNOBS.values() if isinstance(k, ThreadKnob)]
@@ -823,6 +886,7 @@ ALLOCATOR: AllocatorKnob = KNOBS["allocator"]  # type: ignore[assignment]
 CPUS: CpusKnob = KNOBS["cpus"]  # type: ignore[assignment]
 INSTANCES: InstancesKnob = KNOBS["instances"]  # type: ignore[assignment]
 BATCH_SIZE: BatchSizeKnob = KNOBS["batch_size"]  # type: ignore[assignment]
+XLA: XlaKnob = KNOBS["env.TF_XLA_FLAGS"]  # type: ignore[assignment]
 
 
 # the top-level keys of the config's space: section and of the tuned file's settings

@@ -364,11 +364,12 @@ SERVER_FLAGS = {"intra_op_parallelism_threads": "--tensorflow_intra_op_paralleli
 
 
 def tf_serving(doc: dict[str, Any], path: str, env: dict[str, str], header: list[str]) -> str:
-    """A POSIX shell wrapper for TensorFlow Serving: the variables (allocator, oneDNN, OpenMP)
-    exported, then ``exec tensorflow_model_server`` with both thread flags and the caller's own
-    arguments (``"$@"``: the model's name and path, ports). Comments say what the server cannot
-    carry: tf.data options (a server has no input pipeline), declared knobs, instances and CPU
-    sets (several servers, taskset), and where the batch size goes."""
+    """A POSIX shell wrapper for TensorFlow Serving: the variables (allocator, oneDNN, OpenMP,
+    XLA) exported, then ``exec tensorflow_model_server`` with both thread flags (and
+    ``--xla_cpu_compilation_enabled=true`` when XLA is on) and the caller's own arguments
+    (``"$@"``: the model's name and path, ports). Comments say what the server cannot carry:
+    tf.data options (a server has no input pipeline), declared knobs, instances and CPU sets
+    (several servers, taskset), and where the batch size goes."""
     flat = settings.flatten(doc["settings"])
     threads = {k.variable for k in knobs.THREADS}
     env = {k: v for k, v in env.items() if k not in threads}
@@ -398,6 +399,12 @@ def tf_serving(doc: dict[str, Any], path: str, env: dict[str, str], header: list
     lines = ["#!/bin/sh", *(f"# {_one_line(n)}" for n in notes)]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     flags = [f"{flag}={int(flat[name] or 0)}" for name, flag in SERVER_FLAGS.items()]
+    # without it the server refuses every XLA compilation with an error (not merely slower)
+    flags += knobs.XLA.serving_flags(flat[knobs.XLA.name])
+    if knobs.XLA.on(flat[knobs.XLA.name]):
+        notes.append(f"XLA auto-clustering ({knobs.XLA.variable}) needs "
+                     f"{knobs.XLA.SERVING_FLAG}, passed below; each server compiles on its first "
+                     f"requests")
     lines.append(f"exec {SERVER} " + " ".join(shlex.quote(f) for f in flags) + ' "$@"')
     return "\n".join(lines) + "\n"
 

@@ -155,6 +155,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         **({"knobs": result["knobs"]} if result.get("knobs") else {}),
         "affinity": result.get("affinity"),
         **({"instances": result["instances"]} if result.get("instances") else {}),
+        # the first steps' cost (tracing, XLA's compilation): what a short job pays
+        **({"first_steps": result["first_steps"]} if result.get("first_steps") else {}),
         "timings": timings,
     }
 

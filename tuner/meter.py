@@ -7,6 +7,7 @@ run it in-process with a fake workload and a fake clock.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -92,10 +93,18 @@ def core_busy(before: Any, after: Any, cpus: list[int]) -> list[float]:
 
 WARMUP_CHUNK_SECONDS = 0.3
 WARMUP_STABLE = 0.05
+# With XLA on, TensorFlow compiles a cluster on one of its first executions (not the first: it
+# compiles lazily, once a cluster has run before), so such a step takes many times a steady one.
+# A step this many times the fastest so far counts as a compilation: the warm-up limit starts
+# again after it, and the warm-up runs at least XLA_MIN_STEPS steps.
+COMPILE_STEP_RATIO = 3.0
+XLA_MIN_STEPS = 6
+# ...but never longer than this in all (the trial's own timeout is the last resort)
+COMPILE_LIMIT_SECONDS = 120.0
 
 
 def warm_up(work: Steps, seconds: float, min_steps: int, start: float,
-            clock: Clock = SYSTEM_CLOCK) -> tuple[int, list[float]]:
+            clock: Clock = SYSTEM_CLOCK, *, compiles: bool = False) -> tuple[int, list[float]]:
     """Run steps until the step rate settles, at most ``seconds`` after ``start``; returns the
     steps taken and the rate of each ~0.3 s chunk.
 
@@ -104,25 +113,56 @@ def warm_up(work: Steps, seconds: float, min_steps: int, start: float,
     prefetch buffer filled during tracing (up to 1.25x fast); a stricter test (three chunks within
     3%) almost never passed on a noisy VM and so always ran to the limit. The measurement windows
     that follow are the real check: their spread is reported. ``start`` is when warm-up began
-    (tracing counts against the limit)."""
+    (tracing counts against the limit).
+
+    ``compiles`` (XLA on): the limit counts from the end of the last compiling step (one
+    :data:`COMPILE_STEP_RATIO` times the fastest so far), at least :data:`XLA_MIN_STEPS` are run,
+    and the chunks that agree must both come after it, so the rate has settled after
+    compilation; never past :data:`COMPILE_LIMIT_SECONDS` after ``start``."""
     steps = 0
     rates: list[float] = []
+    limit = start + seconds
+    hard_limit = start + max(seconds, COMPILE_LIMIT_SECONDS)
+    if compiles:
+        min_steps = max(min_steps, XLA_MIN_STEPS)
+    fastest = math.inf
+    slowest = slowest_end = 0.0
+    slowest_chunk = compiled_end = -1.0
+    settled_from = 0    # the first chunk after the last compilation
     while True:
         chunk_start = clock.now()
         samples = 0
         while True:
             batch = work.next_batch()
+            before = clock.now()
             work.run_step(batch)
             samples += work.samples(batch)
             steps += 1
             now = clock.now()
-            if now - chunk_start >= WARMUP_CHUNK_SECONDS or now - start >= seconds:
+            if compiles:
+                # a compilation: a step far slower than the fastest before it, or, seen once
+                # faster steps follow, the slowest so far (the first step has nothing before it)
+                took = now - before
+                found = None
+                if took >= COMPILE_STEP_RATIO * fastest:
+                    found = (now, len(rates))
+                fastest = min(fastest, took)
+                if took > slowest:
+                    slowest, slowest_end, slowest_chunk = took, now, len(rates)
+                elif slowest >= COMPILE_STEP_RATIO * fastest and slowest_end > compiled_end:
+                    found = (slowest_end, slowest_chunk)
+                if found is not None:
+                    compiled_end = found[0]
+                    limit = min(hard_limit, max(limit, found[0] + seconds))
+                    settled_from = max(settled_from, int(found[1]) + 1)
+            if now - chunk_start >= WARMUP_CHUNK_SECONDS or now >= limit:
                 break
         rates.append(samples / (now - chunk_start))
         if steps >= min_steps:
-            if now - start >= seconds:
+            if now >= limit:
                 return steps, rates
-            if len(rates) >= 2 and abs(rates[-1] - rates[-2]) <= WARMUP_STABLE * max(rates[-2:]):
+            if len(rates) - settled_from >= 2 and \
+                    abs(rates[-1] - rates[-2]) <= WARMUP_STABLE * max(rates[-2:]):
                 return steps, rates
 
 
@@ -182,14 +222,15 @@ def run_windows(work: Steps, next_batch: Callable[[], Any], count: int, seconds:
 
 def measure(work: Steps, cfg: dict[str, Any], *, usable: int, affinity: list[int],
             progress: Progress, timings: dict[str, float], barrier: dict[str, Any] | None = None,
-            clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
+            clock: Clock = SYSTEM_CLOCK, compiles: bool = False) -> dict[str, Any]:
     """One trial's measurement (``cfg`` is the task's ``measure``): warm-up, then the windows;
-    the measuring fields of a measure result. ``timings`` gets ``warmup`` and ``measure``."""
+    the measuring fields of a measure result. ``timings`` gets ``warmup`` and ``measure``.
+    ``compiles``: XLA is on, so the warm-up waits until the rate settles after compilation."""
     progress.emit(phase="warmup")
     t0 = clock.now()
     work.run_step(work.first)  # traces the step function
     warmup_steps, warmup_rates = warm_up(work, cfg["warmup_seconds"], cfg["min_warmup_steps"],
-                                         t0, clock)
+                                         t0, clock, compiles=compiles)
     warmup_steps += 1
     timings["warmup"] = clock.now() - t0
 
@@ -210,7 +251,17 @@ def measure(work: Steps, cfg: dict[str, Any], *, usable: int, affinity: list[int
         "cpu_saturation": run.cpu / (run.wall * usable),
         "per_core_busy": core_busy(cores_before, cores_after, affinity),
         "input_wait": run.wait / run.wall,
+        "first_steps": first_steps(warmup_steps, timings["warmup"], run),
     }
+
+
+def first_steps(steps: int, seconds: float, run: Run) -> dict[str, Any]:
+    """What the first ``steps`` (tracing, XLA's compilation, warm-up) cost: their wall time, and
+    how much longer they took than as many steady steps (the windows' mean step): the one-time
+    cost each process pays, which a short job feels."""
+    steady = run.wall / len(run.latencies) if run.latencies else 0.0
+    return {"steps": steps, "seconds": round(seconds, 4),
+            "extra_seconds": round(max(0.0, seconds - steps * steady), 4)}
 
 
 def wait_for_instances(barrier: dict[str, Any], progress: Progress) -> None:

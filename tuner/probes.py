@@ -14,7 +14,7 @@ from typing import Any
 
 from . import host, meter
 from .protocol import Progress, describe
-from .workload import Workload, onednn_enabled
+from .workload import Workload, onednn_enabled, xla_state
 
 
 def _thread_table() -> dict[int, dict[str, Any]]:
@@ -305,6 +305,7 @@ def diagnose(task: dict[str, Any], progress: Progress) -> dict[str, Any]:
         "batch_size": work.batch_size,
         "tf_version": tf.__version__,
         "onednn_enabled": onednn_enabled(),
+        "xla": xla_state(),
         "tf_threading": {
             "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),

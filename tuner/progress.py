@@ -86,6 +86,8 @@ def opening(config: Any, machine: Any, space: Any, sampler: str, prior: int,
         dims = plan["dims"]
         lines.append(f"structured search: baseline x{1 + plan['baseline_replicates']} (noise), "
                      f"layout ({', '.join(dims['layout']) or 'nothing'}), "
+                     + (f"compute, alone and combined ({', '.join(dims['compute'])}), "
+                        if dims.get("compute") else "")
                      + (f"declared knobs ({', '.join(dims['knobs'])}), " if dims.get("knobs")
                         else "")
                      + f"threads per instance "

@@ -51,11 +51,20 @@ class Result:
     expert: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     budget: dict[str, Any] | None = None   # search.budget: how a --budget was spent
+    # what the first steps of a process cost (tracing, XLA's compilation), adopted and baseline
+    first_steps: dict[str, Any] | None = None
+    baseline_first_steps: dict[str, Any] | None = None
+    advice: list[str] = field(default_factory=list)   # what a file cannot carry (jit_compile)
 
     def as_json(self) -> dict[str, Any]:
         doc = asdict(self)
         if doc["budget"] is None:   # only a run with --budget has one
             del doc["budget"]
+        for key in ("first_steps", "baseline_first_steps"):
+            if doc[key] is None:    # only files from this version on have them
+                del doc[key]
+        if not doc["advice"]:
+            del doc["advice"]
         return tuned.rounded(doc)
 
 
@@ -136,7 +145,10 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
         # an unquoted timestamp in a hand-edited file reads as a datetime
         created=created.isoformat() if isinstance(created, (date, datetime)) else created,
         rejected=rejected or None, expert=expert, notes=settings_mod.notes(doc["settings"]),
-        budget={k: budget.get(k) for k in BUDGET_KEYS} if budget else None)
+        budget={k: budget.get(k) for k in BUDGET_KEYS} if budget else None,
+        first_steps=result.get("first_steps"),
+        baseline_first_steps=result.get("baseline_first_steps"),
+        advice=list(result.get("advice") or []))
 
 
 # -- checking a result document ------------------------------------------------------------------
@@ -228,6 +240,10 @@ _RESULT_RULES = (
 _REJECTED_RULES = (("trial", is_count, COUNT), *_RESULT_RULES[:3],
                    ("rejected_because", is_text, TEXT))
 _BLOCK_RULES = (("median", _positive, POSITIVE), ("ci95", is_interval, INTERVAL))
+_FIRST_STEPS_RULES = (("steps", is_count, COUNT),
+                      ("seconds", _non_negative, "a number >= 0"),
+                      ("extra_seconds", _non_negative, "a number >= 0"),
+                      ("processes", is_count, COUNT))
 _STUDY_RULES = (("name", is_text, TEXT), ("storage", is_text, TEXT), ("n_trials", is_count, COUNT),
                 ("complete", is_count, COUNT), ("pruned", is_count, COUNT),
                 ("fail", is_count, COUNT))
@@ -280,6 +296,12 @@ def check_result(result: dict[str, Any], where: str) -> None:
     if result.get("baseline_throughput") is not None:
         check_block(result["baseline_throughput"], where, "result.baseline_throughput")
     _fields(result, where, "result.", _RESULT_RULES)
+    for key in ("first_steps", "baseline_first_steps"):
+        _fields(_mapping(result, key, where, f"result.{key}"), where, f"result.{key}.",
+                _FIRST_STEPS_RULES)
+    advice = result.get("advice")
+    if advice is not None and not (isinstance(advice, list) and all(is_text(a) for a in advice)):
+        raise bad_field(where, "result.advice", advice, "a list of lines of text")
     rejected = _mapping(result, "rejected", where, "result.rejected")
     _fields(rejected, where, "result.rejected.", _REJECTED_RULES)
     if rejected.get("settings") is not None:

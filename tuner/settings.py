@@ -24,6 +24,7 @@ from .knobs import (
     KNOBS,
     TF_DATA,
     THREADS,
+    XLA,
     DeclaredKnob,
     algorithms_of,
     knob,
@@ -155,6 +156,11 @@ def environment(tree: dict[str, Any]) -> dict[str, str]:
         for var, value in k.environment(flat[k.name]).items():
             env.setdefault(var, value)
     return env
+
+
+def compiles(flat: dict[str, Any]) -> bool:
+    """Whether a configuration has TensorFlow compile with XLA (its first steps compile)."""
+    return XLA.on(flat.get(XLA.name))
 
 
 # -- inside a TensorFlow process ------------------------------------------------------------------

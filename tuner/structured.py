@@ -5,21 +5,27 @@ these knobs, with Optuna underneath.
    noise every later judgement is made against ("beyond noise"), not a fixed percentage.
 2. ``layout``: process layout (instances, CPUs) and allocator, one at a time from the baseline,
    then the best of each together: the largest effects on inference.
-3. ``knobs``: the config's declared knobs (the builders' own arguments), around the best
+3. ``compute``: how TensorFlow computes (the knobs marked ``compute``: XLA auto-clustering,
+   and oneDNN's reduced-precision math where the space offers it), around the layout's leader:
+   each value alone, then their combinations, each dimension at its best value alone. These
+   levers interact with the layout (XLA's gain on one process is not its gain on two), and with
+   each other (XLA's clusters bypass oneDNN's kernels, so XLA and a oneDNN math mode can cancel),
+   so combinations are measured, never assumed to add up.
+4. ``knobs``: the config's declared knobs (the builders' own arguments), around the best
    layout: the levers the user named, screened before the threads so that a short search
    still reaches them (a sequential map's parallelism is a 2x lever).
-4. ``threads``: intra/inter-op counts *per instance* (TensorFlow's default, 1, c/2, c, 2c for c
+5. ``threads``: intra/inter-op counts *per instance* (TensorFlow's default, 1, c/2, c, 2c for c
    CPUs per instance) around the best layout. The study's parameters hold the relative choice
    (``intra_op_per_instance: c``), so a count is never proposed that means nothing for its
    layout; the trial's settings (and the tuned file) hold the absolute counts. When the leader
    runs one process, the threads are also screened around the fastest multi-instance layout.
-5. ``data``: tf.data options and oneDNN, around the best so far.
-6. ``tpe``: Optuna's TPE over the dimensions whose screening moved the score beyond noise; the
+6. ``data``: tf.data options and oneDNN, around the best so far.
+7. ``tpe``: Optuna's TPE over the dimensions whose screening moved the score beyond noise; the
    others stay at the leader's values.
-7. ``ablation`` (the last trials of the run): each changed knob of the leader reverted, and the
+8. ``ablation`` (the last trials of the run): each changed knob of the leader reverted, and the
    leader replicated. Among configurations within one standard error of the best, the one
    that changes the fewest knobs leads (:func:`Engine.pick`), so a knob without an effect does
-   not ship.
+   not ship: a compute knob too, which must carry its weight beyond noise like any other.
 
 A configuration already measured is never proposed again, except as a deliberate replicate
 (role ``replicate``). Every step is a function of the study's trials, so a resumed study picks up
@@ -45,8 +51,9 @@ from . import host as host_mod
 from . import knobs
 from . import space as space_mod
 
-PHASES = ("reference", "noise", "layout", "knobs", "threads", "data", "tpe", "ablation")
-SCREENED = ("layout", "knobs", "threads", "data")   # the one-at-a-time phases, in order
+PHASES = ("reference", "noise", "layout", "compute", "knobs", "threads", "data", "tpe",
+          "ablation")
+SCREENED = ("layout", "compute", "knobs", "threads", "data")   # the screening phases, in order
 REPLICATE = "replicate"           # a trial's role: the same configuration measured on purpose
 STUDY_ATTR = "tuner.structured"   # the study's plan and what screening judged
 
@@ -128,11 +135,13 @@ class StructuredSpace:
 
     def phase_dims(self) -> dict[str, list[str]]:
         layout = [n for n in self.params if n in LAYOUT]
+        compute = [n for n in self.params if n in knobs.KNOBS and knobs.KNOBS[n].compute]
         declared = [n for n in self.params if knobs.DeclaredKnob.owns(n)]
         threads = [n for n in self.params
                    if n in PER_INSTANCE.values() or n in PER_INSTANCE]
-        data = [n for n in self.params if n not in layout + declared + threads]
-        return {"layout": layout, "knobs": declared, "threads": threads, "data": data}
+        data = [n for n in self.params if n not in layout + compute + declared + threads]
+        return {"layout": layout, "compute": compute, "knobs": declared, "threads": threads,
+                "data": data}
 
     def knob_of(self, param: str) -> str:
         return next((k for k, p in self.relative.items() if p == param), param)
@@ -268,7 +277,24 @@ class Engine:
             return None
         best = max(means[s.key] for s in done)
         close = [s for s in done if means[s.key] * (1 + noise / 2) >= best]
-        return min(close, key=lambda s: (len(self.changed(s.params)), -means[s.key], s.number))
+        chosen = min(close, key=lambda s: (len(self.changed(s.params)), -means[s.key], s.number))
+        return self._without_idle_compute(chosen, done, means, noise)
+
+    def _without_idle_compute(self, chosen: Seen, done: list[Seen], means: dict[str, float],
+                              noise: float) -> Seen:
+        """``chosen`` with each compute knob reverted whose reverted configuration was measured
+        and is not slower beyond noise: a compute lever costs something of its own (XLA compiles
+        in every process, and a server must be told), so it ships only when it carries its weight
+        beyond noise, not merely within one standard error of the best."""
+        by_key = {s.key: s for s in done}
+        for dim in self.dims.get("compute", ()):
+            if chosen.params.get(dim) == self.base.get(dim):
+                continue
+            reverted = by_key.get(self.s.key({**chosen.params, dim: self.base[dim]}))
+            if reverted is not None and \
+                    means[reverted.key] * (1 + noise) >= means[chosen.key]:
+                chosen = reverted
+        return chosen
 
     # -- the next step ------------------------------------------------------------------------
 
@@ -331,11 +357,38 @@ class Engine:
         for point in itertools.chain.from_iterable(itertools.zip_longest(*queues)):
             if point is not None and self.s.key(point) not in tried:
                 return Step(phase, point)
+        if phase == "compute":
+            # compute levers can cancel each other (XLA's clusters bypass oneDNN's kernels):
+            # their combinations are measured, never assumed to add up
+            for point in self._combinations(anchors[0], seen):
+                if self.s.key(point) not in tried:
+                    return Step(phase, point)
+            return None
         for anchor in anchors:
             point = self._together(phase, anchor, seen, noise)
             if point is not None and self.s.key(point) not in tried:
                 return Step(phase, point)
         return None
+
+    def _combinations(self, anchor: dict[str, Any], seen: list[Seen]
+                      ) -> list[dict[str, Any]]:
+        """The compute phase's combinations: for every set of two or more of its dimensions,
+        each at its best value measured alone from ``anchor`` (whether or not it beat the
+        anchor: one lever may only pay off with another), the largest sets last."""
+        means = self.means(seen)
+        best: dict[str, Any] = {}
+        for dim in self.dims["compute"]:
+            alone = [(means[key], value) for value in self.screen_values("compute", dim, anchor)
+                     if (key := self.s.key({**anchor, dim: value})) in means]
+            if alone:
+                best[dim] = max(alone, key=lambda mv: mv[0])[1]
+        points = []
+        for size in range(2, len(best) + 1):
+            for dims in itertools.combinations(best, size):
+                point = {**anchor, **{d: best[d] for d in dims}}
+                if self.s.sensible(point):
+                    points.append(point)
+        return points
 
     def _singles(self, phase: str, anchor: dict[str, Any]) -> list[dict[str, Any]]:
         """``anchor`` with one dimension changed, each sensible configuration once."""

@@ -388,6 +388,9 @@ def combine_instances(results: list[dict[str, Any]], sets: list[list[int]]) -> d
                       for r, s in zip(results, sets)],
         "startup_seconds": max(r.get("startup_seconds", 0.0) for r in results),
     })
+    firsts = [r["first_steps"] for r in results if r.get("first_steps")]
+    if firsts:   # the slowest instance's first steps: the job waits for it
+        combined["first_steps"] = max(firsts, key=lambda f: f["seconds"])
     return combined
 
 

@@ -103,7 +103,8 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
             "cpu_saturation": winner["cpu_saturation"], "baseline_cpu_saturation": base_sat,
             "step_latency_ms": winner["step_latency_ms"],
             "baseline_step_latency_ms": _median_latency(base_runs),
-            "input_wait": stats.median([m["input_wait"] for m in win_runs])}, doc)
+            "input_wait": stats.median([m["input_wait"] for m in win_runs]),
+            **_first_steps(win_runs, base_runs), **_advice(v.winner.settings)}, doc)
     # the rejected candidate's measured numbers, where a tuned file has them (result.speedup,
     # speedup_ci95, p_value: docs/tuned-file.md), and again under result.rejected with why
     return Verdict("defaults", defaults, {
@@ -113,6 +114,7 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
         "cpu_saturation": base_sat, "baseline_cpu_saturation": base_sat,
         "step_latency_ms": _median_latency(base_runs),
         "input_wait": stats.median([m["input_wait"] for m in base_runs]),
+        **_first_steps(base_runs, []),   # the defaults are the baseline: said once
         "rejected": {k: winner[k] for k in ("trial", "settings", "speedup", "speedup_ci95",
                                             "p_value", "rejected_because")}}, doc)
 
@@ -344,6 +346,34 @@ def _trial_throughput(t: FrozenTrial | None) -> dict[str, Any] | None:
     tp = t.user_attrs["throughput"]
     return {"median": tp["median"], "window_range": [tp["min"], tp["max"]], "unit": "samples/s",
             "windows": tp.get("windows")}
+
+
+def _first_steps_block(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    blocks = [m["first_steps"] for m in runs if m.get("first_steps")]
+    if not blocks:
+        return None
+    return {"steps": int(stats.median([b["steps"] for b in blocks])),
+            "seconds": round(stats.median([b["seconds"] for b in blocks]), 3),
+            "extra_seconds": round(stats.median([b["extra_seconds"] for b in blocks]), 3),
+            "processes": len(blocks)}
+
+
+def _first_steps(runs: list[dict[str, Any]], base_runs: list[dict[str, Any]]
+                 ) -> dict[str, Any]:
+    """What the first steps of each process cost in validation (medians over its processes):
+    tracing, and with XLA on the compilation, which a short job or a server's first requests
+    pay. Optional fields: absent when the children did not report them."""
+    first, base = _first_steps_block(runs), _first_steps_block(base_runs)
+    return {**({"first_steps": first} if first else {}),
+            **({"baseline_first_steps": base} if base else {})}
+
+
+def _advice(flat: dict[str, Any]) -> dict[str, Any]:
+    """What the adopted settings call for that no file can carry (``result.advice``)."""
+    value = flat.get(knobs.XLA.name)
+    if not knobs.XLA.on(value):
+        return {}
+    return {"advice": [knobs.XLA.jit_advice(), knobs.XLA.cache_advice(value)]}
 
 
 def _median_latency(runs: list[dict[str, Any]]) -> dict[str, float]:

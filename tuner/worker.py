@@ -25,7 +25,7 @@ from . import host, meter, probes
 from . import settings as settings_mod
 from .files import write_json_atomic
 from .protocol import PROTOCOL, Progress, WorkloadProblem, describe
-from .workload import Workload, onednn_enabled
+from .workload import Workload, onednn_enabled, xla_state
 
 
 def preflight(task: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -66,9 +66,22 @@ def measure(task: dict[str, Any], progress: Progress) -> dict[str, Any]:
     timings: dict[str, float] = {}
     work = Workload(task, progress, timings)
     usable = int(task["usable_cpus"])
-    measured = meter.measure(work, task["measure"], usable=usable,
-                             affinity=list(task.get("affinity") or range(usable)),
-                             progress=progress, timings=timings, barrier=task.get("barrier"))
+    compiles = settings_mod.compiles(task.get("settings") or {})
+    try:
+        measured = meter.measure(work, task["measure"], usable=usable,
+                                 affinity=list(task.get("affinity") or range(usable)),
+                                 progress=progress, timings=timings, barrier=task.get("barrier"),
+                                 compiles=compiles)
+    except WorkloadProblem:
+        raise
+    except Exception as exc:
+        if not compiles:
+            raise
+        # XLA compiles the clusters on their first steps: a model it cannot compile fails
+        # there, and the trial says so (the search goes on without it)
+        raise WorkloadProblem(f"XLA could not run this model (TF_XLA_FLAGS="
+                              f"{os.environ.get('TF_XLA_FLAGS', '')!r}): {describe(exc)}") \
+            from exc
     return {
         "batch_size": work.batch_size,
         **measured,
@@ -80,6 +93,7 @@ def measure(task: dict[str, Any], progress: Progress) -> dict[str, Any]:
         },
         "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "allocator": host.allocator_in_process(),
+        "xla": xla_state(),
         "tf_data_options": work.options_in_effect,
         "knobs": work.knobs,
         "timings": timings,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -220,6 +222,25 @@ def onednn_enabled() -> bool | None:
         return bool(_pywrap_util_port.IsMklEnabled())
     except Exception:  # a private module: vendor builds may lack it, and that is not an error
         return None
+
+
+def xla_state() -> dict[str, Any]:
+    """XLA in this process: ``TF_XLA_FLAGS`` as TensorFlow reads it (once, on first use),
+    whether it turns auto-clustering on for CPU (a level of 1 or 2 and
+    ``--tf_xla_cpu_global_jit``: without it nothing is clustered on CPU), and whether this
+    build registers XLA's JIT ops (None: unknown)."""
+    flags = os.environ.get("TF_XLA_FLAGS")
+    level = re.search(r"--tf_xla_auto_jit=(-?\d+)", flags or "")
+    try:
+        from tensorflow.python.framework import op_def_registry
+
+        available: bool | None = op_def_registry.get("_XlaCompile") is not None
+    except Exception:  # a private module: vendor builds may lack it, and that is not an error
+        available = None
+    return {"flags": flags, "auto_jit": int(level.group(1)) if level else None,
+            "active": bool(level and level.group(1) in ("1", "2")
+                           and "--tf_xla_cpu_global_jit" in (flags or "")),
+            "available": available}
 
 
 # Every workload a worker builds stays referenced until os._exit: dropping the last reference to a
