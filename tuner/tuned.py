@@ -14,6 +14,12 @@ Format history (``format_version``):
      validation.detectable_speedup (when the defaults are kept: the smallest win the rounds
      would have confirmed with 80% power) and validation.sequential (the looks of the
      sequential final rounds).
+  2: the accuracy guard: result.accuracy {metric, tolerance (null: the float-noise limit),
+     deviation (the adopted configuration's, worst over its validation processes), limit,
+     samples, measured, processes}, search.accuracy_infeasible (trials ruled out, with their
+     deviation), and settings.precision / env.ONEDNN_DEFAULT_FPMATH_MODE (reduced precision,
+     which a reader refuses without a measured deviation within the tolerance). Version 1 files
+     read as before (they hold no reduced precision).
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ from .errors import ConfigError, StudyError, StudyMismatchError
 from .files import write_text_atomic
 from .urls import mask_url
 
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
 # The prefix of the attributes that hold tuner's bookkeeping in Optuna storage: a study's config,
 # machine and last result, a trial's host and process. A trial's measurements (throughput,
@@ -48,7 +54,8 @@ HEADER = """\
 # Tuned TensorFlow CPU configuration, written by tuner {tuner_version}.
 # Use it in a job:   cfg = tuner.apply("{path}")   (first thing, before TensorFlow runs an op)
 # or wrap a command: python -m tuner run --tuned {path} -- python train.py
-# format_version history: 1 = first version (settings, machine, result, validation, study).
+# format_version history: 1 = first version (settings, machine, result, validation, study);
+# 2 = result.accuracy (the accuracy guard's measured deviation), reduced-precision settings.
 """
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from . import coord, knobs, measuring, stats, tuned
+from . import coord, guard, knobs, measuring, stats, tuned
 from . import host as host_mod
 from . import settings as settings_mod
 from .config import Config
@@ -36,7 +36,7 @@ class Verdict:
     validation: dict[str, Any]
 
 
-def unvalidated(searched: Searched) -> Verdict:
+def unvalidated(searched: Searched, config: Config | None = None) -> Verdict:
     """The best trial against the baseline trial: single-process measurements."""
     best, base = searched.best, searched.baseline
     return Verdict("unvalidated", best.user_attrs["settings"], {
@@ -47,7 +47,13 @@ def unvalidated(searched: Searched) -> Verdict:
         "cpu_saturation": best.user_attrs.get("cpu_saturation"),
         "note": "search interrupted before validation: these are single-process "
                 "measurements; run the same command again to resume and validate",
+        **_accuracy_of(config, [best.user_attrs]),
     }, {"done": False})
+
+
+def _accuracy_of(config: Config | None, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    block = accuracy_block(config, runs) if config is not None else None
+    return {"accuracy": block} if block is not None else {}
 
 
 def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
@@ -73,7 +79,8 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
             "throughput": baseline_block, "baseline_throughput": baseline_block,
             "speedup": 1.0, "speedup_ci95": [1.0, 1.0], "p_value": 1.0, "significant": False,
             "cpu_saturation": base_sat, "baseline_cpu_saturation": base_sat,
-            "step_latency_ms": _median_latency(base_runs), "note": why}, doc)
+            "step_latency_ms": _median_latency(base_runs), "note": why,
+            **_accuracy_of(config, base_runs)}, doc)
     # the level of the look the rounds stopped at: the looks together spend cfg.alpha
     level = v.level if v.level is not None else cfg.alpha
     comparison = stats.speedup_test(scores(win_runs), scores(base_runs), alpha=level,
@@ -110,7 +117,8 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
             "cpu_saturation": winner["cpu_saturation"], "baseline_cpu_saturation": base_sat,
             "step_latency_ms": winner["step_latency_ms"],
             "baseline_step_latency_ms": _median_latency(base_runs),
-            "input_wait": stats.median([m["input_wait"] for m in win_runs])}, doc)
+            "input_wait": stats.median([m["input_wait"] for m in win_runs]),
+            **_accuracy_of(config, win_runs)}, doc)
     return Verdict("defaults", defaults, {
         "throughput": baseline_block, "baseline_throughput": baseline_block,
         "speedup": 1.0, "speedup_ci95": [1.0, 1.0], "p_value": 1.0, "significant": False,
@@ -118,7 +126,48 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
         "step_latency_ms": _median_latency(base_runs),
         "input_wait": stats.median([m["input_wait"] for m in base_runs]),
         "rejected": {k: winner[k] for k in ("trial", "settings", "speedup", "speedup_ci95",
-                                            "p_value", "rejected_because")}}, doc)
+                                            "p_value", "rejected_because")},
+        **_accuracy_of(config, base_runs)}, doc)
+
+
+def accuracy_block(config: Config, runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``result.accuracy``: the guard's metric, tolerance (None: the float-noise limit), limit,
+    samples, and the adopted configuration's deviation: its worst over ``runs`` (each
+    measurement's summary); None when the guard measured nothing (a data-only workload)."""
+    measured = [m["accuracy"] for m in runs if isinstance(m.get("accuracy"), dict)
+                and not m["accuracy"].get("error")]
+    if not measured:
+        return None
+    acc = config.accuracy
+    metric, bound = guard.limit(acc.metric, acc.tolerance)
+
+    def worst(key: str, floor: bool = False) -> float | None:
+        values = [d.get(key) for d in measured]
+        if any(v is None for v in values):
+            return None
+        return min(values) if floor else max(values)
+
+    every = {"rel_l2": worst("rel_l2"), "max_abs": worst("max_abs"),
+             "top1": worst("top1", floor=True)}
+    if every[metric] is None and metric == "top1":   # not a batch of scores: judged on rel_l2
+        metric, bound = "rel_l2", guard.limit("rel_l2", acc.tolerance)[1]
+    return {"metric": metric, "tolerance": acc.tolerance, "deviation": every[metric],
+            "limit": bound, "samples": measured[0].get("samples"),
+            "measured": every, "processes": len(measured)}
+
+
+def infeasible(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
+    """The trials the accuracy guard ruled out (beyond its limit), with their deviation."""
+    rows = []
+    for t in trials:
+        if t.state == TrialState.COMPLETE and (t.user_attrs.get("accuracy_excess") or 0) > 0 \
+                and "duplicate_of" not in t.user_attrs:
+            deviation = t.user_attrs.get("accuracy") or {}
+            rows.append({"trial": t.number,
+                         "settings": settings_mod.short(t.user_attrs.get("settings") or {}),
+                         "deviation": {k: deviation.get(k) for k in guard.METRICS},
+                         "throughput": (t.user_attrs.get("throughput") or {}).get("median")})
+    return rows
 
 
 def _validation_block(v: Validation, config: Config, machine: host_mod.Machine
@@ -210,6 +259,9 @@ def document(config: Config, pre: Preflight, searched: Searched, verdict: Verdic
             "space": pre.space.describe(),
             **({"batch_sizes": batch_sizes(searched.trials)}
                if knobs.BATCH_SIZE.name in pre.space.searched else {}),
+            # trials the accuracy guard ruled out: never candidates, however fast
+            **({"accuracy_infeasible": rows} if (rows := infeasible(searched.trials))
+               else {}),
             "sampler": searched.sampler,
             # this run's wall time per phase (a resumed study's earlier runs not included)
             "seconds": seconds,
