@@ -83,7 +83,7 @@ def test_an_infeasible_trial_is_never_adopted_however_fast(fake_worker, write_co
 
 
 def test_with_a_tolerance_bf16_is_searched_adopted_and_its_deviation_recorded(
-        fake_worker, write_config, monkeypatch, cpu):
+        fake_worker, write_config, monkeypatch, cpu, capsys):
     cpu(AMX)
     monkeypatch.setenv("FAKE_BF16_GAIN", "1.5")
     monkeypatch.setenv("FAKE_DEVIATION", json.dumps({f"{FPMATH}=BF16": 0.002}))
@@ -101,10 +101,18 @@ def test_with_a_tolerance_bf16_is_searched_adopted_and_its_deviation_recorded(
     tunedfile.check_cpu(read.doc, "t.yaml", AMX)
     with pytest.raises(ConfigError, match="avx512_bf16 or amx_bf16"):
         tunedfile.check_cpu(read.doc, "t.yaml", ["avx2"])
+    # show, compare and report say it
+    shown = "rel_l2 0.002 (tolerance 0.05, 16 samples)"
+    code, out, _ = run_cli(capsys, "show", outcome.tuned_path)
+    assert code == 0 and "accuracy" in out and shown in out
+    code, out, _ = run_cli(capsys, "compare", outcome.tuned_path, outcome.tuned_path)
+    assert code == 0 and "accuracy (deviation)" in out and shown in out
+    code, out, _ = run_cli(capsys, "report", "--storage", "sqlite:///results/study.db")
+    assert code == 0 and f"accuracy: {shown}" in out
 
 
 def test_beyond_the_tolerance_bf16_is_listed_and_the_defaults_kept(
-        fake_worker, write_config, monkeypatch, cpu):
+        fake_worker, write_config, monkeypatch, cpu, capsys):
     cpu(AMX)
     monkeypatch.setenv("FAKE_BF16_GAIN", "1.5")
     monkeypatch.setenv("FAKE_DEVIATION", json.dumps({f"{FPMATH}=BF16": 0.002}))
@@ -113,6 +121,8 @@ def test_beyond_the_tolerance_bf16_is_listed_and_the_defaults_kept(
     assert "ONEDNN_DEFAULT_FPMATH_MODE" not in (doc["settings"].get("env") or {})
     (row,) = doc["search"]["accuracy_infeasible"]
     assert "fpmath=BF16" in row["settings"] and row["deviation"]["rel_l2"] == 0.002
+    code, out, _ = run_cli(capsys, "report", "--storage", "sqlite:///results/study.db")
+    assert code == 0 and f"never adopted): #{row['trial']} (rel_l2 0.002)" in out
     assert doc["result"]["accuracy"]["deviation"] == 0.0
 
 
@@ -258,7 +268,8 @@ def test_the_metrics_and_the_limits():
     out = [np.array([[1.0, 2.0, 3.1], [2.0, 3.5, 0.0]])]
     found = guard.deviation(out, ref)
     assert found["max_abs"] == pytest.approx(2.5)
-    assert found["rel_l2"] == pytest.approx(np.linalg.norm(out[0] - ref[0]) / np.linalg.norm(ref[0]))
+    norm = np.linalg.norm
+    assert found["rel_l2"] == pytest.approx(norm(out[0] - ref[0]) / norm(ref[0]))
     assert found["top1"] == 0.5          # the second sample's top class changed
     assert guard.deviation([np.ones((2, 1))], [np.ones((2, 1))])["top1"] is None
     assert guard.deviation([np.array([np.nan])], [np.ones(1)])["nonfinite"]

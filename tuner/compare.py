@@ -23,7 +23,7 @@ from . import render, stats, tuned
 from .errors import ConfigError, StudyMismatchError
 from .host import FINGERPRINT_KEYS, fingerprint_differences
 from .render import Table
-from .results import THREAD_COUNTS, WORKLOAD_KEYS, Result
+from .results import THREAD_COUNTS, WORKLOAD_KEYS, Result, accuracy_text
 
 DEFAULT_ALPHA = 0.05
 # Identical configurations measured minutes apart drifted by up to ~4% (README, Performance):
@@ -258,6 +258,8 @@ def show_table(r: Result) -> Table:
     t.add("throughput", _tp(r.throughput) + " samples/s")
     t.add("baseline", (_tp(r.baseline) + " samples/s") if r.baseline else "-")
     t.add("speedup", _speedup(r))
+    if r.accuracy:
+        t.add("accuracy", accuracy_text(r.accuracy))
     if r.rejected:
         rj = r.rejected
         t.add("best candidate", f"trial {rj.get('trial')}: {rj.get('speedup', 0):.3f}x "
@@ -321,6 +323,8 @@ def compare_table(c: Comparison) -> Table:
     t.add("baseline (samples/s)", *(_tp(r.baseline) for r in c.results))
     t.add("speedup vs own baseline", *(_speedup(r) for r in c.results))
     t.add("cpu saturation", *(render.num(r.cpu_saturation, 2) for r in c.results))
+    if any(r.accuracy for r in c.results):
+        t.add("accuracy (deviation)", *(accuracy_text(r.accuracy) for r in c.results))
     for key in (*FINGERPRINT_KEYS, "hostname"):
         t.add(key, *(render.value(r.machine.get(key)) for r in c.results),
               mark=key in c.differing["machine"])

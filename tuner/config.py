@@ -18,7 +18,7 @@ import yaml
 
 from . import budget as budget_mod
 from .errors import ConfigError
-from .knobs import AUTOTUNE, BATCH_SIZE, SECTIONS, check_overrides
+from .knobs import AUTOTUNE, BATCH_SIZE, PRECISION_POLICY, SECTIONS, check_overrides
 
 MODES = ("predict", "train", "data")
 SAMPLERS = ("auto", "grid", "tpe", "random", "structured")
@@ -475,6 +475,11 @@ def parse(data: Any, path: Path) -> Config:
                           f"for a model file whose inputs tuner generates (workload.model: a "
                           f".keras or .h5 file, or saved_model: a directory, without data:); "
                           f"a dataset's batches fix their own size")
+    policy = space.get(PRECISION_POLICY)
+    if policy not in (None, [None]) and workload.model_format is not None:
+        raise ConfigError(f"{_where(path, 'space.precision.keras_policy')}: Keras's dtype policy "
+                          f"applies to a model a builder makes (workload.model: file.py:function)"
+                          f"; a saved model keeps the dtypes it was saved with")
     knobs = _knobs(data.get("knobs"), path)
     if knobs and workload.generated:
         raise ConfigError(f"{_where(path, 'knobs')}: declared knobs are arguments of your "

@@ -49,11 +49,15 @@ class Result:
     expert: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     budget: dict[str, Any] | None = None   # search.budget: how a --budget was spent
+    # result.accuracy: the accuracy guard's deviation of these settings (format_version 2)
+    accuracy: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         doc = asdict(self)
         if doc["budget"] is None:   # only a run with --budget has one
             del doc["budget"]
+        if doc["accuracy"] is None:   # only files of format_version 2 have one
+            del doc["accuracy"]
         return tuned.rounded(doc)
 
 
@@ -113,7 +117,42 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
         # an unquoted timestamp in a hand-edited file reads as a datetime
         created=created.isoformat() if isinstance(created, (date, datetime)) else created,
         rejected=rejected or None, expert=expert, notes=settings_mod.notes(doc["settings"]),
-        budget={k: budget.get(k) for k in BUDGET_KEYS} if budget else None)
+        budget={k: budget.get(k) for k in BUDGET_KEYS} if budget else None,
+        accuracy=_accuracy(result.get("accuracy"), where))
+
+
+ACCURACY_KEYS = ("metric", "tolerance", "deviation", "limit", "samples")
+
+
+def _accuracy(block: Any, where: str) -> dict[str, Any] | None:
+    """result.accuracy, checked for display: numbers (or null) and a known metric."""
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise bad_field(where, "result.accuracy", block, "a mapping")
+    if block.get("metric") not in ("rel_l2", "max_abs", "top1"):
+        raise bad_field(where, "result.accuracy.metric", block.get("metric"),
+                        "rel_l2, max_abs or top1")
+    for key in ACCURACY_KEYS[1:]:
+        value = block.get(key)
+        if value is not None and not is_number(value):
+            raise bad_field(where, f"result.accuracy.{key}", value, "a finite number or null")
+    return {k: block.get(k) for k in ACCURACY_KEYS}
+
+
+def accuracy_text(block: dict[str, Any] | None) -> str:
+    """The accuracy guard's result in one line: ``rel_l2 0.0017 (tolerance 0.05, 16 samples)``
+    or, without a tolerance, against the float-noise limit."""
+    if not block:
+        return "-"
+    deviation = block.get("deviation")
+    shown = f"{deviation:.3g}" if isinstance(deviation, (int, float)) else "not measured"
+    limit = block.get("limit")
+    bound = f"{limit:g}" if isinstance(limit, (int, float)) else "?"
+    within = (f"tolerance {block['tolerance']:g}" if block.get("tolerance") is not None
+              else f"float-noise limit {bound}")
+    samples = f", {block['samples']} samples" if block.get("samples") else ""
+    return f"{block.get('metric')} {shown} ({within}{samples})"
 
 
 # -- checking a result document ------------------------------------------------------------------
