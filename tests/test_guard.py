@@ -289,3 +289,19 @@ def test_a_second_default_run_whose_outputs_differ_is_refused(tmp_path):
     assert guard.differs(str(tmp_path / "b.npz"), str(tmp_path / "a.npz")) is None
     why = guard.differs(str(tmp_path / "c.npz"), str(tmp_path / "a.npz"))
     assert why and "differ between two runs" in why and "rel_l2 0.01" in why
+
+
+def test_apply_and_the_launcher_refuse_reduced_precision_on_a_cpu_without_it(tmp_path, cpu):
+    from tuner import launch, production
+
+    cpu(["avx2", "avx512f"])
+    ok = {"metric": "rel_l2", "tolerance": 0.05, "deviation": 0.003}
+    path = _tuned(tmp_path, env={"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"}, accuracy=ok)
+    needle = ("env.ONEDNN_DEFAULT_FPMATH_MODE=BF16 needs a CPU with avx512_bf16 or amx_bf16; "
+              "this CPU has avx2, avx512f")
+    with pytest.raises(ConfigError, match=needle):
+        production.apply(path)
+    with pytest.raises(ConfigError, match=needle):
+        launch.run(str(path), ["true"])
+    # the export is for another machine: it carries the variable, with its accuracy evidence
+    assert "ONEDNN_DEFAULT_FPMATH_MODE=BF16" in launch.export(str(path), "shell")
