@@ -305,3 +305,19 @@ def test_apply_and_the_launcher_refuse_reduced_precision_on_a_cpu_without_it(tmp
         launch.run(str(path), ["true"])
     # the export is for another machine: it carries the variable, with its accuracy evidence
     assert "ONEDNN_DEFAULT_FPMATH_MODE=BF16" in launch.export(str(path), "shell")
+
+
+def test_run_export_and_tf_serving_say_the_in_process_precision_is_not_carried(tmp_path):
+    from tuner import launch
+
+    ok = {"metric": "rel_l2", "tolerance": 0.05, "deviation": 0.005}
+    path = str(_tuned(tmp_path, precision={"auto_mixed_precision_onednn_bfloat16": True},
+                      accuracy=ok))
+    shell = launch.export(path, "shell")
+    assert ("not carried: reduced precision set inside the process "
+            "(precision.auto_mixed_precision_onednn_bfloat16=true): call cfg = tuner.apply()"
+            in shell)
+    serving = launch.export(path, "tf-serving")
+    assert ("not carried: precision.auto_mixed_precision_onednn_bfloat16 act inside a Python "
+            "process" in serving)
+    assert serving.count("not carried") == 1

@@ -95,17 +95,24 @@ def _numpy_leaves(tf: Any, structure: Any) -> list[Any]:
 
 def collect(tf: Any, batches: Any, samples: int) -> tuple[list[Any], int] | None:
     """The first ``samples`` samples of ``batches`` (an iterator of model inputs) as NumPy
-    leaves, and how many there were; None when an input has no batch dimension."""
+    leaves, and how many there were (fewer when the data has fewer); None when an input has no
+    batch dimension or there is no data."""
     import numpy as np
 
     parts: list[list[Any]] = []
     have = 0
     while have < samples:
-        leaves = _numpy_leaves(tf, next(batches))
+        try:
+            element = next(batches)
+        except StopIteration:   # a dataset shorter than the samples: what it has
+            break
+        leaves = _numpy_leaves(tf, element)
         if any(leaf.ndim == 0 for leaf in leaves):
             return None
         parts.append(leaves)
         have += int(leaves[0].shape[0])
+    if not parts:
+        return None
     joined = [np.concatenate([p[i] for p in parts])[:samples] for i in range(len(parts[0]))]
     return joined, min(have, samples)
 
