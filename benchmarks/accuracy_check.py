@@ -12,6 +12,12 @@ rewrite and the Keras policy take effect as in production). Each computes the mo
 batch 16 and saves them; this process compares them (relative L2 error, max abs error, top-1
 agreement) and checks the file's recorded deviation and tolerance. Exit 0 when the re-checked
 deviation is within the file's tolerance (or, without one, within float noise 1e-4 rel_l2).
+
+    python benchmarks/accuracy_check.py --config configs/quickstart.yaml \
+        --env ONEDNN_DEFAULT_FPMATH_MODE=BF16
+
+checks one raw setting instead (no tuned file, no tuner.apply(): the second process only gets
+the variable), to cross-check the deviation the guard reported for it.
 """
 
 from __future__ import annotations
@@ -84,11 +90,21 @@ def run(spec: dict, env: dict) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tuned")
+    parser.add_argument("tuned", nargs="?")
+    parser.add_argument("--config", help="with --env: the workload config (no tuned file)")
+    parser.add_argument("--env", action="append", default=[], metavar="VAR=VALUE",
+                        help="with --config: the setting the second process gets")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args()
-    doc = yaml.safe_load(Path(args.tuned).read_text())
+    if args.tuned:
+        doc = yaml.safe_load(Path(args.tuned).read_text())
+    elif args.config and args.env:
+        workload = yaml.safe_load(Path(args.config).read_text())["workload"]
+        doc = {"workload": {**workload, "config": str(Path(args.config).resolve())},
+               "settings": {"env": dict(e.split("=", 1) for e in args.env)}, "result": {}}
+    else:
+        parser.error("give a tuned file, or --config with --env VAR=VALUE")
     wl = doc["workload"]
     if wl["mode"] != "predict":
         sys.exit("accuracy_check: predict workloads only")
@@ -97,8 +113,12 @@ def main() -> int:
               "data": wl["data"], "samples": args.samples, "seed": SEED}
     plain_env = {k: v for k, v in os.environ.items() if k not in OWNED}
     seen_defaults = run({**common, "out": str(work / "defaults.npz")}, plain_env)
-    seen_tuned = run({**common, "out": str(work / "tuned.npz"),
-                      "apply": str(Path(args.tuned).resolve())}, plain_env)
+    if args.tuned:
+        seen_tuned = run({**common, "out": str(work / "tuned.npz"),
+                          "apply": str(Path(args.tuned).resolve())}, plain_env)
+    else:
+        seen_tuned = run({**common, "out": str(work / "tuned.npz")},
+                         {**plain_env, **doc["settings"]["env"]})
     a, b = np.load(work / "defaults.npz"), np.load(work / "tuned.npz")
     assert np.array_equal(a["inputs"], b["inputs"]), "the two processes saw different inputs"
     ref, out = a["outputs"], b["outputs"]
@@ -108,6 +128,8 @@ def main() -> int:
                "top1": float(np.mean(out.argmax(1) == ref.argmax(1)))
                if out.ndim == 2 and out.shape[1] > 1 else None}
     recorded = (doc.get("result") or {}).get("accuracy") or {}
+    if not args.tuned:      # a raw setting: its deviation, judged at the usual 0.05 tolerance
+        recorded = {"metric": "rel_l2", "tolerance": 0.05}
     metric = recorded.get("metric", "rel_l2")
     tolerance = recorded.get("tolerance")
     if tolerance is None:
