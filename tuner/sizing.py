@@ -411,6 +411,8 @@ def _row(count: int, decided: verdict.Verdict, validation: Any, machine: host_mo
         "vs_defaults": {key: (result if decided.verdict == "tuned" else rejected).get(key)
                         for key in ("speedup", "speedup_ci95", "p_value")},
         "rounds": len(runs),
+        # the accuracy guard's block of the row's settings (reduced precision needs it)
+        **({"accuracy": result["accuracy"]} if result.get("accuracy") else {}),
         "study": study_name,
         **({CARRIED_FROM: carried[0]} if carried else {}),
     }
