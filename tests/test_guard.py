@@ -321,3 +321,29 @@ def test_run_export_and_tf_serving_say_the_in_process_precision_is_not_carried(t
     assert ("not carried: precision.auto_mixed_precision_onednn_bfloat16 act inside a Python "
             "process" in serving)
     assert serving.count("not carried") == 1
+
+
+def test_an_interrupted_search_writes_the_best_feasible_trial_not_the_fastest(tmp_path):
+    from tuner import verdict
+    from tuner.searched import Searched
+
+    def trial(number, value, rel, role=None):
+        settings = {**knobs.default_settings(), FPMATH: "BF16" if rel else None}
+        return optuna.trial.create_trial(
+            value=value, params={}, distributions={},
+            user_attrs={"settings": settings, "throughput": {"median": value, "min": value,
+                                                            "max": value},
+                        "accuracy": {"rel_l2": rel, "max_abs": rel, "top1": 1.0,
+                                     "samples": 16},
+                        **({"role": role} if role else {})})
+
+    trials_ = [trial(0, 100.0, 0.0, "baseline"), trial(1, 200.0, 0.01), trial(2, 120.0, 0.0)]
+    for number, t in enumerate(trials_):
+        t.number = number
+    (tmp_path / "wl.py").write_text("def build_model():\n    pass\n\ndef build_data():\n    pass\n")
+    cfg = config.parse(yaml.safe_load(
+        "workload: {model: wl.py:build_model, data: wl.py:build_data, mode: predict}\n"
+        "accuracy: {tolerance: 0.001}\n"), tmp_path / "a.yaml")
+    decided = verdict.unvalidated(Searched(trials_, 0, "tpe"), cfg)
+    assert decided.settings[FPMATH] is None and decided.result["throughput"]["median"] == 120.0
+    assert decided.result["accuracy"]["deviation"] == 0.0

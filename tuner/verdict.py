@@ -37,8 +37,13 @@ class Verdict:
 
 
 def unvalidated(searched: Searched, config: Config | None = None) -> Verdict:
-    """The best trial against the baseline trial: single-process measurements."""
+    """The best trial against the baseline trial: single-process measurements. With
+    ``config``, the best feasible one (within the latency budget and the accuracy limit)."""
     best, base = searched.best, searched.baseline
+    if config is not None:
+        feasible = [t for t in searched.trials if t.state == TrialState.COMPLETE
+                    and measuring.feasible(t.user_attrs, config.objective, config.accuracy)]
+        best = max(feasible, key=lambda t: t.value, default=best)
     return Verdict("unvalidated", best.user_attrs["settings"], {
         "throughput": _trial_throughput(best),
         "baseline_throughput": _trial_throughput(base) if base else None,
