@@ -43,6 +43,13 @@ them all and ``FAKE_PIPELINE=Range,Map,Batch`` the pipeline's transformations. D
 ``FAKE_KNOB_DEFAULTS`` (JSON), else its first candidate. A trial's ``knobs.map_parallelism``
 multiplies throughput (1: 1x, 2: 1.6x, 4: 1.5x, autotune: 1.7x; the baseline 1), and every
 measurement reports the knob values and tf.data options it received.
+
+The accuracy guard: a preflight whose task has ``guard`` writes a small valid reference ``.npz``
+(the standard library writes it: this child has no NumPy) and reports its samples; a measurement
+reports ``accuracy`` whose rel_l2 is the sum of ``FAKE_DEVIATION`` (JSON, ``"knob=value"`` ->
+rel_l2) over the settings it matches (0.0 for none), max_abs 10x that, top1 1.0 below 0.01 and
+0.75 above. A setting ``env.ONEDNN_DEFAULT_FPMATH_MODE`` multiplies throughput by
+``FAKE_BF16_GAIN`` (default 1.0).
 """
 
 from __future__ import annotations
@@ -148,6 +155,44 @@ def misbehave(kind: str, settings: dict) -> str | None:
     if value and kind == "measure" and settings.get("intra_op_parallelism_threads") == int(value):
         return action
     return None
+
+
+def write_npz(path: str, arrays: dict) -> None:
+    """``np.savez`` of float64 arrays (name -> (shape, flat values)), by the standard library."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, (shape, values) in arrays.items():
+            dims = "(" + "".join(f"{d}," for d in shape) + ")" if len(shape) != 1 \
+                else f"({shape[0]},)"
+            header = "{'descr': '<f8', 'fortran_order': False, 'shape': " + dims + ", }"
+            pad = 64 - (10 + len(header) + 1) % 64
+            header = header + " " * pad + "\n"
+            body = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + \
+                struct.pack(f"<{len(values)}d", *values)
+            archive.writestr(name + ".npy", body)
+
+
+def fake_reference(task: dict) -> dict:
+    samples = int(task["guard"]["samples"])
+    write_npz(task["guard"]["reference"], {
+        "batch": ((), [8.0]),
+        "input_0": ((samples, 4), [float(i % 7) for i in range(samples * 4)]),
+        "output_0": ((samples, 10), [float(i % 10) for i in range(samples * 10)]),
+    })
+    return {"samples": samples, "batch": 8, "outputs": [[samples, 10]]}
+
+
+def fake_accuracy(settings: dict) -> dict:
+    table = json.loads(os.environ.get("FAKE_DEVIATION", "{}"))
+    rel = 0.0
+    for key, value in table.items():
+        name, _, wanted = key.partition("=")
+        if name in settings and str(settings[name]) == wanted:
+            rel += float(value)
+    return {"rel_l2": rel, "max_abs": rel * 10, "top1": 1.0 if rel < 0.01 else 0.75,
+            "samples": 16, "batch": 8}
 
 
 def fake_diagnosis(task: dict) -> dict:
@@ -262,6 +307,7 @@ def main() -> None:
                    "knobs": knob_info(task.get("knobs") or {}),
                    "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
                                "first_step": 0.01, "second_step": 0.001},
+                   **({"guard": fake_reference(task)} if task.get("guard") else {}),
                    "child_started": started}
     elif task["kind"] == "diagnose":
         payload = {"protocol": PROTOCOL, "ok": True, "child_started": started,
@@ -281,6 +327,8 @@ def main() -> None:
         if task.get("cpus") and os.environ.get("FAKE_NO_PIN") != "1":
             os.sched_setaffinity(0, task["cpus"])
         mean = throughput(settings) * scaling(len(task.get("cpus") or task["affinity"]))
+        if settings.get("env.ONEDNN_DEFAULT_FPMATH_MODE"):
+            mean *= float(os.environ.get("FAKE_BF16_GAIN", "1.0"))
         # a model file's batch size searched: bigger batches gain throughput, and each one
         # takes longer (the workload's own batch, or 32, is 1x)
         batch = settings.get("batch_size") or task["workload"].get("batch_size") or 32
@@ -316,6 +364,7 @@ def main() -> None:
                                        if name in settings},
                    "timings": {"import": 0.0, "build_model": 0.0, "build_data": 0.0,
                                "warmup": 0.0, "measure": 0.05},
+                   **({"accuracy": fake_accuracy(settings)} if task.get("guard") else {}),
                    "child_started": started}
     log = os.environ.get("FAKE_LOG")
     if log:  # start and end of this measurement, for the host-lock test

@@ -37,7 +37,7 @@ WORKLOADS = HERE / "workloads"
 TEST_ENV = ("FAKE_BEHAVIOUR", "FAKE_SHAPE", "FAKE_NOISE", "FAKE_WINDOW_SLEEP", "FAKE_TF_VERSION",
             "FAKE_TF_DATA", "FAKE_PIPELINE", "FAKE_KNOB_DEFAULTS", "FAKE_INSTANCE_GAIN",
             "FAKE_OPENMP", "FAKE_LOG", "FAKE_SCALING", "FAKE_KNEE", "FAKE_NO_PIN", "FAKE_DIAG",
-            "FAKE_THROTTLE", "FAKE_FACTS", "KNOB_RECORD",
+            "FAKE_THROTTLE", "FAKE_FACTS", "KNOB_RECORD", "FAKE_DEVIATION", "FAKE_BF16_GAIN",
             "TUNER_WORKER", "TUNER_HOST_ID", "TUNER_STORAGE")
 
 
@@ -236,12 +236,15 @@ def evidence(**result: Any) -> dict[str, Any]:
 # -- machines --------------------------------------------------------------------------------------
 
 def fake_machine(root: Path, *, cpus: int, threads_per_core: int = 1, sockets: int = 1,
-                 cgroup: str = "0::/\n", files: dict[str, str] | None = None) -> Path:
+                 cgroup: str = "0::/\n", files: dict[str, str] | None = None,
+                 flags: str = "") -> Path:
     """A /proc and /sys tree under ``root`` for a machine with ``cpus`` logical CPUs; pass it
-    as ``host.detect(root, ...)``'s root. ``files`` adds files (cgroup limits, libraries)."""
+    as ``host.detect(root, ...)``'s root. ``files`` adds files (cgroup limits, libraries);
+    ``flags`` the CPU's instruction flags in /proc/cpuinfo ("avx512_bf16 amx_bf16")."""
     (root / "proc/self").mkdir(parents=True)
     (root / "proc/self/cgroup").write_text(cgroup)
-    (root / "proc/cpuinfo").write_text("".join(f"processor\t: {i}\nmodel name\t: Fake CPU 9000\n\n"
+    (root / "proc/cpuinfo").write_text("".join(f"processor\t: {i}\nmodel name\t: Fake CPU 9000\n"
+                                               f"flags\t\t: fpu sse2 {flags}\n\n"
                                                for i in range(cpus)))
     (root / "sys/devices/system/cpu").mkdir(parents=True)
     (root / "sys/devices/system/cpu/online").write_text(f"0-{cpus - 1}\n")
@@ -270,12 +273,14 @@ def sixteen_cpus(root: Path) -> Machine:
     return host.detect(root, affinity=list(range(16)))
 
 
-def plain_machine(cpus: int = 2) -> Machine:
-    """A machine as a value, no files behind it: ``cpus`` CPUs, TensorFlow 2.21.0 with oneDNN."""
+def plain_machine(cpus: int = 2, cpu_flags: tuple[str, ...] = ()) -> Machine:
+    """A machine as a value, no files behind it: ``cpus`` CPUs, TensorFlow 2.21.0 with oneDNN;
+    ``cpu_flags`` the CPU's compute instructions (host.COMPUTE_FLAGS)."""
     return Machine(visible_cpus=cpus, affinity=tuple(range(cpus)), cpu_quota=None,
                    usable_cpus=cpus, physical_cores=cpus, sockets=1, numa_nodes=1,
                    cpu_model="test", arch="x86_64", hostname="h", python="3", memory_bytes=None,
-                   tf_version="2.21.0", onednn_default=True)
+                   tf_version="2.21.0", onednn_default=True,
+                   extra={"cpu_flags": list(cpu_flags)} if cpu_flags else {})
 
 
 # -- a real PostgreSQL server on loopback, for the tests of workers sharing one study ----------

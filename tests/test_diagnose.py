@@ -354,7 +354,8 @@ def test_real_pipeline_inspection_names_sequential_python_and_parallel_steps():
 
 @pytest.mark.parametrize("flags,mode,levers", [
     ("fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8", "predict",
-     ["env.TF_ENABLE_ONEDNN_OPTS", "env.TF_XLA_FLAGS"]),
+     ["env.TF_ENABLE_ONEDNN_OPTS", "env.TF_XLA_FLAGS", "env.ONEDNN_DEFAULT_FPMATH_MODE",
+      "precision.auto_mixed_precision_onednn_bfloat16", "precision.keras_policy"]),
     ("fpu sse avx2", "train", ["env.TF_ENABLE_ONEDNN_OPTS", "env.TF_XLA_FLAGS"]),
     ("fpu sse avx2", "data", []),   # nothing is computed in data mode but the pipeline
 ])
@@ -372,7 +373,9 @@ def test_the_compute_section_names_the_instructions_xla_onednn_and_the_levers(
     # TF_ENABLE_ONEDNN_OPTS applies in every mode, XLA only where a model computes
     assert [lv["knob"] for lv in report["compute_levers"]] == (
         levers or ["env.TF_ENABLE_ONEDNN_OPTS"])
-    assert not any(lv["needs_tolerance"] for lv in report["compute_levers"])
+    # the reduced-precision ones (only on a CPU with bf16) need the user's tolerance
+    assert [lv["knob"] for lv in report["compute_levers"] if lv["needs_tolerance"]] == [
+        k for k in levers if k.startswith(("precision.", "env.ONEDNN_DEFAULT"))]
     text = diagnose.format_text(report)
     assert f"CPU instructions: {' '.join(have)}" in text
     assert "in the child: oneDNN on, XLA off (TF_XLA_FLAGS unset)" in text

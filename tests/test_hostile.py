@@ -1866,20 +1866,18 @@ def test_a_sequential_validation_is_held_to_its_last_looks_level(workdir):
     _refused_everywhere(workdir, _write_tuned(workdir, doc), "not below the level 0.0226")
 
 
-def test_settings_that_change_the_numbers_need_their_measured_deviation(workdir, monkeypatch):
-    from tuner import knobs
-
-    knob = knobs.KNOBS["env.TF_ENABLE_ONEDNN_OPTS"]
-    monkeypatch.setattr(knob, "changes_numbers", True)
-    doc = _tuned_doc()   # TF_ENABLE_ONEDNN_OPTS: "0", not the default
+def test_settings_that_change_the_numbers_need_their_measured_deviation(workdir):
+    doc = _tuned_doc(env={"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"})
+    doc["format_version"] = 2
     path = _write_tuned(workdir, doc)
-    _refused_everywhere(workdir, path, "records no measured deviation")
-    doc["result"]["accuracy"] = {"metric": "max_abs_diff", "tolerance": 1e-3,
-                                 "deviation": 5e-3, "limit": None, "samples": 256}
-    _refused_everywhere(workdir, _write_tuned(workdir, doc), "is over the tolerance")
+    _refused_everywhere(workdir, path, "the guard's measured deviation, is missing")
+    doc["result"]["accuracy"] = {"metric": "rel_l2", "tolerance": 1e-3,
+                                 "deviation": 5e-3, "limit": 1e-3, "samples": 16}
+    _refused_everywhere(workdir, _write_tuned(workdir, doc), "is beyond the tolerance")
     doc["result"]["accuracy"]["deviation"] = 2e-4
     proc = _tuner("export", str(_write_tuned(workdir, doc)), "--format", "shell")
     assert proc.returncode == 0, proc.stderr
+    assert "ONEDNN_DEFAULT_FPMATH_MODE=BF16" in proc.stdout
 
 
 # -- one kind per file; declared knobs within the declared space -----------------------------------

@@ -28,6 +28,9 @@ MACHINES = {
     "two-nodes-smt": (dict(cpus=16, threads_per_core=2, sockets=2,
                            files={TCMALLOC: "", JEMALLOC: ""}),
                       list(range(16)), ("2.21.0", True, True)),
+    # a Sapphire Rapids-like CPU: bfloat16 and float16 math (the precision knobs' candidates)
+    "amx": (dict(cpus=2, flags="avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile"), [0, 1],
+            ("2.21.0", True, False)),
 }
 
 
@@ -91,7 +94,8 @@ def test_a_measured_child_gets_none_of_the_callers_controlled_variables():
 def _any_machine() -> host.Machine:
     return host.Machine(visible_cpus=4, affinity=(0, 1, 2, 3), cpu_quota=None, usable_cpus=4,
                         physical_cores=4, sockets=1, numa_nodes=1, cpu_model="x", arch="x86_64",
-                        hostname="h", python="3", memory_bytes=None)
+                        hostname="h", python="3", memory_bytes=None,
+                        extra={"cpu_flags": ["avx512_bf16", "amx_bf16"]})
 
 
 def test_the_knob_table_in_the_docs_is_generated_from_the_registry():

@@ -40,8 +40,12 @@ def test_search_finds_the_known_optimum_and_validates_it(fake_worker, write_conf
     path.write_text(path.read_text().replace("n_trials: 8", "n_trials: 14") + SMALL_SPACE)
     outcome = run_search(path)
     doc = yaml.safe_load(open(outcome.tuned_path))
-    assert doc["format_version"] == 1
+    assert doc["format_version"] == 2
     assert doc["verdict"] == "tuned"
+    # the accuracy guard ran in every process: without a tolerance, float noise is the limit
+    assert doc["result"]["accuracy"]["tolerance"] is None
+    assert doc["result"]["accuracy"]["metric"] == "rel_l2"
+    assert doc["result"]["accuracy"]["deviation"] == 0.0
     # the fake peaks at intra=2, inter=1: 1.3x the defaults
     assert doc["settings"]["intra_op_parallelism_threads"] == 2
     assert doc["settings"]["inter_op_parallelism_threads"] == 1

@@ -405,6 +405,10 @@ _DROP = object()
      ["sizes[0] (cpus 1): settings.intra_op_parallelism_threads"]),
     (_set("sizes.0.settings.env", {"LD_LIBRARY_PATH": "/evil"}),
      ["sizes[0] (cpus 1): settings.env.LD_LIBRARY_PATH: not a variable tuner sets"]),
+    # reduced precision in a row measured without a tolerance (the guard's block has none, #23)
+    (_set("sizes.0.settings.env", {"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"}),
+     ["sizes[0] (cpus 1): result.accuracy: expected metric rel_l2, max_abs or top1 with a "
+      "numeric tolerance > 0", "tolerance None"]),
     (_set("sizes.0.throughput.median", "fast"),
      ["sizes[0] (cpus 1).throughput.median: expected a number > 0", "'fast'"]),
     (_set("sizes.0.throughput.ci95", [1]), ["sizes[0] (cpus 1).throughput.ci95"]),

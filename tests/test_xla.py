@@ -367,7 +367,10 @@ def test_a_search_adopts_xla_where_it_wins_with_its_first_steps_and_advice(
     doc = outcome.tuned
     assert doc["verdict"] == "tuned"
     assert doc["settings"]["env"] == {"TF_XLA_FLAGS": LEVEL2}
-    assert doc["result"]["carried_by"] == [XLA.name]
+    # XLA carries the gain; a thread count the fake ignores may ride along when its trial's
+    # noise happened to land above the XLA-only one (the noise bar is two baseline processes)
+    assert XLA.name in doc["result"]["carried_by"]
+    assert set(doc["result"]["carried_by"]) <= {XLA.name, *(k.name for k in knobs.THREADS)}
     assert doc["result"]["first_steps"] == {"steps": 3, "seconds": 0.9, "extra_seconds": 0.8,
                                             "processes": doc["validation"]["rounds"]}
     assert doc["result"]["baseline_first_steps"]["extra_seconds"] == 0.2

@@ -75,6 +75,28 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0 (e.g. 0.05), got {text!r}")
+    return value
+
+
+def _accuracy_flags(parser: argparse.ArgumentParser) -> None:
+    from .config import ACCURACY_METRICS
+
+    parser.add_argument("--accuracy-tolerance", type=_tolerance,
+                        help="search reduced precision (bf16/f16 math, where the CPU has it): "
+                        "every trial's outputs must stay within this deviation from TensorFlow's "
+                        "defaults (e.g. 0.05); without it, only float noise is allowed")
+    parser.add_argument("--accuracy-metric", choices=ACCURACY_METRICS,
+                        help="how the deviation is measured: rel_l2 (default), max_abs, or top1 "
+                        "(the share of samples whose top class changes)")
+
+
 def _duration(text: str) -> float:
     from . import budget
 
@@ -110,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--study-name", help="study name (default: the config file's name)")
     s.add_argument("--output", help="tuned YAML path (default results/<study>/tuned.yaml)")
     s.add_argument("--seed", type=_nonneg_int, help="sampler seed")
+    _accuracy_flags(s)
     s.add_argument("--allow-other-machines", action="store_true",
                    help="join a study recorded on another machine type; each machine type's "
                    "trials and validation are kept apart")
@@ -378,7 +401,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         # the environment keeps a password out of the command line (and `ps`): a Secret's value
         storage=storage_from(args.storage), study_name=args.study_name,
         output=args.output, seed=args.seed, force=args.force, max_trials=args.max_trials,
-        allow_other_machines=args.allow_other_machines, keep_backups=args.keep_backups)
+        allow_other_machines=args.allow_other_machines, keep_backups=args.keep_backups,
+        accuracy_tolerance=args.accuracy_tolerance, accuracy_metric=args.accuracy_metric)
     if args.dry_run:
         from . import plan
 
@@ -652,6 +676,7 @@ def _add_size_parser(commands: Any) -> None:
     z.add_argument("--output", help="sizes YAML path (default results/<study>/sizes.yaml)")
     z.add_argument("--seed", type=_nonneg_int, help="sampler seed")
     _keep_backups_flag(z, "sizes")
+    _accuracy_flags(z)
     z.add_argument("--quiet", action="store_true", help="print only the final table")
     z.add_argument("--budget", type=_duration,
                    help="wall time for the whole size run (e.g. 30m, 1h): shared among the "
@@ -704,7 +729,8 @@ def cmd_size(args: argparse.Namespace) -> int:
     cfg = config_mod.with_overrides(
         loaded, n_trials=args.n_trials, trial_timeout=args.trial_timeout,
         storage=storage_from(args.storage), study_name=args.study_name,
-        seed=args.seed, keep_backups=args.keep_backups)
+        seed=args.seed, keep_backups=args.keep_backups,
+        accuracy_tolerance=args.accuracy_tolerance, accuracy_metric=args.accuracy_metric)
     output = config_mod.check_output(args.output, "--output") if args.output else None
     options = sizing.Options(cpus=args.cpus, target=args.target_throughput,
                              price=args.cpu_hour_price, budget=args.latency_budget_ms,

@@ -23,7 +23,7 @@ from . import render, stats, tuned
 from .errors import ConfigError, StudyMismatchError
 from .host import FINGERPRINT_KEYS, fingerprint_differences
 from .render import Table
-from .results import THREAD_COUNTS, WORKLOAD_KEYS, Result, workload_text
+from .results import THREAD_COUNTS, WORKLOAD_KEYS, Result, accuracy_text, workload_text
 from .urls import masked
 
 DEFAULT_ALPHA = 0.05
@@ -268,6 +268,8 @@ def show_table(r: Result) -> Table:
     t.add("throughput", _tp(r.throughput))
     t.add("baseline", _tp(r.baseline))
     t.add("speedup", _speedup(r))
+    if r.accuracy:
+        t.add("accuracy", accuracy_text(r.accuracy))
     if r.rejected:
         rj = r.rejected
         ratio = render.ratio(rj.get("speedup"), rj.get("speedup_ci95"), rj.get("p_value"),
@@ -333,6 +335,8 @@ def compare_table(c: Comparison) -> Table:
     t.add("baseline", *(_tp(r.baseline) for r in c.results))
     t.add("speedup vs own baseline", *(_speedup(r) for r in c.results))
     t.add("cpu saturation", *(render.num(r.cpu_saturation, 2) for r in c.results))
+    if any(r.accuracy for r in c.results):
+        t.add("accuracy (deviation)", *(accuracy_text(r.accuracy) for r in c.results))
     for key in (*FINGERPRINT_KEYS, "hostname"):
         t.add(key, *(render.value(r.machine.get(key)) for r in c.results),
               mark=key in c.differing["machine"])

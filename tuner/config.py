@@ -17,7 +17,7 @@ from typing import Any
 from . import budget as budget_mod
 from . import yamlsafe
 from .errors import ConfigError
-from .knobs import AUTOTUNE, BATCH_SIZE, SECTIONS, check_overrides
+from .knobs import AUTOTUNE, BATCH_SIZE, PRECISION_POLICY, SECTIONS, check_overrides
 from .render import did_you_mean, plain
 from .yamlsafe import shown
 
@@ -128,6 +128,29 @@ class Objective:
         return "highest throughput"
 
 
+ACCURACY_METRICS = ("rel_l2", "max_abs", "top1")
+# the fixed input samples the accuracy guard compares every candidate's outputs on
+GUARD_SAMPLES = 16
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """The accuracy guard (docs/methodology.md, "The accuracy guard"): every measured child
+    feeds the reference's fixed input samples and records how far its outputs are from the
+    reference's (TensorFlow's defaults). ``tolerance`` None: the limit is float noise and no
+    reduced-precision knob is searched. rel_l2 and max_abs are ceilings; top1 (the share of
+    samples whose top-scoring class agrees) is a floor, 1 - tolerance."""
+
+    metric: str = "rel_l2"
+    tolerance: float | None = None
+    train: bool = False          # in train mode, search precision knobs (loss after N steps)
+    samples: int = GUARD_SAMPLES
+
+    def allows_precision(self, mode: str) -> bool:
+        """Whether reduced-precision knobs may be searched in workload ``mode``."""
+        return self.tolerance is not None and (mode != "train" or self.train)
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -139,6 +162,7 @@ class Config:
     # declared knobs: name -> candidate values, passed to the builders that accept them
     knobs: dict[str, list[Any]] = field(default_factory=dict)
     objective: Objective = field(default_factory=Objective)
+    accuracy: Accuracy = field(default_factory=Accuracy)
     study_name: str = "study"
     storage: str = "sqlite:///results/study.db"
     output: str = "results/study/tuned.yaml"
@@ -162,7 +186,7 @@ class Config:
 
 
 TOP_KEYS = ("workload", "search", "measure", "validate", "space", "knobs", "objective", "study",
-            "output")
+            "output", "accuracy")
 STUDY_KEYS = ("name", "storage")
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -317,7 +341,7 @@ def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
                 flat[name] = finite(name, subvalue)
 
     for key, value in data.items():
-        if key in ("tf_data", "env"):
+        if key in ("tf_data", "env", "precision"):
             walk(key, value)
         else:
             flat[key] = finite(key, value)
@@ -421,12 +445,18 @@ def parse(data: Any, path: Path) -> Config:
                           f"for a model file whose inputs tuner generates (workload.model: a "
                           f".keras or .h5 file, or saved_model: a directory, without data:); "
                           f"a dataset's batches fix their own size")
+    policy = space.get(PRECISION_POLICY)
+    if policy not in (None, [None]) and workload.model_format is not None:
+        raise ConfigError(f"{_where(path, 'space.precision.keras_policy')}: Keras's dtype policy "
+                          f"applies to a model a builder makes (workload.model: file.py:function)"
+                          f"; a saved model keeps the dtypes it was saved with")
     knobs = _knobs(data.get("knobs"), path)
     if knobs and workload.generated:
         raise ConfigError(f"{_where(path, 'knobs')}: declared knobs are arguments of your "
                           f"builders; a model file without data: has none (give data: "
                           f"file.py:function to use them)")
     objective = _objective(data.get("objective", "throughput"), path)
+    accuracy = _accuracy(data.get("accuracy"), path, workload)
 
     study = _check_keys(data.get("study"), STUDY_KEYS, path, "study")
     if "name" in study:
@@ -445,7 +475,7 @@ def parse(data: Any, path: Path) -> Config:
 
     return Config(path=str(path), workload=workload, search=search, measure=measure,
                   validate=validate, space=space, knobs=knobs, objective=objective,
-                  study_name=name,
+                  accuracy=accuracy, study_name=name,
                   storage=storage, output=output)
 
 
@@ -572,6 +602,32 @@ def _objective(raw: Any, path: Path) -> Objective:
     return Objective(metric=_choice(raw, OBJECTIVES, _where(path, "objective")))
 
 
+def check_tolerance(value: Any, metric: str, where: str) -> float | None:
+    """An accuracy tolerance: a number > 0 (below 1 for top1, a share of samples), or null."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or not value > 0 or (metric == "top1" and value >= 1):
+        allowed = "a share between 0 and 1 (exclusive)" if metric == "top1" else "a number > 0"
+        raise ConfigError(f"{where}: expected {allowed} or null, got {value!r}")
+    return float(value)
+
+
+def _accuracy(raw: Any, path: Path, workload: Workload) -> Accuracy:
+    """``accuracy: {metric: rel_l2, tolerance: 0.05, train: false}``."""
+    data = _check_keys(raw, ("metric", "tolerance", "train", "samples"), path, "accuracy")
+    metric = _choice(data.get("metric", "rel_l2"), ACCURACY_METRICS,
+                     _where(path, "accuracy.metric"))
+    tolerance = check_tolerance(data.get("tolerance"), metric,
+                                _where(path, "accuracy.tolerance"))
+    train = _bool(data.get("train", False), _where(path, "accuracy.train"))
+    samples = _int(1)(data.get("samples", GUARD_SAMPLES), _where(path, "accuracy.samples"))
+    if train and workload.mode != "train":
+        raise ConfigError(f"{_where(path, 'accuracy.train')}: applies to workload mode train, "
+                          f"not {workload.mode!r}")
+    return Accuracy(metric=metric, tolerance=tolerance, train=train, samples=samples)
+
+
 def default_storage(name: str) -> str:
     return f"sqlite:///results/{name}.db"
 
@@ -613,7 +669,8 @@ def with_overrides(config: Config, *, n_trials: int | None = None, timeout: floa
                    study_name: str | None = None, output: str | None = None,
                    seed: int | None = None, force: bool = False, max_trials: int | None = None,
                    allow_other_machines: bool = False,
-                   keep_backups: int | None = None) -> Config:
+                   keep_backups: int | None = None, accuracy_tolerance: float | None = None,
+                   accuracy_metric: str | None = None) -> Config:
     """Apply CLI flags on top of the file. A new study name moves the default storage and output
     with it unless the file or a flag set those explicitly.
 
@@ -645,4 +702,11 @@ def with_overrides(config: Config, *, n_trials: int | None = None, timeout: floa
         changes["force"] = True
     if keep_backups is not None:
         changes["keep_backups"] = keep_backups
+    if accuracy_tolerance is not None or accuracy_metric is not None:
+        metric = accuracy_metric or config.accuracy.metric
+        _choice(metric, ACCURACY_METRICS, "--accuracy-metric")
+        tolerance = config.accuracy.tolerance if accuracy_tolerance is None else \
+            check_tolerance(accuracy_tolerance, metric, "--accuracy-tolerance")
+        changes["accuracy"] = dataclasses.replace(config.accuracy, metric=metric,
+                                                  tolerance=tolerance)
     return config.replace(**changes)

@@ -25,7 +25,6 @@ import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
-import json
 import os
 import socket
 import time
@@ -62,7 +61,7 @@ def host_id() -> str:
 def machine_id(fingerprint: dict[str, Any]) -> str:
     """A machine type's short name in a study: a hash of its fingerprint. Workers on several
     machine types may share a study; each type's trials are compared only with each other."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    return host_mod.type_id(fingerprint)
 
 
 def now() -> str:

@@ -525,3 +525,11 @@ def set_affinity(cpus: Sequence[int] | None) -> str | None:
     except OSError as exc:
         return f"cannot pin to CPUs {format_cpus(cpus)}: {exc.strerror or exc}"
     return None
+
+
+def type_id(fingerprint: dict[str, Any]) -> str:
+    """A machine type's short name: a hash of its fingerprint (:meth:`Machine.fingerprint`)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]

@@ -133,6 +133,22 @@ class Knob:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
+    # -- the CPU's instructions (compute knobs) ---------------------------------------------------
+
+    def flags_for(self, value: Any) -> tuple[str, ...]:
+        """The CPU instructions ``value`` needs, one of which must be present (none for the
+        default)."""
+        return () if value == self.default else self.cpu_flags
+
+    def lacks_flags(self, value: Any, flags: Any) -> str | None:
+        """Why ``value`` cannot run on a CPU with ``flags`` (one line naming the instructions it
+        needs), or None."""
+        need = self.flags_for(value)
+        if need and not set(need) & set(flags or ()):
+            return (f"{self.name}={text(value)} needs a CPU with {' or '.join(need)}; this CPU "
+                    f"has {', '.join(sorted(flags)) if flags else 'none of them'}")
+        return None
+
     # -- values -----------------------------------------------------------------------------------
 
     def check(self, value: Any, where: str) -> Any:
@@ -156,7 +172,11 @@ class Knob:
 
     def searched_by_default(self, machine: Machine, mode: str, pipeline: Any) -> bool:
         """Whether an unconfigured search tries more than the default (``pipeline``: what the
-        preflight learnt, see :class:`tuner.space.Pipeline`)."""
+        preflight learnt, see :class:`tuner.space.Pipeline`). A knob that needs CPU instructions
+        is searched only on a CPU with one of them; one that changes the model's numbers only
+        with an accuracy tolerance (:func:`tuner.space.build_space` decides that)."""
+        if self.cpu_flags and not set(self.cpu_flags) & machine.cpu_flags:
+            return False
         return mode in self.modes and not (self.needs_openmp and not machine.openmp)
 
     def check_available(self, value: Any, machine: Machine, mode: str, pipeline: Any,
@@ -171,6 +191,9 @@ class Knob:
         if self.needs_openmp and machine.extra.get("openmp") is False:
             raise ConfigError(f"{field}: {value!r} has no effect: this TensorFlow build does not "
                               f"use OpenMP (stock builds use their own thread pool); remove it")
+        lacking = self.lacks_flags(value, machine.cpu_flags)
+        if lacking:
+            raise ConfigError(f"{field}: {lacking}; remove it")
 
     def baseline(self, pipeline: Any) -> Any:
         """The value the baseline (the workload as written) runs with when the knob is searched:
@@ -453,6 +476,78 @@ class XlaKnob(EnvKnob):
             return None
         return (f"XLA auto-clustering {self.shown(value)}: the first steps of each process "
                 f"compile (see first_steps); TF Serving needs {self.SERVING_FLAG}")
+
+
+# CPU instructions that make oneDNN's reduced-precision math real (without them oneDNN emulates
+# or ignores it): bfloat16 on AVX512-BF16 / AMX-BF16, float16 on AVX512-FP16 / AMX-FP16
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+F16_FLAGS = ("avx512_fp16", "amx_fp16")
+FPMATH_MODES = {"BF16": BF16_FLAGS, "F16": F16_FLAGS}
+
+
+class FpmathKnob(EnvKnob):
+    """oneDNN's fp32 math mode (``ONEDNN_DEFAULT_FPMATH_MODE``): f32 matmuls and convolutions
+    computed in bfloat16 or float16, results kept in f32. TensorFlow reads its own
+    ``TF_SET_ONEDNN_FPMATH_MODE`` too; both are tuner's own (cleared in every reference run), only
+    oneDNN's is set. Each mode is offered only on a CPU with its instructions."""
+
+    how = "environment variable"
+
+    def __init__(self, name: str, *, variable: str, also: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(name, variable=variable, **kwargs)
+        self.controls = (variable, *also)
+
+    def flags_for(self, value: Any) -> tuple[str, ...]:
+        return FPMATH_MODES.get(value, ()) if value != self.default else ()
+
+    def candidates(self, machine: Machine) -> list[Any]:
+        return [self.default, *[mode for mode, flags in FPMATH_MODES.items()
+                                if set(flags) & machine.cpu_flags]]
+
+
+class PrecisionKnob(Knob):
+    """Reduced precision set inside the TensorFlow process (by ``tuner.apply()`` and the trial
+    child; the environment cannot carry it): TensorFlow's oneDNN bfloat16 auto-mixed-precision
+    graph rewrite (``tf.config.optimizer``), or Keras's global dtype policy for a model a builder
+    makes. In the tuned file under ``precision:``."""
+
+    in_process = True
+
+    def __init__(self, name: str, *, applied: str, needs_onednn: bool = False,
+                 declared_only: bool = False, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.how = applied
+        self.needs_onednn = needs_onednn      # acts only where oneDNN's kernels run
+        self.declared_only = declared_only    # searched only when the config lists it
+        self.key = name.split(".", 1)[1]
+
+    def searched_by_default(self, machine: Machine, mode: str, pipeline: Any) -> bool:
+        if self.declared_only or (self.needs_onednn and machine.onednn_default is not True):
+            return False
+        return super().searched_by_default(machine, mode, pipeline)
+
+    def nest(self, tree: dict[str, Any], flat: dict[str, Any], machine: Machine | None) -> None:
+        value = flat.get(self.name, self.default)
+        if value is not None:    # absent means off, so files without it read as before
+            tree.setdefault("precision", {})[self.key] = value
+
+    def read(self, tree: dict[str, Any]) -> Any:
+        return (tree.get("precision") or {}).get(self.key, self.default)
+
+    def set(self, tf: Any, value: Any) -> None:
+        """Apply ``value`` in this TensorFlow process (before the model is built)."""
+        if value is None:
+            return
+        if self.name == PRECISION_REWRITE:
+            tf.config.optimizer.set_experimental_options({self.key: bool(value)})
+        else:
+            import keras
+
+            keras.mixed_precision.set_global_policy(value)
+
+
+PRECISION_REWRITE = "precision.auto_mixed_precision_onednn_bfloat16"
+PRECISION_POLICY = "precision.keras_policy"
 
 
 class ProcessKnob(Knob):
@@ -877,6 +972,36 @@ KNOBS: dict[str, Knob] = {knob.name: knob for knob in (
         candidates=lambda m: [None, *XLA_VALUES], modes=("predict", "train"), compute=True,
         help="XLA auto-clustering: compiles clusters of ops on their first steps", label="xla",
     ),
+    FpmathKnob(
+        "env.ONEDNN_DEFAULT_FPMATH_MODE", variable="ONEDNN_DEFAULT_FPMATH_MODE",
+        also=("TF_SET_ONEDNN_FPMATH_MODE",),
+        default=None, allowed="'BF16', 'F16', null or 'default' (unset: strict f32)",
+        valid=lambda v: v is None or v in FPMATH_MODES,
+        candidates=lambda m: [None],  # FpmathKnob.candidates: the modes this CPU has
+        help="oneDNN computes f32 matmuls and convolutions in bfloat16 / float16 (changes the "
+             "model's numbers: searched only with an accuracy tolerance)",
+        label="fpmath", compute=True, changes_numbers=True, cpu_flags=BF16_FLAGS + F16_FLAGS,
+    ),
+    PrecisionKnob(
+        PRECISION_REWRITE, needs_onednn=True, default=None,
+        applied="tf.config.optimizer: `auto_mixed_precision_onednn_bfloat16` (tuner.apply() "
+                "only)",
+        allowed="true, null or 'default' (off)", valid=lambda v: v is None or v is True,
+        candidates=lambda m: [None, True],
+        help="TensorFlow's oneDNN bfloat16 auto-mixed-precision graph rewrite (oneDNN on "
+             "only; changes the model's numbers: searched only with an accuracy tolerance)",
+        label="amp.bf16", compute=True, changes_numbers=True, cpu_flags=BF16_FLAGS,
+    ),
+    PrecisionKnob(
+        PRECISION_POLICY, declared_only=True, default=None,
+        applied="keras.mixed_precision.set_global_policy (tuner.apply() only)",
+        allowed="'mixed_bfloat16', null or 'default' (float32)",
+        valid=lambda v: v is None or v == "mixed_bfloat16",
+        candidates=lambda m: [None, "mixed_bfloat16"],
+        help="Keras's mixed_bfloat16 dtype policy for a model a builder makes (searched only "
+             "where the config lists it under space.precision; changes the model's numbers)",
+        label="policy", compute=True, changes_numbers=True, cpu_flags=BF16_FLAGS,
+    ),
 )}
 
 THREADS = [k for k in KNOBS.values() if isinstance(k, ThreadKnob)]
@@ -887,6 +1012,9 @@ CPUS: CpusKnob = KNOBS["cpus"]  # type: ignore[assignment]
 INSTANCES: InstancesKnob = KNOBS["instances"]  # type: ignore[assignment]
 BATCH_SIZE: BatchSizeKnob = KNOBS["batch_size"]  # type: ignore[assignment]
 XLA: XlaKnob = KNOBS["env.TF_XLA_FLAGS"]  # type: ignore[assignment]
+# the knobs that change the model's numbers (reduced precision): opt-in, behind the guard
+PRECISION = [k for k in KNOBS.values() if k.changes_numbers]
+PRECISION_IN_PROCESS = [k for k in PRECISION if isinstance(k, PrecisionKnob)]
 
 
 # the top-level keys of the config's space: section and of the tuned file's settings

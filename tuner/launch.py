@@ -61,6 +61,8 @@ def tf_data_note(doc: dict[str, Any]) -> str | None:
             else knob.target for knob in knobs.TF_DATA if flat.get(knob.name) is not None]
     declared = [f"{k}={knobs.text(v)}" if _plain_token(v) else str(k)
                 for k, v in (doc["settings"].get("knobs") or {}).items()]
+    precision = [f"{k.name}={knobs.text(flat[k.name])}" for k in knobs.PRECISION_IN_PROCESS
+                 if flat.get(k.name) is not None and k.is_valid(flat[k.name])]
     notes = []
     if data:
         notes.append(f"tf.data settings ({', '.join(data)}) cannot be set from the environment: "
@@ -69,6 +71,10 @@ def tf_data_note(doc: dict[str, Any]) -> str | None:
     if declared:
         notes.append(f"declared knobs ({', '.join(declared)}) are the job's own arguments: pass "
                      f"cfg.knobs[name] (cfg = tuner.apply()) where the pipeline takes them")
+    if precision:
+        notes.append(f"not carried: reduced precision set inside the process "
+                     f"({', '.join(precision)}): call cfg = tuner.apply() in the job, before it "
+                     f"builds the model")
     return _one_line("; ".join(notes)) or None
 
 
@@ -142,6 +148,7 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
                           "COMMAND [ARGS...]")
     tuned = read(path, allow_env, allow_unvalidated, size)
     doc = tuned.doc
+    tunedfile.check_cpu(doc, path, host.detect().cpu_flags)
     import warnings
 
     check_placement(doc, path)
@@ -374,7 +381,8 @@ def tf_serving(doc: dict[str, Any], path: str, env: dict[str, str], header: list
     threads = {k.variable for k in knobs.THREADS}
     env = {k: v for k, v in env.items() if k not in threads}
     notes = [h for h in header if not h.startswith(("tf.data settings", "declared knobs",
-                                                      "nothing to set"))
+                                                      "nothing to set",
+                                                      "not carried: reduced precision"))
              and " instances on CPUs " not in h]
     sets = settings.file_plan(doc["settings"]).instances
     if sets:
@@ -386,6 +394,10 @@ def tf_serving(doc: dict[str, Any], path: str, env: dict[str, str], header: list
     if data or doc["settings"].get("knobs"):
         notes.append("not carried: the tf.data settings and declared knobs belong to a Python "
                      "input pipeline, and the server has none (requests arrive as tensors)")
+    precision = [k.name for k in knobs.PRECISION_IN_PROCESS if flat.get(k.name) is not None]
+    if precision:
+        notes.append(f"not carried: {', '.join(precision)} act inside a Python process "
+                     f"(tuner.apply()); the server runs the graph as saved")
     batch = flat.get(knobs.BATCH_SIZE.name)
     if batch is not None:
         notes.append(f"batch size {batch} measured best: the clients' choice (send batches of "

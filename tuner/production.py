@@ -133,6 +133,7 @@ class Applied:
             "env_set": dict(self.env_set), "env_kept": dict(self.env_kept),
             "threading": dict(self.threading), "threading_kept": dict(self.threading_kept),
             "tf_data": self.tf_data, "knobs": dict(self.settings.get("knobs") or {}),
+            "precision": dict(self.settings.get("precision") or {}),
             "late": list(self.late),
             "machine_differences": list(self.machine_differences),
             "allocator": self.allocator, "cpus": self.cpus, "instance": self.instance,
@@ -305,6 +306,7 @@ def apply(path: str | Path | None = None, *, strict: bool = False, override: boo
     ``size``: with a sizes file (``python -m tuner size``), the row for that many CPUs."""
     path, doc, diffs = prepare(path, strict=strict, allow_env=allow_env,
                                allow_unvalidated=allow_unvalidated, size=size)
+    tunedfile.check_cpu(doc, path, host.detect().cpu_flags)
     tree = doc["settings"]
     tf_loaded = "tensorflow" in sys.modules
 
@@ -363,6 +365,8 @@ def apply(path: str | Path | None = None, *, strict: bool = False, override: boo
     import tensorflow as tf
 
     threading_set, threading_kept = _apply_threading(tf, tree, env_kept, override, path)
+    # reduced precision inside the process (measured within the file's accuracy tolerance)
+    settings.apply_precision(tf, settings.flatten(tree))
     return Applied(path=str(path), verdict=str(doc.get("verdict", "")), settings=tree,
                    env_set=env_set, env_kept=env_kept, threading=threading_set,
                    threading_kept=threading_kept, late=late, machine_differences=diffs,

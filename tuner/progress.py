@@ -10,7 +10,9 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from . import guard
 from . import settings as settings_mod
+from . import space as space_mod
 from .render import LEGEND_DEFAULT, SPREAD, plain
 
 
@@ -59,6 +61,9 @@ class Progress:
                     and t.user_attrs.get("step_latency_p50_ms") is not None:
                 # with the batch size searched, what each caller waits matters too
                 body += f"  {t.user_attrs['step_latency_p50_ms']:.1f} ms/batch (p50)"
+            if (t.user_attrs.get("accuracy_excess") or 0.0) > 0:
+                body += (f"  INFEASIBLE: outputs beyond the accuracy limit ("
+                         f"{guard.describe_deviation(t.user_attrs.get('accuracy'), 'rel_l2')})")
         elif t.state == TrialState.PRUNED:
             body = f"PRUNED  {plain(t.user_attrs.get('prune_reason', ''))}"
         else:
@@ -95,7 +100,34 @@ def opening(config: Any, machine: Any, space: Any, sampler: str, prior: int,
                      f"({', '.join(dims['data']) or 'nothing'}), then TPE over what moved "
                      f"beyond noise; ablation of the leader in the last trials")
     lines.append(f"(settings: {LEGEND_DEFAULT}; {SPREAD})")
+    lines.extend(accuracy_lines(config, machine))
     return lines
+
+
+def accuracy_lines(config: Any, machine: Any) -> list[str]:
+    """What the accuracy guard holds every trial to, and, without a tolerance on a CPU that
+    could use reduced precision, how to opt in."""
+    acc, mode = config.accuracy, config.workload.mode
+    if mode == "data" or (mode == "train" and not acc.train):
+        levers = space_mod.precision_levers(machine, mode) if mode == "train" else []
+        return [f"reduced precision: this CPU could use {', '.join(levers)}; in train mode "
+                f"they are searched only with accuracy: {{train: true, tolerance: 0.05}}"] \
+            if levers else []
+    metric, bound = guard.limit(acc.metric, acc.tolerance)
+    if acc.tolerance is not None:
+        return [f"accuracy guard: every trial's outputs on {acc.samples} fixed samples against "
+                f"TensorFlow's defaults; {metric} {'>=' if metric == 'top1' else '<='} {bound:g}"
+                f" (tolerance {acc.tolerance:g}); reduced precision searched"]
+    line = (f"accuracy guard: every trial's outputs on {acc.samples} fixed samples against "
+            f"TensorFlow's defaults; float noise only ({metric} <= {bound:g})")
+    levers = space_mod.precision_levers(machine, mode)
+    if levers:
+        flags = ", ".join(sorted(machine.cpu_flags & {"avx512_bf16", "amx_bf16", "avx512_fp16",
+                                                      "amx_fp16"}))
+        return [line, f"reduced precision not searched: this CPU ({flags}) could use "
+                      f"{', '.join(levers)}; to opt in, give a tolerance: --accuracy-tolerance "
+                      f"0.05 (or accuracy: {{tolerance: 0.05}} in the config)"]
+    return [line]
 
 
 def screening_done(state: dict[str, Any]) -> str:

@@ -15,6 +15,8 @@ Task (:func:`task` builds it; the parent's trial runner adds the rest)::
     usable_cpus  CPUs the child may use; affinity: their ids
     measure      {"warmup_seconds", "min_warmup_steps", "window_seconds", "windows"} (preflight,
                  measure)
+    guard        {"reference", "samples", "train"}: the accuracy guard (tuner/guard.py); the
+                 preflight writes the reference file, a measure task compares against it
     knobs        the declared builder knobs, name -> candidates (preflight, measure)
     capacity, cgroup_root, diagnose   the CPU time the process may use, where the cgroup files
                  are, and the plan of rounds (diagnose)
@@ -40,6 +42,12 @@ Protocol history (``PROTOCOL``):
      ``data`` names a builder; settings carry ``batch_size``; the preflight reports
      ``generated_inputs`` and ``inputs``. (A version-2 child would import the path as a
      builder.)
+  4: the accuracy guard: preflight and measure tasks may carry ``guard`` {"reference" (the
+     .npz path), "samples", "train"}; the preflight then saves the reference samples and
+     outputs there and reports ``guard`` {"samples", "batch", "outputs"}; a measure result
+     reports ``accuracy`` {"rel_l2", "max_abs", "top1", "samples", "batch"} (or {"error"});
+     builders are seeded before they build. Settings may carry the precision knobs. (A
+     version-3 child would measure without the guard and let reduced precision through.)
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-PROTOCOL = 3
+PROTOCOL = 4
 
 KINDS = ("preflight", "measure", "diagnose")
 
@@ -68,7 +76,8 @@ def task(kind: str, workload: WorkloadSpec, *, usable_cpus: int, affinity: Seque
          measure: Mapping[str, Any] | None = None,
          knobs: Mapping[str, Sequence[Any]] | None = None,
          capacity: float | None = None, cgroup_root: str | None = None,
-         diagnose: Mapping[str, Any] | None = None) -> dict[str, Any]:
+         diagnose: Mapping[str, Any] | None = None,
+         guard: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A task of ``kind`` for ``workload``; the fields a kind does not use are left out."""
     if kind not in KINDS:
         raise ValueError(f"task kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -88,7 +97,8 @@ def task(kind: str, workload: WorkloadSpec, *, usable_cpus: int, affinity: Seque
                 "knobs": ({name: list(values) for name, values in knobs.items()}
                           if knobs is not None else None),
                 "capacity": capacity, "cgroup_root": cgroup_root,
-                "diagnose": dict(diagnose) if diagnose is not None else None}
+                "diagnose": dict(diagnose) if diagnose is not None else None,
+                "guard": dict(guard) if guard is not None else None}
     built.update({key: value for key, value in optional.items() if value is not None})
     return built
 

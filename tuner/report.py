@@ -16,7 +16,7 @@ from . import render
 from .errors import ConfigError, StudyError
 from .files import check_writable, write_text_atomic
 from .render import Table
-from .results import StudyRecord, read_study, trial_problem, workload_text
+from .results import StudyRecord, accuracy_text, read_study, trial_problem, workload_text
 from .tuned import BASELINE, EXPERT, SCREEN
 
 ROLES = (BASELINE, EXPERT, SCREEN)
@@ -171,6 +171,26 @@ def _validated_line(last: dict[str, Any] | None) -> str:
     return f"{last.get('verdict')}: not validated"
 
 
+def _accuracy_lines(report: StudyReport) -> list[str]:
+    """The accuracy guard: the validated result's deviation, and the trials it ruled out."""
+    lines = []
+    last = report.record.last_result or {}
+    block = (last.get("result") or {}).get("accuracy") if isinstance(last.get("result"),
+                                                                     dict) else None
+    if isinstance(block, dict):
+        lines.append("accuracy: " + accuracy_text(block))
+    out = []
+    for t in report.record.trials:
+        excess = t.user_attrs.get("accuracy_excess")
+        if isinstance(excess, (int, float)) and excess > 0 and "duplicate_of" not in t.user_attrs:
+            rel = (t.user_attrs.get("accuracy") or {}).get("rel_l2")
+            shown = f"rel_l2 {rel:.3g}" if isinstance(rel, (int, float)) else "not finite"
+            out.append(f"#{t.number} ({shown})")
+    if out:
+        lines.append(f"beyond the accuracy limit (infeasible, never adopted): {', '.join(out)}")
+    return lines
+
+
 def header_lines(report: StudyReport) -> list[str]:
     r, c = report.record, report.counts
     m, w = r.machine, r.workload
@@ -202,7 +222,8 @@ def format_text(report: StudyReport) -> str:
            "best vs baseline vs expert rule (search trials, one process each):",
            reference_table(report).text() if report.references else _no_references(report),
            "",
-           "validated: " + render.plain(_validated_line(report.record.last_result)), ""]
+           "validated: " + render.plain(_validated_line(report.record.last_result)),
+           *_accuracy_lines(report), ""]
     if report.importances:
         out.append(f"parameter importances ({report.importance_note}):")
         names = {k: render.plain(k) for k in report.importances}   # parameter names: the study's

@@ -55,6 +55,8 @@ class Result:
     first_steps: dict[str, Any] | None = None
     baseline_first_steps: dict[str, Any] | None = None
     advice: list[str] = field(default_factory=list)   # what a file cannot carry (jit_compile)
+    # result.accuracy: the accuracy guard's deviation of these settings (format_version 2)
+    accuracy: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -65,6 +67,8 @@ class Result:
                 del doc[key]
         if not doc["advice"]:
             del doc["advice"]
+        if doc["accuracy"] is None:   # only files of format_version 2 have one
+            del doc["accuracy"]
         return tuned.rounded(doc)
 
 
@@ -148,7 +152,42 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
         budget={k: budget.get(k) for k in BUDGET_KEYS} if budget else None,
         first_steps=result.get("first_steps"),
         baseline_first_steps=result.get("baseline_first_steps"),
-        advice=list(result.get("advice") or []))
+        advice=list(result.get("advice") or []),
+        accuracy=_accuracy(result.get("accuracy"), where))
+
+
+ACCURACY_KEYS = ("metric", "tolerance", "deviation", "limit", "samples")
+
+
+def _accuracy(block: Any, where: str) -> dict[str, Any] | None:
+    """result.accuracy, checked for display: numbers (or null) and a known metric."""
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise bad_field(where, "result.accuracy", block, "a mapping")
+    if block.get("metric") not in ("rel_l2", "max_abs", "top1"):
+        raise bad_field(where, "result.accuracy.metric", block.get("metric"),
+                        "rel_l2, max_abs or top1")
+    for key in ACCURACY_KEYS[1:]:
+        value = block.get(key)
+        if value is not None and not is_number(value):
+            raise bad_field(where, f"result.accuracy.{key}", value, "a finite number or null")
+    return {k: block.get(k) for k in ACCURACY_KEYS}
+
+
+def accuracy_text(block: dict[str, Any] | None) -> str:
+    """The accuracy guard's result in one line: ``rel_l2 0.0017 (tolerance 0.05, 16 samples)``
+    or, without a tolerance, against the float-noise limit."""
+    if not block:
+        return "-"
+    deviation = block.get("deviation")
+    shown = f"{deviation:.3g}" if isinstance(deviation, (int, float)) else "not measured"
+    limit = block.get("limit")
+    bound = f"{limit:g}" if isinstance(limit, (int, float)) else "?"
+    within = (f"tolerance {block['tolerance']:g}" if block.get("tolerance") is not None
+              else f"float-noise limit {bound}")
+    samples = f", {block['samples']} samples" if block.get("samples") else ""
+    return f"{block.get('metric')} {shown} ({within}{samples})"
 
 
 # -- checking a result document ------------------------------------------------------------------

@@ -103,10 +103,12 @@ def sampler(config: Config, space: space_mod.Space, joining: bool = False,
         tpe = optuna.samplers.TPESampler(
             seed=search.seed, multivariate=True, group=True, constant_liar=True,
             n_startup_trials=max(4, min(10, search.n_trials // 3)),
-            # Optuna < 5 takes constraints this way; 5 reads trial.set_constraint (objective)
-            **({"constraints_func": lambda t: (t.user_attrs.get("latency_excess_ms", 0.0),)}
-               if budget is not None and not hasattr(optuna.trial.Trial, "set_constraint")
-               else {}))
+            # Optuna < 5 takes constraints this way; 5 reads trial.set_constraint (objective).
+            # The accuracy guard's excess over its limit is one (feasible when <= 0).
+            **({"constraints_func": lambda t: (
+                t.user_attrs.get("latency_excess_ms", 0.0) if budget is not None else 0.0,
+                t.user_attrs.get("accuracy_excess", 0.0))}
+               if not hasattr(optuna.trial.Trial, "set_constraint") else {}))
     return tpe, "tpe"
 
 

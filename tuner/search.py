@@ -70,7 +70,7 @@ def _run(cfg: Config, say: measuring.Say) -> SearchOutcome:
         mark = time.monotonic()
         pre = measurer.preflight()
         seconds = {"preflight": time.monotonic() - mark}
-        measurer = measuring.Measurer(cfg, pre.machine, say)
+        measurer = measuring.Measurer(cfg, pre.machine, say, guard=pre.guard)
         return _search(measurer, pre, locks, started, seconds, budget_started)
     except (optuna.exceptions.StorageInternalError, _sqlalchemy_error()) as exc:
         # the database went away mid-run, beyond the retries: one line, never a traceback
@@ -125,7 +125,7 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
         # validate: the file describes the study as it is when written
         searched = st.searched()
     decided = verdict.validated(validation, cfg, pre) if validation is not None \
-        else verdict.unvalidated(searched)
+        else verdict.unvalidated(searched, cfg)
     if st.structured is not None and decided.verdict != "defaults":
         decided = dataclasses.replace(decided, result={
             **decided.result, "carried_by": st.carried_by(decided.settings)})

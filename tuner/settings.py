@@ -22,6 +22,7 @@ from .knobs import (
     CPUS,
     INSTANCES,
     KNOBS,
+    PRECISION_IN_PROCESS,
     TF_DATA,
     THREADS,
     XLA,
@@ -201,6 +202,18 @@ def apply_threading(tf: Any, flat: dict[str, Any], *, env_kept: dict[str, str] |
             raise ThreadsFixed(k.name, current, wanted, exc) from None
         applied[k.name] = wanted
     return applied, kept
+
+
+def apply_precision(tf: Any, flat: dict[str, Any]) -> dict[str, Any]:
+    """Set the reduced-precision knobs of ``flat`` that act inside the process (the oneDNN
+    bfloat16 graph rewrite, Keras's dtype policy), before the model is built; what was set."""
+    applied = {}
+    for k in PRECISION_IN_PROCESS:
+        value = flat.get(k.name, k.default)
+        if value != k.default:
+            k.set(tf, value)
+            applied[k.name] = value
+    return applied
 
 
 def dataset_options(tf: Any, flat: dict[str, Any]) -> tuple[Any, list[str]]:

@@ -12,6 +12,8 @@ and the field.
 Format history (``format_version``, with ``kind: sizes``):
   1: first version: ladder, sizes (cpus, verdict, settings, throughput {median, ci95}, per_cpu,
      latency_ms {p50, p95}, peak_rss_mb, cpu_saturation, ...), recommendation, machine.
+     Optional within version 1: a row's ``accuracy`` (the accuracy guard's block, as a tuned
+     file's result.accuracy), required for a row whose settings turn on reduced precision.
 """
 
 from __future__ import annotations
@@ -215,6 +217,8 @@ def check_row(row: Any, index: int, path: str, allow_env: Iterable[str] = ()) ->
         return row
     # check_settings names "<path>: settings.<field>"
     tunedfile.check_settings(row.get("settings"), where, allow_env=allow_env)
+    tunedfile.check_precision_evidence(
+        {"settings": row["settings"], "result": {"accuracy": row.get("accuracy")}}, where)
     pinned = row["settings"].get("cpus")
     if not isinstance(pinned, list) or len(pinned) != cpus:
         raise ConfigError(f"{where}: settings.cpus: expected the {cpus} CPU(s) this row is "
@@ -346,7 +350,8 @@ def row_as_tuned(sizes: SizesFile, cpus: int) -> tunedfile.TunedFile:
            "summary": f"size {cpus} CPU(s) of {sizes.path}", "settings": row["settings"],
            "machine": machine, "workload": sizes.doc.get("workload"),
            "result": {"throughput": row["throughput"], "latency_ms": row.get("latency_ms"),
-                      "peak_rss_mb": row.get("peak_rss_mb")},
+                      "peak_rss_mb": row.get("peak_rss_mb"),
+                      **({"accuracy": row["accuracy"]} if row.get("accuracy") else {})},
            "size": {"cpus": cpus, "file": sizes.path}}
     return tunedfile.TunedFile(path=sizes.path, doc=doc, allowed_env=sizes.allowed_env)
 

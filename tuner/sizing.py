@@ -101,7 +101,9 @@ def size_space(machine: host_mod.Machine, config: Config, pipeline: space_mod.Pi
     count = machine.usable_cpus
     space = space_mod.build_space(machine, {**config.space, "cpus": count},
                                   mode=config.workload.mode, pipeline=pipeline,
-                                  knobs=config.knobs)
+                                  knobs=config.knobs,
+                                  precision=config.accuracy.allows_precision(
+                                      config.workload.mode))
     return PinnedSpace(searched=space.searched, fixed=space.fixed,
                        knob_baseline=space.knob_baseline, pinned=count)
 
@@ -348,7 +350,7 @@ def _size(cfg: Config, pre: measuring.Preflight, pipeline: space_mod.Pipeline, c
     sized_cfg = cfg.replace(space={**cfg.space, "cpus": count},
                             study_name=f"{cfg.study_name}.size-{count}")
     sized_pre = dataclasses.replace(pre, machine=machine, space=space)
-    measurer = measuring.Measurer(sized_cfg, machine, say)
+    measurer = measuring.Measurer(sized_cfg, machine, say, guard=pre.guard)
     locks = coord.Locks(sized_cfg.storage, sized_cfg.study_name)
     try:
         locks.acquire(search.SEARCH_LOCK, search.SEARCH_LOCK, shared=True, on_wait=lambda: say(
@@ -436,6 +438,8 @@ def _row(count: int, decided: verdict.Verdict, validation: Any, machine: host_mo
         "vs_defaults": {key: (result if decided.verdict == "tuned" else rejected).get(key)
                         for key in ("speedup", "speedup_ci95", "p_value")},
         "rounds": len(runs),
+        # the accuracy guard's block of the row's settings (reduced precision needs it)
+        **({"accuracy": result["accuracy"]} if result.get("accuracy") else {}),
         "study": study_name,
         **({CARRIED_FROM: carried[0]} if carried else {}),
     }

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ConfigError
 from .host import Machine
-from .knobs import KNOB_PREFIX, KNOBS, check_overrides, default_settings
+from .knobs import KNOB_PREFIX, KNOBS, PRECISION, check_overrides, default_settings
 
 
 def expert_settings(machine: Machine) -> dict[str, Any]:
@@ -88,7 +89,7 @@ class Space:
 
 def build_space(machine: Machine, overrides: dict[str, Any], where: str = "space",
                 mode: str = "predict", pipeline: Pipeline | None = None,
-                knobs: dict[str, list[Any]] | None = None) -> Space:
+                knobs: dict[str, list[Any]] | None = None, precision: bool = False) -> Space:
     """The default space for ``machine`` with the config's ``space`` section applied.
 
     An override is a list (narrow the candidates), a single value (fix the knob) or ``default``
@@ -100,6 +101,9 @@ def build_space(machine: Machine, overrides: dict[str, Any], where: str = "space
     and, for graph rewrites, where the pipeline has what they rewrite (``pipeline``). Declared
     ``knobs`` are always searched, over their listed values in the listed order plus their
     baseline value (the builder's own default) when it is not listed.
+
+    Knobs that change the model's numbers (reduced precision) are searched, or may be set, only
+    with ``precision`` (an accuracy tolerance, and in train mode ``accuracy.train``).
     """
     pipeline = pipeline or Pipeline()
     overrides = check_overrides(overrides, where)
@@ -107,6 +111,16 @@ def build_space(machine: Machine, overrides: dict[str, Any], where: str = "space
     searched: dict[str, list[Any]] = {}
     fixed: dict[str, Any] = {}
     for name, knob in KNOBS.items():
+        if knob.changes_numbers and not precision:
+            asked = overrides.get(name, knob.default)
+            if any(v != knob.default for v in (asked if isinstance(asked, list) else [asked])):
+                train = "; in train mode also accuracy.train: true" if mode == "train" else ""
+                raise ConfigError(f"{where}.{name}: {asked!r} changes the model's numbers; it is "
+                                  f"searched only with an accuracy tolerance (accuracy: "
+                                  f"{{tolerance: 0.05}} or --accuracy-tolerance 0.05{train}), "
+                                  f"or remove it")
+            fixed[name] = knob.default
+            continue
         if name not in overrides:
             available = knob.searched_by_default(machine, mode, pipeline)
             values = knob.candidates(machine) if available else [knob.default]
@@ -150,6 +164,14 @@ def build_space(machine: Machine, overrides: dict[str, Any], where: str = "space
         else:
             fixed[key] = values[0]
     return Space(searched=searched, fixed=fixed, knob_baseline=baseline)
+
+
+def precision_levers(machine: Machine, mode: str) -> list[str]:
+    """The reduced-precision knobs this machine's CPU could use (searched only with an accuracy
+    tolerance): the opening lines name them, with how to opt in."""
+    return [k.name for k in PRECISION
+            if k.searched_by_default(machine, mode, Pipeline()) or (
+                getattr(k, "declared_only", False) and set(k.cpu_flags) & machine.cpu_flags)]
 
 
 def same_value(a: Any, b: Any) -> bool:

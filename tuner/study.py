@@ -20,9 +20,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from . import coord, measuring, progress, sampling, stats, structured, tuned
+from . import coord, guard, measuring, progress, sampling, stats, structured, tuned
 from . import storage as storage_mod
-from .errors import TrialFailed
+from .errors import TrialFailed, WorkloadError
 from .searched import Searched
 from .trial import Watch
 from .urls import mask_secret, masked
@@ -51,8 +51,9 @@ class Study:
             study.sampler, structured.StructuredSampler) else None
         if self.structured is not None:
             self.structured.select = self.mine
-            objective = self.config.objective
-            self.structured.feasible = lambda attrs: measuring.feasible(attrs, objective)
+            objective, accuracy = self.config.objective, self.config.accuracy
+            self.structured.feasible = lambda attrs: measuring.feasible(attrs, objective,
+                                                                        accuracy)
 
     def mine(self, trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
         """The trials measured on this machine type (all of them, unless the study was joined
@@ -192,7 +193,24 @@ class Study:
             trial.set_user_attr("latency_excess_ms", excess)
             if hasattr(trial, "set_constraint"):  # feasible when <= 0; constrained TPE uses it
                 trial.set_constraint("latency_budget", excess)
+        self._guard(trial, role, attrs)
         return measuring.score(attrs, objective)
+
+    def _guard(self, trial: optuna.Trial, role: str | None, attrs: dict[str, Any]) -> None:
+        """The accuracy guard's verdict on a measured trial: its excess over the limit (> 0:
+        infeasible, never adopted), stored for constrained samplers; a baseline beyond float
+        noise means the workload is not deterministic, and the search stops with why."""
+        excess = measuring.accuracy_excess(attrs, self.config.accuracy)
+        if excess is None:
+            return
+        trial.set_user_attr("accuracy_excess", min(excess, 1e300))
+        if hasattr(trial, "set_constraint"):  # Optuna's "constraints:accuracy" system attr
+            trial.set_constraint("accuracy", min(excess, 1e300))
+        if role == BASELINE:
+            why = guard.refused_baseline(attrs.get("accuracy"))
+            if why:
+                trial.set_user_attr("fail_reason", why)
+                raise WorkloadError(why)
 
     def measured_before(self, settings: dict[str, Any], number: int) -> FrozenTrial | None:
         """This machine type's measured (not itself duplicated) complete trial of ``settings``."""

@@ -19,6 +19,12 @@ Format history (``format_version``):
      speedup_ci95 and p_value hold the rejected candidate's measured numbers (null when none
      was compared; p_value null when it failed during validation), no longer a made-up 1.0,
      [1, 1], 1.0.
+  2: the accuracy guard: result.accuracy {metric, tolerance (null: the float-noise limit),
+     deviation (the adopted configuration's, worst over its validation processes), limit,
+     samples, measured, processes}, search.accuracy_infeasible (trials ruled out, with their
+     deviation), and settings.precision / env.ONEDNN_DEFAULT_FPMATH_MODE (reduced precision,
+     which a reader refuses without a measured deviation within the tolerance). Version 1 files
+     read as before (they hold no reduced precision).
 """
 
 from __future__ import annotations
@@ -40,8 +46,8 @@ from .errors import ConfigError, StudyError, StudyMismatchError
 from .files import write_text_atomic
 from .urls import mask_url, masked
 
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
 # The prefix of the attributes that hold tuner's bookkeeping in Optuna storage: a study's config,
 # machine and last result, a trial's host and process. A trial's measurements (throughput,
@@ -55,7 +61,8 @@ HEADER = """\
 # Tuned TensorFlow CPU configuration, written by tuner {tuner_version}.
 # Use it in a job:   cfg = tuner.apply("{path}")   (first thing, before TensorFlow runs an op)
 # or wrap a command: python -m tuner run --tuned {path} -- python train.py
-# format_version history: 1 = first version (settings, machine, result, validation, study).
+# format_version history: 1 = first version (settings, machine, result, validation, study);
+# 2 = result.accuracy (the accuracy guard's measured deviation), reduced-precision settings.
 """
 
 

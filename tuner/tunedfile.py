@@ -100,6 +100,7 @@ def read(path: str | Path, *, allow_env: Iterable[str] = (),
                           f"got {shown(verdict)}")
     check_settings(doc["settings"], where, allow_env=extra)
     check_machine_block(doc.get("machine"), where)
+    check_precision_evidence(doc, where)
     if verdict == "unvalidated" and not allow_unvalidated:
         raise ConfigError(
             f"{where}: verdict: unvalidated: the search was interrupted before validation, so "
@@ -131,10 +132,10 @@ def evidence_problem(doc: dict[str, Any]) -> str | None:
     ``tuned`` verdict needs its result (speedup, interval, p-value) and machine, satisfying the
     adoption rule validation applied: p below the recorded level (the last look's in a
     sequential validation, else ``validation.alpha``), the interval's low end above 1, and at
-    least the minimum speedup. Settings that change the model's numbers need their measured
-    deviation within the recorded tolerance (:func:`accuracy_problem`)."""
+    least the minimum speedup. (Settings that change the model's numbers are held to their
+    measured deviation by :func:`check_precision_evidence`, whatever the verdict.)"""
     if doc.get("verdict") != "tuned":
-        return accuracy_problem(doc)
+        return None
     result = doc.get("result")
     if not isinstance(result, dict):
         return "the file carries no result (speedup, interval, p-value)"
@@ -171,52 +172,6 @@ def evidence_problem(doc: dict[str, Any]) -> str | None:
         return f"the speedup's 95% interval starts at {ci[0]:.3f}x, not above 1"
     if speedup < minimum:
         return f"{speedup:.3f}x is below the minimum speedup {minimum:g}x"
-    return accuracy_problem(doc)
-
-
-def numbers_changed(tree: Any) -> list[str]:
-    """The knobs of a settings block that change the model's numbers (``changes_numbers``) and
-    are set away from their default."""
-    if not isinstance(tree, dict):
-        return []
-    from . import settings as settings_mod
-
-    flat = settings_mod.flatten(tree)
-    return [k.name for k in knobs.KNOBS.values()
-            if getattr(k, "changes_numbers", False) and flat.get(k.name, k.default) != k.default]
-
-
-ACCURACY_KEYS = ("metric", "tolerance", "deviation", "limit", "samples")
-
-
-def accuracy_problem(doc: dict[str, Any]) -> str | None:
-    """Why settings that change the model's numbers are not supported by the file's measured
-    accuracy (``result.accuracy: {metric, tolerance, deviation, limit, samples}``), or None."""
-    changed = numbers_changed(doc.get("settings"))
-    if not changed:
-        return None
-    result = doc.get("result") if isinstance(doc.get("result"), dict) else {}
-    accuracy = result.get("accuracy")
-    if not isinstance(accuracy, dict):
-        return (f"settings {', '.join(changed)} change the model's numbers, and the file "
-                f"records no measured deviation (result.accuracy)")
-    metric, tolerance = accuracy.get("metric"), accuracy.get("tolerance")
-    deviation, limit, samples = (accuracy.get(k) for k in ("deviation", "limit", "samples"))
-    if not isinstance(metric, str) or not metric or _CONTROL.search(metric):
-        return f"result.accuracy.metric: expected a name, got {shown(metric)}"
-    for name, value in (("tolerance", tolerance), ("deviation", deviation)):
-        if not _number(value) or value < 0:
-            return f"result.accuracy.{name}: expected a number >= 0, got {shown(value)}"
-    if limit is not None and (not _number(limit) or limit < 0):
-        return f"result.accuracy.limit: expected a number >= 0 or null, got {shown(limit)}"
-    if type(samples) is not int or samples < 1:
-        return f"result.accuracy.samples: expected an integer >= 1, got {shown(samples)}"
-    if deviation > tolerance:
-        return (f"result.accuracy: the measured deviation {deviation:.3g} ({metric}) is over "
-                f"the tolerance {tolerance:.3g}")
-    if limit is not None and deviation > limit:
-        return (f"result.accuracy: the measured deviation {deviation:.3g} ({metric}) is over "
-                f"the limit {limit:.3g}")
     return None
 
 
@@ -298,6 +253,7 @@ def check_settings(tree: Any, path: str, *, allow_env: Iterable[str] = ()) -> di
     _check_tf_data(tree.get("tf_data") or {}, path)
     _check_env(tree.get("env"), path, allowed_names(allow_env))
     _check_declared(tree.get("knobs"), path)
+    _check_precision(tree.get("precision"), path)
     allocator = tree.get(knobs.ALLOCATOR.name, knobs.ALLOCATOR.default)
     if not knobs.ALLOCATOR.is_valid(allocator):
         raise ConfigError(f"{path}: settings.allocator: {shown(allocator)} is not allowed; "
@@ -386,6 +342,70 @@ def _check_declared(declared: Any, path: str) -> None:
             raise ConfigError(f"{path}: settings.knobs.{key}: expected a number, a string "
                               f"(without control characters), true, false or null, "
                               f"got {shown(value)}")
+
+
+_PRECISION_FIELDS = {k.key: k for k in knobs.PRECISION_IN_PROCESS}
+
+
+def _check_precision(block: Any, path: str) -> None:
+    if block is None:
+        return
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: settings.precision: expected a mapping, got {block!r}")
+    for key, value in block.items():
+        knob = _PRECISION_FIELDS.get(key)
+        if knob is None:
+            shown = key if isinstance(key, str) and key.isprintable() else repr(key)
+            raise ConfigError(f"{path}: settings.precision.{shown}: unknown; allowed: "
+                              f"{', '.join(_PRECISION_FIELDS)}")
+        if not knob.is_valid(value):
+            raise ConfigError(f"{path}: settings.precision.{key}: expected {knob.allowed}, "
+                              f"got {value!r}")
+
+
+def precision_settings(tree: dict[str, Any]) -> dict[str, Any]:
+    """The reduced-precision knobs a (checked) ``settings`` block turns on, by knob name."""
+    return {k.name: value for k in knobs.PRECISION
+            if (value := k.read(tree)) != k.default}
+
+
+def check_precision_evidence(doc: dict[str, Any], path: str) -> None:
+    """Reduced precision changes the model's numbers: a file that turns it on must carry the
+    accuracy guard's measured deviation of those settings, within the file's own tolerance
+    (``result.accuracy``, format_version 2)."""
+    used = precision_settings(doc["settings"])
+    if not used:
+        return
+    names = ", ".join(f"{name}={knobs.text(v)}" for name, v in used.items())
+    block = (doc.get("result") or {}).get("accuracy") if isinstance(doc.get("result"),
+                                                                    dict) else None
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: settings turn on reduced precision ({names}) but "
+                          f"result.accuracy, the guard's measured deviation, is missing; "
+                          f"only a search with an accuracy tolerance writes such settings")
+    metric, tolerance = block.get("metric"), block.get("tolerance")
+    deviation = block.get("deviation")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  for v in (tolerance, deviation))
+    if metric not in ("rel_l2", "max_abs", "top1") or not numbers or tolerance <= 0:
+        raise ConfigError(f"{path}: result.accuracy: expected metric rel_l2, max_abs or top1 "
+                          f"with a numeric tolerance > 0 and deviation for the reduced precision "
+                          f"({names}), got metric {shown(metric)}, tolerance {shown(tolerance)}, "
+                          f"deviation {shown(deviation)}")
+    within = deviation >= 1 - tolerance if metric == "top1" else deviation <= tolerance
+    if not within:
+        raise ConfigError(f"{path}: result.accuracy: the measured deviation ({metric} "
+                          f"{deviation:g}) is beyond the tolerance ({tolerance:g}); refusing "
+                          f"the reduced precision ({names})")
+
+
+def check_cpu(doc: dict[str, Any], path: str, flags: Any) -> None:
+    """A reduced-precision setting needs its CPU instructions (``flags``: this CPU's); without
+    them oneDNN would emulate it slowly or ignore it, so it is refused in one line."""
+    for name, value in precision_settings(doc["settings"]).items():
+        lacking = knobs.KNOBS[name].lacks_flags(value, flags)
+        if lacking:
+            raise ConfigError(f"{path}: {lacking}; re-run the search on this machine")
 
 
 def _check_cpu_list(value: Any, path: str, name: str, expected: str) -> list[int]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from . import measuring, stats
+from . import guard, measuring, stats
 from . import settings as settings_mod
 from .config import Config
 from .errors import StudyError, TrialFailed
@@ -88,7 +88,7 @@ def candidates(trials: Iterable[FrozenTrial], baseline: dict[str, Any],
     seen = {_json_key(baseline)}
     chosen: list[Candidate] = []
     usable = [t for t in trials if "settings" in t.user_attrs
-              and measuring.feasible(t.user_attrs, config.objective)]
+              and measuring.feasible(t.user_attrs, config.objective, config.accuracy)]
     for t in sorted(usable, key=lambda t: t.value, reverse=True):
         key = _json_key(t.user_attrs["settings"])
         if key in seen:
@@ -272,6 +272,14 @@ def _round(measurer: measuring.Measurer, entries: list[tuple[str, dict[str, Any]
         except TrialFailed as exc:
             failures[label] = exc.reason
             parts.append(f"{label} FAIL")
+            continue
+        accuracy = measurer.config.accuracy
+        if label != BASELINE and (measuring.accuracy_excess(attrs, accuracy) or 0.0) > 0:
+            # the guard runs in every process validation measures: beyond the limit once is
+            # never adopted, however fast
+            failures[label] = (f"outputs beyond the accuracy limit: "
+                               f"{guard.describe_deviation(attrs.get('accuracy'), 'rel_l2')}")
+            parts.append(f"{label} INFEASIBLE")
             continue
         store.setdefault(label, []).append(attrs)
         parts.append(f"{label} {attrs['throughput']['median']:.1f}")

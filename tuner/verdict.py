@@ -14,7 +14,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from . import coord, knobs, measuring, stats, tuned
+from . import coord, guard, knobs, measuring, stats, tuned
 from . import host as host_mod
 from . import settings as settings_mod
 from .config import Config
@@ -36,9 +36,14 @@ class Verdict:
     validation: dict[str, Any]
 
 
-def unvalidated(searched: Searched) -> Verdict:
-    """The best trial against the baseline trial: single-process measurements."""
+def unvalidated(searched: Searched, config: Config | None = None) -> Verdict:
+    """The best trial against the baseline trial: single-process measurements. With
+    ``config``, the best feasible one (within the latency budget and the accuracy limit)."""
     best, base = searched.best, searched.baseline
+    if config is not None:
+        feasible = [t for t in searched.trials if t.state == TrialState.COMPLETE
+                    and measuring.feasible(t.user_attrs, config.objective, config.accuracy)]
+        best = max(feasible, key=lambda t: t.value, default=best)
     return Verdict("unvalidated", best.user_attrs["settings"], {
         "throughput": _trial_throughput(best),
         "baseline_throughput": _trial_throughput(base) if base else None,
@@ -47,7 +52,13 @@ def unvalidated(searched: Searched) -> Verdict:
         "cpu_saturation": best.user_attrs.get("cpu_saturation"),
         "note": "search interrupted before validation: these are single-process "
                 "measurements; run the same command again to resume and validate",
+        **_accuracy_of(config, [best.user_attrs]),
     }, {"done": False})
+
+
+def _accuracy_of(config: Config | None, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    block = accuracy_block(config, runs) if config is not None else None
+    return {"accuracy": block} if block is not None else {}
 
 
 def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
@@ -69,8 +80,8 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
             "throughput": baseline_block, "baseline_throughput": baseline_block,
             "speedup": None, "speedup_ci95": None, "p_value": None, "significant": False,
             "cpu_saturation": base_sat, "baseline_cpu_saturation": base_sat,
-            "step_latency_ms": _median_latency(base_runs), "note": "no candidate to validate"},
-            doc)
+            "step_latency_ms": _median_latency(base_runs), "note": "no candidate to validate",
+            **_accuracy_of(config, base_runs)}, doc)
     if label in v.failures:
         # A run that fails during validation is a verdict on the candidate, whatever its other
         # runs measured: it is never adopted, and no test is made of the rounds it survived
@@ -104,7 +115,8 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
             "step_latency_ms": winner["step_latency_ms"],
             "baseline_step_latency_ms": _median_latency(base_runs),
             "input_wait": stats.median([m["input_wait"] for m in win_runs]),
-            **_first_steps(win_runs, base_runs), **_advice(v.winner.settings)}, doc)
+            **_first_steps(win_runs, base_runs), **_advice(v.winner.settings),
+            **_accuracy_of(config, win_runs)}, doc)
     # the rejected candidate's measured numbers, where a tuned file has them (result.speedup,
     # speedup_ci95, p_value: docs/tuned-file.md), and again under result.rejected with why
     return Verdict("defaults", defaults, {
@@ -116,7 +128,48 @@ def validated(v: Validation, config: Config, pre: Preflight) -> Verdict:
         "input_wait": stats.median([m["input_wait"] for m in base_runs]),
         **_first_steps(base_runs, []),   # the defaults are the baseline: said once
         "rejected": {k: winner[k] for k in ("trial", "settings", "speedup", "speedup_ci95",
-                                            "p_value", "rejected_because")}}, doc)
+                                            "p_value", "rejected_because")},
+        **_accuracy_of(config, base_runs)}, doc)
+
+
+def accuracy_block(config: Config, runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``result.accuracy``: the guard's metric, tolerance (None: the float-noise limit), limit,
+    samples, and the adopted configuration's deviation: its worst over ``runs`` (each
+    measurement's summary); None when the guard measured nothing (a data-only workload)."""
+    measured = [m["accuracy"] for m in runs if isinstance(m.get("accuracy"), dict)
+                and not m["accuracy"].get("error")]
+    if not measured:
+        return None
+    acc = config.accuracy
+    metric, bound = guard.limit(acc.metric, acc.tolerance)
+
+    def worst(key: str, floor: bool = False) -> float | None:
+        values = [d.get(key) for d in measured]
+        if any(v is None for v in values):
+            return None
+        return min(values) if floor else max(values)
+
+    every = {"rel_l2": worst("rel_l2"), "max_abs": worst("max_abs"),
+             "top1": worst("top1", floor=True)}
+    if every[metric] is None and metric == "top1":   # not a batch of scores: judged on rel_l2
+        metric, bound = "rel_l2", guard.limit("rel_l2", acc.tolerance)[1]
+    return {"metric": metric, "tolerance": acc.tolerance, "deviation": every[metric],
+            "limit": bound, "samples": measured[0].get("samples"),
+            "measured": every, "processes": len(measured)}
+
+
+def infeasible(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
+    """The trials the accuracy guard ruled out (beyond its limit), with their deviation."""
+    rows = []
+    for t in trials:
+        if t.state == TrialState.COMPLETE and (t.user_attrs.get("accuracy_excess") or 0) > 0 \
+                and "duplicate_of" not in t.user_attrs:
+            deviation = t.user_attrs.get("accuracy") or {}
+            rows.append({"trial": t.number,
+                         "settings": settings_mod.short(t.user_attrs.get("settings") or {}),
+                         "deviation": {k: deviation.get(k) for k in guard.METRICS},
+                         "throughput": (t.user_attrs.get("throughput") or {}).get("median")})
+    return rows
 
 
 FAILED_IN_VALIDATION = "failed during validation"
@@ -286,6 +339,9 @@ def document(config: Config, pre: Preflight, searched: Searched, verdict: Verdic
             "space": pre.space.describe(),
             **({"batch_sizes": batch_sizes(searched.trials)}
                if knobs.BATCH_SIZE.name in pre.space.searched else {}),
+            # trials the accuracy guard ruled out: never candidates, however fast
+            **({"accuracy_infeasible": rows} if (rows := infeasible(searched.trials))
+               else {}),
             "sampler": searched.sampler,
             # the declared knobs' names and values: all settings.knobs may hold (readers
             # refuse anything else)

@@ -41,7 +41,10 @@ def preflight(task: dict[str, Any], progress: Progress) -> dict[str, Any]:
     timings["second_step"] = time.perf_counter() - t
     tf = work.tf
     available, algorithms = settings_mod.tf_data_available(tf)
+    progress.emit(phase="guard")
+    reference = work.guard_reference()
     return {
+        **({"guard": reference} if reference is not None else {}),
         "batch_size": work.batch_size,
         "element_spec": work.element_spec,
         "tf_version": tf.__version__,
@@ -82,7 +85,12 @@ def measure(task: dict[str, Any], progress: Progress) -> dict[str, Any]:
         raise WorkloadProblem(f"XLA could not run this model (TF_XLA_FLAGS="
                               f"{os.environ.get('TF_XLA_FLAGS', '')!r}): {describe(exc)}") \
             from exc
+    progress.emit(phase="guard")
+    t = time.perf_counter()
+    accuracy = work.guard_check()
+    timings["guard"] = time.perf_counter() - t
     return {
+        **({"accuracy": accuracy} if accuracy is not None else {}),
         "batch_size": work.batch_size,
         **measured,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

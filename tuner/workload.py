@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import knobs
+from . import guard, knobs
 from . import settings as settings_mod
 from .modelload import Loaded
 from .protocol import Progress, WorkloadProblem, describe
@@ -261,6 +261,9 @@ class Workload:
         wl = task["workload"]
         settings = task["settings"]
         self.mode = wl["mode"]
+        self.wl = wl
+        # the accuracy guard's task: builders are seeded so every process has the same weights
+        self.guard_task: dict[str, Any] | None = task.get("guard")
         self.loaded: Loaded | None = None     # a model file, when the workload names one
         self.generated = bool(wl.get("model_format")) and wl.get("data") is None
         phases: tuple[tuple[str, Callable[[], None]], ...] = (
@@ -283,6 +286,8 @@ class Workload:
         self.tf = tf
         # Must happen before the first op initialises the runtime, as tuner.apply() does it.
         settings_mod.apply_threading(tf, settings)
+        # reduced precision set inside the process (graph rewrite, Keras policy), before building
+        settings_mod.apply_precision(tf, settings)
 
     def _build_model(self, wl: dict[str, Any], declared: dict[str, list[Any]],
                      settings: dict[str, Any]) -> None:
@@ -308,9 +313,16 @@ class Workload:
         self.knobs = values
         self.model = self.loaded.keras_model if self.loaded is not None else None
         if self.mode != "data" and self.loaded is None:
-            func, spec = builders["model"]
-            self.model = _call_builder(func, "model", spec, self.plan.kwargs("model", values, tf))
+            self.model = self._call_model_builder()
             self._check_model(wl["model"])
+
+    def _call_model_builder(self) -> Any:
+        func, spec = self.builders["model"]
+        if self.guard_task is not None:
+            import keras
+
+            keras.utils.set_random_seed(guard.SEED)
+        return _call_builder(func, "model", spec, self.plan.kwargs("model", self.knobs, self.tf))
 
     def _build_data(self, wl: dict[str, Any], settings: dict[str, Any]) -> None:
         """Build the dataset with the trial's tf.data options and read its first batch."""
@@ -365,8 +377,11 @@ class Workload:
 
     def _make_step(self) -> Callable[[Any], Any]:
         tf = self.tf
+        self.forward: Callable[[Any], Any] | None = None   # model inputs -> outputs (predict)
         if self.loaded is not None:
             step = self.loaded.step()
+            if self.mode == "predict":
+                self.forward = step
             return step if self.generated or self.mode == "train" \
                 else (lambda batch: step(_inputs(batch)))
         if self.mode == "data":
@@ -374,6 +389,7 @@ class Workload:
         model = self.model
         if self.mode == "predict":
             forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+            self.forward = forward
             return lambda batch: forward(_inputs(batch))
         train = tf.function(model.train_step, reduce_retracing=True)
         return lambda batch: train(tuple(batch))
@@ -391,6 +407,79 @@ class Workload:
             raise WorkloadProblem(f"workload.data: reading a batch raised "
                                   f"{describe(exc)}") from exc
 
+
+    # -- the accuracy guard (tuner/guard.py) ------------------------------------------------------
+
+    def _guarded_part(self, element: Any) -> Any:
+        """What the guard feeds: the model inputs (predict), the whole (x, y) batch (train)."""
+        return element if self.generated or self.mode == "train" else _inputs(element)
+
+    def guard_reference(self) -> dict[str, Any] | None:
+        """The reference child: save N samples of the data and the outputs on them."""
+        task = self.guard_task
+        if task is None or self.mode == "data" or (self.mode == "train" and not task.get("train")):
+            return None
+        tf = self.tf
+        parts = (self._guarded_part(b) for b in iter(self.dataset))
+        try:
+            got = guard.collect(tf, parts, int(task["samples"]))
+        except Exception as exc:
+            raise WorkloadProblem(f"accuracy guard: reading {task['samples']} samples raised "
+                                  f"{describe(exc)}") from exc
+        if got is None:
+            return {"skipped": "an input has no batch dimension"}
+        leaves, count = got
+        batch = max(1, min(self.batch_size, count))
+        outs = self._guard_outputs(leaves, batch)
+        guard.save(task["reference"], leaves, outs, batch)
+        return {"samples": count, "batch": batch,
+                "outputs": [list(o.shape) for o in outs]}
+
+    def guard_check(self) -> dict[str, Any] | None:
+        """A candidate child: the deviation of its outputs on the reference's samples."""
+        task = self.guard_task
+        if task is None or self.mode == "data" or (self.mode == "train" and not task.get("train")):
+            return None
+        from pathlib import Path
+
+        if not Path(task["reference"]).is_file():
+            return None
+        leaves, ref, batch = guard.load(task["reference"])
+        try:
+            outs = self._guard_outputs(leaves, batch)
+        except WorkloadProblem:
+            raise
+        except Exception as exc:
+            return {"error": f"the guard's samples raised {describe(exc)}"}
+        return {**guard.deviation(outs, ref), "samples": int(leaves[0].shape[0]), "batch": batch}
+
+    def _guard_outputs(self, leaves: list[Any], batch: int) -> list[Any]:
+        tf = self.tf
+        structure = self._guarded_part(self.first)
+        if self.mode == "train":
+            return [self._guard_train(structure, leaves, batch)]
+        assert self.forward is not None
+        return guard.outputs(tf, self.forward, structure, leaves, batch)
+
+    def _guard_train(self, structure: Any, leaves: list[Any], batch: int) -> Any:
+        """The loss after guard.TRAIN_STEPS passes over the samples, from a seeded start: a
+        model built (or loaded) again, so the trial's own training does not count."""
+        import keras
+        import numpy as np
+
+        tf = self.tf
+        keras.utils.set_random_seed(guard.SEED)
+        model = Loaded(tf, self.wl).keras_model if self.loaded is not None \
+            else self._call_model_builder()
+        train = tf.function(model.train_step, reduce_retracing=True)
+        loss = None
+        count = int(leaves[0].shape[0])
+        for _ in range(guard.TRAIN_STEPS):
+            for start in range(0, count, batch):
+                piece = [tf.constant(leaf[start:start + batch]) for leaf in leaves]
+                logs = train(tuple(tf.nest.pack_sequence_as(structure, piece)))
+                loss = logs["loss"] if isinstance(logs, dict) else logs
+        return np.asarray([float(np.asarray(loss))], dtype=np.float64)
 
     def samples(self, batch: Any) -> int:
         """How many samples ``batch`` holds."""
