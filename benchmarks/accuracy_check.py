@@ -58,16 +58,24 @@ CHILD = textwrap.dedent("""
         m = importlib.util.spec_from_file_location("wl", file)
         mod = importlib.util.module_from_spec(m); m.loader.exec_module(mod)
         return getattr(mod, func)
-    model = load(spec["model"])()
-    keras.utils.set_random_seed(spec["seed"])
-    data = load(spec["data"])()
-    xs, have = [], 0
-    for batch in data:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        xs.append(np.asarray(x)); have += xs[-1].shape[0]
-        if have >= spec["samples"]:
-            break
-    x = np.concatenate(xs)[:spec["samples"]]
+    if spec["model"].endswith((".keras", ".h5")):
+        # a model file: its own weights; inputs drawn from a seeded normal, its input's shape
+        model = keras.saving.load_model(os.path.join(spec["base_dir"], spec["model"]),
+                                        safe_mode=True)
+        shape = tuple(model.inputs[0].shape[1:])
+        x = np.random.default_rng(spec["seed"]).standard_normal(
+            (spec["samples"], *shape)).astype(model.inputs[0].dtype)
+    else:
+        model = load(spec["model"])()
+        keras.utils.set_random_seed(spec["seed"])
+        data = load(spec["data"])()
+        xs, have = [], 0
+        for batch in data:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            xs.append(np.asarray(x)); have += xs[-1].shape[0]
+            if have >= spec["samples"]:
+                break
+        x = np.concatenate(xs)[:spec["samples"]]
     forward = tf.function(lambda t: model(t, training=False))
     out = np.concatenate([np.asarray(forward(tf.constant(x[i:i + 16])), dtype=np.float64)
                           for i in range(0, len(x), 16)])
@@ -109,8 +117,9 @@ def main() -> int:
     if wl["mode"] != "predict":
         sys.exit("accuracy_check: predict workloads only")
     work = Path(tempfile.mkdtemp(prefix="accuracy-check-"))
-    common = {"base_dir": str(Path(wl["config"]).parent), "model": wl["model"],
-              "data": wl["data"], "samples": args.samples, "seed": SEED}
+    base = Path(wl["config"]).parent if wl.get("config") else Path(args.tuned).parent
+    common = {"base_dir": str(base), "model": wl["model"], "data": wl.get("data"),
+              "samples": args.samples, "seed": SEED}
     plain_env = {k: v for k, v in os.environ.items() if k not in OWNED}
     seen_defaults = run({**common, "out": str(work / "defaults.npz")}, plain_env)
     if args.tuned:

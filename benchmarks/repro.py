@@ -52,12 +52,13 @@ DEFAULTS = {"intra_op_parallelism_threads": 0, "inter_op_parallelism_threads": 0
             "tf_data": {}, "env": {}}
 
 
-def search(config: Path, seed: int, out: Path, log) -> dict:
-    name = f"{config.stem}-s{seed}"
+def search(config: Path, seed: int, out: Path, log, extra: tuple[str, ...] = (),
+           tag: str = "") -> dict:
+    name = f"{config.stem}{tag}-s{seed}"
     storage = f"sqlite:///{out / (name + '.db')}"
     tuned = out / name / "tuned.yaml"
     cmd = [sys.executable, "-m", "tuner", "search", "--config", str(config), "--seed", str(seed),
-           "--storage", storage, "--study-name", name, "--output", str(tuned)]
+           "--storage", storage, "--study-name", name, "--output", str(tuned), *extra]
     log(f"== {name}: {' '.join(cmd[1:])}")
     load = os.getloadavg()[0]
     t0 = time.monotonic()
@@ -171,6 +172,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="re-measurement rounds")
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per process")
     ap.add_argument("--warmup", type=float, default=1.5)
+    ap.add_argument("--search-arg", action="append", default=[], metavar="ARG",
+                    help="passed on to every search (repeat it: --search-arg=--accuracy-tolerance "
+                         "--search-arg=0.05)")
+    ap.add_argument("--tag", default="", help="appended to each study's name (-tol)")
     ap.add_argument("--out", type=Path,
                     default=ROOT / "results" / f"repro-{dt.datetime.now():%Y%m%d-%H%M%S}")
     args = ap.parse_args()
@@ -188,9 +193,10 @@ def main() -> None:
     report = {"date": dt.datetime.now().isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
                           "python": platform.python_version()},
-              "load_before": os.getloadavg(), "examples": {}}
+              "load_before": os.getloadavg(), "search_args": args.search_arg, "examples": {}}
     for config in args.configs:
-        runs = [search(config.resolve(), seed, args.out, log) for seed in seeds]
+        runs = [search(config.resolve(), seed, args.out, log, tuple(args.search_arg), args.tag)
+                for seed in seeds]
         log(f"== {config.stem}: re-measuring ({args.rounds} rounds of {args.seconds} s)")
         measured = remeasure(runs, args.rounds, args.seconds, args.warmup, log)
         report["examples"][config.stem] = {"runs": runs, "remeasured": measured}

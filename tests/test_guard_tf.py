@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import yaml
-from helpers import copy_workloads, skip_without_tensorflow
+from helpers import copy_workloads, evidence, skip_without_tensorflow
 
 from tuner import config, guard, host, knobs, measuring
 
@@ -76,9 +76,9 @@ def _tuned(tmp_path, settings):
     doc = {"format_version": 2, "verdict": "tuned",
            "settings": {"intra_op_parallelism_threads": 0, "inter_op_parallelism_threads": 0,
                         **settings},
-           "result": {"speedup": 1.1, "accuracy": {"metric": "rel_l2", "tolerance": 0.05,
-                                                   "deviation": 0.003, "limit": 0.05,
-                                                   "samples": 16}}}
+           "machine": dict(host.detect().as_dict(), tf_version=host.installed_tf_version()),
+           **evidence(accuracy={"metric": "rel_l2", "tolerance": 0.05, "deviation": 0.003,
+                                "limit": 0.05, "samples": 16})}
     path = tmp_path / "tuned.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -17,7 +17,7 @@ import optuna
 import pytest
 import sqlalchemy.exc
 import yaml
-from helpers import PG_PASSWORD
+from helpers import PG_PASSWORD, assert_one_error_line
 from optuna.trial import TrialState
 
 from tuner import cli
@@ -98,8 +98,9 @@ def test_two_workers_share_one_study_and_validate_once(shared_config, pg_url, tm
     roles = [t.user_attrs.get("role") for t in trials]
     assert roles.count("baseline") == 1 and roles.count("expert") == 1  # enqueued once
 
-    # one worker validated; the other waited and wrote its file from the stored result
-    outs = [out for _, out, _ in results]
+    # one worker validated; the other waited and wrote its file from the stored result (the
+    # progress lines that say so are on stderr, the summary on stdout)
+    outs = [out + err for _, out, err in results]
     validated = [o for o in outs if "final round 1/" in o]
     reused = [o for o in outs if "validation: reusing the validation stored by" in o]
     assert len(validated) == 1 and len(reused) == 1, outs
@@ -165,8 +166,7 @@ def test_a_worker_on_another_machine_type_is_refused_unless_allowed(
     monkeypatch.setenv("FAKE_TF_VERSION", "fake-2.0")  # another TensorFlow: another machine type
     monkeypatch.setenv("TUNER_HOST_ID", "host-b")
     assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
+    err = assert_one_error_line(2, capsys.readouterr().err)   # after the preflight's lines
     assert err.startswith("error: study 'shared' in postgresql://tuner:***@")
     assert "tf_version: 'fake-1.0' vs 'fake-2.0'" in err
     assert "--allow-other-machines" in err
@@ -174,7 +174,7 @@ def test_a_worker_on_another_machine_type_is_refused_unless_allowed(
 
     assert cli.main([*argv, "--allow-other-machines"]) == 0
     captured = capsys.readouterr()
-    assert "joining" in captured.out and PG_PASSWORD not in captured.out + captured.err
+    assert "joining" in captured.err and PG_PASSWORD not in captured.out + captured.err
     doc = yaml.safe_load((tmp_path / "host-b" / "tuned.yaml").read_text())
     study = optuna.load_study(study_name="shared", storage=pg_url)
     mine = [t for t in study.trials if t.user_attrs.get("tuner.host") == "host-b"]
