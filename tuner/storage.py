@@ -9,7 +9,9 @@ cannot change its outcome. A wrong password, a missing driver or database is rep
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import sys
 import time
 import warnings
 from typing import Any, Callable
@@ -159,11 +161,41 @@ def cannot_connect(url: str, exc: BaseException) -> StudyError:
                       f"{mask_secret(first, url)}")
 
 
+class _NotTheStop(logging.Filter):
+    """Passes every record but one whose exception is the stop itself (a KeyboardInterrupt)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, KeyboardInterrupt)
+
+
+def quiet_stop_in_pool() -> None:
+    """SQLAlchemy's pool logs "Exception during reset or similar" with the whole traceback when a
+    stop (SIGTERM, Ctrl-C: a KeyboardInterrupt) lands while it returns a connection; the stop is
+    handled (the search says "interrupted" and exits 130), so that traceback is noise on a
+    command's stderr. Its other errors still print, as Python's last-resort handler would."""
+    pool = logging.getLogger("sqlalchemy.pool")
+    if not any(isinstance(h, _StopFilteredHandler) for h in pool.handlers):
+        pool.addHandler(_StopFilteredHandler())
+
+
+class _StopFilteredHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.WARNING)
+        self.addFilter(_NotTheStop())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr   # the current one (a command's, a test's capture)
+        super().emit(record)
+
+
 def open_storage(url: str, *, heartbeat_interval: int, grace_period: int,
                  say: Callable[[str], None]) -> RetryingRDBStorage:
     """The RDB storage, created with retries (two workers creating the tables of a new database at
     the same moment conflict once; a server starting up refuses for a moment). A SQLite file's
     directory is made first."""
+    quiet_stop_in_pool()
     if url.startswith("sqlite:///") and url[len("sqlite:///"):] not in ("", ":memory:"):
         os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])), exist_ok=True)
 
