@@ -108,7 +108,9 @@ def test_json_is_one_document_with_the_files_whole_claim(tuned_file, capsys):
     assert record["message"].startswith("still ")
     assert record["recorded"]["result"] == json.loads(json.dumps(doc["result"]))
     assert record["recorded"]["settings"] == doc["settings"]
-    assert any("result.accuracy" in note for note in record["notes"])
+    # the file's deviation is re-measured, judged by its own metric and tolerance
+    assert record["measured"]["accuracy"]["metric"] == "max_abs"
+    assert record["measured"]["accuracy"]["tolerance"] == 0.01
     assert record["measured"]["baseline_throughput"]["unit"] == "samples/s"
 
 
@@ -257,3 +259,54 @@ def test_a_model_files_result_is_checked_with_model_and_writes_nothing(fake_work
         assert "generated inputs" in err     # the model file's workload, from --model
     # no generated config, study or file was written by the check
     assert sorted(str(p) for p in tmp_path.rglob("*") if "lock" not in p.name) == before
+
+
+@pytest.mark.parametrize("deviation,code", [(0.003, 0), (0.2, 1)])
+def test_a_reduced_precision_file_is_held_to_its_tolerance_here(tuned_file, capsys, monkeypatch,
+                                                               deviation, code):
+    # the file turns on bf16 math, measured within its tolerance 0.05 when tuned; here the
+    # guard re-measures its outputs' deviation from TensorFlow's defaults on the same samples
+    from tuner import host
+
+    monkeypatch.setattr(host, "_cpu_flags", lambda root: ["avx512_bf16"])
+    monkeypatch.setenv("FAKE_DEVIATION", json.dumps({"env.ONEDNN_DEFAULT_FPMATH_MODE=BF16":
+                                                     deviation}))
+    tuned, cfg = tuned_file
+    doc = yaml.safe_load(tuned.read_text())
+    doc["format_version"] = 2
+    doc["settings"]["env"] = {"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"}
+    doc["result"]["accuracy"] = {"metric": "rel_l2", "tolerance": 0.05, "deviation": 0.003,
+                                 "limit": 0.05, "samples": 16}
+    tuned.write_text(yaml.safe_dump(doc))
+    code_, out, err = run_cli(capsys, "check", str(tuned), "--config", str(cfg), "--rounds", "4",
+                              "--format", "json")
+    assert code_ == code, err
+    record = json.loads(out)
+    assert record["outcome"] == ("still_faster" if code == 0 else "no_longer_faster")
+    if code:   # beyond the file's tolerance: the run fails its round, never "still faster"
+        assert "outputs beyond the accuracy limit: rel_l2 0.2" in record["measured"]["failed"]
+        assert record["measured"]["accuracy"] is None
+    else:
+        measured = record["measured"]["accuracy"]
+        assert measured["metric"] == "rel_l2" and measured["tolerance"] == 0.05
+        assert measured["deviation"] == pytest.approx(deviation)
+    code_, out, err = run_cli(capsys, "check", str(tuned), "--config", str(cfg), "--rounds", "4")
+    assert code_ == code
+    assert ("outputs beyond the accuracy limit: rel_l2 0.2" in out if code
+            else "outputs within the accuracy limit: rel_l2 0.003" in out)
+
+
+def test_reduced_precision_is_refused_on_a_cpu_without_it(tuned_file, capsys, monkeypatch):
+    from tuner import host
+
+    monkeypatch.setattr(host, "_cpu_flags", lambda root: ["avx2"])
+    tuned, cfg = tuned_file
+    doc = yaml.safe_load(tuned.read_text())
+    doc["format_version"] = 2
+    doc["settings"]["env"] = {"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"}
+    doc["result"]["accuracy"] = {"metric": "rel_l2", "tolerance": 0.05, "deviation": 0.003,
+                                 "limit": 0.05, "samples": 16}
+    tuned.write_text(yaml.safe_dump(doc))
+    code, _, err = run_cli(capsys, "check", str(tuned), "--config", str(cfg))
+    assert_one_error_line(code, err, "avx512_bf16", "re-run the search on this machine")
+    assert "preflight" not in err   # refused before any child

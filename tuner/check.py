@@ -18,8 +18,19 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from . import (
+    guard,
+    knobs,
+    measuring,
+    production,
+    render,
+    sizes,
+    stats,
+    tunedfile,
+    validate,
+    verdict,
+)
 from . import host as host_mod
-from . import knobs, measuring, production, render, sizes, stats, tunedfile, validate, verdict
 from . import settings as settings_mod
 from .config import Config
 from .errors import ConfigError
@@ -130,7 +141,7 @@ def run(tuned: tunedfile.TunedFile, config: Config, options: Options,
     skip = nothing_to_check(tuned, options)
     if skip is not None:
         return skip
-    cfg = configure(config, options)
+    cfg = _judged_as_recorded(configure(config, options), tuned.doc)
     doc, path = tuned.doc, render.plain(tuned.path)
     flat = settings_mod.flatten(doc["settings"])
     undeclared = _undeclared(doc, cfg)
@@ -140,6 +151,8 @@ def run(tuned: tunedfile.TunedFile, config: Config, options: Options,
                           f"{', '.join(cfg.knobs) or 'none'}); check it against the config it "
                           f"was tuned with")
     detected = machine or host_mod.detect()
+    # reduced precision on a CPU without its instructions: refused, as run and apply() refuse it
+    tunedfile.check_cpu(doc, path, detected.cpu_flags)
     plan = settings_mod.file_plan(doc["settings"], detected.allocators)
     _check_fits(plan, detected, path)   # in a moment, before any child
     pre = measuring.Measurer(cfg, detected, say).preflight()
@@ -152,7 +165,9 @@ def run(tuned: tunedfile.TunedFile, config: Config, options: Options,
     if options.size is not None:   # a size is compared with the defaults on the same CPUs
         if plan.cpus:
             baseline, base_cpus = {**baseline, "cpus": len(plan.cpus)}, plan.cpus
-    measurer = _Placed(cfg, here, say, placed=(
+    # every child also feeds the guard's fixed samples (TensorFlow's defaults' reference, kept per
+    # machine type) and reports its outputs' deviation, as in a search's validation
+    measurer = _Placed(cfg, here, say, guard=pre.guard, placed=(
         (_key(flat), (plan.preload, plan.cpus, plan.instances)),
         (_key(baseline), (None, base_cpus, None))))
     if _key(flat) == _key(baseline):
@@ -200,10 +215,23 @@ def _notes(doc: dict[str, Any], path: str, pre: measuring.Preflight, cfg: Config
     if isinstance(recorded, str) and recorded != cfg.objective.metric:
         notes.append(f"the file was tuned for {render.plain(recorded)}; checked for "
                      f"{cfg.objective.metric} ({render.plain(cfg.path)})")
-    if isinstance(doc.get("result"), dict) and "accuracy" in doc["result"]:
-        notes.append("the file changes numeric precision (result.accuracy): check re-measures "
-                     "its speed only, not its deviation")
     return notes
+
+
+def _judged_as_recorded(cfg: Config, doc: dict[str, Any]) -> Config:
+    """The accuracy guard judges the file's settings by the metric and tolerance it was tuned
+    with (``result.accuracy``; checked by the strict reader where the settings change the
+    model's numbers); a file without one, by float noise."""
+    result = doc.get("result") if isinstance(doc.get("result"), dict) else {}
+    recorded = result.get("accuracy")
+    if not isinstance(recorded, dict) or recorded.get("metric") not in guard.METRICS:
+        return cfg.replace(accuracy=dataclasses.replace(cfg.accuracy, tolerance=None))
+    tolerance = recorded.get("tolerance")
+    if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
+            and 0 < tolerance < 1):
+        tolerance = None
+    return cfg.replace(accuracy=dataclasses.replace(cfg.accuracy, metric=recorded["metric"],
+                                                    tolerance=tolerance))
 
 
 def _block(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -221,13 +249,16 @@ def _decide(tuned: tunedfile.TunedFile, options: Options, cfg: Config, v: valida
     win_runs = v.final.get(LABEL, [])
     failed = v.failures.get(LABEL)
     comparison = verdict.judge(v, cfg) if len(win_runs) >= 2 and not failed else None
+    # a run whose outputs were beyond the limit failed its round (validate.final_rounds): the
+    # deviation of the runs that completed is the file's here
+    accuracy = verdict.accuracy_block(cfg, win_runs) if not failed else None
     pct = cfg.objective.percentile
     measured: dict[str, Any] = {
         "rounds": len(base_runs), "level": verdict.level_of(v, cfg),
         "alpha": cfg.validate.alpha, "min_speedup": cfg.validate.min_speedup,
         "looks": v.looks, "stopped_early": v.stopped_early,
         "baseline_throughput": _block(base_runs), "throughput": _block(win_runs),
-        "failed": failed,
+        "failed": failed, "accuracy": accuracy,
     }
     if comparison is not None:
         measured.update({k: comparison[k] for k in ("speedup", "speedup_ci95", "p_value",
@@ -255,6 +286,10 @@ def _decide(tuned: tunedfile.TunedFile, options: Options, cfg: Config, v: valida
         lines = [line, f"  {why}"]
         if v.stopped_early:
             lines.append(f"  stopped after {len(base_runs)} rounds: {v.stopped_early}")
+    if accuracy is not None:
+        lines.append(f"  outputs within the accuracy limit: {accuracy['metric']} "
+                     f"{accuracy['deviation']:.3g} (limit {accuracy['limit']:.3g}, "
+                     f"{accuracy['samples']} samples)")
     base, tp = measured["baseline_throughput"], measured["throughput"]
     if base and tp:
         lines.append(f"  tuned {tp['median']:.1f} samples/s, TensorFlow's defaults "
