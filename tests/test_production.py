@@ -486,6 +486,26 @@ def test_more_instances_than_usable_cpus_are_refused(tmp_path):
 
 
 @TWO_CPUS
+def test_every_instance_the_launcher_starts_may_apply_the_file_itself(tmp_path):
+    # each instance runs pinned to its own CPU and calls tuner.apply() as a job does: the
+    # instance count was checked by the launcher against the job's CPUs, not again against one
+    # instance's share (remeasure.py and repro.py run tuned files this way)
+    path = placed_tuned(tmp_path, instances={"count": 2, "cpus": [[0], [1]]})
+    job = tmp_path / "job.py"
+    job.write_text("import json, os, sys, tuner\n"
+                   "cfg = tuner.apply(sys.argv[1])\n"
+                   "open(os.path.join(sys.argv[2], 'out-' + os.environ['TUNER_INSTANCE'] + "
+                   "'.json'), 'w').write(json.dumps(sorted(os.sched_getaffinity(0))))\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "tuner", "run", "--tuned", str(path), "--",
+                           sys.executable, str(job), str(path), str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(json.loads(p.read_text()) for p in out.glob("out-*.json")) == [[0], [1]]
+
+
+@TWO_CPUS
 def test_launcher_starts_every_instance_pinned_disjointly(tmp_path):
     path = placed_tuned(tmp_path, instances={"count": 2, "cpus": [[0], [1]]})
     proc, outs = run_probe(tmp_path, path, code=5)

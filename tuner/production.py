@@ -265,6 +265,10 @@ def check_placement(doc: dict[str, Any], path: str) -> None:
                           f"(it has CPUs {host.format_cpus(present)}); re-run `python -m tuner "
                           f"search` here")
     count = len(plan.instances or [None])
+    if os.environ.get(settings.INSTANCE_ENV, "").isdigit():
+        # one of the instances `tuner run` started: pinned to its own share of the CPUs, which
+        # the launcher checked against the job's before it split them
+        return
     usable = host.detect().usable_cpus
     if count > usable:
         raise ConfigError(f"{path}: settings.instances.count: {count} instances, and this "
