@@ -249,6 +249,17 @@ def test_compute_levers_are_measured_together_not_assumed_to_add_up(monkeypatch)
     assert XLA.on(leader[XLA.name]) != (leader["env.FAKE_MATH"] == "A")   # one lever, not both
 
 
+def test_a_short_search_screens_every_compute_lever_before_a_second_value_of_any(monkeypatch):
+    # XLA has two levels, the other lever one value: the first two compute trials are XLA's
+    # first level and the other lever, not XLA's two levels (a 10-trial quickstart with a
+    # tolerance has two compute trials: bf16 math must be one of them)
+    eng = engine(extra_compute=True, monkeypatch=monkeypatch)
+    _, steps = run_plan(eng, lambda s: 1000.0)
+    compute = [eng.s.settings(s.params) for s in steps if s.phase == "compute"]
+    firsts = [(s[XLA.name], s["env.FAKE_MATH"]) for s in compute[:3]]
+    assert firsts == [(knobs.XLA_VALUES[0], None), (None, "A"), (knobs.XLA_VALUES[1], None)]
+
+
 def test_a_compute_knob_ships_only_beyond_noise():
     eng = engine()
     base = eng.base

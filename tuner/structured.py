@@ -391,15 +391,26 @@ class Engine:
         return points
 
     def _singles(self, phase: str, anchor: dict[str, Any]) -> list[dict[str, Any]]:
-        """``anchor`` with one dimension changed, each sensible configuration once."""
+        """``anchor`` with one dimension changed, each sensible configuration once. In the
+        compute phase the dimensions take turns (XLA's first level, then bf16 math, then the
+        graph rewrite, then XLA's second level...), so a short search screens every lever once
+        before a second value of any."""
+        changes = [(dim, value) for dim in self.dims[phase]
+                   for value in self.screen_values(phase, dim, anchor)]
+        if phase == "compute":
+            rank = {dim: 0 for dim in self.dims[phase]}
+            turns = []
+            for dim, value in changes:
+                turns.append((rank[dim], self.dims[phase].index(dim), dim, value))
+                rank[dim] += 1
+            changes = [(dim, value) for *_, dim, value in sorted(turns, key=lambda t: t[:2])]
         points, keys = [], set()
-        for dim in self.dims[phase]:
-            for value in self.screen_values(phase, dim, anchor):
-                point = {**anchor, dim: value}
-                key = self.s.key(point)
-                if self.s.sensible(point) and key not in keys:
-                    keys.add(key)
-                    points.append(point)
+        for dim, value in changes:
+            point = {**anchor, dim: value}
+            key = self.s.key(point)
+            if self.s.sensible(point) and key not in keys:
+                keys.add(key)
+                points.append(point)
         return points
 
     def _together(self, phase: str, anchor: dict[str, Any], seen: list[Seen], noise: float
