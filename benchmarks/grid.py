@@ -31,8 +31,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from tuner import config as config_mod  # noqa: E402
-from tuner import host, measuring  # noqa: E402
-from tuner import space as space_mod  # noqa: E402
+from tuner.base import host  # noqa: E402
+from tuner.knobs import space as space_mod  # noqa: E402
+from tuner.search import measuring  # noqa: E402
 
 DIMS = ("instances", "allocator", "intra_op_parallelism_threads", "inter_op_parallelism_threads")
 

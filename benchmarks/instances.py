@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tuner import config as config_mod  # noqa: E402
-from tuner import host, measuring  # noqa: E402
 from tuner import knobs as knobs_mod  # noqa: E402
-from tuner import space as space_mod  # noqa: E402
+from tuner.base import host  # noqa: E402
+from tuner.knobs import space as space_mod  # noqa: E402
+from tuner.search import measuring  # noqa: E402
 
 
 def main() -> None:

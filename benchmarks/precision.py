@@ -20,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner import config, host, knobs, measuring  # noqa: E402
+from tuner import config, knobs
+from tuner.base import host
+from tuner.search import measuring  # noqa: E402
 
 FPMATH = "env.ONEDNN_DEFAULT_FPMATH_MODE"
 

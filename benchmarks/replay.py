@@ -41,9 +41,13 @@ import optuna
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tuner import host, sampling, structured  # noqa: E402
-from tuner import space as space_mod  # noqa: E402
+from tuner.base import host  # noqa: E402
 from tuner.knobs import KNOBS  # noqa: E402
+from tuner.knobs import space as space_mod  # noqa: E402
+from tuner.search import (  # noqa: E402
+    sampling,
+    structured,  # noqa: E402
+)
 
 TARGET = 0.95
 

@@ -74,7 +74,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def tuner_facts() -> dict:
     """What FAKE_FACTS holds, from tuner itself (helpers.fake_worker_env() passes this on)."""
     from tuner import knobs
-    from tuner.protocol import PROTOCOL
+    from tuner.child.protocol import PROTOCOL
 
     return {"protocol": PROTOCOL, "knob_prefix": knobs.KNOB_PREFIX,
             "tf_data": [knob.name for knob in knobs.TF_DATA]}
@@ -198,7 +198,7 @@ def fake_accuracy(settings: dict) -> dict:
 def fake_diagnosis(task: dict) -> dict:
     from pathlib import Path
 
-    from tuner import host
+    from tuner.base import host
 
     root = task["cgroup_root"]
     before = host.cpu_throttling(root)

@@ -7,8 +7,10 @@ import pytest
 import yaml
 from helpers import FAST, assert_one_error_line, edit, run_cli, run_search, trials
 
-from tuner import budget, compare, results
+from tuner.config import budget
 from tuner.errors import ConfigError
+from tuner.results import compare
+from tuner.results import model as results
 
 
 @pytest.mark.parametrize("text, seconds", [

@@ -22,7 +22,8 @@ from helpers import (
     write_text,
 )
 
-from tuner import check, config, sizing, validate, verdict
+from tuner import config
+from tuner.search import check, sizing, validate, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,10 +20,8 @@ from helpers import (
     run_cli,
 )
 
-from tuner import (
-    compare,
-    results,
-)
+from tuner.results import compare
+from tuner.results import model as results
 
 
 def check_golden(name: str, actual: str) -> None:

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 from helpers import copy_workloads, fake_machine, fake_worker_command
 
-from tuner import cli, config, diagnose, host, knobs, protocol
+from tuner import cli, config, knobs
+from tuner.base import host
+from tuner.child import protocol
+from tuner.diagnose import run as diagnose
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"

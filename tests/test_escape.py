@@ -12,8 +12,8 @@ import pytest
 import yaml
 from helpers import FIXTURES, run_cli
 
-from tuner import render
-from tuner import report as report_mod
+from tuner.base import render
+from tuner.results import report as report_mod
 
 ESC = "\x1b]0;pwned\x07\x1b[2J"
 LINK = '<a href="javascript:alert(1)">x</a>'

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tuner import files
+from tuner.base import files
 from tuner.errors import ConfigError
 
 CASES = [  # (flag, what, make_folders, target under tmp, the message after "FLAG: TARGET: ")

@@ -13,11 +13,8 @@ from helpers import (
     sixteen_cpus,
 )
 
-from tuner import (
-    host,
-    settings,
-    space,
-)
+from tuner.base import host
+from tuner.knobs import settings, space
 
 
 def test_affinity_limits_usable_cpus(tmp_path):

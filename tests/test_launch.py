@@ -7,9 +7,7 @@ from helpers import (
     settings_doc,
 )
 
-from tuner import (
-    launch,
-)
+from tuner.production import launch
 
 
 def test_launcher_and_export_note_what_the_environment_cannot_carry():

@@ -9,10 +9,8 @@ from helpers import (
     run_cli,
 )
 
-from tuner import (
-    config,
-    search,
-)
+from tuner import config
+from tuner.search import pipeline as search
 
 
 def test_report_html_is_one_offline_file_with_its_plots(small_study, capsys, tmp_path):

@@ -16,11 +16,9 @@ from helpers import (
     run_search,
 )
 
-from tuner import (
-    cli,
-)
+from tuner import cli
 from tuner.errors import StudyError, StudyMismatchError
-from tuner.tunedfile import check_settings, read
+from tuner.tuned.reader import check_settings, read
 
 SMALL_SPACE = """\
 space:

@@ -25,7 +25,11 @@ from helpers import (
     write_text,
 )
 
-from tuner import config, host, production, sizes, sizing
+from tuner import config
+from tuner.base import host
+from tuner.production import apply as production
+from tuner.search import sizing
+from tuner.tuned import sizes
 
 # Seconds with the fake worker: 2 trials per size (the references), 2 short windows, a
 # validation of 4 rounds with one candidate.
@@ -521,8 +525,8 @@ def test_a_structured_study_takes_the_carried_winner_as_a_reference(tmp_path):
 
     import optuna
 
-    from tuner import space as space_mod
-    from tuner import structured
+    from tuner.knobs import space as space_mod
+    from tuner.search import structured
 
     m = sixteen_cpus(tmp_path)
     four = sizing.sized_machine(m, 4)

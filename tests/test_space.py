@@ -10,12 +10,10 @@ from helpers import (
     sixteen_cpus,
 )
 
-from tuner import (
-    host,
-    knobs,
-    space,
-)
+from tuner import knobs
+from tuner.base import host
 from tuner.errors import ConfigError
+from tuner.knobs import space
 
 ALL_OPTIONS = space.Pipeline(options=tuple(k.name for k in knobs.TF_DATA if k.optional),
                              algorithms=knobs.AUTOTUNE_ALGORITHMS)

@@ -70,7 +70,8 @@ def _fail_winner_from_round(monkeypatch, tmp_path, round_no: int) -> list[str]:
 
 
 def _search_with(path, say):
-    from tuner import config, search
+    from tuner import config
+    from tuner.search import pipeline as search
 
     return search.run(config.load(path), say)
 

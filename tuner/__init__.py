@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._version import __version__
-from .errors import (
+from tuner.base.version import __version__
+from tuner.errors import (
     ConfigError,
     StudyError,
     StudyMismatchError,
@@ -27,7 +27,7 @@ _PRODUCTION = ("Applied", "ExplicitSettingWarning", "LateSettingWarning", "Machi
 
 def __getattr__(name: str) -> Any:
     if name in _PRODUCTION:
-        from . import production
+        from tuner.production import apply as production
 
         value = getattr(production, name)
         globals()[name] = value
