@@ -844,10 +844,10 @@ def test_reading_a_tuner_study_changes_nothing_in_its_database(optuna_study, tmp
     assert _fingerprint(db) == before
     import optuna
 
-    from tuner.results import model as results
+    from tuner.results import studies
 
     with pytest.raises(optuna.exceptions.StorageInternalError) as caught:
-        optuna.create_study(study_name="t", storage=results.open_read_only(optuna_study))
+        optuna.create_study(study_name="t", storage=studies.open_read_only(optuna_study))
     assert "readonly database" in str(caught.value.__cause__)
     assert _fingerprint(db) == before
 
@@ -981,10 +981,10 @@ def test_a_postgresql_study_reads_through_read_only_sessions(pg_url):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("study s in postgresql://tuner:***@")
     assert len(optuna.load_study(study_name="s", storage=pg_url).trials) == 3
-    from tuner.results import model as results
+    from tuner.results import studies
 
     with pytest.raises(optuna.exceptions.StorageInternalError) as caught:
-        optuna.create_study(study_name="t", storage=results.open_read_only(pg_url))
+        optuna.create_study(study_name="t", storage=studies.open_read_only(pg_url))
     assert "read-only transaction" in str(caught.value.__cause__)
     assert optuna.get_all_study_names(pg_url) == ["s"]
 

@@ -47,7 +47,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from tuner.results import compare
+    from tuner.results import compare, studies
     from tuner.results import model as results
 
     compare.check_format(args.format)
@@ -60,7 +60,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         result = results.from_tuned_file(args.tuned)
     elif storage:
         _quiet_optuna()
-        result = results.from_study(storage, args.study_name)
+        result = studies.from_study(storage, args.study_name)
     else:
         raise ConfigError("show: give a tuned file (python -m tuner show tuned.yaml) or "
                           f"--storage URL [--study-name NAME] (or set ${STORAGE_ENV})")
@@ -92,7 +92,7 @@ def sources(order: list[tuple[str, str]]) -> list[tuple[str, str | None, str | N
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tuner.results import compare
+    from tuner.results import compare, studies
     from tuner.results import model as results
 
     compare.check_format(args.format)
@@ -103,7 +103,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if kind == "file":
             _not_a_sizes_file(where, "compare", "compare reads tuned files and studies")
         read.append(results.from_tuned_file(where) if kind == "file"
-                    else results.from_study(where, name))  # type: ignore[arg-type]
+                    else studies.from_study(where, name))  # type: ignore[arg-type]
     comparison = compare.compare_results(read, alpha=args.alpha, min_ratio=args.min_ratio,
                                          strict=args.strict)
     _out(compare.format_compare(comparison, args.format))
@@ -114,7 +114,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tuner.results import report
+    from tuner.results import report, report_html
 
     if args.sizes is not None:
         if args.storage or args.study_name:
@@ -128,34 +128,34 @@ def cmd_report(args: argparse.Namespace) -> int:
                           f"${STORAGE_ENV}), or a sizes file (python -m tuner report "
                           "results/NAME/sizes.yaml)")
     if args.html:  # before the study is read: a bad path is found in a moment
-        report.check_html_path(args.html)
+        report_html.check_html_path(args.html)
     _quiet_optuna()
     built = report.build(storage, args.study_name)
     _out(report.format_json(built) if args.format == "json" else report.format_text(built))
     if args.html:
-        report.write_html(built, args.html)
+        report_html.write_html(built, args.html)
         print(f"wrote {args.html}", file=sys.stderr if args.format == "json" else sys.stdout)
     return 0
 
 
 def show_sizes(path: str, fmt: str) -> int:
-    from tuner.results import report
+    from tuner.results import sizes_report
     from tuner.tuned import sizes
 
-    _out(report.format_sizes(sizes.read(path), fmt))
+    _out(sizes_report.format_sizes(sizes.read(path), fmt))
     return 0
 
 
 def report_sizes(path: str, html_path: str | None, fmt: str = "text") -> int:
-    from tuner.results import report
+    from tuner.results import report_html, sizes_report
     from tuner.tuned import sizes
 
     if html_path:
-        report.check_html_path(html_path)
+        report_html.check_html_path(html_path)
     read = sizes.read(path)
-    _out(report.format_sizes_json(read) if fmt == "json"
-         else report.format_sizes(read, "text"))
+    _out(sizes_report.format_sizes_json(read) if fmt == "json"
+         else sizes_report.format_sizes(read, "text"))
     if html_path:
-        report.write_sizes_html(read, html_path)
+        sizes_report.write_sizes_html(read, html_path)
         print(f"wrote {html_path}", file=sys.stderr if fmt == "json" else sys.stdout)
     return 0

@@ -188,7 +188,7 @@ def _is_sizes(path: str) -> bool:
 
 def cmd_size(args: argparse.Namespace) -> int:
     from tuner import config as config_mod
-    from tuner.results import report
+    from tuner.results import sizes_report
     from tuner.search import measuring, sizing
     from tuner.tuned import sizes
 
@@ -222,7 +222,7 @@ def cmd_size(args: argparse.Namespace) -> int:
             "sizes": sizes.read(outcome.path).doc}))
         return code
     print()
-    _out(report.format_sizes(sizes.read(outcome.path), "text"))
+    _out(sizes_report.format_sizes(sizes.read(outcome.path), "text"))
     print(f"wrote {outcome.path}" + (f" (previous file kept as {outcome.backup})"
                                       if outcome.backup else ""))
     return code

@@ -24,7 +24,8 @@ from tuner.base.host import FINGERPRINT_KEYS, fingerprint_differences
 from tuner.base.render import Table
 from tuner.base.urls import masked
 from tuner.errors import ConfigError, StudyMismatchError
-from tuner.results.model import THREAD_COUNTS, WORKLOAD_KEYS, Result, accuracy_text, workload_text
+from tuner.results.checks import THREAD_COUNTS, workload_text
+from tuner.results.model import WORKLOAD_KEYS, Result, accuracy_text
 from tuner.tuned import store as tuned
 
 DEFAULT_ALPHA = 0.05
