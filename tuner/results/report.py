@@ -265,12 +265,6 @@ def format_json(report: StudyReport) -> str:
     })
 
 
-def format_sizes_json(sizes_file: Any) -> str:
-    """``report --format json`` of a sizes file: the whole sizes document."""
-    return render.json_document(REPORT_SCHEMA, REPORT_SCHEMA_VERSION, {
-        "kind": "sizes", "sizes_file": sizes_file.path, "sizes": sizes_file.doc})
-
-
 # -- HTML --------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from tuner.base import render
 from tuner.base.render import Table
 from tuner.errors import ConfigError
 from tuner.results.checks import workload_text
+from tuner.results.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 from tuner.results.report_html import CSS, _html_table, _styled, _write_page
 
 
@@ -169,3 +170,9 @@ def format_sizes_html(sizes_file: Any) -> str:
 
 def write_sizes_html(sizes_file: Any, path: str) -> None:
     _write_page(format_sizes_html(sizes_file), path)
+
+
+def format_sizes_json(sizes_file: Any) -> str:
+    """``report --format json`` of a sizes file: the whole sizes document."""
+    return render.json_document(REPORT_SCHEMA, REPORT_SCHEMA_VERSION, {
+        "kind": "sizes", "sizes_file": sizes_file.path, "sizes": sizes_file.doc})
