@@ -144,6 +144,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     import json
 
     from tuner.diagnose import run as diagnose_mod
+    from tuner.diagnose import text as diagnose_text
     from tuner.search.trial import worker_command
 
     cfg = _model_config(args, "diagnose")[0]
@@ -158,7 +159,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     report = diagnose_mod.diagnose(cfg, args.seconds, worker=worker_command(), on_wait=waiting)
     if text:
-        _out(diagnose_mod.format_text(report))
+        _out(diagnose_text.format_text(report))
     else:
         print(json.dumps(report, indent=2))
     return 0

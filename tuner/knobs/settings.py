@@ -243,4 +243,3 @@ def tf_data_available(tf: Any) -> tuple[list[str], list[str]]:
     algorithms = algorithms_of(tf)
     return names, [a for a in AUTOTUNE_ALGORITHMS if algorithms is not None
                    and a in algorithms.__members__]
-

@@ -263,9 +263,3 @@ def format_json(report: StudyReport) -> str:
         "importances": report.importances, "importance_note": report.importance_note,
         "last_result": r.last_result,
     })
-
-
-# -- HTML --------------------------------------------------------------------------------------
-
-
-# -- a sizes file (python -m tuner size) -------------------------------------------------------

@@ -225,5 +225,3 @@ def open_storage(url: str, *, heartbeat_interval: int, grace_period: int,
         return retrying(create_or_race, retries=2, first_wait=1.0, on_retry=told)()
     except Exception as exc:  # noqa: BLE001 - drivers raise many types; all mean "cannot use it"
         raise cannot_connect(url, exc) from None
-
-
