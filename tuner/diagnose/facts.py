@@ -7,11 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.base import host
-from tuner.diagnose.findings import (
-    INPUT_BOUND_RATIO,
-    INPUT_BOUND_ROUNDS,
-    INPUT_WAIT_SHARE,
-)
+
+# the thresholds the facts and the rules judge by
+INPUT_BOUND_RATIO = 0.8
+INPUT_BOUND_ROUNDS = 0.75
+INPUT_WAIT_SHARE = 0.25
+LOW_SATURATION = 0.6
+HIGH_SYSTEM_SHARE = 0.25
+THROTTLED_PERIODS = 0.10
+COMPETING_LOAD = 0.25
 
 Finding = dict[str, Any]
 

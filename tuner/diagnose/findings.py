@@ -8,15 +8,18 @@ from typing import Any, Callable
 
 from tuner import knobs
 from tuner.base import host
-from tuner.diagnose.facts import Facts, Finding, _cpus, _num, _step_name
+from tuner.diagnose.facts import (
+    COMPETING_LOAD,
+    HIGH_SYSTEM_SHARE,
+    LOW_SATURATION,
+    THROTTLED_PERIODS,
+    Facts,
+    Finding,
+    _cpus,
+    _num,
+    _step_name,
+)
 
-INPUT_BOUND_RATIO = 0.8
-INPUT_BOUND_ROUNDS = 0.75
-INPUT_WAIT_SHARE = 0.25
-LOW_SATURATION = 0.6
-HIGH_SYSTEM_SHARE = 0.25
-THROTTLED_PERIODS = 0.10
-COMPETING_LOAD = 0.25
 
 def _finding(kind: str, title: str, evidence: str, meaning: str, advice: str,
              knobs: list[str] | None = None) -> Finding:

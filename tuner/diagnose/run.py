@@ -39,8 +39,7 @@ from tuner.base import host
 from tuner.base.lock import host_lock
 from tuner.child import protocol
 from tuner.config import Config
-from tuner.diagnose.facts import _facts, capacity
-from tuner.diagnose.findings import (
+from tuner.diagnose.facts import (
     COMPETING_LOAD,
     HIGH_SYSTEM_SHARE,
     INPUT_BOUND_RATIO,
@@ -48,8 +47,10 @@ from tuner.diagnose.findings import (
     INPUT_WAIT_SHARE,
     LOW_SATURATION,
     THROTTLED_PERIODS,
-    _findings,
+    _facts,
+    capacity,
 )
+from tuner.diagnose.findings import _findings
 from tuner.errors import TrialFailed, TunerError
 from tuner.search.trial import run_child
 

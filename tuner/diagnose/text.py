@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.base import host
-from tuner.diagnose.facts import _cpus, _num
-from tuner.diagnose.findings import INPUT_BOUND_RATIO, INPUT_WAIT_SHARE
+from tuner.diagnose.facts import INPUT_BOUND_RATIO, INPUT_WAIT_SHARE, _cpus, _num
 from tuner.diagnose.run import _compute_lines
 
 
