@@ -10,276 +10,45 @@ import dataclasses
 import keyword
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuner.base import yamlsafe
-from tuner.base.render import did_you_mean, plain
 from tuner.base.yamlsafe import shown
 from tuner.config import budget as budget_mod
+from tuner.config.fields import (
+    _bool,
+    _builder,
+    _check_keys,
+    _choice,
+    _float,
+    _int,
+    _number,
+    _ratio,
+    _section,
+    _where,
+)
+from tuner.config.sections import (
+    ACCURACY_METRICS,
+    GUARD_SAMPLES,
+    MODES,
+    OBJECTIVES,
+    SAMPLERS,
+    Accuracy,
+    Config,
+    Measure,
+    Objective,
+    Search,
+    Validate,
+    Workload,
+)
 from tuner.errors import ConfigError
 from tuner.knobs import AUTOTUNE, BATCH_SIZE, PRECISION_POLICY, SECTIONS, check_overrides
-
-MODES = ("predict", "train", "data")
-SAMPLERS = ("auto", "grid", "tpe", "random", "structured")
-OBJECTIVES = ("throughput", "latency_p50", "latency_p95")
-
-
-@dataclass(frozen=True)
-class Workload:
-    model: str | None          # "file.py:function" or "package.module:function"; a model file
-    data: str | None           # "file.py:function"; None: a model file's inputs are generated
-    mode: str
-    base_dir: str              # directory of the config file: relative builder files start here
-    # a model file (model: its absolute path): "keras" (.keras, .h5) or "saved_model"; None for
-    # builder functions. Inputs are generated from its signature unless data is given.
-    model_format: str | None = None
-    signature: str | None = None          # the SavedModel signature called
-    batch_size: int | None = None         # the generated inputs' batch
-    input_shapes: dict[str, list[int]] = field(default_factory=dict)  # by input name
-
-    @property
-    def generated(self) -> bool:
-        """Whether tuner generates the inputs (a model file without data)."""
-        return self.model_format is not None and self.data is None
-
-    def describe(self) -> str:
-        """What the preflight builds, for its first line."""
-        if self.model_format is None:
-            return f"{self.model or '(no model)'} and {self.data}"
-        inputs = "generated inputs" if self.data is None else self.data
-        return f"{self.model} ({self.model_format}) with {inputs}"
-
-
-@dataclass(frozen=True)
-class Search:
-    n_trials: int = 24          # trials this run adds, as in Optuna
-    max_trials: int | None = None  # study-wide cap: stop once the study holds this many trials
-    timeout: float | None = None   # seconds for the whole run, validation included
-    # wall time for the whole run, split by the tool between search and validation, which may
-    # also stop the search early (tuner/budget.py); in the file "10m", "90s", "1h" or seconds
-    budget: float | None = None
-    trial_timeout: float = 180.0   # seconds one child may take, start-up to result
-    sampler: str = "auto"
-    seed: int | None = 0
-    pruning: bool = True
-    prune_ratio: float = 0.5    # prune a trial measuring below this share of the best so far
-    # Several workers sharing one study (see tuner/coord.py): a worker whose heartbeat is older
-    # than grace_period seconds is taken for dead, and its trial is failed and retried.
-    heartbeat_interval: int = 10
-    grace_period: int = 60
-    allow_other_machines: bool = False  # join a study recorded on another machine type
-
-
-@dataclass(frozen=True)
-class Measure:
-    warmup_seconds: float = 3.0    # at most: warm-up ends once the step rate is stable
-    min_warmup_steps: int = 3
-    window_seconds: float = 2.0
-    windows: int = 5
-
-
-# an unset validate.max_rounds is this many times validate.rounds
-EXTEND_BY = 3
-
-
-@dataclass(frozen=True)
-class Validate:
-    candidates: int = 3         # best distinct trials screened; the fastest meets the baseline
-    screen_rounds: int = 2      # interleaved rounds to pick the winner among candidates
-    rounds: int = 5             # interleaved rounds winner vs baseline at the first look
-    # An inconclusive first look is extended, in at most `looks` looks, to as many rounds as a
-    # 1.10x win needs for 80% power at the noise measured, but never past `max_rounds` (at 10%
-    # noise per process the adoption rule needs about 28 rounds: docs/methodology.md). Unset, it
-    # is 3 x `rounds`; equal to `rounds`, one look. Either way the verdict says which win the
-    # rounds run could have detected.
-    max_rounds: int = None  # type: ignore[assignment]
-    looks: int = 3
-    alpha: float = 0.05         # significance level for "faster than TensorFlow's defaults"
-    # Smallest speedup adopted. Identical configurations measured minutes apart in fresh
-    # processes drifted by up to ~4% on the 2-core benchmark machines; below that, "faster" is
-    # as likely to be drift as a real gain.
-    min_speedup: float = 1.05
-
-    def __post_init__(self) -> None:
-        if self.max_rounds is None:
-            object.__setattr__(self, "max_rounds", EXTEND_BY * self.rounds)
-
-
-@dataclass(frozen=True)
-class Objective:
-    # throughput: samples/s, higher is better. latency_p50 / latency_p95: that percentile of one
-    # step's wall time (ms), lower is better (online serving).
-    metric: str = "throughput"
-    # With throughput: only configurations whose p95 step latency stays under this count.
-    latency_budget_ms: float | None = None
-
-    @property
-    def percentile(self) -> str | None:
-        """"p50" / "p95" for latency objectives, else None."""
-        return self.metric.split("_", 1)[1] if self.metric.startswith("latency_") else None
-
-    def describe(self) -> str:
-        if self.percentile:
-            return f"lowest {self.percentile} step latency"
-        if self.latency_budget_ms is not None:
-            return f"highest throughput with p95 step latency under {self.latency_budget_ms:g} ms"
-        return "highest throughput"
-
-
-ACCURACY_METRICS = ("rel_l2", "max_abs", "top1")
-# the fixed input samples the accuracy guard compares every candidate's outputs on
-GUARD_SAMPLES = 16
-
-
-@dataclass(frozen=True)
-class Accuracy:
-    """The accuracy guard (docs/methodology.md, "The accuracy guard"): every measured child
-    feeds the reference's fixed input samples and records how far its outputs are from the
-    reference's (TensorFlow's defaults). ``tolerance`` None: the limit is float noise and no
-    reduced-precision knob is searched. rel_l2 and max_abs are ceilings; top1 (the share of
-    samples whose top-scoring class agrees) is a floor, 1 - tolerance."""
-
-    metric: str = "rel_l2"
-    tolerance: float | None = None
-    train: bool = False          # in train mode, search precision knobs (loss after N steps)
-    samples: int = GUARD_SAMPLES
-
-    def allows_precision(self, mode: str) -> bool:
-        """Whether reduced-precision knobs may be searched in workload ``mode``."""
-        return self.tolerance is not None and (mode != "train" or self.train)
-
-
-@dataclass(frozen=True)
-class Config:
-    path: str
-    workload: Workload
-    search: Search = field(default_factory=Search)
-    measure: Measure = field(default_factory=Measure)
-    validate: Validate = field(default_factory=Validate)
-    space: dict[str, Any] = field(default_factory=dict)
-    # declared knobs: name -> candidate values, passed to the builders that accept them
-    knobs: dict[str, list[Any]] = field(default_factory=dict)
-    objective: Objective = field(default_factory=Objective)
-    accuracy: Accuracy = field(default_factory=Accuracy)
-    study_name: str = "study"
-    storage: str = "sqlite:///results/study.db"
-    output: str = "results/study/tuned.yaml"
-    force: bool = False
-    keep_backups: int = 5          # --keep-backups: history copies kept per replaced file
-
-    def replace(self, **changes: Any) -> Config:
-        return dataclasses.replace(self, **changes)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What must stay the same for a resumed study to mean the same thing."""
-        wl = self.workload
-        model_file = {"format": wl.model_format, "signature": wl.signature,
-                      "batch_size": wl.batch_size, "input_shapes": dict(wl.input_shapes)} \
-            if wl.model_format else {}
-        return {
-            "workload": {"model": wl.model, "data": wl.data, "mode": wl.mode, **model_file},
-            "objective": dataclasses.asdict(self.objective),
-            "measure": dataclasses.asdict(self.measure),
-        }
-
 
 TOP_KEYS = ("workload", "search", "measure", "validate", "space", "knobs", "objective", "study",
             "output", "accuracy")
 STUDY_KEYS = ("name", "storage")
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-def _where(path: Path, field_name: str) -> str:
-    return f"{path}: {field_name}"
-
-
-def _check_keys(data: Any, allowed: tuple[str, ...], path: Path, section: str) -> dict[str, Any]:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{_where(path, section)}: expected a mapping, got {type(data).__name__} "
-                          f"{shown(data)}")
-    for key in data:
-        if key not in allowed:
-            shown_key = key if isinstance(key, str) and key.isprintable() and len(key) <= 60 \
-                else shown(key)
-            name = f"{section}.{shown_key}" if section else shown_key
-            raise ConfigError(f"{_where(path, plain(name))}: unknown key"
-                              f"{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
-    return data
-
-
-def _number(value: Any, where: str, *, integer: bool, minimum: float, allow_none: bool = False,
-            strictly_above: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    kind = "an integer" if integer else "a number"
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    # nan compares false with everything and inf is no bound: neither is a number here
-    if (isinstance(value, bool) or not ok or not math.isfinite(value)
-            or (value <= minimum if strictly_above else value < minimum)):
-        bound = f"> {minimum}" if strictly_above else f">= {minimum}"
-        extra = " or null" if allow_none else ""
-        raise ConfigError(f"{where}: expected {kind} {bound}{extra}, got {shown(value)}")
-    return value
-
-
-def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
-    if value is None:
-        raise ConfigError(f"{where}: missing; give one of {', '.join(allowed)}")
-    if value not in allowed:
-        raise ConfigError(f"{where}: {shown(value)} is not allowed{did_you_mean(value, allowed)}"
-                          f"; allowed: {', '.join(allowed)}")
-    return value
-
-
-_BUILDER_RE = re.compile(r"^(?P<target>[^:]+):(?P<func>[A-Za-z_][A-Za-z0-9_]*)$")
-
-
-def _builder(value: Any, where: str, base_dir: Path) -> str:
-    if not isinstance(value, str) or not _BUILDER_RE.match(value.strip()):
-        raise ConfigError(f"{where}: expected 'file.py:function' or 'package.module:function', "
-                          f"got {shown(value)}")
-    value = value.strip()
-    target = value.split(":", 1)[0]
-    if target.endswith(".py"):
-        file = (base_dir / target) if not Path(target).is_absolute() else Path(target)
-        if not file.is_file():
-            raise ConfigError(f"{where}: file {str(file)!r} does not exist (paths are relative to "
-                              f"the config file's directory)")
-    elif not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", target):
-        raise ConfigError(f"{where}: {target!r} is neither a .py file nor an importable "
-                          f"module name")
-    return value
-
-
-def _section(cls: type, data: dict[str, Any], path: Path, section: str,
-             rules: dict[str, Any]) -> Any:
-    names = tuple(f.name for f in dataclasses.fields(cls))
-    data = _check_keys(data, names, path, section)
-    values = {}
-    for key, raw in data.items():
-        values[key] = rules[key](raw, _where(path, f"{section}.{key}"))
-    return cls(**values)
-
-
-def _int(minimum: int, allow_none: bool = False):
-    return lambda v, w: _number(v, w, integer=True, minimum=minimum, allow_none=allow_none)
-
-
-def _float(minimum: float, allow_none: bool = False, strictly_above: bool = False):
-    return lambda v, w: float(x) if (x := _number(v, w, integer=False, minimum=minimum,
-                                                   allow_none=allow_none,
-                                                   strictly_above=strictly_above)) is not None \
-        else None
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {shown(value)}")
-    return value
 
 
 SEARCH_RULES = {
@@ -305,14 +74,6 @@ VALIDATE_RULES = {
     "alpha": lambda v, w: _ratio(v, w),
     "min_speedup": _float(1.0),
 }
-
-
-def _ratio(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 < value < 1:
-        raise ConfigError(f"{where}: expected a number between 0 and 1 (exclusive), "
-                          f"got {shown(value)}")
-    return float(value)
 
 
 def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
@@ -391,16 +152,8 @@ def load(path: str | Path) -> Config:
     return parse(data, path)
 
 
-def parse(data: Any, path: Path) -> Config:
-    if data is None:
-        raise ConfigError(f"{path}: the file is empty; expected a mapping with a workload: "
-                          f"section")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with a 'workload' section at the top, "
-                          f"got {type(data).__name__}")
-    _check_keys(data, TOP_KEYS, path, "")
-    base_dir = path.resolve().parent
-
+def _workload(data: dict[str, Any], path: Path, base_dir: Path) -> Workload:
+    """The workload section: builder functions, or a model file."""
     wl = _check_keys(data.get("workload"), WORKLOAD_KEYS, path, "workload")
     if "workload" not in data or not wl:
         raise ConfigError(f"{_where(path, 'workload')}: missing; it needs model, data and mode "
@@ -409,7 +162,7 @@ def parse(data: Any, path: Path) -> Config:
         from tuner.config import kerascheck
 
         kerascheck.check(_where(path, "workload.model"))   # before any child loads the file
-        workload = _model_file_workload(wl, path, base_dir)
+        return _model_file_workload(wl, path, base_dir)
     else:
         for key in MODEL_FILE_KEYS:
             if key in wl:
@@ -423,9 +176,22 @@ def parse(data: Any, path: Path) -> Config:
                                   f"'file.py:function' or 'package.module:function'")
         model = _builder(wl["model"], _where(path, "workload.model"), base_dir) \
             if wl.get("model") is not None else None
-        workload = Workload(model=model,
-                            data=_builder(wl["data"], _where(path, "workload.data"), base_dir),
-                            mode=mode, base_dir=str(base_dir))
+    return Workload(model=model,
+                    data=_builder(wl["data"], _where(path, "workload.data"), base_dir),
+                    mode=mode, base_dir=str(base_dir))
+
+
+def parse(data: Any, path: Path) -> Config:
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; expected a mapping with a workload: "
+                          f"section")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'workload' section at the top, "
+                          f"got {type(data).__name__}")
+    _check_keys(data, TOP_KEYS, path, "")
+    base_dir = path.resolve().parent
+
+    workload = _workload(data, path, base_dir)
 
     search = _section(Search, data.get("search"), path, "search", SEARCH_RULES)
     if search.grace_period <= search.heartbeat_interval:
