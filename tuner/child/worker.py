@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tuner.base import host
+from tuner.base import cpusets, host
 from tuner.base.files import write_json_atomic
 from tuner.child import meter, probes
 from tuner.child.protocol import PROTOCOL, Progress, WorkloadProblem, describe
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task = json.loads(Path(task_path).read_text())
         # Pin before TensorFlow starts any thread: threads inherit the affinity they start with.
-        why = host.set_affinity(task.get("cpus"))
+        why = cpusets.set_affinity(task.get("cpus"))
         if why:
             raise WorkloadProblem(why)
         payload = {"protocol": PROTOCOL, "ok": True, **run_task(task)}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from tuner.base import host
+from tuner.base import cpusets, host
 from tuner.base.host import Machine
 from tuner.base.render import did_you_mean, plain
 from tuner.errors import ConfigError
@@ -82,7 +82,7 @@ def _cpus_candidates(m: Machine) -> list[Any]:
     total = len(m.affinity)
     counts = {m.physical_cores, m.usable_cpus}
     if m.numa_nodes > 1:
-        counts.update(len(cpus) for cpus in host.cpus_per_node(m).values())
+        counts.update(len(cpus) for cpus in cpusets.cpus_per_node(m).values())
     return [None, *sorted(c for c in counts if 1 <= c < total)]
 
 

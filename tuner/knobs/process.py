@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tuner.base import host
+from tuner.base import cpusets, host
 from tuner.base.host import Machine
 from tuner.errors import ConfigError
 from tuner.knobs.base import (
@@ -75,7 +75,7 @@ class CpusKnob(ProcessKnob):
             return None
         if machine is None:
             raise ValueError("CPU sets need the machine")
-        return host.cpu_set(machine, count)
+        return cpusets.cpu_set(machine, count)
 
     def nest(self, tree: dict[str, Any], flat: dict[str, Any], machine: Machine | None) -> None:
         tree[self.name] = self.cpu_set(flat, machine)
@@ -110,7 +110,7 @@ class InstancesKnob(ProcessKnob):
             return None
         if machine is None:
             raise ValueError("CPU sets need the machine")
-        return host.instance_sets(machine, count, flat.get("cpus"))
+        return cpusets.instance_sets(machine, count, flat.get("cpus"))
 
     def nest(self, tree: dict[str, Any], flat: dict[str, Any], machine: Machine | None) -> None:
         tree[self.name] = {"count": flat.get(self.name) or 1,

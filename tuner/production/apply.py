@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner import knobs
-from tuner.base import host
+from tuner.base import cpusets, host
 from tuner.base.yamlsafe import shown
 from tuner.errors import ConfigError, TunerError
 from tuner.knobs import settings
@@ -151,7 +151,7 @@ def pin(cpus: list[int] | None) -> str | None:
     say why (the job then runs on the CPUs it has: a clean fallback, not a failure)."""
     if not cpus:
         return None
-    return host.pin_check(cpus) or host.set_affinity(cpus)
+    return cpusets.pin_check(cpus) or cpusets.set_affinity(cpus)
 
 
 def launcher_acceptance(path: str | Path) -> tuple[tuple[str, ...], bool]:

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from tuner import knobs
-from tuner.base import host
+from tuner.base import cpusets, host
 from tuner.base.render import did_you_mean, plain, quoted
 from tuner.base.yamlsafe import shown
 from tuner.errors import CommandError, ConfigError
@@ -233,7 +233,7 @@ def _run_instances(executable: str, command: list[str], base_env: dict[str, str]
     for index, cpus in enumerate(sets):
         env = dict(base_env, **{settings.INSTANCE_ENV: str(index),
                                 settings.INSTANCES_ENV: str(len(sets))})
-        note = host.pin_check(cpus)
+        note = cpusets.pin_check(cpus)
         if note and not quiet:
             print(f"tuner: warning: instance {index}: {plain(note)}", file=sys.stderr)
         procs.append(subprocess.Popen(

@@ -14,6 +14,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import knobs
+from tuner.base import cpusets
 from tuner.base import host as host_mod
 from tuner.knobs import space as space_mod
 
@@ -38,9 +39,9 @@ def per_instance_cpus(settings: dict[str, Any], machine: host_mod.Machine) -> in
     count = settings.get("instances") or 1
     cpus = settings.get("cpus")
     if count > 1:
-        return min(len(s) for s in host_mod.instance_sets(machine, count, cpus))
+        return min(len(s) for s in cpusets.instance_sets(machine, count, cpus))
     if cpus:
-        return len(host_mod.cpu_set(machine, cpus) or []) or machine.usable_cpus
+        return len(cpusets.cpu_set(machine, cpus) or []) or machine.usable_cpus
     return max(1, machine.usable_cpus)
 
 

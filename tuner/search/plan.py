@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuner.base import files, render
+from tuner.base import cpusets, files, render
 from tuner.base import host as host_mod
 from tuner.base.urls import mask_url
 from tuner.config import Config
@@ -169,7 +169,7 @@ def size_plan(cfg: Config, options: sizing.Options, *, generated: Any = None,
     plan.add("workload", f"{render.plain(cfg.workload.describe())}, mode {cfg.workload.mode}")
     plan.add("machine", f"{render.plain(machine.cpu_model)}, {machine.usable_cpus} usable CPUs")
     plan.add("sizes", ", ".join(
-        f"{n} CPU(s) on {host_mod.format_cpus(host_mod.cpu_set(machine, n) or [])}"
+        f"{n} CPU(s) on {host_mod.format_cpus(cpusets.cpu_set(machine, n) or [])}"
         for n in counts))
     for n in counts:
         sized = sizing.sized_machine(machine, n)

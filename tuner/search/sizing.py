@@ -31,7 +31,7 @@ from typing import Any
 
 import optuna
 
-from tuner.base import files, stats
+from tuner.base import cpusets, files, stats
 from tuner.base import host as host_mod
 from tuner.config import Config, Objective
 from tuner.config import budget as budget_mod
@@ -71,7 +71,7 @@ def ladder(usable: int, asked: list[int] | None = None) -> list[int]:
 def sized_machine(machine: host_mod.Machine, count: int) -> host_mod.Machine:
     """``machine`` cut down to the first ``count`` CPUs of its pinning order: what a process
     pinned there sees (its cores, NUMA nodes and thread ladders follow ``count``)."""
-    cpus = host_mod.cpu_set(machine, count) or list(machine.affinity)
+    cpus = cpusets.cpu_set(machine, count) or list(machine.affinity)
     keep = set(cpus)
     groups = [{**g, "cpus": [c for c in g["cpus"] if c in keep]}
               for g in machine.extra.get("cpu_cores") or []]
@@ -298,7 +298,7 @@ def _run(cfg: Config, opts: Options, say: measuring.Say, machine: host_mod.Machi
     for index, count in enumerate(counts):
         say("")
         say(f"== size {count} CPU(s) ({index + 1} of {len(counts)}): CPUs "
-            f"{host_mod.format_cpus(host_mod.cpu_set(pre.machine, count) or [])} ==")
+            f"{host_mod.format_cpus(cpusets.cpu_set(pre.machine, count) or [])} ==")
         mark = time.monotonic()
         size_cfg = cfg
         if opts.time_budget is not None:
