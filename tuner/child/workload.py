@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tuner import knobs
+import tuner.knobs as knobs
 from tuner.child import guard
 from tuner.child.model import Loaded
 from tuner.child.protocol import Progress, WorkloadProblem, describe

@@ -19,7 +19,7 @@ from tuner.errors import ConfigError
 def _model_config(args: argparse.Namespace, command: str) -> Any:
     """The config of ``--config`` or ``--model`` (exactly one); for ``--model`` also the
     generated config's text and path: ``(config, text, where)``, text None for ``--config``."""
-    from tuner import config as config_mod
+    import tuner.config as config_mod
     from tuner.config import modelflags as modelfile
 
     flags = {name: getattr(args, name, None) for name in _MODEL_ONLY}
@@ -65,7 +65,7 @@ def _instead_in_config(flag: str, cfg: Any) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from tuner import config as config_mod
+    import tuner.config as config_mod
     from tuner.search import measuring
     from tuner.search import pipeline as search_mod
 
@@ -188,7 +188,7 @@ def _is_sizes(path: str) -> bool:
 
 
 def cmd_size(args: argparse.Namespace) -> int:
-    from tuner import config as config_mod
+    import tuner.config as config_mod
     from tuner.results import sizes_report
     from tuner.search import measuring, sizing
     from tuner.tuned import sizes

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner import config as config_mod
+import tuner.config as config_mod
 from tuner.base import yamlsafe
 from tuner.base.files import write_text_atomic
 from tuner.config import kerascheck

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from tuner import knobs
+import tuner.knobs as knobs
 from tuner.base import host
 from tuner.diagnose.facts import (
     COMPETING_LOAD,

@@ -34,7 +34,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable
 
-from tuner import knobs
+import tuner.knobs as knobs
 from tuner.base import host
 from tuner.base.lock import host_lock
 from tuner.child import protocol

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner import knobs
+import tuner.knobs as knobs
 from tuner.base import cpusets, host
 from tuner.base.yamlsafe import shown
 from tuner.errors import ConfigError, TunerError

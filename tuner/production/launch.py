@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from tuner import knobs
+import tuner.knobs as knobs
 from tuner.base import cpusets, host
 from tuner.base.render import did_you_mean, plain, quoted
 from tuner.base.yamlsafe import shown

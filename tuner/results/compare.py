@@ -255,7 +255,7 @@ def _study_line(s: dict[str, Any]) -> str:
 
 
 def show_table(r: Result) -> Table:
-    from tuner import knobs
+    import tuner.knobs as knobs
 
     t = Table(header=["", ""])
     t.add("result", r.label)
@@ -320,7 +320,7 @@ def format_show(r: Result, fmt: str) -> str:
 
 
 def compare_table(c: Comparison) -> Table:
-    from tuner import knobs
+    import tuner.knobs as knobs
 
     names = letters(len(c.results))
     t = Table(header=["", *names])

@@ -221,7 +221,7 @@ def _evidence(throughput: dict[str, Any] | None, verdict: str) -> str:
 
 
 def _flat(settings: dict[str, Any]) -> dict[str, Any]:
-    from tuner import knobs
+    import tuner.knobs as knobs
     from tuner.knobs import settings as settings_mod
 
     # the tuned file nests (tf_data:, env:); a study stores the flat knob names

@@ -44,7 +44,7 @@ class TrialRow:
 
 
 def _setting(settings: dict[str, Any], name: str) -> str:
-    from tuner import knobs
+    import tuner.knobs as knobs
 
     if name not in settings:
         return "?"

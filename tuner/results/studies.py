@@ -245,7 +245,7 @@ def check_last_result(last: Any, where: str) -> None:
 def from_study(storage: str, name: str | None) -> Result:
     """A :class:`Result` from a study: the validated result its last search recorded
     (``tuner.last_result``), else the best trial against the baseline trial (unvalidated)."""
-    from tuner import knobs
+    import tuner.knobs as knobs
 
     record = read_study(storage, name)
     where = f"study {shown(record.name)}"

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tuner import knobs
+import tuner.knobs as knobs
 from tuner.base import host as host_mod
 from tuner.base import render, stats
 from tuner.config import Config

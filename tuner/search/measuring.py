@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tuner import knobs
+import tuner.knobs as knobs
 from tuner.base import host as host_mod
 from tuner.base import stats
 from tuner.base.lock import host_lock

@@ -13,7 +13,7 @@ from typing import Any
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import knobs
+import tuner.knobs as knobs
 from tuner.base import cpusets
 from tuner.base import host as host_mod
 from tuner.knobs import space as space_mod

@@ -197,24 +197,8 @@ class Study:
             trial.set_user_attr("latency_excess_ms", excess)
             if hasattr(trial, "set_constraint"):  # feasible when <= 0; constrained TPE uses it
                 trial.set_constraint("latency_budget", excess)
-        self._guard(trial, role, attrs)
+        _guard(trial, role, attrs, self.config.accuracy)
         return measuring.score(attrs, objective)
-
-    def _guard(self, trial: optuna.Trial, role: str | None, attrs: dict[str, Any]) -> None:
-        """The accuracy guard's verdict on a measured trial: its excess over the limit (> 0:
-        infeasible, never adopted), stored for constrained samplers; a baseline beyond float
-        noise means the workload is not deterministic, and the search stops with why."""
-        excess = measuring.accuracy_excess(attrs, self.config.accuracy)
-        if excess is None:
-            return
-        trial.set_user_attr("accuracy_excess", min(excess, 1e300))
-        if hasattr(trial, "set_constraint"):  # Optuna's "constraints:accuracy" system attr
-            trial.set_constraint("accuracy", min(excess, 1e300))
-        if role == BASELINE:
-            why = guard.refused_baseline(attrs.get("accuracy"))
-            if why:
-                trial.set_user_attr("fail_reason", why)
-                raise WorkloadError(why)
 
     def measured_before(self, settings: dict[str, Any], number: int) -> FrozenTrial | None:
         """This machine type's measured (not itself duplicated) complete trial of ``settings``."""
@@ -328,3 +312,20 @@ def open_study(measurer: measuring.Measurer, pre: measuring.Preflight,
         study.fail_stale_trials()
         study.enqueue_references()
     return study
+
+
+def _guard(trial: optuna.Trial, role: str | None, attrs: dict[str, Any], accuracy: Any) -> None:
+    """The accuracy guard's verdict on a measured trial: its excess over the limit (> 0:
+    infeasible, never adopted), stored for constrained samplers; a baseline beyond float
+    noise means the workload is not deterministic, and the search stops with why."""
+    excess = measuring.accuracy_excess(attrs, accuracy)
+    if excess is None:
+        return
+    trial.set_user_attr("accuracy_excess", min(excess, 1e300))
+    if hasattr(trial, "set_constraint"):  # Optuna's "constraints:accuracy" system attr
+        trial.set_constraint("accuracy", min(excess, 1e300))
+    if role == BASELINE:
+        why = guard.refused_baseline(attrs.get("accuracy"))
+        if why:
+            trial.set_user_attr("fail_reason", why)
+            raise WorkloadError(why)

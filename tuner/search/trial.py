@@ -309,24 +309,7 @@ def run_child(task: dict[str, Any], *, timeout: float, settings: dict[str, Any],
             check_stop()
             time.sleep(poll)
         wall = time.perf_counter() - started
-        results = []
-        # A failed instance's own reason first, not "killed" for the others stopped because of it.
-        ended = {id(c): code for c, code in zip(children, codes)}
-        for child in sorted(children, key=lambda c: ended[id(c)] in (None, 0)):
-            if child.proc.poll() is None:  # type: ignore[union-attr]
-                _kill_group(child.proc)  # type: ignore[arg-type]
-            try:
-                result = _read_result(child.proc, child.result_path, child.log_path,  # type: ignore[arg-type]
-                                      task["kind"])
-            except TrialFailed as exc:
-                if child.label:
-                    raise TrialFailed(f"{child.label}: {exc.reason}") from None
-                raise
-            result["wall_seconds"] = wall
-            # Interpreter start and imports before the worker's main() ran.
-            result["startup_seconds"] = max(0.0, float(result.get("child_started", child.spawned))
-                                            - child.spawned)
-            results.append((children.index(child), result))
+        results = _read_results(children, codes, task["kind"], wall)
         results = [r for _, r in sorted(results, key=lambda pair: pair[0])]
         if len(results) == 1:
             return results[0]
@@ -336,6 +319,30 @@ def run_child(task: dict[str, Any], *, timeout: float, settings: dict[str, Any],
             child.close()
         if barrier_dir is not None:
             shutil.rmtree(barrier_dir, ignore_errors=True)
+
+
+def _read_results(children: list[_Child], codes: list[int | None], kind: str,
+                  wall: float) -> list[tuple[int, dict[str, Any]]]:
+    """Each child's result (by its index), its group killed first if it still runs."""
+    results = []
+    # A failed instance's own reason first, not "killed" for the others stopped because of it.
+    ended = {id(c): code for c, code in zip(children, codes)}
+    for child in sorted(children, key=lambda c: ended[id(c)] in (None, 0)):
+        if child.proc.poll() is None:  # type: ignore[union-attr]
+            _kill_group(child.proc)  # type: ignore[arg-type]
+        try:
+            result = _read_result(child.proc, child.result_path, child.log_path,  # type: ignore[arg-type]
+                                  kind)
+        except TrialFailed as exc:
+            if child.label:
+                raise TrialFailed(f"{child.label}: {exc.reason}") from None
+            raise
+        result["wall_seconds"] = wall
+        # Interpreter start and imports before the worker's main() ran.
+        result["startup_seconds"] = max(0.0, float(result.get("child_started", child.spawned))
+                                        - child.spawned)
+        results.append((children.index(child), result))
+    return results
 
 
 def _scaled(line: str, factor: int) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import knobs
+import tuner.knobs as knobs
 from tuner.base import host as host_mod
 from tuner.base import stats
 from tuner.base.urls import mask_url

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner import knobs
+import tuner.knobs as knobs
 from tuner.base import host
 from tuner.base.render import did_you_mean, plain
 from tuner.base.yamlsafe import shown
