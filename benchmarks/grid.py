@@ -8,7 +8,7 @@ process, in a shuffled order; the baseline (TensorFlow's defaults) is measured a
 ``--baseline-every`` points, so the file carries the process-to-process noise measured across the
 whole run, not assumed. ``--replicates 2`` measures every point twice (in a second shuffled pass).
 
-The file holds the machine (as ``tuner.host`` sees it), the date, the load average before and
+The file holds the machine (as ``tuner.base.host`` sees it), the date, the load average before and
 after, the measurement settings, and per point the throughput of each process and its wall time.
 ``benchmarks/replay.py`` replays search strategies on such files.
 """
@@ -114,7 +114,7 @@ def main() -> None:
         "example": Path(args.config).stem,
         "date": dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 1),
-        # as tuner.host.Machine (replay rebuilds it), without the host name
+        # as tuner.base.host.Machine (replay rebuilds it), without the host name
         "machine": {k: v for k, v in dataclasses.asdict(pre.machine).items() if k != "hostname"},
         "platform": platform.platform(),
         "load_average": {"before": [round(x, 2) for x in load_before],

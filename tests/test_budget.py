@@ -1,4 +1,4 @@
-"""The time budget (tuner/budget.py): durations, the split between search and validation, the
+"""The time budget (tuner/config/budget.py): durations, the split between search and validation, the
 stall rule, and searches on the fake worker that stop on time or early and say why."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""tuner/files.py: the one writability check behind ``--output`` and ``--html``, message by
+"""tuner/base/files.py: the one writability check behind ``--output`` and ``--html``, message by
 message, and the atomic write."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The bounded YAML loader every reader goes through (tuner/yamlsafe.py)."""
+"""The bounded YAML loader every reader goes through (tuner/base/yamlsafe.py)."""
 
 from __future__ import annotations
 

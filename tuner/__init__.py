@@ -19,7 +19,7 @@ from tuner.errors import (
     WorkloadError,
 )
 
-# What a production job uses, from tuner/production.py, loaded on first use: every trial child
+# What a production job uses, from tuner/production/apply.py, loaded on first use: every trial child
 # imports this package, and has no use for the tuned-file reader behind apply().
 _PRODUCTION = ("Applied", "ExplicitSettingWarning", "LateSettingWarning", "MachineMismatchError",
                "MachineMismatchWarning", "PinningWarning", "RuntimeInitializedError", "apply")
