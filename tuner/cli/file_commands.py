@@ -12,11 +12,11 @@ from tuner.cli.flags import (
     storage_from,
 )
 from tuner.cli.measure_commands import (
-    _is_sizes,
-    _not_a_sizes_file,
-    _not_a_tuned_file,
+    is_sizes,
+    not_a_sizes_file,
+    not_a_tuned_file,
 )
-from tuner.cli.output import _out, _quiet_optuna
+from tuner.cli.output import _out, quiet_optuna
 from tuner.errors import ConfigError
 
 
@@ -53,13 +53,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     compare.check_format(args.format)
     if args.tuned and (args.storage or args.study_name):
         raise ConfigError("show: give a tuned file or --storage/--study-name, not both")
-    if args.tuned and _is_sizes(args.tuned):
+    if args.tuned and is_sizes(args.tuned):
         return show_sizes(args.tuned, args.format)
     storage = storage_from(args.storage)
     if args.tuned:
         result = results.from_tuned_file(args.tuned)
     elif storage:
-        _quiet_optuna()
+        quiet_optuna()
         result = studies.from_study(storage, args.study_name)
     else:
         raise ConfigError("show: give a tuned file (python -m tuner show tuned.yaml) or "
@@ -98,10 +98,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     compare.check_format(args.format)
     read = []
     if args.storage or args.study_name or storage_from(None):
-        _quiet_optuna()
+        quiet_optuna()
     for kind, where, name in sources(getattr(args, "order", None) or []):
         if kind == "file":
-            _not_a_sizes_file(where, "compare", "compare reads tuned files and studies")
+            not_a_sizes_file(where, "compare", "compare reads tuned files and studies")
         read.append(results.from_tuned_file(where) if kind == "file"
                     else studies.from_study(where, name))  # type: ignore[arg-type]
     comparison = compare.compare_results(read, alpha=args.alpha, min_ratio=args.min_ratio,
@@ -119,7 +119,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.sizes is not None:
         if args.storage or args.study_name:
             raise ConfigError("report: give a sizes file or --storage/--study-name, not both")
-        _not_a_tuned_file(args.sizes, "report",
+        not_a_tuned_file(args.sizes, "report",
                           "report reads a study (--storage URL) or a sizes file")
         return report_sizes(args.sizes, args.html, args.format)
     storage = storage_from(args.storage)
@@ -129,7 +129,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                           "results/NAME/sizes.yaml)")
     if args.html:  # before the study is read: a bad path is found in a moment
         report_html.check_html_path(args.html)
-    _quiet_optuna()
+    quiet_optuna()
     built = report.build(storage, args.study_name)
     _out(report.format_json(built) if args.format == "json" else report.format_text(built))
     if args.html:

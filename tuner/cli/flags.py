@@ -22,7 +22,7 @@ def storage_from(flag: str | None) -> str | None:
     return flag or os.environ.get(STORAGE_ENV) or None
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing usage and exiting, so errors stay one line."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
                                          f"{', '.join(choices)}")
 
 
-def _int_at_least(minimum: int, what: str):
+def int_at_least(minimum: int, what: str):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -54,8 +54,8 @@ def _int_at_least(minimum: int, what: str):
     return parse
 
 
-_positive_int = _int_at_least(1, "a positive integer")
-_nonneg_int = _int_at_least(0, "an integer >= 0")
+positive_int = int_at_least(1, "a positive integer")
+nonneg_int = int_at_least(0, "an integer >= 0")
 
 
 def _seconds(text: str) -> float:
@@ -78,7 +78,7 @@ def _tolerance(text: str) -> float:
     return value
 
 
-def _accuracy_flags(parser: argparse.ArgumentParser) -> None:
+def accuracy_flags(parser: argparse.ArgumentParser) -> None:
     from tuner.config import ACCURACY_METRICS
 
     parser.add_argument("--accuracy-tolerance", type=_tolerance,
@@ -90,7 +90,7 @@ def _accuracy_flags(parser: argparse.ArgumentParser) -> None:
                         "(the share of samples whose top class changes)")
 
 
-def _duration(text: str) -> float:
+def duration(text: str) -> float:
     from tuner.config import budget
 
     try:
@@ -99,7 +99,7 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected {budget.FORMS}, got {text!r}") from None
 
 
-def _model_flags(parser: argparse.ArgumentParser, *, search: bool) -> None:
+def model_flags(parser: argparse.ArgumentParser, *, search: bool) -> None:
     """``--model PATH`` and the flags that go with it: a study config generated from a model file
     (:mod:`tuner.modelfile`)."""
     parser.add_argument("--model", metavar="PATH",
@@ -111,7 +111,7 @@ def _model_flags(parser: argparse.ArgumentParser, *, search: bool) -> None:
                         help="with --model: predict (default), or train (a compiled .keras model)")
     parser.add_argument("--signature", metavar="NAME",
                         help="with a SavedModel: the signature called (default serving_default)")
-    parser.add_argument("--batch-size", type=_positive_int, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, metavar="N",
                         help="with --model: samples per generated batch (default 32)")
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
                         help="with --model: an input's shape, e.g. image=1x224x224x3, for "
@@ -122,17 +122,17 @@ def _model_flags(parser: argparse.ArgumentParser, *, search: bool) -> None:
                                  "1,8,32,128 (reported with per-batch latency)")
 
 
-_MODEL_ONLY = ("data", "mode", "signature", "batch_size", "input_shape", "batch_sizes")
+MODEL_ONLY = ("data", "mode", "signature", "batch_size", "input_shape", "batch_sizes")
 
 
-def _keep_backups_flag(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--keep-backups", type=_nonneg_int, default=5, metavar="N",
+def keep_backups_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--keep-backups", type=nonneg_int, default=5, metavar="N",
                         help=f"a replaced {what} file is kept as NAME.<UTC time>.bak; keep the "
                              f"newest N such copies and remove older ones (default 5; 0 keeps "
                              f"none)")
 
 
-def _acceptance_flags(parser: argparse.ArgumentParser) -> None:
+def acceptance_flags(parser: argparse.ArgumentParser) -> None:
     """What a tuned file may hold beyond what a search writes, accepted explicitly."""
     parser.add_argument("--allow-env", action="append", default=[], metavar="NAME",
                         help="accept this variable in the file's settings.env although no tuner "
@@ -143,7 +143,7 @@ def _acceptance_flags(parser: argparse.ArgumentParser) -> None:
                              "whose evidence does not support its verdict")
 
 
-class _Ordered(argparse.Action):
+class Ordered(argparse.Action):
     """Keeps files, --storage and --study-name in command-line order: the first result given is
     the reference, and a --storage applies to the --study-name options after it."""
 
@@ -156,7 +156,7 @@ class _Ordered(argparse.Action):
         namespace.order = order
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -176,7 +176,7 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _cpu_list(text: str) -> list[int]:
+def cpu_list(text: str) -> list[int]:
     parts = [p.strip() for p in text.split(",")]
     counts = [int(p) if p.isascii() and p.isdigit() else 0 for p in parts]
     if not parts or any(c < 1 for c in counts):
@@ -187,7 +187,7 @@ def _cpu_list(text: str) -> list[int]:
     return counts
 
 
-def _positive_number(what: str):
+def positive_number(what: str):
     def parse(text: str) -> float:
         try:
             value = float(text)

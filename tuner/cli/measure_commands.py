@@ -9,7 +9,7 @@ from typing import Any
 
 from tuner.base.render import plain
 from tuner.cli.flags import (
-    _MODEL_ONLY,
+    MODEL_ONLY,
     storage_from,
 )
 from tuner.cli.output import _out, _terminal
@@ -22,7 +22,7 @@ def _model_config(args: argparse.Namespace, command: str) -> Any:
     import tuner.config as config_mod
     from tuner.config import modelflags as modelfile
 
-    flags = {name: getattr(args, name, None) for name in _MODEL_ONLY}
+    flags = {name: getattr(args, name, None) for name in MODEL_ONLY}
     given = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value]
     if args.config and args.model:
         raise ConfigError(f"{command}: give --config or --model, not both")
@@ -165,23 +165,23 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_a_tuned_file(path: str, command: str, reads: str) -> None:
+def not_a_tuned_file(path: str, command: str, reads: str) -> None:
     """A tuned file given where it has no place: say so, and what to run on it instead."""
     from tuner.tuned import store as tuned
 
-    if not _is_sizes(path) and tuned.verdict_of(path) is not None:
+    if not is_sizes(path) and tuned.verdict_of(path) is not None:
         raise ConfigError(f"{command}: {plain(path)}: a tuned file; {reads}. For a tuned file: "
                           f"python -m tuner show {plain(path)} (or compare it with another)")
 
 
-def _not_a_sizes_file(path: str, command: str, reads: str) -> None:
-    if _is_sizes(path):
+def not_a_sizes_file(path: str, command: str, reads: str) -> None:
+    if is_sizes(path):
         raise ConfigError(f"{command}: {plain(path)}: a sizes file; {reads}. For a sizes file: "
                           f"python -m tuner show {plain(path)} or report {plain(path)}; "
                           f"run/export --size K use one row")
 
 
-def _is_sizes(path: str) -> bool:
+def is_sizes(path: str) -> bool:
     from tuner.tuned import sizes
 
     return sizes.is_sizes_file(path)

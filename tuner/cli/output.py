@@ -18,7 +18,7 @@ def _out(text: str) -> None:
     sys.stdout.write(_terminal(text))
 
 
-def _quiet_optuna() -> None:
+def quiet_optuna() -> None:
     """Optuna's log lines ("There are no complete trials.") would only repeat what these commands
     print; the commands are the process's last act, so a global setting is fine here."""
     import optuna

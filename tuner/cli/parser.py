@@ -9,34 +9,34 @@ from typing import Any
 from tuner.base.render import FORMATS
 from tuner.cli.flags import (
     STORAGE_PRECEDENCE,
-    _acceptance_flags,
-    _accuracy_flags,
-    _cpu_list,
-    _duration,
-    _fraction,
-    _int_at_least,
-    _keep_backups_flag,
-    _model_flags,
-    _nonneg_int,
-    _Ordered,
-    _Parser,
-    _positive_int,
-    _positive_number,
+    Ordered,
+    Parser,
     _ratio,
     _seconds,
+    acceptance_flags,
+    accuracy_flags,
+    cpu_list,
+    duration,
+    fraction,
+    int_at_least,
+    keep_backups_flag,
+    model_flags,
+    nonneg_int,
+    positive_int,
+    positive_number,
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m tuner",
+    parser = Parser(prog="python -m tuner",
                      description="Measure the TensorFlow CPU settings that make a model fastest.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    commands = parser.add_subparsers(dest="subcommand", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="subcommand", parser_class=Parser)
     added = {name: add(commands) for name, add in COMMANDS}
     run, export = added["run"], added["export"]
     for command in (run, export):
-        command.add_argument("--size", type=_positive_int, metavar="K",
+        command.add_argument("--size", type=positive_int, metavar="K",
                              help="with a sizes file: use its row for K CPUs")
     # argparse shows the command after -- as "...": every flag as argparse lists it, then that
     auto = " ".join(run.format_usage().split()[1:])
@@ -47,15 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _search_flags(commands: Any) -> argparse.ArgumentParser:
     s = commands.add_parser("search", help="run (or resume) a study and write the tuned YAML")
     s.add_argument("--config", help="the study config YAML (or --model)")
-    _model_flags(s, search=True)
-    s.add_argument("--n-trials", type=_positive_int, help="trials this run adds (as in Optuna)")
+    model_flags(s, search=True)
+    s.add_argument("--n-trials", type=positive_int, help="trials this run adds (as in Optuna)")
     s.add_argument("--timeout", type=_seconds,
                    help="seconds for the whole run, validation included")
-    s.add_argument("--budget", type=_duration,
+    s.add_argument("--budget", type=duration,
                    help="wall time for the whole run (e.g. 10m, 90s, 1h): the tool splits it "
                    "between search and validation and may stop the search early")
     s.add_argument("--trial-timeout", type=_seconds, help="seconds one trial's child may take")
-    s.add_argument("--max-trials", type=_positive_int,
+    s.add_argument("--max-trials", type=positive_int,
                    help="study-wide cap: every worker stops once the study holds this many trials")
     s.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://USER:PASS@HOST/DB to "
                    "share one study among several machines (default: $TUNER_STORAGE, else the "
@@ -63,15 +63,15 @@ def _search_flags(commands: Any) -> argparse.ArgumentParser:
                    + STORAGE_PRECEDENCE + ")")
     s.add_argument("--study-name", help="study name (default: the config file's name)")
     s.add_argument("--output", help="tuned YAML path (default results/<study>/tuned.yaml)")
-    s.add_argument("--seed", type=_nonneg_int, help="sampler seed")
-    _accuracy_flags(s)
+    s.add_argument("--seed", type=nonneg_int, help="sampler seed")
+    accuracy_flags(s)
     s.add_argument("--allow-other-machines", action="store_true",
                    help="join a study recorded on another machine type; each machine type's "
                    "trials and validation are kept apart")
     s.add_argument("--force", action="store_true",
                    help="replace an output file that belongs to another study (kept as "
                    "NAME.<time>.bak)")
-    _keep_backups_flag(s, "tuned")
+    keep_backups_flag(s, "tuned")
     s.add_argument("--quiet", action="store_true", help="print only the final summary")
     s.add_argument("--format", default="text", choices=("text", "json"),
                    help="the final summary as text (default) or one JSON document on stdout "
@@ -91,9 +91,9 @@ def _run_flags(commands: Any) -> argparse.ArgumentParser:
     r.add_argument("--override", action="store_true",
                    help="the file's values win over variables already set in the environment")
     r.add_argument("--quiet", action="store_true", help="no warnings or notes on stderr")
-    r.add_argument("--instance", type=_nonneg_int, default=None,
+    r.add_argument("--instance", type=nonneg_int, default=None,
                    help="when the file runs several instances: start only this one (0-based)")
-    _acceptance_flags(r)
+    acceptance_flags(r)
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
                    help="the command, after --")
@@ -103,7 +103,7 @@ def _run_flags(commands: Any) -> argparse.ArgumentParser:
 def _diagnose_flags(commands: Any) -> argparse.ArgumentParser:
     d = commands.add_parser("diagnose", help="measure why TensorFlow isn't using all the CPUs")
     d.add_argument("--config", help="the workload config YAML (as for search), or --model")
-    _model_flags(d, search=False)
+    model_flags(d, search=False)
     d.add_argument("--format", default="text", choices=("text", "json"),
                    help="text (default) or json (only JSON on stdout)")
     d.add_argument("--seconds", type=_seconds, default=60.0, help=_diagnose_seconds_help())
@@ -117,7 +117,7 @@ def _export_flags(commands: Any) -> argparse.ArgumentParser:
     e.add_argument("--format", default="shell", choices=_export_formats(),
                    help="shell (default), dotenv, docker, k8s or tf-serving (a "
                         "tensorflow_model_server wrapper script)")
-    _acceptance_flags(e)
+    acceptance_flags(e)
     e.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return e
 
@@ -137,16 +137,16 @@ def _show_flags(commands: Any) -> argparse.ArgumentParser:
 def _compare_flags(commands: Any) -> argparse.ArgumentParser:
     c = commands.add_parser(
         "compare", help="compare tuned files or studies: settings, throughput, significance")
-    c.add_argument("sources", nargs="*", action=_Ordered, metavar="TUNED",
+    c.add_argument("sources", nargs="*", action=Ordered, metavar="TUNED",
                    help="tuned YAML files; the first result given is the reference (A)")
-    c.add_argument("--storage", action=_Ordered,
+    c.add_argument("--storage", action=Ordered,
                    help="Optuna storage URL for the --study-name options that follow it "
                    "(default: $TUNER_STORAGE; " + STORAGE_PRECEDENCE + ")")
-    c.add_argument("--study-name", action=_Ordered,
+    c.add_argument("--study-name", action=Ordered,
                    help="a study to compare (repeatable), from the last --storage given")
     c.add_argument("--format", default="text", choices=FORMATS,
                    help="text (default), json or markdown")
-    c.add_argument("--alpha", type=_fraction, default=0.05, help="significance level (0.05)")
+    c.add_argument("--alpha", type=fraction, default=0.05, help="significance level (0.05)")
     c.add_argument("--min-ratio", type=_ratio, default=1.05,
                    help="smallest difference called real between separate runs (1.05)")
     c.add_argument("--strict", action="store_true",
@@ -192,10 +192,10 @@ def _check_flags(commands: Any) -> argparse.ArgumentParser:
                     "The workload comes from --config or --model, never from the file.")
     k.add_argument("tuned", metavar="TUNED", help="the tuned YAML (or a sizes file, with --size)")
     k.add_argument("--config", help="the workload's study config YAML (or --model)")
-    _model_flags(k, search=False)
-    k.add_argument("--size", type=_positive_int, metavar="K",
+    model_flags(k, search=False)
+    k.add_argument("--size", type=positive_int, metavar="K",
                    help="with a sizes file: check its row for K CPUs")
-    k.add_argument("--rounds", type=_int_at_least(4, "an integer >= 4"),
+    k.add_argument("--rounds", type=int_at_least(4, "an integer >= 4"),
                    help="interleaved rounds, one look (default: the config's validate: rounds, "
                         "extended as validation extends them up to max_rounds)")
     k.add_argument("--seconds", type=_seconds,
@@ -204,7 +204,7 @@ def _check_flags(commands: Any) -> argparse.ArgumentParser:
     k.add_argument("--format", default="text", choices=("text", "json"),
                    help="text (default) or json (one JSON document on stdout; progress on "
                         "stderr)")
-    _acceptance_flags(k)
+    acceptance_flags(k)
     k.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return k
 
@@ -213,18 +213,18 @@ def _size_flags(commands: Any) -> argparse.ArgumentParser:
     z = commands.add_parser(
         "size", help="the best settings per CPU count, and how many CPUs and replicas to run")
     z.add_argument("--config", help="the study config YAML (as for search)")
-    _model_flags(z, search=False)
-    z.add_argument("--cpus", type=_cpu_list,
+    model_flags(z, search=False)
+    z.add_argument("--cpus", type=cpu_list,
                    help="CPU counts to size, e.g. 1,2,4,8 (default: 1, 2, 4, ... and all the "
                         "usable CPUs)")
-    z.add_argument("--n-trials", type=_positive_int, help="trials per size (default: the "
+    z.add_argument("--n-trials", type=positive_int, help="trials per size (default: the "
                                                            "config's search.n_trials)")
-    z.add_argument("--target-throughput", type=_positive_number("samples/s"),
+    z.add_argument("--target-throughput", type=positive_number("samples/s"),
                    help="samples/s in all: the size and replica count that reach it with the "
                         "fewest CPUs")
-    z.add_argument("--cpu-hour-price", type=_positive_number("a price per CPU-hour"),
+    z.add_argument("--cpu-hour-price", type=positive_number("a price per CPU-hour"),
                    help="price of one CPU for one hour: cost per million samples per size")
-    z.add_argument("--latency-budget-ms", type=_positive_number("milliseconds"),
+    z.add_argument("--latency-budget-ms", type=positive_number("milliseconds"),
                    help="p95 step latency budget: sizes over it are excluded (and each size's "
                         "search prefers settings within it)")
     z.add_argument("--trial-timeout", type=_seconds, help="seconds one trial's child may take")
@@ -233,11 +233,11 @@ def _size_flags(commands: Any) -> argparse.ArgumentParser:
     z.add_argument("--study-name", help="study name; size K's study is NAME.size-K "
                                         "(default: the config file's name)")
     z.add_argument("--output", help="sizes YAML path (default results/<study>/sizes.yaml)")
-    z.add_argument("--seed", type=_nonneg_int, help="sampler seed")
-    _keep_backups_flag(z, "sizes")
-    _accuracy_flags(z)
+    z.add_argument("--seed", type=nonneg_int, help="sampler seed")
+    keep_backups_flag(z, "sizes")
+    accuracy_flags(z)
     z.add_argument("--quiet", action="store_true", help="print only the final table")
-    z.add_argument("--budget", type=_duration,
+    z.add_argument("--budget", type=duration,
                    help="wall time for the whole size run (e.g. 30m, 1h): shared among the "
                         "sizes still to run, each split between its search and its validation "
                         "as search --budget splits it")

@@ -19,14 +19,14 @@ from tuner.config import budget as budget_mod
 from tuner.config.fields import (
     _bool,
     _builder,
-    _check_keys,
-    _choice,
     _float,
     _int,
     _number,
-    _ratio,
     _section,
     _where,
+    check_keys,
+    choice,
+    ratio,
 )
 from tuner.config.sections import (
     ACCURACY_METRICS,
@@ -56,9 +56,9 @@ SEARCH_RULES = {
     "timeout": _float(0, allow_none=True, strictly_above=True),
     "budget": lambda v, w: None if v is None else budget_mod.parse(v, w),
     "trial_timeout": _float(0, strictly_above=True),
-    "sampler": lambda v, w: _choice(v, SAMPLERS, w), "seed": _int(0, allow_none=True),
+    "sampler": lambda v, w: choice(v, SAMPLERS, w), "seed": _int(0, allow_none=True),
     "pruning": _bool,
-    "prune_ratio": lambda v, w: _ratio(v, w),
+    "prune_ratio": lambda v, w: ratio(v, w),
     "heartbeat_interval": _int(1), "grace_period": _int(1),
     "allow_other_machines": _bool,
 }
@@ -71,7 +71,7 @@ VALIDATE_RULES = {
     "candidates": _int(1), "screen_rounds": _int(1),
     # An exact permutation test on n=m rounds cannot reach p < 0.05 below 4 rounds each.
     "rounds": _int(4), "max_rounds": _int(4), "looks": _int(1),
-    "alpha": lambda v, w: _ratio(v, w),
+    "alpha": lambda v, w: ratio(v, w),
     "min_speedup": _float(1.0),
 }
 
@@ -79,7 +79,7 @@ VALIDATE_RULES = {
 def _flatten_space(data: Any, path: Path) -> dict[str, Any]:
     """``space: {tf_data: {private_threadpool_size: [...]}}``
     -> ``{"tf_data.private_...": [...]}``."""
-    data = _check_keys(data, (*SECTIONS, "knobs"), path, "space")
+    data = check_keys(data, (*SECTIONS, "knobs"), path, "space")
     flat: dict[str, Any] = {}
 
     def finite(name: str, value: Any) -> Any:
@@ -154,7 +154,7 @@ def load(path: str | Path) -> Config:
 
 def _workload(data: dict[str, Any], path: Path, base_dir: Path) -> Workload:
     """The workload section: builder functions, or a model file."""
-    wl = _check_keys(data.get("workload"), WORKLOAD_KEYS, path, "workload")
+    wl = check_keys(data.get("workload"), WORKLOAD_KEYS, path, "workload")
     if "workload" not in data or not wl:
         raise ConfigError(f"{_where(path, 'workload')}: missing; it needs model, data and mode "
                           f"(or a model file: model: path/to/model.keras)")
@@ -169,7 +169,7 @@ def _workload(data: dict[str, Any], path: Path, base_dir: Path) -> Workload:
                 raise ConfigError(f"{_where(path, 'workload.' + key)}: applies to a model file "
                                   f"(model: a .keras or .h5 file, or saved_model: a directory), "
                                   f"not to builder functions")
-        mode = _choice(wl.get("mode"), MODES, _where(path, "workload.mode"))
+        mode = choice(wl.get("mode"), MODES, _where(path, "workload.mode"))
         for key in ("data",) if mode == "data" else ("model", "data"):
             if key not in wl:
                 raise ConfigError(f"{_where(path, 'workload.' + key)}: missing; expected "
@@ -188,7 +188,7 @@ def parse(data: Any, path: Path) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'workload' section at the top, "
                           f"got {type(data).__name__}")
-    _check_keys(data, TOP_KEYS, path, "")
+    check_keys(data, TOP_KEYS, path, "")
     base_dir = path.resolve().parent
 
     workload = _workload(data, path, base_dir)
@@ -224,7 +224,7 @@ def parse(data: Any, path: Path) -> Config:
     objective = _objective(data.get("objective", "throughput"), path)
     accuracy = _accuracy(data.get("accuracy"), path, workload)
 
-    study = _check_keys(data.get("study"), STUDY_KEYS, path, "study")
+    study = check_keys(data.get("study"), STUDY_KEYS, path, "study")
     if "name" in study:
         name = check_study_name(study["name"], _where(path, "study.name"))
     else:
@@ -313,7 +313,7 @@ def _model_file_workload(wl: dict[str, Any], path: Path, base_dir: Path) -> Work
     file = Path(raw.strip()).expanduser()
     file = (file if file.is_absolute() else base_dir / file).resolve()
     fmt = model_format(file, _where(path, f"workload.{key}"))
-    mode = _choice(wl.get("mode", "predict"), ("predict", "train"),
+    mode = choice(wl.get("mode", "predict"), ("predict", "train"),
                    _where(path, "workload.mode"))
     if mode == "train" and fmt != "keras":
         raise ConfigError(f"{_where(path, 'workload.mode')}: train needs a compiled .keras model; "
@@ -350,8 +350,8 @@ def _model_file_workload(wl: dict[str, Any], path: Path, base_dir: Path) -> Work
 def _objective(raw: Any, path: Path) -> Objective:
     """``objective: latency_p95`` or ``objective: {metric: throughput, latency_budget_ms: 20}``."""
     if isinstance(raw, dict):
-        data = _check_keys(raw, ("metric", "latency_budget_ms"), path, "objective")
-        metric = _choice(data.get("metric", "throughput"), OBJECTIVES,
+        data = check_keys(raw, ("metric", "latency_budget_ms"), path, "objective")
+        metric = choice(data.get("metric", "throughput"), OBJECTIVES,
                          _where(path, "objective.metric"))
         budget = data.get("latency_budget_ms")
         if budget is not None:
@@ -365,7 +365,7 @@ def _objective(raw: Any, path: Path) -> Objective:
                                   f"the budget), not {shown(metric)}")
             budget = float(budget)
         return Objective(metric=metric, latency_budget_ms=budget)
-    return Objective(metric=_choice(raw, OBJECTIVES, _where(path, "objective")))
+    return Objective(metric=choice(raw, OBJECTIVES, _where(path, "objective")))
 
 
 def check_tolerance(value: Any, metric: str, where: str) -> float | None:
@@ -381,8 +381,8 @@ def check_tolerance(value: Any, metric: str, where: str) -> float | None:
 
 def _accuracy(raw: Any, path: Path, workload: Workload) -> Accuracy:
     """``accuracy: {metric: rel_l2, tolerance: 0.05, train: false}``."""
-    data = _check_keys(raw, ("metric", "tolerance", "train", "samples"), path, "accuracy")
-    metric = _choice(data.get("metric", "rel_l2"), ACCURACY_METRICS,
+    data = check_keys(raw, ("metric", "tolerance", "train", "samples"), path, "accuracy")
+    metric = choice(data.get("metric", "rel_l2"), ACCURACY_METRICS,
                      _where(path, "accuracy.metric"))
     tolerance = check_tolerance(data.get("tolerance"), metric,
                                 _where(path, "accuracy.tolerance"))
@@ -470,7 +470,7 @@ def with_overrides(config: Config, *, n_trials: int | None = None, timeout: floa
         changes["keep_backups"] = keep_backups
     if accuracy_tolerance is not None or accuracy_metric is not None:
         metric = accuracy_metric or config.accuracy.metric
-        _choice(metric, ACCURACY_METRICS, "--accuracy-metric")
+        choice(metric, ACCURACY_METRICS, "--accuracy-metric")
         tolerance = config.accuracy.tolerance if accuracy_tolerance is None else \
             check_tolerance(accuracy_tolerance, metric, "--accuracy-tolerance")
         changes["accuracy"] = dataclasses.replace(config.accuracy, metric=metric,

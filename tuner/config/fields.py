@@ -18,7 +18,7 @@ def _where(path: Path, field_name: str) -> str:
     return f"{path}: {field_name}"
 
 
-def _check_keys(data: Any, allowed: tuple[str, ...], path: Path, section: str) -> dict[str, Any]:
+def check_keys(data: Any, allowed: tuple[str, ...], path: Path, section: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -49,7 +49,7 @@ def _number(value: Any, where: str, *, integer: bool, minimum: float, allow_none
     return value
 
 
-def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
+def choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
     if value is None:
         raise ConfigError(f"{where}: missing; give one of {', '.join(allowed)}")
     if value not in allowed:
@@ -81,7 +81,7 @@ def _builder(value: Any, where: str, base_dir: Path) -> str:
 def _section(cls: type, data: dict[str, Any], path: Path, section: str,
              rules: dict[str, Any]) -> Any:
     names = tuple(f.name for f in dataclasses.fields(cls))
-    data = _check_keys(data, names, path, section)
+    data = check_keys(data, names, path, section)
     values = {}
     for key, raw in data.items():
         values[key] = rules[key](raw, _where(path, f"{section}.{key}"))
@@ -105,7 +105,7 @@ def _bool(value: Any, where: str) -> bool:
     return value
 
 
-def _ratio(value: Any, where: str) -> float:
+def ratio(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not 0 < value < 1:
         raise ConfigError(f"{where}: expected a number between 0 and 1 (exclusive), "

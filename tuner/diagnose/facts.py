@@ -26,13 +26,13 @@ def capacity(machine: host.Machine) -> float:
 
 
 
-def _num(value: float) -> str:
+def num(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def _cpus(value: float) -> str:
     """'1 CPU', '2 CPUs', '1.5 CPUs'."""
-    return f"{_num(value)} CPU" + ("" if value == 1 else "s")
+    return f"{num(value)} CPU" + ("" if value == 1 else "s")
 
 
 def _throttling(result: dict[str, Any], wall: float) -> dict[str, Any] | None:
@@ -47,7 +47,7 @@ def _throttling(result: dict[str, Any], wall: float) -> dict[str, Any] | None:
             "measured_seconds": round(wall, 3)}
 
 
-def _step_name(step: dict[str, Any]) -> str:
+def step_name(step: dict[str, Any]) -> str:
     kind = {"MapDataset": "map", "ParallelMapDatasetV2": "map", "ParallelMapDataset": "map",
             "InterleaveDataset": "interleave", "FlatMapDataset": "flat_map",
             "FilterDataset": "filter", "MapAndBatchDataset": "map"}.get(step["op"], step["op"])

@@ -16,8 +16,8 @@ from tuner.diagnose.facts import (
     Facts,
     Finding,
     _cpus,
-    _num,
-    _step_name,
+    num,
+    step_name,
 )
 
 
@@ -71,7 +71,7 @@ def _oversubscribed(f: Facts) -> Finding | None:
     ratio = f.intra_pool / f.cap
     if machine.cpu_quota is not None and f.intra_pool == len(machine.affinity):
         title = (f"TensorFlow sized its pools for {f.intra_pool} CPUs but the cgroup quota "
-                 f"allows {_num(machine.cpu_quota)} ({ratio:.3g}x oversubscribed)")
+                 f"allows {num(machine.cpu_quota)} ({ratio:.3g}x oversubscribed)")
     else:
         title = (f"TensorFlow's intra-op pool has {f.intra_pool} threads for {usable} "
                  f"usable CPU{_plural(usable)} ({ratio:.3g}x oversubscribed)")
@@ -115,8 +115,8 @@ def _input_bound(f: Facts) -> Finding | None:
     """The model waits for the pipeline (in data mode the pipeline is all there is)."""
     if not f.input_bound or f.mode == "data":
         return None
-    evidence = (f"{_num(f.pipeline_tp)} samples/s with the real pipeline vs "
-                f"{_num(f.cached_tp or 0)} on one cached batch ({f.ratio:.2f}x); waiting for "
+    evidence = (f"{num(f.pipeline_tp)} samples/s with the real pipeline vs "
+                f"{num(f.cached_tp or 0)} on one cached batch ({f.ratio:.2f}x); waiting for "
                 f"data {f.wait:.0%} of the step loop's time")
     if f.generated:
         # the pipeline measured is tuner's own feed of generated batches: advice on it would be
@@ -161,7 +161,7 @@ def _input_bound(f: Facts) -> Finding | None:
 
 def _sequential_map(f: Facts, step: dict[str, Any]) -> Finding | None:
     """A transformation that processes one element at a time (input-bound jobs only)."""
-    name = _step_name(step)
+    name = step_name(step)
     stateful_ops = ", ".join(step.get("python") or ["random or other stateful ops"])
     why = (f"its function is stateful ({stateful_ops}), so tf.data will not parallelise "
            f"it by itself" if step.get("stateful") else "map_parallelization is off")
@@ -190,7 +190,7 @@ def _python_in_pipeline(f: Facts, step: dict[str, Any]) -> Finding | None:
             "where you can.", ["num_parallel_calls"])
     calls = ", ".join(step.get("python") or ["Python"])
     return _finding(
-        "python_in_pipeline", f"Python in the pipeline: {_step_name(step)} calls {calls}",
+        "python_in_pipeline", f"Python in the pipeline: {step_name(step)} calls {calls}",
         f"{step['op']} runs Python ({calls}) for every element.",
         "Python code holds the GIL, so elements are processed largely one at a time "
         "whatever num_parallel_calls says, and every call crosses from C++ into Python.",
@@ -209,7 +209,7 @@ def _low_saturation(f: Facts) -> Finding | None:
         return None
     return _finding(
         "low_saturation",
-        f"CPUs idle: {f.cores_busy:.2f} of {_num(f.cap)} usable CPUs busy "
+        f"CPUs idle: {f.cores_busy:.2f} of {num(f.cap)} usable CPUs busy "
         f"({f.saturation:.0%})",
         f"This process used {f.cores_busy:.2f} CPUs on average over "
         f"{float(f.threads.get('busy_threads') or 0):.0f} busy threads; {f.pools}.",
@@ -257,7 +257,7 @@ def _all_clear(f: Facts) -> Finding:
                   if f.ratio is not None else "the pipeline was measured alone (data mode)")
     return _finding(
         "ok", "Nothing holds this job back",
-        f"{f.cores_busy:.2f} of {_num(f.cap)} usable CPUs busy ({f.saturation:.0%}); "
+        f"{f.cores_busy:.2f} of {num(f.cap)} usable CPUs busy ({f.saturation:.0%}); "
         f"{ratio_text}; waiting for data {f.wait:.0%}; pools sized for {f.usable} usable "
         f"CPU{_plural(f.usable)} ({f.pools}).",
         "TensorFlow's defaults keep the CPUs busy on compute.",

@@ -189,7 +189,7 @@ def compute_levers(machine: host.Machine, mode: str) -> list[dict[str, Any]]:
     return out
 
 
-def _compute_lines(r: dict[str, Any]) -> list[str]:
+def compute_lines(r: dict[str, Any]) -> list[str]:
     flags = r.get("cpu_flags") or []
     xla = r.get("xla") or {}
     onednn = {True: "on", False: "off", None: "unknown"}[r.get("onednn_enabled")]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.base import host
-from tuner.diagnose.facts import INPUT_BOUND_RATIO, INPUT_WAIT_SHARE, _cpus, _num
-from tuner.diagnose.run import _compute_lines
+from tuner.diagnose.facts import INPUT_BOUND_RATIO, INPUT_WAIT_SHARE, _cpus, num
+from tuner.diagnose.run import compute_lines
 
 
 def format_text(report: dict[str, Any]) -> str:
@@ -61,7 +61,7 @@ def _saturation_lines(r: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     t = r["threads"]
     lines.append("Saturation")
-    lines.append(f"  cores busy {r['cores_busy']:.2f} of {_num(r['cpu_capacity'])} usable "
+    lines.append(f"  cores busy {r['cores_busy']:.2f} of {num(r['cpu_capacity'])} usable "
                  f"({r['cpu_saturation']:.0%}); user {r['user_seconds']:.1f} s, system "
                  f"{r['system_seconds']:.1f} s ({r['system_share']:.0%} system)")
     if r["per_core_busy"]:
@@ -92,11 +92,11 @@ def _input_lines(r: dict[str, Any]) -> list[str]:
     spread = (f" (median of {len(ratios)} rounds, {min(ratios):.2f}-{max(ratios):.2f})"
               if ratios else "")
     if tp["cached_batch"]:
-        lines.append(f"  real pipeline {_num(tp['pipeline'])} samples/s, one cached batch "
-                     f"{_num(tp['cached_batch'])} samples/s: {tp['ratio']:.2f}x{spread}; "
+        lines.append(f"  real pipeline {num(tp['pipeline'])} samples/s, one cached batch "
+                     f"{num(tp['cached_batch'])} samples/s: {tp['ratio']:.2f}x{spread}; "
                      f"waiting for data {r['input_wait']:.0%} of the time")
     else:
-        lines.append(f"  pipeline alone {_num(tp['pipeline'])} samples/s (data mode)")
+        lines.append(f"  pipeline alone {num(tp['pipeline'])} samples/s (data mode)")
     if wl["mode"] == "data":
         lines.append("  -> input-bound by definition: the pipeline is the whole workload")
     else:
@@ -110,7 +110,7 @@ def _input_lines(r: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"  pipeline: not inspected ({p.get('error', 'unknown reason')})")
     lines.append("")
-    lines.extend(_compute_lines(r))
+    lines.extend(compute_lines(r))
     lines.append("")
     return lines
 

@@ -36,19 +36,19 @@ def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _nonneg_int(value: Any) -> bool:
+def nonneg_int(value: Any) -> bool:
     return _int(value) and value >= 0
 
 
-def _pos_int(value: Any) -> bool:
+def pos_int(value: Any) -> bool:
     return _int(value) and value >= 1
 
 
-def _pos_int_or_none(value: Any) -> bool:
-    return value is None or _pos_int(value)
+def pos_int_or_none(value: Any) -> bool:
+    return value is None or pos_int(value)
 
 
-def _bool_or_none(value: Any) -> bool:
+def bool_or_none(value: Any) -> bool:
     return value is None or isinstance(value, bool)
 
 
@@ -58,15 +58,15 @@ AUTOTUNE_ALGORITHMS = ("DEFAULT", "HILL_CLIMB", "GRADIENT_DESCENT", "MAX_PARALLE
                        "STAGE_BASED")
 
 
-def _algorithm_or_none(value: Any) -> bool:
+def algorithm_or_none(value: Any) -> bool:
     return value is None or value in AUTOTUNE_ALGORITHMS
 
 
 # what a tuned file may hold, by check (the config's 'default' is not a file value)
 _FILE_VALUES: dict[Callable[[Any], bool], str] = {
-    _pos_int_or_none: "an integer >= 1 or null",
-    _bool_or_none: "true, false or null",
-    _algorithm_or_none: f"one of {', '.join(AUTOTUNE_ALGORITHMS)} or null",
+    pos_int_or_none: "an integer >= 1 or null",
+    bool_or_none: "true, false or null",
+    algorithm_or_none: f"one of {', '.join(AUTOTUNE_ALGORITHMS)} or null",
 }
 
 
@@ -227,13 +227,13 @@ def _digits(value: Any) -> bool:
     return isinstance(value, str) and value.isascii() and value.isdigit()
 
 
-def _omp_threads_value(value: Any) -> bool:
+def omp_threads_value(value: Any) -> bool:
     return value is None or (_digits(value) and int(value) >= 1)
 
 
-def _digits_or_none(value: Any) -> bool:
+def digits_or_none(value: Any) -> bool:
     return value is None or _digits(value)
 
 
-def _str_or_none(value: Any) -> bool:
+def str_or_none(value: Any) -> bool:
     return value is None or (isinstance(value, str) and bool(value))

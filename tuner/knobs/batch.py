@@ -8,7 +8,7 @@ from tuner.base.host import Machine
 from tuner.errors import ConfigError
 from tuner.knobs.base import (
     Knob,
-    _pos_int,
+    pos_int,
 )
 
 
@@ -49,7 +49,7 @@ class BatchSizeKnob(Knob):
 
     def note(self, tree: Any) -> str | None:
         value = tree.get(self.name)
-        if not _pos_int(value):
+        if not pos_int(value):
             return None
         return (f"batch size {value}: the caller's choice, which tuner.apply() cannot set; send "
                 f"batches of {value} (cfg.batch_size), or with TF Serving set max_batch_size "

@@ -7,7 +7,7 @@ from typing import Any
 from tuner.base.host import Machine
 from tuner.knobs.base import (
     Knob,
-    _nonneg_int,
+    nonneg_int,
     text,
 )
 
@@ -21,7 +21,7 @@ class ThreadKnob(Knob):
 
     def __init__(self, name: str, *, variable: str, setter: str, getter: str,
                  **kwargs: Any) -> None:
-        super().__init__(name, default=0, valid=_nonneg_int, always_shown=True,
+        super().__init__(name, default=0, valid=nonneg_int, always_shown=True,
                          allowed="an integer >= 0 (0 = TensorFlow's default), 'default'", **kwargs)
         self.variable = variable
         self.setter = setter

@@ -52,7 +52,7 @@ def _probability(v: Any) -> bool:
     return is_number(v) and 0 <= v <= 1
 
 
-def _non_negative(v: Any) -> bool:
+def non_negative(v: Any) -> bool:
     return is_number(v) and v >= 0
 
 
@@ -86,8 +86,8 @@ _RESULT_RULES = (
     ("speedup", _positive, POSITIVE), ("speedup_ci95", is_interval, INTERVAL),
     ("p_value", _probability, PROBABILITY), ("significant", lambda v: isinstance(v, bool),
                                              "true or false"),
-    ("cpu_saturation", _non_negative, "a number >= 0"),
-    ("baseline_cpu_saturation", _non_negative, "a number >= 0"),
+    ("cpu_saturation", non_negative, "a number >= 0"),
+    ("baseline_cpu_saturation", non_negative, "a number >= 0"),
     ("carried_by", lambda v: isinstance(v, list) and all(is_text(x) for x in v),
      "a list of knob names"),
 )
@@ -95,8 +95,8 @@ _REJECTED_RULES = (("trial", is_count, COUNT), *_RESULT_RULES[:3],
                    ("rejected_because", is_text, TEXT))
 _BLOCK_RULES = (("median", _positive, POSITIVE), ("ci95", is_interval, INTERVAL))
 _FIRST_STEPS_RULES = (("steps", is_count, COUNT),
-                      ("seconds", _non_negative, "a number >= 0"),
-                      ("extra_seconds", _non_negative, "a number >= 0"),
+                      ("seconds", non_negative, "a number >= 0"),
+                      ("extra_seconds", non_negative, "a number >= 0"),
                       ("processes", is_count, COUNT))
 _STUDY_RULES = (("name", is_text, TEXT), ("storage", is_text, TEXT), ("n_trials", is_count, COUNT),
                 ("complete", is_count, COUNT), ("pruned", is_count, COUNT),
@@ -108,7 +108,7 @@ _BUDGET_RULES = (("budget_s", _positive, POSITIVE),
                  ("reserved_validation_s", lambda v: is_number(v) and v >= 0, "a number >= 0"),
                  ("stopped", is_text, TEXT))
 BUDGET_KEYS = tuple(rule[0] for rule in _BUDGET_RULES)
-_WORKLOAD_RULES = (("model", is_text, TEXT), ("data", is_text, TEXT), ("mode", is_text, TEXT),
+WORKLOAD_RULES = (("model", is_text, TEXT), ("data", is_text, TEXT), ("mode", is_text, TEXT),
                    ("batch_size", is_count, COUNT), ("config", is_text, TEXT))
 
 
@@ -125,7 +125,7 @@ def check_document(doc: dict[str, Any], where: str) -> None:
                    "settings")
     check_result(_mapping(doc, "result", where, "result", required=True), where)
     check_machine(_mapping(doc, "machine", where, "machine"), where)
-    _fields(_mapping(doc, "workload", where, "workload"), where, "workload.", _WORKLOAD_RULES)
+    _fields(_mapping(doc, "workload", where, "workload"), where, "workload.", WORKLOAD_RULES)
     _fields(_mapping(doc, "study", where, "study"), where, "study.", _STUDY_RULES)
     expert = _mapping(_mapping(doc, "search", where, "search"), "expert_rule", where,
                       "search.expert_rule")

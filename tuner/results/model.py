@@ -128,7 +128,7 @@ def from_result_doc(doc: dict[str, Any], *, label: str, source: dict[str, Any],
     summary = doc.get("summary") or ""
     speedup = result.get("speedup")
     if verdict == "tuned" and speedup is not None and f"{speedup:.3f}x" not in summary:
-        summary = _tuned_summary(result)   # never a speedup the file's own result contradicts
+        summary = tuned_summary(result)   # never a speedup the file's own result contradicts
     return Result(
         label=label, source=source, verdict=verdict, summary=summary,
         settings=_flat(doc["settings"]),
@@ -241,7 +241,7 @@ def _flat(settings: dict[str, Any]) -> dict[str, Any]:
 # -- from a study ------------------------------------------------------------------------------
 
 
-def _tuned_summary(result: dict[str, Any]) -> str:
+def tuned_summary(result: dict[str, Any]) -> str:
     """The tuned file's summary line, for a study's recorded result."""
     try:
         lo, hi = result["speedup_ci95"]

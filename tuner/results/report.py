@@ -149,7 +149,7 @@ def reference_table(report: StudyReport) -> Table:
     return t
 
 
-def _validated_line(last: dict[str, Any] | None) -> str:
+def validated_line(last: dict[str, Any] | None) -> str:
     if not last:
         return "no search of this study has finished validation yet"
     r = last.get("result") or {}
@@ -222,7 +222,7 @@ def format_text(report: StudyReport) -> str:
            "best vs baseline vs expert rule (search trials, one process each):",
            reference_table(report).text() if report.references else _no_references(report),
            "",
-           "validated: " + render.plain(_validated_line(report.record.last_result)),
+           "validated: " + render.plain(validated_line(report.record.last_result)),
            *_accuracy_lines(report), ""]
     if report.importances:
         out.append(f"parameter importances ({report.importance_note}):")

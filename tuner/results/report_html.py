@@ -14,10 +14,10 @@ from tuner.results.report import (
     ROLES,
     StudyReport,
     TrialRow,
-    _validated_line,
     header_lines,
     reference_table,
     trial_table,
+    validated_line,
 )
 from tuner.tuned.store import BASELINE, EXPERT
 
@@ -148,7 +148,7 @@ tr.FAIL td { color: #a00; } tr.PRUNED td { color: #777; }
 """
 
 
-def _html_table(table: Table, classes: list[str] | None = None, numeric: set[int] = frozenset()
+def html_table(table: Table, classes: list[str] | None = None, numeric: set[int] = frozenset()
                 ) -> str:
     head = "".join(f"<th>{render.html_text(h)}</th>" for h in table.header)
     body = []
@@ -170,10 +170,10 @@ def format_html(report: StudyReport) -> str:
     parts = [(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
              f"<style>{CSS}</style></head><body><h1>{title}</h1>")]
     parts += [f"<p>{render.html_text(line)}</p>" for line in header_lines(report)]
-    validated = _validated_line(report.record.last_result)
+    validated = validated_line(report.record.last_result)
     parts.append("<h2>Best vs baseline vs expert rule</h2>"
                  "<p class=note>search trials, one process each</p>"
-                 + _html_table(reference_table(report), numeric={3, 4, 5})
+                 + html_table(reference_table(report), numeric={3, 4, 5})
                  + f"<p><b>Validated:</b> {render.html_text(validated)}</p>")
     first = True
     for title, fig, note in figures(report):
@@ -190,10 +190,10 @@ def format_html(report: StudyReport) -> str:
             t = Table(header=["parameter", "importance"])
             for name, value in report.importances.items():
                 t.add(name, f"{value:.3f}")
-            parts.append(_html_table(t, numeric={1}))
+            parts.append(html_table(t, numeric={1}))
     table = trial_table(report)
     parts.append(f"<h2>Trials</h2><p class=note>{render.html_text(LEGEND)}</p>"
-                 + _html_table(table, classes=[r.state for r in report.rows],
+                 + html_table(table, classes=[r.state for r in report.rows],
                                numeric={0, 8, 9, 10}))
     parts.append("</body></html>\n")
     return "".join(parts)
@@ -206,10 +206,10 @@ def check_html_path(path: str) -> None:
 
 
 def write_html(report: StudyReport, path: str) -> None:
-    _write_page(format_html(report), path)
+    write_page(format_html(report), path)
 
 
-def _write_page(text: str, path: str) -> None:
+def write_page(text: str, path: str) -> None:
     if "<script src=\"http" in text or "<script src='http" in text:
         raise StudyError("report: the page would load a script from the network; refusing to "
                          "write a report that does not open offline")

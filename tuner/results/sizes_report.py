@@ -10,7 +10,7 @@ from tuner.base.render import Table
 from tuner.errors import ConfigError
 from tuner.results.checks import workload_text
 from tuner.results.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION
-from tuner.results.report_html import CSS, _html_table, _styled, _write_page
+from tuner.results.report_html import CSS, _styled, html_table, write_page
 
 
 def sizes_table(sizes_file: Any) -> Table:
@@ -156,7 +156,7 @@ def format_sizes_html(sizes_file: Any) -> str:
     table = sizes_table(sizes_file)
     classes = ["recommended" if m else "" for m in table.marked]
     parts.append(f"<h2>Sizes</h2><p class=note>{render.html_text(SIZES_NOTE)}</p>"
-                 + _html_table(table, classes=classes, numeric={0, 2, 4, 5, 6, 7, 8, 9, 10}))
+                 + html_table(table, classes=classes, numeric={0, 2, 4, 5, 6, 7, 8, 9, 10}))
     first = True
     for name, fig, note in sizes_figures(sizes_file):
         parts.append(f"<h2>{render.html_text(name)}</h2><p class=note>{render.html_text(note)}</p>")
@@ -169,7 +169,7 @@ def format_sizes_html(sizes_file: Any) -> str:
 
 
 def write_sizes_html(sizes_file: Any, path: str) -> None:
-    _write_page(format_sizes_html(sizes_file), path)
+    write_page(format_sizes_html(sizes_file), path)
 
 
 def format_sizes_json(sizes_file: Any) -> str:

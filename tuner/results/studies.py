@@ -12,11 +12,10 @@ from tuner.base.urls import mask_secret, mask_url, masked
 from tuner.base.yamlsafe import shown
 from tuner.errors import ConfigError, StudyError, TunerError
 from tuner.results.checks import (
-    _WORKLOAD_RULES,
     VERDICTS,
+    WORKLOAD_RULES,
     _fields,
     _mapping,
-    _non_negative,
     _positive,
     bad_field,
     check_machine,
@@ -24,8 +23,9 @@ from tuner.results.checks import (
     check_settings,
     is_text,
     missing_field,
+    non_negative,
 )
-from tuner.results.model import Result, _tuned_summary, from_result_doc
+from tuner.results.model import Result, from_result_doc, tuned_summary
 from tuner.tuned.store import BASELINE, EXPERT
 from tuner.tuned.store import STUDY_ATTR_PREFIX as ATTR
 
@@ -193,10 +193,10 @@ def trial_problem(t: Any) -> str | None:
     if not isinstance(tp, dict) or not _positive(tp.get("median")):
         median = tp.get("median") if isinstance(tp, dict) else tp
         return f"throughput.median: expected a positive number, got {shown(median)}"
-    if tp.get("rel_spread") is not None and not _non_negative(tp["rel_spread"]):
+    if tp.get("rel_spread") is not None and not non_negative(tp["rel_spread"]):
         return f"throughput.rel_spread: expected a number >= 0, got {shown(tp['rel_spread'])}"
     saturation = attrs.get("cpu_saturation")
-    if saturation is not None and not _non_negative(saturation):
+    if saturation is not None and not non_negative(saturation):
         return f"cpu_saturation: expected a number >= 0, got {shown(saturation)}"
     if not _positive(t.value):
         return f"value: expected a positive score, got {shown(t.value)}"
@@ -213,7 +213,7 @@ def read_study(storage: str, name: str | None) -> StudyRecord:
         raise bad_field(where, ATTR + "machine", machine, "a mapping")
     check_machine(machine, where)
     workload = _mapping(config, "workload", where, ATTR + "config.workload")
-    _fields(workload, where, ATTR + "config.workload.", _WORKLOAD_RULES)
+    _fields(workload, where, ATTR + "config.workload.", WORKLOAD_RULES)
     last = attrs.get(ATTR + "last_result")
     if last is not None:
         check_last_result(last, where)
@@ -279,7 +279,7 @@ def from_study(storage: str, name: str | None) -> Result:
                   "cpu_saturation": best.user_attrs.get("cpu_saturation")}
         notes.append("no search of this study finished validation: the numbers are single search "
                      "trials (one process each)")
-    summary = {"tuned": _tuned_summary(result),
+    summary = {"tuned": tuned_summary(result),
                "defaults": "no configuration was faster than TensorFlow's defaults beyond noise; "
                            "keeping the defaults",
                "unvalidated": "best search trial so far, not validated"}.get(verdict, "")
