@@ -14,11 +14,7 @@ import re
 
 import pytest
 import yaml
-from helpers import (
-    FIXTURES,
-    GOLDEN,
-    run_cli,
-)
+from helpers import FIXTURES, GOLDEN, run_cli
 
 from tuner.results import compare
 from tuner.results import model as results

@@ -8,10 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import (
-    fake_machine,
-    sixteen_cpus,
-)
+from helpers import fake_machine, sixteen_cpus
 
 from tuner.base import cpusets, host
 from tuner.knobs import settings, space

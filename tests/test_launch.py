@@ -3,9 +3,7 @@ carry (the launcher's processes are tested in test_production.py)."""
 
 from __future__ import annotations
 
-from helpers import (
-    settings_doc,
-)
+from helpers import settings_doc
 
 from tuner.production import launch
 

@@ -7,12 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import (
-    GOOD,
-    assert_one_error_line,
-    run_cli,
-    run_search,
-)
+from helpers import GOOD, assert_one_error_line, run_cli, run_search
 
 from tuner.errors import WorkloadError
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from helpers import (
-    run_cli,
-)
+from helpers import run_cli
 
 from tuner import config
 from tuner.search import pipeline as search

@@ -10,11 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import (
-    KNOB_STUDY,
-    assert_one_error_line,
-    run_search,
-)
+from helpers import KNOB_STUDY, assert_one_error_line, run_search
 
 from tuner import cli
 from tuner.errors import StudyError, StudyMismatchError

@@ -4,11 +4,7 @@ preflight learnt (tf.data options, the pipeline, declared knobs)."""
 from __future__ import annotations
 
 import pytest
-from helpers import (
-    fake_machine,
-    plain_machine,
-    sixteen_cpus,
-)
+from helpers import fake_machine, plain_machine, sixteen_cpus
 
 from tuner import knobs
 from tuner.base import host

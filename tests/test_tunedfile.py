@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from helpers import (
-    FIXTURES,
-    run_cli,
-    settings_doc,
-)
+from helpers import FIXTURES, run_cli, settings_doc
 
 from tuner.errors import ConfigError
 from tuner.tuned import store as tuned

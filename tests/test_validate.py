@@ -7,11 +7,7 @@ import json
 import re
 
 import pytest
-from helpers import (
-    edit,
-    load_study,
-    run_search,
-)
+from helpers import edit, load_study, run_search
 
 
 def test_validation_stops_early_when_the_candidate_cannot_reach_the_minimum(

@@ -7,15 +7,8 @@ import argparse
 import sys
 
 from tuner.base.render import plain
-from tuner.cli.flags import (
-    STORAGE_ENV,
-    storage_from,
-)
-from tuner.cli.measure_commands import (
-    is_sizes,
-    not_a_sizes_file,
-    not_a_tuned_file,
-)
+from tuner.cli.flags import STORAGE_ENV, storage_from
+from tuner.cli.measure_commands import is_sizes, not_a_sizes_file, not_a_tuned_file
 from tuner.cli.output import _out, quiet_optuna
 from tuner.errors import ConfigError
 

@@ -8,10 +8,7 @@ import sys
 from typing import Any
 
 from tuner.base.render import plain
-from tuner.cli.flags import (
-    MODEL_ONLY,
-    storage_from,
-)
+from tuner.cli.flags import MODEL_ONLY, storage_from
 from tuner.cli.output import _out, _terminal
 from tuner.errors import ConfigError
 

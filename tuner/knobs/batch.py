@@ -6,10 +6,7 @@ from typing import Any
 
 from tuner.base.host import Machine
 from tuner.errors import ConfigError
-from tuner.knobs.base import (
-    Knob,
-    pos_int,
-)
+from tuner.knobs.base import Knob, pos_int
 
 
 class BatchSizeKnob(Knob):

@@ -6,10 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.base.host import Machine
-from tuner.knobs.base import (
-    Knob,
-    text,
-)
+from tuner.knobs.base import Knob, text
 
 KNOB_PREFIX = "knobs."     # declared knobs: Optuna parameter "knobs.map_parallelism"
 AUTOTUNE = "autotune"     # a declared knob's value that arrives as tf.data.AUTOTUNE

@@ -5,10 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.base.host import Machine
-from tuner.knobs.base import (
-    Knob,
-    _int,
-)
+from tuner.knobs.base import Knob, _int
 
 
 class EnvKnob(Knob):

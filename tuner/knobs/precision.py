@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.base.host import Machine
-from tuner.knobs.base import (
-    Knob,
-)
+from tuner.knobs.base import Knob
 
 PRECISION_REWRITE = "precision.auto_mixed_precision_onednn_bfloat16"
 

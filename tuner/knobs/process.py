@@ -9,10 +9,7 @@ from typing import Any
 from tuner.base import cpusets, host
 from tuner.base.host import Machine
 from tuner.errors import ConfigError
-from tuner.knobs.base import (
-    Knob,
-    _int,
-)
+from tuner.knobs.base import Knob, _int
 
 
 class ProcessKnob(Knob):

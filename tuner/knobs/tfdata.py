@@ -6,12 +6,7 @@ from typing import Any, Callable
 
 from tuner.base.host import Machine
 from tuner.errors import ConfigError
-from tuner.knobs.base import (
-    Knob,
-    _get,
-    _int,
-    _put,
-)
+from tuner.knobs.base import Knob, _get, _int, _put
 
 
 class TfDataKnob(Knob):

@@ -5,11 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.base.host import Machine
-from tuner.knobs.base import (
-    Knob,
-    nonneg_int,
-    text,
-)
+from tuner.knobs.base import Knob, nonneg_int, text
 
 
 class ThreadKnob(Knob):

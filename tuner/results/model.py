@@ -14,13 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import ConfigError
-from tuner.results.checks import (
-    BUDGET_KEYS,
-    THREAD_COUNTS,
-    bad_field,
-    check_document,
-    is_number,
-)
+from tuner.results.checks import BUDGET_KEYS, THREAD_COUNTS, bad_field, check_document, is_number
 from tuner.tuned import store as tuned
 
 WORKLOAD_KEYS = ("model", "data", "mode", "batch_size")
