@@ -15,7 +15,7 @@ Task (:func:`task` builds it; the parent's trial runner adds the rest)::
     usable_cpus  CPUs the child may use; affinity: their ids
     measure      {"warmup_seconds", "min_warmup_steps", "window_seconds", "windows"} (preflight,
                  measure)
-    guard        {"reference", "samples", "train"}: the accuracy guard (tuner/guard.py); the
+    guard        {"reference", "samples", "train"}: the accuracy guard (tuner/child/guard.py); the
                  preflight writes the reference file, a measure task compares against it
     knobs        the declared builder knobs, name -> candidates (preflight, measure)
     capacity, cgroup_root, diagnose   the CPU time the process may use, where the cgroup files

@@ -40,8 +40,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from tuner.results import compare, studies
-    from tuner.results import model as results
+    from tuner.results import compare, model, studies
 
     compare.check_format(args.format)
     if args.tuned and (args.storage or args.study_name):
@@ -50,7 +49,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return show_sizes(args.tuned, args.format)
     storage = storage_from(args.storage)
     if args.tuned:
-        result = results.from_tuned_file(args.tuned)
+        result = model.from_tuned_file(args.tuned)
     elif storage:
         quiet_optuna()
         result = studies.from_study(storage, args.study_name)
@@ -85,8 +84,7 @@ def sources(order: list[tuple[str, str]]) -> list[tuple[str, str | None, str | N
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tuner.results import compare, studies
-    from tuner.results import model as results
+    from tuner.results import compare, model, studies
 
     compare.check_format(args.format)
     read = []
@@ -95,7 +93,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for kind, where, name in sources(getattr(args, "order", None) or []):
         if kind == "file":
             not_a_sizes_file(where, "compare", "compare reads tuned files and studies")
-        read.append(results.from_tuned_file(where) if kind == "file"
+        read.append(model.from_tuned_file(where) if kind == "file"
                     else studies.from_study(where, name))  # type: ignore[arg-type]
     comparison = compare.compare_results(read, alpha=args.alpha, min_ratio=args.min_ratio,
                                          strict=args.strict)

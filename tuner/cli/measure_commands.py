@@ -17,7 +17,7 @@ def _model_config(args: argparse.Namespace, command: str) -> Any:
     """The config of ``--config`` or ``--model`` (exactly one); for ``--model`` also the
     generated config's text and path: ``(config, text, where)``, text None for ``--config``."""
     import tuner.config as config_mod
-    from tuner.config import modelflags as modelfile
+    from tuner.config import modelflags
 
     flags = {name: getattr(args, name, None) for name in MODEL_ONLY}
     given = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value]
@@ -33,10 +33,10 @@ def _model_config(args: argparse.Namespace, command: str) -> Any:
         raise ConfigError(f"{command}: give --model PATH (a .keras or .h5 file, or a SavedModel "
                           f"directory) or --config FILE")
     sizes = flags["batch_sizes"]
-    return modelfile.config_for(modelfile.ModelFlags(
+    return modelflags.config_for(modelflags.ModelFlags(
         model=args.model, data=flags["data"], mode=flags["mode"], signature=flags["signature"],
         batch_size=flags["batch_size"],
-        batch_sizes=modelfile.parse_batch_sizes(sizes) if sizes is not None else None,
+        batch_sizes=modelflags.parse_batch_sizes(sizes) if sizes is not None else None,
         input_shapes=tuple(flags["input_shape"] or ()),
         study_name=getattr(args, "study_name", None),
         # size's --output is the sizes file; the generated config goes to the default place
@@ -119,14 +119,14 @@ def _with_model_config(cfg: Any, text: str, where: Any, say: Any, run: Any) -> A
     before the run (so an interrupted run resumes from it), and taken back when the model fails
     its preflight or the run is refused before it started."""
     from tuner.base import files
-    from tuner.config import modelflags as modelfile
+    from tuner.config import modelflags
     from tuner.errors import WorkloadError
 
     # both outputs proven creatable before anything is written or any child starts
     files.check_writable(where, "--output", "the generated config", make_folders=True)
     if getattr(cfg, "output", None):
         files.check_writable(cfg.output, "--output", "the tuned YAML", make_folders=True)
-    written = modelfile.write(text, where)
+    written = modelflags.write(text, where)
     say(f"config: {where}" + (" (written)" if written.created else " (as before)"))
     try:
         return run(cfg, say)
@@ -164,9 +164,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 def not_a_tuned_file(path: str, command: str, reads: str) -> None:
     """A tuned file given where it has no place: say so, and what to run on it instead."""
-    from tuner.tuned import store as tuned
+    from tuner.tuned import store
 
-    if not is_sizes(path) and tuned.verdict_of(path) is not None:
+    if not is_sizes(path) and store.verdict_of(path) is not None:
         raise ConfigError(f"{command}: {plain(path)}: a tuned file; {reads}. For a tuned file: "
                           f"python -m tuner show {plain(path)} (or compare it with another)")
 

@@ -51,8 +51,8 @@ class Search:
     seed: int | None = 0
     pruning: bool = True
     prune_ratio: float = 0.5    # prune a trial measuring below this share of the best so far
-    # Several workers sharing one study (see tuner/coord.py): a worker whose heartbeat is older
-    # than grace_period seconds is taken for dead, and its trial is failed and retried.
+    # Several workers sharing one study (see tuner/search/shared.py): a worker whose heartbeat is
+    # older than grace_period seconds is taken for dead, and its trial is failed and retried.
     heartbeat_interval: int = 10
     grace_period: int = 60
     allow_other_machines: bool = False  # join a study recorded on another machine type

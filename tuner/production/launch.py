@@ -50,7 +50,7 @@ from tuner.production.apply import (
     pin,
     read,
 )
-from tuner.tuned import reader as tunedfile
+from tuner.tuned import reader
 
 FORMATS = ("shell", "dotenv", "docker", "k8s", "tf-serving")
 
@@ -151,7 +151,7 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
                           "COMMAND [ARGS...]")
     tuned = read(path, allow_env, allow_unvalidated, size)
     doc = tuned.doc
-    tunedfile.check_cpu(doc, path, host.detect().cpu_flags)
+    reader.check_cpu(doc, path, host.detect().cpu_flags)
     import warnings
 
     check_placement(doc, path)
@@ -175,7 +175,7 @@ def run(path: str, command: Sequence[str], *, strict: bool = False, override: bo
         messages.append(f"note: {note}")
     if tuned.verdict == "unvalidated":
         messages.append(f"warning: {UNVALIDATED_NOTE}")
-    problem = tunedfile.evidence_problem(doc) if "size" not in doc else None
+    problem = reader.evidence_problem(doc) if "size" not in doc else None
     if problem:   # accepted with --allow-unvalidated
         messages.append(f"warning: not validated: {problem}")
     if sets is not None and instance is None:
@@ -282,7 +282,7 @@ def export(path: str, fmt: str, *, allow_env: Iterable[str] = (),
               + f" (verdict: {doc['verdict']})"]
     if doc["verdict"] == "unvalidated":
         header.append(UNVALIDATED_NOTE)
-    problem = tunedfile.evidence_problem(doc) if "size" not in doc else None
+    problem = reader.evidence_problem(doc) if "size" not in doc else None
     if problem:   # accepted with --allow-unvalidated
         header.append(f"not validated: {problem}")
     if note:
@@ -313,7 +313,7 @@ def export(path: str, fmt: str, *, allow_env: Iterable[str] = (),
     if not env:
         header.append("nothing to set: TensorFlow's defaults are the tuned configuration")
     for var in env:
-        if not tunedfile.VARIABLE_NAME.fullmatch(var):
+        if not reader.VARIABLE_NAME.fullmatch(var):
             raise ConfigError(f"export: {path}: {var!r} is not a variable name; nothing exported")
     if fmt == "tf-serving":
         return tf_serving(doc, path, env, header)

@@ -26,7 +26,7 @@ from tuner.base.urls import masked
 from tuner.errors import ConfigError, StudyMismatchError
 from tuner.results.checks import THREAD_COUNTS, workload_text
 from tuner.results.model import WORKLOAD_KEYS, Result, accuracy_text
-from tuner.tuned import store as tuned
+from tuner.tuned import store
 
 DEFAULT_ALPHA = 0.05
 # Identical configurations measured minutes apart drifted by up to ~4% (README, Performance):
@@ -84,7 +84,7 @@ class Comparison:
     min_ratio: float
 
     def as_json(self) -> dict[str, Any]:
-        return tuned.rounded({
+        return store.rounded({
             "reference": self.results[0].label,
             "alpha": self.alpha, "min_ratio": self.min_ratio,
             "results": [r.as_json() for r in self.results],

@@ -15,7 +15,7 @@ from typing import Any
 
 from tuner.errors import ConfigError
 from tuner.results.checks import BUDGET_KEYS, THREAD_COUNTS, bad_field, check_document, is_number
-from tuner.tuned import store as tuned
+from tuner.tuned import store
 
 WORKLOAD_KEYS = ("model", "data", "mode", "batch_size")
 
@@ -63,7 +63,7 @@ class Result:
             del doc["advice"]
         if doc["accuracy"] is None:   # only files of format_version 2 have one
             del doc["accuracy"]
-        return tuned.rounded(doc)
+        return store.rounded(doc)
 
 
 # -- from a tuned file -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from tuner.base import render, stats
 from tuner.config import Config
 from tuner.errors import ConfigError
 from tuner.knobs import settings as settings_mod
-from tuner.production import apply as production
+from tuner.production import apply
 from tuner.search import measuring, validate, verdict
 from tuner.tuned import reader as tunedfile
 from tuner.tuned import sizes
@@ -192,7 +192,7 @@ def _check_fits(plan: settings_mod.ProcessPlan, machine: host_mod.Machine, path:
 
 
 def _notes(doc: dict[str, Any], path: str, pre: measuring.Preflight, cfg: Config) -> list[str]:
-    notes = [render.plain(d) for d in production.machine_differences(doc, pre.machine.tf_version)]
+    notes = [render.plain(d) for d in apply.machine_differences(doc, pre.machine.tf_version)]
     if notes:
         notes = ["the file was measured on another machine: " + "; ".join(notes)]
     plan = settings_mod.file_plan(doc["settings"], pre.machine.allocators)

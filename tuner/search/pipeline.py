@@ -27,10 +27,10 @@ from tuner.errors import StudyError
 from tuner.search import measuring, storage, study, validate, verdict
 from tuner.search import shared as coord
 from tuner.search.validate import Validation
-from tuner.tuned import store as tuned
+from tuner.tuned import store
 
 # Held shared from before the preflight to the end of a worker's trials, and exclusively to
-# validate (see tuner/coord.py).
+# validate (see tuner/search/shared.py).
 SEARCH_LOCK = "search"
 # per study and machine type: the stored validation, which every worker's tuned file comes from
 VALIDATION = coord.ATTR_PREFIX + "validation."
@@ -63,7 +63,7 @@ def _run(cfg: Config, say: measuring.Say) -> SearchOutcome:
     measurer = measuring.Measurer(cfg, host_mod.detect(), say)
     # in seconds, not after the search; the write makes missing folders
     files.check_writable(cfg.output, "--output", "the tuned YAML", make_folders=True)
-    tuned.check_replaceable(cfg.output, cfg.study_name, cfg.storage, cfg.force)
+    store.check_replaceable(cfg.output, cfg.study_name, cfg.storage, cfg.force)
     locks = coord.Locks(cfg.storage, cfg.study_name)
     try:
         # Held (shared) from before the preflight to the end of this worker's trials, so a
@@ -136,7 +136,7 @@ def _search(measurer: measuring.Measurer, pre: measuring.Preflight, locks: coord
                                 {**seconds, "total": time.monotonic() - started})
     if plan is not None:
         document["search"]["budget"] = plan.record()
-    written = tuned.write(document, cfg.output, study_name=cfg.study_name, storage=cfg.storage,
+    written = store.write(document, cfg.output, study_name=cfg.study_name, storage=cfg.storage,
                           force=cfg.force, keep_backups=cfg.keep_backups)
     st.optuna.set_user_attr(coord.ATTR_PREFIX + "last_result", {
         "verdict": document["verdict"], "settings": document["settings"],

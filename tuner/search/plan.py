@@ -23,8 +23,7 @@ from tuner.config import Config
 from tuner.config import budget as budget_mod
 from tuner.knobs import space as space_mod
 from tuner.search import sizing, storage, structured
-from tuner.tuned import sizes
-from tuner.tuned import store as tuned
+from tuner.tuned import sizes, store
 
 
 @dataclass
@@ -73,7 +72,7 @@ def _storage_line(url: str) -> str:
 def _output_line(cfg: Config, path: str, what: str) -> str:
     files.check_writable(path, "--output", what, make_folders=True)
     if what == "the tuned YAML":
-        tuned.check_replaceable(path, cfg.study_name, cfg.storage, cfg.force)
+        store.check_replaceable(path, cfg.study_name, cfg.storage, cfg.force)
     return render.plain(path) + (": replaced (the current file is kept as history)"
                                  if os.path.exists(path) else ": a new file")
 

@@ -14,8 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.base import host as host_mod
 from tuner.config import Config
 from tuner.knobs import space as space_mod
-from tuner.search import shared as coord
-from tuner.search import structured
+from tuner.search import shared, structured
 
 # Below this many trials, the screening points would leave the model-based sampler too little.
 MIN_TRIALS_FOR_SCREEN = 12
@@ -78,7 +77,7 @@ def sampler(config: Config, space: space_mod.Space, joining: bool = False,
     if joining and seed is not None:
         # Workers joining a study must not replay the first worker's random draws (two
         # workers with one seed propose the same points); the study's creator keeps --seed.
-        seed = int(hashlib.sha256(f"{seed}|{coord.process_space()}|{os.getpid()}".encode())
+        seed = int(hashlib.sha256(f"{seed}|{shared.process_space()}|{os.getpid()}".encode())
                    .hexdigest()[:8], 16)
     search = dataclasses.replace(search, seed=seed)
     kind = search.sampler
@@ -137,9 +136,9 @@ class ClearlyWorsePruner(optuna.pruners.BasePruner):
         if step is None or step + 1 < self.min_windows:
             return False
         # the best of this machine type: another type's speed says nothing about this one
-        mid = trial.user_attrs.get(coord.MACHINE_ID)
+        mid = trial.user_attrs.get(shared.MACHINE_ID)
         values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if t.user_attrs.get(coord.MACHINE_ID, mid) == mid]
+                  if t.user_attrs.get(shared.MACHINE_ID, mid) == mid]
         if not values:
             return False
         return trial.intermediate_values[step] < self.ratio * max(values)

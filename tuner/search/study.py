@@ -24,14 +24,13 @@ from tuner.base import stats
 from tuner.base.urls import mask_secret, masked
 from tuner.child import guard
 from tuner.errors import TrialFailed, WorkloadError
-from tuner.search import measuring, progress, sampling, structured
-from tuner.search import shared as coord
+from tuner.search import measuring, progress, sampling, shared, structured
 from tuner.search import storage as storage_mod
 from tuner.search.outcome import Searched
 from tuner.search.trial import Watch
-from tuner.tuned import store as tuned
+from tuner.tuned import store
 
-BASELINE, EXPERT, SCREEN = tuned.BASELINE, tuned.EXPERT, tuned.SCREEN   # a reference trial's "role"
+BASELINE, EXPERT, SCREEN = store.BASELINE, store.EXPERT, store.SCREEN   # a reference trial's "role"
 
 
 class Study:
@@ -45,7 +44,7 @@ class Study:
         self.say = measurer.say
         self.machine, self.space = pre.machine, pre.space
         self.sampler = sampler
-        self.machine_id = coord.machine_id(self.machine.fingerprint())
+        self.machine_id = shared.machine_id(self.machine.fingerprint())
         self.recorded_on = recorded_on  # the machine type the study was first recorded on
         self.progress = progress.Progress(self.config, pre.child_seconds)
         self.validation_estimate = self.progress.validation_estimate
@@ -64,7 +63,7 @@ class Study:
         with --allow-other-machines). Trials from before machine ids were recorded belong to the
         machine type the study was recorded on."""
         return [t for t in trials
-                if t.user_attrs.get(coord.MACHINE_ID, self.recorded_on) == self.machine_id]
+                if t.user_attrs.get(shared.MACHINE_ID, self.recorded_on) == self.machine_id]
 
     def complete(self) -> list[FrozenTrial]:
         """This machine type's complete trials."""
@@ -76,10 +75,10 @@ class Study:
     def fail_stale_trials(self) -> None:
         """Trials of dead workers: Optuna's heartbeat check (which Optuna also runs before each
         trial, without a reason on the trial) and this host's dead pids."""
-        for number in coord.fail_stale_trials(self.optuna):
+        for number in shared.fail_stale_trials(self.optuna):
             self.say(f"marked trial {number} FAIL: its worker stopped sending heartbeats; its "
                      f"settings are queued again")
-        for number, pid in coord.fail_dead_trials(self.optuna):
+        for number, pid in shared.fail_dead_trials(self.optuna):
             self.say(f"marked trial {number} FAIL: its search process (pid {pid}) is gone; "
                      f"its settings are queued again")
 
@@ -151,10 +150,10 @@ class Study:
                 role = step.role
                 trial.set_user_attr("role", role)
         trial.set_user_attr("settings", settings)
-        trial.set_user_attr(coord.HOST_ATTR, coord.host_id())
-        trial.set_user_attr(coord.PID_ATTR, os.getpid())
-        trial.set_user_attr(coord.PIDNS_ATTR, coord.process_space())
-        trial.set_user_attr(coord.MACHINE_ID, self.machine_id)
+        trial.set_user_attr(shared.HOST_ATTR, shared.host_id())
+        trial.set_user_attr(shared.PID_ATTR, os.getpid())
+        trial.set_user_attr(shared.PIDNS_ATTR, shared.process_space())
+        trial.set_user_attr(shared.MACHINE_ID, self.machine_id)
         if role not in (BASELINE, EXPERT, structured.REPLICATE):
             earlier = self.measured_before(settings, trial.number)
             if earlier is not None:   # no trial spent measuring what is known
@@ -283,7 +282,7 @@ class Study:
 # -- opening ---------------------------------------------------------------------------------------
 
 def open_study(measurer: measuring.Measurer, pre: measuring.Preflight,
-               locks: coord.Locks) -> Study:
+               locks: shared.Locks) -> Study:
     """Create or join the study, check it is this workload's and machine's, fail trials of dead
     workers and enqueue the reference trials: all under the setup lock, so workers starting
     together enqueue the references once."""
@@ -303,7 +302,7 @@ def open_study(measurer: measuring.Measurer, pre: measuring.Preflight,
         optuna_study = optuna.create_study(storage=storage, study_name=cfg.study_name,
                                            direction="maximize", sampler=sampler,
                                            pruner=sampling.pruner(cfg), load_if_exists=True)
-        recorded_on = coord.check_or_record(
+        recorded_on = shared.check_or_record(
             optuna_study, config=cfg.fingerprint(), machine=pre.machine.fingerprint(),
             space=pre.space.describe(), machine_full=pre.machine.as_dict(),
             where=f"study {cfg.study_name!r} in {masked(cfg.storage)}",

@@ -27,7 +27,7 @@ from tuner.search import shared as coord
 from tuner.search.measuring import Preflight
 from tuner.search.outcome import Searched
 from tuner.search.validate import BASELINE, POWER, TARGET_SPEEDUP, Validation
-from tuner.tuned import store as tuned
+from tuner.tuned import store
 
 
 @dataclass(frozen=True)
@@ -315,7 +315,7 @@ def document(config: Config, pre: Preflight, searched: Searched, verdict: Verdic
     cfg, machine = config, pre.machine
     best, base, expert = searched.best, searched.baseline, searched.expert
     return {
-        "format_version": tuned.FORMAT_VERSION,
+        "format_version": store.FORMAT_VERSION,
         "created": coord.now(),
         "verdict": verdict.verdict,
         "summary": summary(verdict, cfg),

@@ -29,7 +29,7 @@ from tuner.base import host
 from tuner.base.render import did_you_mean, plain
 from tuner.base.yamlsafe import shown
 from tuner.errors import ConfigError
-from tuner.tuned import store as tuned
+from tuner.tuned import store
 
 VERDICTS = ("tuned", "defaults", "unvalidated")
 
@@ -88,7 +88,7 @@ def read(path: str | Path, *, allow_env: Iterable[str] = (),
     if "\x00" in where:
         raise ConfigError(f"{shown(where)}: a path cannot contain a NUL byte")
     extra = allowed_names(allow_env)
-    doc = tuned.load(path)
+    doc = store.load(path)
     if type(doc["format_version"]) is not int:
         raise ConfigError(f"{where}: format_version: expected an integer, "
                           f"got {shown(doc['format_version'])}")

@@ -33,7 +33,7 @@ from tuner.base.files import write_text_atomic
 from tuner.base.version import __version__
 from tuner.errors import ConfigError, StudyError
 from tuner.tuned import reader as tunedfile
-from tuner.tuned import store as tuned
+from tuner.tuned import store
 
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -58,7 +58,7 @@ def default_output(study_name: str) -> str:
 # -- writing ----------------------------------------------------------------------------------
 
 def dump(doc: dict[str, Any], path: str | Path) -> str:
-    body = yaml.dump(tuned.rounded(doc), Dumper=tuned._Dumper, sort_keys=False,
+    body = yaml.dump(store.rounded(doc), Dumper=store._Dumper, sort_keys=False,
                      default_flow_style=False, width=100)
     return HEADER.format(tuner_version=__version__, path=path) + body
 
@@ -78,7 +78,7 @@ def write(doc: dict[str, Any], path: str | Path, keep_backups: int = 5) -> Writt
     backup = None
     try:
         if path.exists():
-            backup = tuned.keep_history(path)
+            backup = store.keep_history(path)
         write_text_atomic(path, text)   # the umask's mode, set before the rename
     except OSError as exc:
         if backup is not None:
@@ -88,7 +88,7 @@ def write(doc: dict[str, Any], path: str | Path, keep_backups: int = 5) -> Writt
                 pass
         raise StudyError(f"--output: cannot write {path}: {exc.strerror or exc}; the previous "
                          f"file is unchanged and the trials are kept in the studies") from None
-    return Written(path, tuned.prune_history(path, keep_backups, backup))
+    return Written(path, store.prune_history(path, keep_backups, backup))
 
 
 # -- reading (untrusted input) ------------------------------------------------------------------
@@ -138,7 +138,7 @@ def is_sizes_file(path: str | Path) -> bool:
 
 
 def _load(path: str | Path) -> dict[str, Any]:
-    data = tuned.load_yaml(path, "sizes")
+    data = store.load_yaml(path, "sizes")
     if isinstance(data, dict) and "kind" not in data and "verdict" in data and "settings" in data:
         raise ConfigError(f"{path}: a tuned file, not a sizes file (python -m tuner size writes "
                           f"those); --size K / size=K is for sizes files: drop it")
@@ -348,7 +348,7 @@ def row_as_tuned(sizes: SizesFile, cpus: int) -> tunedfile.TunedFile:
                                    f"{sizes.path}: sizes (cpus {cpus})")
     machine = dict(sizes.doc.get("machine") or {})
     machine["usable_cpus"] = cpus
-    doc = {"format_version": tuned.FORMAT_VERSION, "verdict": row["verdict"],
+    doc = {"format_version": store.FORMAT_VERSION, "verdict": row["verdict"],
            "summary": f"size {cpus} CPU(s) of {sizes.path}", "settings": row["settings"],
            "machine": machine, "workload": sizes.doc.get("workload"),
            "result": {"throughput": row["throughput"], "latency_ms": row.get("latency_ms"),
