@@ -1,9 +1,9 @@
 """The sequential validation: its false-positive rate and power by simulation (pure Python,
 seeded), and through whole searches with the fake worker.
 
-The simulations run :func:`tuner.validate.sequential` itself (looks, planning from the measured
-noise, alpha spending, futility stop) on drawn lognormal values, with the two slow statistics
-replaced by fast exact equivalents so that thousands of comparisons take seconds:
+The simulations run :func:`tuner.search.validate.sequential` itself (looks, planning from the
+measured noise, alpha spending, futility stop) on drawn lognormal values, with the two slow
+statistics replaced by fast exact equivalents so that thousands of comparisons take seconds:
 
 - the exact permutation test on mean log values by Student's t on log values (pooled variance),
   exact for lognormal noise as the permutation test is for any noise, and the same statistic

@@ -2,7 +2,7 @@
 
 ``import tuner`` is cheap: it never imports TensorFlow or Optuna and never touches the environment.
 Use a tuned file with :func:`apply` (first thing in a job) or ``python -m tuner run``; the search
-lives in :mod:`tuner.search`; the command line in :mod:`tuner.cli`.
+lives in :mod:`tuner.search.pipeline`; the command line in :mod:`tuner.cli`.
 """
 
 from __future__ import annotations

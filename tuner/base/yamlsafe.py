@@ -17,7 +17,7 @@ damaged file can do into one :class:`ConfigError` line naming the file:
   exception PyYAML's constructors let through (an impossible date, ...) becomes the same line.
 
 :func:`shown` is how a value read from such a file appears in a message: ``reprlib``-bounded and
-through :func:`tuner.render.plain`, so an error stays one short line whatever the value is.
+through :func:`tuner.base.render.plain`, so an error stays one short line whatever the value is.
 :class:`Dumper` writes plain YAML without anchors: what tuner writes, it can read back.
 """
 

@@ -1,8 +1,8 @@
 """The measuring loop: warm up until the step rate settles, then time-based windows of steps.
 
 It drives any object with ``first``, ``next_batch()``, ``run_step(batch)`` and ``samples(batch)``
-(:class:`~tuner.workload.Workload` in the child) and reads time from a :class:`Clock`, so tests
-run it in-process with a fake workload and a fake clock.
+(:class:`~tuner.child.workload.Workload` in the child) and reads time from a :class:`Clock`, so
+tests run it in-process with a fake workload and a fake clock.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ the trial's batch size, an unknown other dimension comes from ``input_shapes`` (
 refused with its name and known shape). The data is generated once, and a real job's pipeline
 feeds it: ``from_tensor_slices -> repeat -> batch -> prefetch``.
 
-Every problem is a :class:`~tuner.protocol.WorkloadProblem`: one line, shown to the user as the
-preflight's cause. TensorFlow is passed in; this module imports it nowhere itself.
+Every problem is a :class:`~tuner.child.protocol.WorkloadProblem`: one line, shown to the user as
+the preflight's cause. TensorFlow is passed in; this module imports it nowhere itself.
 """
 
 from __future__ import annotations

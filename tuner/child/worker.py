@@ -1,13 +1,13 @@
 """The trial child: ``python -m tuner.child.worker TASK.json RESULT.json``.
 
-One fresh process per measurement (the task and result shapes are in :mod:`tuner.protocol`). The
-parent has already built this process's environment (the environment-variable knobs are in it);
-here the child pins itself, builds the user's model and data (:mod:`tuner.workload`, which applies
-the ``tf.config.threading`` knobs before the runtime initialises), runs the task and writes the
-result, then ends without interpreter teardown.
+One fresh process per measurement (the task and result shapes are in :mod:`tuner.child.protocol`).
+The parent has already built this process's environment (the environment-variable knobs are in it);
+here the child pins itself, builds the user's model and data (:mod:`tuner.child.workload`, which
+applies the ``tf.config.threading`` knobs before the runtime initialises), runs the task and writes
+the result, then ends without interpreter teardown.
 
 Tasks: ``preflight`` (build once, two steps), ``measure`` (warm-up and windows,
-:mod:`tuner.meter`) and ``diagnose`` (:mod:`tuner.probes`).
+:mod:`tuner.child.meter`) and ``diagnose`` (:mod:`tuner.child.probes`).
 """
 
 from __future__ import annotations

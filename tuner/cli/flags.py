@@ -101,7 +101,7 @@ def duration(text: str) -> float:
 
 def model_flags(parser: argparse.ArgumentParser, *, search: bool) -> None:
     """``--model PATH`` and the flags that go with it: a study config generated from a model file
-    (:mod:`tuner.modelfile`)."""
+    (:mod:`tuner.config.modelflags`)."""
     parser.add_argument("--model", metavar="PATH",
                         help="a .keras or .h5 (.hdf5) file or a SavedModel directory, measured "
                              "on inputs generated from its signature (instead of --config)")

@@ -2,7 +2,7 @@
 and a few flags, with no config file and no code.
 
 Everything here is the parent's: the path is checked on the file system only (TensorFlow is
-never imported here; the child loads the model, :mod:`tuner.modelload`). The generated config is
+never imported here; the child loads the model, :mod:`tuner.child.model`). The generated config is
 the one a user could have written (``workload: {model: ..., batch_size: ...}``); ``search``
 writes it beside the tuned file, named after it (``results/<name>/tuned.config.yaml``, or
 ``out/m.config.yaml`` for ``--output out/m.yaml``), so ``search --config`` on it resumes the same

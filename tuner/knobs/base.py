@@ -158,9 +158,10 @@ class Knob:
 
     def searched_by_default(self, machine: Machine, mode: str, pipeline: Any) -> bool:
         """Whether an unconfigured search tries more than the default (``pipeline``: what the
-        preflight learnt, see :class:`tuner.space.Pipeline`). A knob that needs CPU instructions
-        is searched only on a CPU with one of them; one that changes the model's numbers only
-        with an accuracy tolerance (:func:`tuner.space.build_space` decides that)."""
+        preflight learnt, see :class:`tuner.knobs.space.Pipeline`). A knob that needs CPU
+        instructions is searched only on a CPU with one of them; one that changes the model's
+        numbers only with an accuracy tolerance (:func:`tuner.knobs.space.build_space` decides
+        that)."""
         if self.cpu_flags and not set(self.cpu_flags) & machine.cpu_flags:
             return False
         return mode in self.modes and not (self.needs_openmp and not machine.openmp)

@@ -55,7 +55,7 @@ class AllocatorKnob(ProcessKnob):
 
 class CpusKnob(ProcessKnob):
     """How many CPUs the process is pinned to; the tuned file keeps the CPU set it means on the
-    machine it was measured on (the pinning order of :mod:`tuner.host`)."""
+    machine it was measured on (the pinning order of :mod:`tuner.base.host`)."""
 
     how = "process: CPU affinity"
 

@@ -3,7 +3,7 @@ learnt -> the knobs a study searches (with their candidates) and those it fixes,
 points every study measures (TensorFlow's defaults, the expert rule).
 
 Settings are flat dicts keyed by knob name; see :mod:`tuner.knobs` for the knobs themselves and
-:mod:`tuner.settings` for what a chosen configuration becomes.
+:mod:`tuner.knobs.settings` for what a chosen configuration becomes.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ If TensorFlow's runtime is already initialised with other thread counts, nothing
 when TensorFlow is imported) and arrive too late are named in a :class:`LateSettingWarning`
 pointing to the launcher.
 
-The file is untrusted input, read by :func:`tuner.tunedfile.read`: every setting is checked by
+The file is untrusted input, read by :func:`tuner.tuned.reader.read`: every setting is checked by
 its knob's rule; ``settings.env`` may set only tuner's own variables unless ``allow_env`` names
 others; an ``unvalidated`` verdict, or a ``tuned`` one its own evidence does not support, is
 refused unless ``allow_unvalidated=True``; declared knobs stay within the declared space; CPUs
@@ -179,7 +179,7 @@ def read(path: str | Path, allow_env: Iterable[str] | str = (),
          allow_unvalidated: bool = False, size: int | None = None) -> tunedfile.TunedFile:
     """The tuned file at ``path`` through the one strict reader, with what the caller and (for
     the launcher's own file) the launcher accept. ``size``: the row of a sizes file to use
-    (:mod:`tuner.sizes`); a sizes file needs one, a tuned file takes none."""
+    (:mod:`tuner.tuned.sizes`); a sizes file needs one, a tuned file takes none."""
     from tuner.tuned import sizes
 
     from_launcher, unvalidated = launcher_acceptance(path)

@@ -12,7 +12,7 @@ for places that take environment variables; ``--format tf-serving`` a wrapper sc
 The tf.data settings live inside the job's pipeline, so no environment variable can carry them;
 every format says so.
 
-Both read the file with :func:`tuner.tunedfile.read` (untrusted input: every setting checked,
+Both read the file with :func:`tuner.tuned.reader.read` (untrusted input: every setting checked,
 only tuner's own variables unless ``--allow-env NAME``, no ``unvalidated`` verdict unless
 ``--allow-unvalidated``), and ``export`` cannot inject: every name is a plain variable name, every
 value is quoted for its format (or refused where the format cannot carry it literally), the k8s

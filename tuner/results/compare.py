@@ -1,5 +1,5 @@
 """``show`` one result and ``compare`` several: tuned files or studies, side by side, each read
-through :mod:`tuner.results`.
+through :mod:`tuner.results.model`.
 
 What a comparison can and cannot say: each tuned file's numbers come from its own validation, fresh
 processes interleaved with TensorFlow's defaults on one machine. Two files were measured at

@@ -2,8 +2,8 @@
 
 A file tuned last month, on another machine or TensorFlow version, is re-measured where it
 runs: its settings against TensorFlow's defaults, each in a fresh process, interleaved with the
-order rotated, by validation's own final rounds (:func:`tuner.validate.final_rounds`) and
-judged by the verdict's own rule (:func:`tuner.verdict.judge`), so "still faster" means what
+order rotated, by validation's own final rounds (:func:`tuner.search.validate.final_rounds`) and
+judged by the verdict's own rule (:func:`tuner.search.verdict.judge`), so "still faster" means what
 "tuned" meant when the file was written. The settings are placed as ``python -m tuner run``
 places them: the file's CPU sets and instance sets as recorded, its allocator as found here.
 

@@ -1,12 +1,12 @@
 """The ``search`` command: preflight -> study -> validation -> verdict -> tuned file.
 
-1. Detect the machine; preflight the workload once in a child (:mod:`tuner.measuring`), which
+1. Detect the machine; preflight the workload once in a child (:mod:`tuner.search.measuring`), which
    also fixes the space to search.
-2. Open or join the Optuna study and run this worker's trials (:mod:`tuner.study`).
+2. Open or join the Optuna study and run this worker's trials (:mod:`tuner.search.study`).
 3. Re-measure the best few in fresh, interleaved processes against TensorFlow's defaults
-   (:mod:`tuner.validate`). With several workers, the last one to finish its trials validates
+   (:mod:`tuner.search.validate`). With several workers, the last one to finish its trials validates
    and stores the result in the study; the others write their tuned file from it.
-4. Decide and write the tuned file (:mod:`tuner.verdict`).
+4. Decide and write the tuned file (:mod:`tuner.search.verdict`).
 """
 
 from __future__ import annotations

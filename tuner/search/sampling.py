@@ -70,7 +70,7 @@ def sampler(config: Config, space: space_mod.Space, joining: bool = False,
             machine: host_mod.Machine | None = None
             ) -> tuple[optuna.samplers.BaseSampler, str]:
     """The sampler and its name. ``auto``: an exhaustive grid when the space fits the budget,
-    else the structured search (phases, see :mod:`tuner.structured`); ``tpe``, ``random`` and
+    else the structured search (phases, see :mod:`tuner.search.structured`); ``tpe``, ``random`` and
     ``grid`` on request."""
     search = config.search
     seed = search.seed

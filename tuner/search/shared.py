@@ -1,10 +1,10 @@
 """Several workers (search processes, usually on several machines) sharing one study.
 
-Optuna's RDB storage does the scheduling: each worker asks for its next trial, an enqueued trial
-is handed to exactly one worker, heartbeats mark a dead worker's trial FAIL and
-:class:`~tuner.storage.RetryStaleTrial` re-enqueues its parameters (:mod:`tuner.storage` has the
-database side). Three things need more than that, and get database locks that die with the
-process holding them (so a killed worker never blocks the rest):
+Optuna's RDB storage does the scheduling: each worker asks for its next trial, an enqueued trial is
+handed to exactly one worker, heartbeats mark a dead worker's trial FAIL and
+:class:`~tuner.search.storage.RetryStaleTrial` re-enqueues its parameters
+(:mod:`tuner.search.storage` has the database side). Three things need more than that, and get
+database locks that die with the process holding them (so a killed worker never blocks the rest):
 
 - **setup** (exclusive, held for a moment): create the study, record or check its machine
   fingerprint and enqueue the reference trials, so two workers starting together enqueue them once.

@@ -1,7 +1,7 @@
 """The ``size`` command: how many CPUs per process (or pod), how many replicas, at what cost.
 
 For each CPU count of a ladder (1, 2, 4, ... up to the usable CPUs, always with the usable count
-itself), the search of :mod:`tuner.search` runs once more, *pinned to that many CPUs*:
+itself), the search of :mod:`tuner.search.pipeline` runs once more, *pinned to that many CPUs*:
 
 1. The machine is cut down to the first ``K`` CPUs of the pinning order (:func:`sized_machine`),
    so the space is built for ``K`` CPUs (thread ladders, instance counts) and every child, the
@@ -9,9 +9,10 @@ itself), the search of :mod:`tuner.search` runs once more, *pinned to that many 
 2. A short study (``--n-trials`` per size, its own study ``<name>.size-K`` in the config's
    storage) starts from the references and, from the second size on, the previous size's winner
    rescaled to ``K`` CPUs (:func:`rescale`), so what a smaller size learnt is tried first.
-3. The winner is validated in interleaved fresh processes against TensorFlow's defaults pinned
-   to the same ``K`` CPUs (:func:`tuner.search.validate_once`), and the verdict is the search's.
-4. Each size becomes a row of the sizes file (:mod:`tuner.sizes`) with the validation rounds'
+3. The winner is validated in interleaved fresh processes against TensorFlow's defaults pinned to
+   the same ``K`` CPUs (:func:`tuner.search.pipeline.validate_once`), and the verdict is the
+   search's.
+4. Each size becomes a row of the sizes file (:mod:`tuner.tuned.sizes`) with the validation rounds'
    numbers; :func:`recommend` turns the rows into the size and replica count that reach a target
    throughput with the fewest CPUs, the cost per million samples, and the sizes a latency budget
    excludes.
@@ -268,7 +269,8 @@ def _size(cfg: Config, pre: measuring.Preflight, pipeline: space_mod.Pipeline, c
           carried: tuple[int, dict[str, Any]] | None, say: measuring.Say
           ) -> tuple[dict[str, Any], tuple[int, dict[str, Any]] | None]:
     """Search, validate and decide one size; its row and what the next size carries. With
-    ``cfg.search.budget``, the size's search and validation fit in it (:mod:`tuner.budget`)."""
+    ``cfg.search.budget``, the size's search and validation fit in it
+    (:mod:`tuner.config.budget`)."""
     size_started = budget_mod.clock()
     machine = sized_machine(pre.machine, count)
     space = size_space(machine, cfg, pipeline)

@@ -1,14 +1,15 @@
 """The Optuna study of a search: storage, sampler, reference trials, the objective.
 
 Any RDB storage URL works (SQLite by default). A resumed or joined study must belong to the same
-workload, measurement and machine type. Trials left RUNNING by a dead search on this host are
-marked FAIL at once; Optuna's heartbeat catches the rest, and both re-enqueue the lost trial's
-parameters (see :mod:`tuner.coord` for what several workers coordinate and how). The first trials
-are TensorFlow's defaults (the baseline) and the expert rule, then the sampler's (see
-:mod:`tuner.sampling`). Every trial is one fresh child under the host-wide lock; clearly bad
-trials are pruned after a few windows. A configuration already measured is not measured again
-as a new trial (the trial returns the earlier measurement, marked ``duplicate_of``), except as a
-deliberate replicate. ``search.sampler: structured`` runs the phases of :mod:`tuner.structured`.
+workload, measurement and machine type. Trials left RUNNING by a dead search on this host are marked
+FAIL at once; Optuna's heartbeat catches the rest, and both re-enqueue the lost trial's parameters
+(see :mod:`tuner.search.shared` for what several workers coordinate and how). The first trials are
+TensorFlow's defaults (the baseline) and the expert rule, then the sampler's (see
+:mod:`tuner.search.sampling`). Every trial is one fresh child under the host-wide lock; clearly bad
+trials are pruned after a few windows. A configuration already measured is not measured again as a
+new trial (the trial returns the earlier measurement, marked ``duplicate_of``), except as a
+deliberate replicate. ``search.sampler: structured`` runs the phases of
+:mod:`tuner.search.structured`.
 """
 
 from __future__ import annotations

@@ -38,10 +38,10 @@ _CHILD_DEFAULTS = {"CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2",
 
 def child_env(settings: dict[str, Any], base: dict[str, str] | None = None,
               preload: str | None = None) -> dict[str, str]:
-    """The child's environment: the user's, minus every variable a knob controls, plus the
-    trial's environment knobs, with the allocator library ``preload`` preloaded (see
-    :func:`tuner.settings.child_environment`). A copy, not an allowlist: user code may need its
-    own variables."""
+    """The child's environment: the user's, minus every variable a knob controls, plus the trial's
+    environment knobs, with the allocator library ``preload`` preloaded (see
+    :func:`tuner.knobs.settings.child_environment`). A copy, not an allowlist: user code may need
+    its own variables."""
     env = settings_mod.child_environment(settings, dict(os.environ if base is None else base),
                                          preload)
     for key, value in _CHILD_DEFAULTS.items():

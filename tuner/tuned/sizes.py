@@ -1,13 +1,12 @@
 """The sizes file (``results/<name>/sizes.yaml``): one row per CPU count, and a recommendation.
 
-Written by ``python -m tuner size`` (:mod:`tuner.sizing`), atomically, with every replaced file
-kept as ``<name>.<UTC time>.bak`` (the newest ``--keep-backups``, 5 by default); read by
-``show``, ``report`` and, one row at a time
-(``--size K``), by ``tuner.apply()``, ``python -m tuner run`` and ``export``. The file travels
-like a tuned file, so :func:`read` treats it as untrusted input: every row's ``settings`` is
-checked by the tuned file's own rules (:func:`tuner.tunedfile.check_settings`), and must pin the
-process to exactly that row's number of CPUs; anything else is one line naming the file, the row
-and the field.
+Written by ``python -m tuner size`` (:mod:`tuner.search.sizing`), atomically, with every replaced
+file kept as ``<name>.<UTC time>.bak`` (the newest ``--keep-backups``, 5 by default); read by
+``show``, ``report`` and, one row at a time (``--size K``), by ``tuner.apply()``, ``python -m tuner
+run`` and ``export``. The file travels like a tuned file, so :func:`read` treats it as untrusted
+input: every row's ``settings`` is checked by the tuned file's own rules
+(:func:`tuner.tuned.reader.check_settings`), and must pin the process to exactly that row's number
+of CPUs; anything else is one line naming the file, the row and the field.
 
 Format history (``format_version``, with ``kind: sizes``):
   1: first version: ladder, sizes (cpus, verdict, settings, throughput {median, ci95}, per_cpu,

@@ -68,8 +68,8 @@ HEADER = """\
 
 def load_yaml(path: str | Path, kind: str) -> Any:
     """A result file's YAML (``kind``: "tuned" or "sizes"), through the bounded loader
-    (:mod:`tuner.yamlsafe`: a regular file, bounded, no anchors or aliases); a folder, a missing
-    file or unreadable YAML is one ConfigError naming the file."""
+    (:mod:`tuner.base.yamlsafe`: a regular file, bounded, no anchors or aliases); a folder, a
+    missing file or unreadable YAML is one ConfigError naming the file."""
     return yamlsafe.load(path, kind)
 
 
