@@ -322,7 +322,7 @@ def test_real_taskset_one_cpu_is_reported_with_a_finding(tmp_path):
 def test_real_pipeline_inspection_names_sequential_python_and_parallel_steps():
     code = textwrap.dedent("""
         import json, numpy as np, tensorflow as tf
-        from tuner.probes import inspect_pipeline
+        from tuner.child.probes import inspect_pipeline
         def stateless(x): return x * 2
         def noisy(x): return tf.cast(x, tf.float32) + tf.random.uniform(())
         def py(x): return tf.numpy_function(lambda v: v, [x], tf.int64)

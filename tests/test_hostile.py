@@ -587,7 +587,7 @@ def test_grandchildren_are_reaped_on_a_timeout(workload_child, monkeypatch):
 PARENT = """\
 import sys
 sys.path.insert(0, {root!r})
-from tuner.trial import run_child
+from tuner.search.trial import run_child
 run_child({{"kind": "preflight"}}, timeout=300, settings={{}},
           worker=[sys.executable, {script!r}])
 """

@@ -322,7 +322,7 @@ def test_apply_reads_the_row_it_is_given(sized):
 
 
 def test_run_with_a_size_pins_the_command_and_tells_apply_the_row(sized, tmp_path):
-    probe = ("import os, sys; from tuner import production; "
+    probe = ("import os, sys; from tuner.production import apply as production; "
              "t = production.read(os.environ['TUNER_TUNED_FILE']); "
              "print(sorted(os.sched_getaffinity(0)), os.environ['TUNER_TUNED_SIZE'], "
              "t.settings['cpus'])")
