@@ -3,7 +3,7 @@ applied with ``tuner.apply()``, the same seeded weights, the same inputs.
 
     python benchmarks/accuracy_check.py results/quickstart/tuned.yaml --json out.json
 
-Shares no code with tuner's accuracy guard (tuner/guard.py): two fresh Python processes, each
+Shares no code with tuner's accuracy guard (tuner/child/guard.py): two fresh Python processes, each
 seeds Keras (its own seed, not the guard's), builds the workload named in the tuned file and
 takes the first ``--samples`` samples of the workload's own data; the defaults process sets
 nothing (every variable tuner could set removed from its environment), the tuned process calls

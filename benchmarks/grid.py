@@ -8,7 +8,7 @@ process, in a shuffled order; the baseline (TensorFlow's defaults) is measured a
 ``--baseline-every`` points, so the file carries the process-to-process noise measured across the
 whole run, not assumed. ``--replicates 2`` measures every point twice (in a second shuffled pass).
 
-The file holds the machine (as ``tuner.host`` sees it), the date, the load average before and
+The file holds the machine (as ``tuner.base.host`` sees it), the date, the load average before and
 after, the measurement settings, and per point the throughput of each process and its wall time.
 ``benchmarks/replay.py`` replays search strategies on such files.
 """
@@ -31,8 +31,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from tuner import config as config_mod  # noqa: E402
-from tuner import host, measuring  # noqa: E402
-from tuner import space as space_mod  # noqa: E402
+from tuner.base import host  # noqa: E402
+from tuner.knobs import space as space_mod  # noqa: E402
+from tuner.search import measuring  # noqa: E402
 
 DIMS = ("instances", "allocator", "intra_op_parallelism_threads", "inter_op_parallelism_threads")
 
@@ -113,7 +114,7 @@ def main() -> None:
         "example": Path(args.config).stem,
         "date": dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 1),
-        # as tuner.host.Machine (replay rebuilds it), without the host name
+        # as tuner.base.host.Machine (replay rebuilds it), without the host name
         "machine": {k: v for k, v in dataclasses.asdict(pre.machine).items() if k != "hostname"},
         "platform": platform.platform(),
         "load_average": {"before": [round(x, 2) for x in load_before],

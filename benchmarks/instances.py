@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tuner import config as config_mod  # noqa: E402
-from tuner import host, measuring  # noqa: E402
 from tuner import knobs as knobs_mod  # noqa: E402
-from tuner import space as space_mod  # noqa: E402
+from tuner.base import cpusets, host  # noqa: E402
+from tuner.knobs import space as space_mod  # noqa: E402
+from tuner.search import measuring  # noqa: E402
 
 
 def main() -> None:
@@ -69,7 +70,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for k in counts:
         tps = [a["throughput"]["median"] for a in runs[k]]
-        sets = host.instance_sets(m, k) if k > 1 else [list(m.affinity)]
+        sets = cpusets.instance_sets(m, k) if k > 1 else [list(m.affinity)]
         p95 = statistics.median(a["step_latency_ms"]["p95"] for a in runs[k])
         sat = statistics.median(a["cpu_saturation"] for a in runs[k])
         rows.append({"instances": k, "cpus": sets, "throughput": tps,

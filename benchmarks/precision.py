@@ -3,7 +3,7 @@ accuracy guard's deviation of each process.
 
     python benchmarks/precision.py configs/quickstart.yaml --rounds 5 --json out.json
 
-Uses tuner's own measurement (``tuner.measuring.Measurer``: one fresh child per measurement,
+Uses tuner's own measurement (``tuner.search.measuring.Measurer``: one fresh child per measurement,
 under the host lock) and its guard: the preflight saves the reference samples at the defaults,
 then each round measures the defaults and ``ONEDNN_DEFAULT_FPMATH_MODE=BF16`` (order alternating).
 Prints each round, the median of the per-round speedups, and each setting's deviation.
@@ -20,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner import config, host, knobs, measuring  # noqa: E402
+from tuner import config, knobs
+from tuner.base import host
+from tuner.search import measuring  # noqa: E402
 
 FPMATH = "env.ONEDNN_DEFAULT_FPMATH_MODE"
 

@@ -186,7 +186,7 @@ def main() -> None:
               f"{min(values):>9.1f} {max(values):>9.1f}")
     # the measuring above is independent of tuner's; the statistics are the same as
     # validation's and `tuner check`'s (both sides resampled, the exact permutation test)
-    from tuner import stats
+    from tuner.base import stats
 
     measured = statistics.median(runs["tuned"]) / statistics.median(runs["defaults"])
     lo, hi = stats.ratio_ci(runs["tuned"], runs["defaults"])

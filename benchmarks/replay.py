@@ -13,8 +13,8 @@ that point (a duplicate returned without measuring costs nothing, as in the tool
 Strategies, all with the tuner's two reference trials first (TensorFlow's defaults, the expert
 rule) and the tuner's duplicate skipping:
 
-- ``structured``: ``search.sampler: structured`` (tuner.structured.StructuredSampler)
-- ``tpe``: the tuner's TPE mode (its TPE settings and screening points, tuner.sampling)
+- ``structured``: ``search.sampler: structured`` (tuner.search.structured.StructuredSampler)
+- ``tpe``: the tuner's TPE mode (its TPE settings and screening points, tuner.search.sampling)
 - ``random``: Optuna's RandomSampler
 - ``gp``: Optuna's GPSampler (needs torch and scipy; skipped when they are missing)
 
@@ -41,9 +41,13 @@ import optuna
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tuner import host, sampling, structured  # noqa: E402
-from tuner import space as space_mod  # noqa: E402
+from tuner.base import host  # noqa: E402
 from tuner.knobs import KNOBS  # noqa: E402
+from tuner.knobs import space as space_mod  # noqa: E402
+from tuner.search import (  # noqa: E402
+    sampling,
+    structured,  # noqa: E402
+)
 
 TARGET = 0.95
 
@@ -85,7 +89,7 @@ class Grid:
 
 
 def config_for(n_trials: int, sampler: str, seed: int) -> Any:
-    """The few config fields tuner.sampling reads."""
+    """The few config fields tuner.search.sampling reads."""
     from tuner.config import Config, Objective, Search
     cfg = Config.__new__(Config)
     object.__setattr__(cfg, "search", Search(n_trials=n_trials, sampler=sampler, seed=seed))

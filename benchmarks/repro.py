@@ -45,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 from remeasure import run_one  # noqa: E402
 from run import overhead  # noqa: E402
 
-from tuner import settings as settings_mod  # noqa: E402
-from tuner import stats  # noqa: E402
+from tuner.base import stats  # noqa: E402
+from tuner.knobs import settings as settings_mod  # noqa: E402
 
 DEFAULTS = {"intra_op_parallelism_threads": 0, "inter_op_parallelism_threads": 0,
             "tf_data": {}, "env": {}}

@@ -42,15 +42,12 @@ sys.path.insert(0, str(ROOT))
 from remeasure import bootstrap, run_one  # noqa: E402
 
 from tuner import config as config_mod  # noqa: E402
-from tuner import (  # noqa: E402
-    host,  # noqa: E402
-    measuring,
-    sampling,
-)
 from tuner import knobs as knobs_mod  # noqa: E402
-from tuner import search as search_mod  # noqa: E402
-from tuner import settings as settings_mod  # noqa: E402
-from tuner import space as space_mod  # noqa: E402
+from tuner.base import host  # noqa: E402
+from tuner.knobs import settings as settings_mod  # noqa: E402
+from tuner.knobs import space as space_mod  # noqa: E402
+from tuner.search import measuring, sampling  # noqa: E402
+from tuner.search import pipeline as search_mod  # noqa: E402
 
 # Quick mode fits four examples and the grid in under 15 minutes on 2 cores. Every measurement is
 # a fresh process costing ~3 s before its first window (interpreter, TensorFlow import, build,

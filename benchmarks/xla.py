@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from remeasure import bootstrap, run_one  # noqa: E402
 
-from tuner import host, knobs  # noqa: E402
+from tuner import knobs
+from tuner.base import host  # noqa: E402
 
 
 def measure(config: Path, rounds: int, seconds: float, warmup: float, flags: str) -> dict:

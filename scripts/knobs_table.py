@@ -1,4 +1,4 @@
-"""The knob table of docs/knobs.md, generated from the registry (tuner/knobs.py).
+"""The knob table of docs/knobs.md, generated from the registry (tuner/knobs/__init__.py).
 
 usage: python scripts/knobs_table.py           print the markdown table
        python scripts/knobs_table.py --write   rewrite the table in docs/knobs.md

@@ -23,7 +23,8 @@ from helpers import (
     write_text,
 )
 
-from tuner import cli, trial
+from tuner import cli
+from tuner.search import trial
 
 # Every search commits to SQLite many times per trial, and on a disk each commit waits for its
 # fsync: on an ext4 /tmp that waiting was a quarter of the lane's wall time. Unless TMPDIR says
@@ -71,7 +72,7 @@ def _use_fake_worker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def fake_worker(monkeypatch):
-    """Trials in this process run the fake worker instead of ``python -m tuner.worker``; so do
+    """Trials in this process run the fake worker instead of ``python -m tuner.child.worker``; so do
     ``python -m tuner`` processes the test starts (they inherit ``TUNER_WORKER``)."""
     _use_fake_worker(monkeypatch)
 

@@ -34,7 +34,7 @@ the task, so a simulated machine with more CPUs than this one can be sized.
 ``diagnose`` tasks get a plausible result: TensorFlow-like pools sized from the affinity mask;
 ``FAKE_DIAG=input`` makes the pipeline 0.3x the cached batch with a sequential Python map, and
 ``FAKE_THROTTLE=N`` adds N throttled periods to the simulated cgroup's cpu.stat during the run
-(the counters are read through tuner.host, as the real worker does).
+(the counters are read through tuner.base.host, as the real worker does).
 
 tf.data and declared knobs: by default the fake stands for a TensorFlow without the optional
 tf.data options (the preflight reports none, as an old build would); ``FAKE_TF_DATA=all`` reports
@@ -65,7 +65,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # What a measurement needs from tuner (the protocol version, the declared knobs' prefix, the
 # tf.data options' names) comes in FAKE_FACTS, which helpers.fake_worker_env() computes from the
-# registry in the test process: importing tuner.knobs (and tuner.host under it) took ~50 ms of
+# registry in the test process: importing tuner.knobs (and tuner.base.host under it) took ~50 ms of
 # CPU, twice what the rest of a fake child costs, in each of a thousand children per test run.
 # Without FAKE_FACTS (a test that sets TUNER_WORKER itself) they are imported from tuner. The
 # preflight, diagnose and the knob registry's own facts import tuner where they need it.
@@ -74,7 +74,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def tuner_facts() -> dict:
     """What FAKE_FACTS holds, from tuner itself (helpers.fake_worker_env() passes this on)."""
     from tuner import knobs
-    from tuner.protocol import PROTOCOL
+    from tuner.child.protocol import PROTOCOL
 
     return {"protocol": PROTOCOL, "knob_prefix": knobs.KNOB_PREFIX,
             "tf_data": [knob.name for knob in knobs.TF_DATA]}
@@ -198,7 +198,7 @@ def fake_accuracy(settings: dict) -> dict:
 def fake_diagnosis(task: dict) -> dict:
     from pathlib import Path
 
-    from tuner import host
+    from tuner.base import host
 
     root = task["cgroup_root"]
     before = host.cpu_throttling(root)

@@ -25,8 +25,12 @@ from typing import Any
 import optuna
 import pytest
 
-from tuner import cli, config, coord, host, measuring, search, study
-from tuner.host import Machine
+from tuner import cli, config
+from tuner.base import host
+from tuner.base.host import Machine
+from tuner.search import measuring, study
+from tuner.search import pipeline as search
+from tuner.search import shared as coord
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures"
@@ -50,7 +54,7 @@ def skip_without_tensorflow() -> None:
 
 
 def fake_worker_command() -> list[str]:
-    """The command that replaces ``python -m tuner.worker`` (``TUNER_WORKER`` holds it joined)."""
+    """The command that replaces ``python -m tuner.child.worker`` (``TUNER_WORKER``: it joined)."""
     return [sys.executable, "-S", str(HERE / "fake_worker.py")]  # -S: see fake_worker.py
 
 

@@ -1,4 +1,4 @@
-"""The time budget (tuner/budget.py): durations, the split between search and validation, the
+"""The time budget (tuner/config/budget.py): durations, the split between search and validation, the
 stall rule, and searches on the fake worker that stop on time or early and say why."""
 
 from __future__ import annotations
@@ -7,8 +7,10 @@ import pytest
 import yaml
 from helpers import FAST, assert_one_error_line, edit, run_cli, run_search, trials
 
-from tuner import budget, compare, results
+from tuner.config import budget
 from tuner.errors import ConfigError
+from tuner.results import compare
+from tuner.results import model as results
 
 
 @pytest.mark.parametrize("text, seconds", [

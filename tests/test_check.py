@@ -22,7 +22,8 @@ from helpers import (
     write_text,
 )
 
-from tuner import check, config, sizing, validate, verdict
+from tuner import config
+from tuner.search import check, sizing, validate, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -266,7 +267,7 @@ def test_a_reduced_precision_file_is_held_to_its_tolerance_here(tuned_file, caps
                                                                deviation, code):
     # the file turns on bf16 math, measured within its tolerance 0.05 when tuned; here the
     # guard re-measures its outputs' deviation from TensorFlow's defaults on the same samples
-    from tuner import host
+    from tuner.base import host
 
     monkeypatch.setattr(host, "_cpu_flags", lambda root: ["avx512_bf16"])
     monkeypatch.setenv("FAKE_DEVIATION", json.dumps({"env.ONEDNN_DEFAULT_FPMATH_MODE=BF16":
@@ -297,7 +298,7 @@ def test_a_reduced_precision_file_is_held_to_its_tolerance_here(tuned_file, caps
 
 
 def test_reduced_precision_is_refused_on_a_cpu_without_it(tuned_file, capsys, monkeypatch):
-    from tuner import host
+    from tuner.base import host
 
     monkeypatch.setattr(host, "_cpu_flags", lambda root: ["avx2"])
     tuned, cfg = tuned_file

@@ -10,8 +10,8 @@ from helpers import FIXTURES, HERE, assert_one_error_line, run_cli
 
 
 def test_importing_tuner_stays_light():
-    code = ("import sys; import tuner, tuner.cli, tuner.compare, tuner.report, tuner.render, "
-            "tuner.results; "
+    code = ("import sys; import tuner, tuner.cli, tuner.results.compare, tuner.results.report, "
+            "tuner.base.render, tuner.results.model; "
             "heavy = [m for m in ('tensorflow', 'optuna', 'plotly') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=HERE.parent)
@@ -123,7 +123,7 @@ def test_an_error_names_what_the_user_did(tmp_path, capsys, argv, needles, absen
 
 
 def test_a_suggestion_is_made_only_when_a_name_is_close():
-    from tuner.render import did_you_mean
+    from tuner.base.render import did_you_mean
 
     assert did_you_mean("jsn", ("text", "json", "markdown")) == " (did you mean 'json'?)"
     assert did_you_mean("yaml", ("text", "json", "markdown")) == ""

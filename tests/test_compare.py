@@ -14,16 +14,10 @@ import re
 
 import pytest
 import yaml
-from helpers import (
-    FIXTURES,
-    GOLDEN,
-    run_cli,
-)
+from helpers import FIXTURES, GOLDEN, run_cli
 
-from tuner import (
-    compare,
-    results,
-)
+from tuner.results import compare
+from tuner.results import model as results
 
 
 def check_golden(name: str, actual: str) -> None:

@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 from helpers import copy_workloads, fake_machine, fake_worker_command
 
-from tuner import cli, config, diagnose, host, knobs, protocol
+from tuner import cli, config, knobs
+from tuner.base import host
+from tuner.child import protocol
+from tuner.diagnose import run as diagnose
+from tuner.diagnose import text as diagnose_text
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -180,7 +184,7 @@ def test_data_mode_is_the_pipeline_alone(tmp_path, two_cpus):
     report = diagnose.analyse(two_cpus, result, config.load(path))
     assert report["input_bound"] is True and report["throughput"]["cached_batch"] is None
     assert [f["kind"] for f in report["findings"]] == ["ok"]
-    assert "input-bound by definition" in diagnose.format_text(report)
+    assert "input-bound by definition" in diagnose_text.format_text(report)
 
 
 def test_a_fractional_quota_is_the_capacity(tmp_path):
@@ -318,7 +322,7 @@ def test_real_taskset_one_cpu_is_reported_with_a_finding(tmp_path):
 def test_real_pipeline_inspection_names_sequential_python_and_parallel_steps():
     code = textwrap.dedent("""
         import json, numpy as np, tensorflow as tf
-        from tuner.probes import inspect_pipeline
+        from tuner.child.probes import inspect_pipeline
         def stateless(x): return x * 2
         def noisy(x): return tf.cast(x, tf.float32) + tf.random.uniform(())
         def py(x): return tf.numpy_function(lambda v: v, [x], tf.int64)
@@ -376,10 +380,10 @@ def test_the_compute_section_names_the_instructions_xla_onednn_and_the_levers(
     # the reduced-precision ones (only on a CPU with bf16) need the user's tolerance
     assert [lv["knob"] for lv in report["compute_levers"] if lv["needs_tolerance"]] == [
         k for k in levers if k.startswith(("precision.", "env.ONEDNN_DEFAULT"))]
-    text = diagnose.format_text(report)
+    text = diagnose_text.format_text(report)
     assert f"CPU instructions: {' '.join(have)}" in text
     assert "in the child: oneDNN on, XLA off (TF_XLA_FLAGS unset)" in text
     assert ("env.TF_XLA_FLAGS (XLA auto-clustering" in text) == ("env.TF_XLA_FLAGS" in levers)
     on = dict(xla, flags=knobs.XLA_VALUES[1], auto_jit=2, active=True)
-    assert f"XLA on (TF_XLA_FLAGS={knobs.XLA_VALUES[1]!r})" in diagnose.format_text(
+    assert f"XLA on (TF_XLA_FLAGS={knobs.XLA_VALUES[1]!r})" in diagnose_text.format_text(
         diagnose.analyse(machine, _result(onednn_enabled=False, xla=on), config_path="c.yaml"))

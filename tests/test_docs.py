@@ -9,7 +9,8 @@ import sys
 
 from helpers import HERE
 
-from tuner import config, stats
+from tuner import config
+from tuner.base import stats
 
 REPO = HERE.parent
 REPRO = sorted((REPO / "benchmarks" / "data" / "repro").glob("*.json"))

@@ -17,8 +17,10 @@ import pytest
 import yaml
 from helpers import copy_workloads, evidence, skip_without_tensorflow
 
-from tuner import cli, host, settings, space
-from tuner.trial import run_child
+from tuner import cli
+from tuner.base import host
+from tuner.knobs import settings, space
+from tuner.search.trial import run_child
 
 skip_without_tensorflow()
 pytestmark = pytest.mark.tf

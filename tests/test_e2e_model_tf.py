@@ -13,8 +13,11 @@ import pytest
 import yaml
 from helpers import assert_one_error_line, run_cli, skip_without_tensorflow
 
-from tuner import config, modelfile, protocol, space
-from tuner.trial import run_child
+from tuner import config
+from tuner.child import protocol
+from tuner.config import modelflags as modelfile
+from tuner.knobs import space
+from tuner.search.trial import run_child
 
 skip_without_tensorflow()
 pytestmark = pytest.mark.tf

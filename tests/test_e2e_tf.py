@@ -13,8 +13,9 @@ import pytest
 import yaml
 from helpers import copy_workloads, skip_without_tensorflow
 
-from tuner import cli, space
-from tuner.trial import run_child
+from tuner import cli
+from tuner.knobs import space
+from tuner.search.trial import run_child
 
 skip_without_tensorflow()
 pytestmark = pytest.mark.tf
@@ -108,7 +109,7 @@ def _task(workloads):
 
 @pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_instances_run_together_on_disjoint_cpus_with_the_preloaded_allocator(workloads):
-    from tuner import host
+    from tuner.base import host
 
     found = host.detect().allocators
     name = "tcmalloc" if "tcmalloc" in found else next(iter(found), None)
@@ -228,5 +229,5 @@ def test_interrupt_marks_the_trial_failed_and_writes_the_best_so_far(workloads):
     trials = optuna.load_study(study_name="real", storage="sqlite:///results/real.db").trials
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
     assert any(t.user_attrs.get("fail_reason", "").startswith("interrupted") for t in trials)
-    leftover = subprocess.run(["pgrep", "-f", "tuner.worker"], capture_output=True, text=True)
+    leftover = subprocess.run(["pgrep", "-f", "tuner.child.worker"], capture_output=True, text=True)
     assert str(path.parent) not in leftover.stdout

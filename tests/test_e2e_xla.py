@@ -15,8 +15,10 @@ import pytest
 from helpers import skip_without_tensorflow
 from test_production import make_tuned
 
-from tuner import knobs, meter, settings, space
-from tuner.trial import run_child
+from tuner import knobs
+from tuner.child import meter
+from tuner.knobs import settings, space
+from tuner.search.trial import run_child
 
 skip_without_tensorflow()
 pytestmark = pytest.mark.tf

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from helpers import FIXTURES, run_cli
 
-from tuner import render
-from tuner import report as report_mod
+from tuner.base import render
+from tuner.results import report_html
 
 ESC = "\x1b]0;pwned\x07\x1b[2J"
 LINK = '<a href="javascript:alert(1)">x</a>'
@@ -122,7 +122,7 @@ def test_figures_escape_labels_titles_and_hover_text():
                            hovertext=[f"{{<br>  \"p\": \"{LINK}\"<br>}}"]))
     fig.update_layout(title=LINK)
     fig.update_xaxes(title=LINK)
-    report_mod._styled(fig)
+    report_html._styled(fig)
     shown = str(fig.to_plotly_json())
     assert "<a href" not in shown and "&lt;a href=&quot;javascript" in shown
     assert "<extra></extra>" in shown and "<br>" in shown  # the figure's own tags still work

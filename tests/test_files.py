@@ -1,4 +1,4 @@
-"""tuner/files.py: the one writability check behind ``--output`` and ``--html``, message by
+"""tuner/base/files.py: the one writability check behind ``--output`` and ``--html``, message by
 message, and the atomic write."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tuner import files
+from tuner.base import files
 from tuner.errors import ConfigError
 
 CASES = [  # (flag, what, make_folders, target under tmp, the message after "FLAG: TARGET: ")

@@ -19,8 +19,12 @@ from helpers import (
     trials,
 )
 
-from tuner import config, guard, host, knobs, space, tunedfile
+from tuner import config, knobs
+from tuner.base import host
+from tuner.child import guard
 from tuner.errors import ConfigError
+from tuner.knobs import space
+from tuner.tuned import reader as tunedfile
 
 FPMATH = "env.ONEDNN_DEFAULT_FPMATH_MODE"
 AMX = ["avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
@@ -302,7 +306,8 @@ def test_a_second_default_run_whose_outputs_differ_is_refused(tmp_path):
 
 
 def test_apply_and_the_launcher_refuse_reduced_precision_on_a_cpu_without_it(tmp_path, cpu):
-    from tuner import launch, production
+    from tuner.production import apply as production
+    from tuner.production import launch
 
     cpu(["avx2", "avx512f"])
     ok = {"metric": "rel_l2", "tolerance": 0.05, "deviation": 0.003}
@@ -318,7 +323,7 @@ def test_apply_and_the_launcher_refuse_reduced_precision_on_a_cpu_without_it(tmp
 
 
 def test_run_export_and_tf_serving_say_the_in_process_precision_is_not_carried(tmp_path):
-    from tuner import launch
+    from tuner.production import launch
 
     ok = {"metric": "rel_l2", "tolerance": 0.05, "deviation": 0.005}
     path = str(_tuned(tmp_path, precision={"auto_mixed_precision_onednn_bfloat16": True},
@@ -334,8 +339,8 @@ def test_run_export_and_tf_serving_say_the_in_process_precision_is_not_carried(t
 
 
 def test_an_interrupted_search_writes_the_best_feasible_trial_not_the_fastest(tmp_path):
-    from tuner import verdict
-    from tuner.searched import Searched
+    from tuner.search import verdict
+    from tuner.search.outcome import Searched
 
     def trial(number, value, rel, role=None):
         settings = {**knobs.default_settings(), FPMATH: "BF16" if rel else None}

@@ -14,7 +14,10 @@ import pytest
 import yaml
 from helpers import copy_workloads, evidence, skip_without_tensorflow
 
-from tuner import config, guard, host, knobs, measuring
+from tuner import config, knobs
+from tuner.base import host
+from tuner.child import guard
+from tuner.search import measuring
 
 skip_without_tensorflow()
 pytestmark = pytest.mark.tf

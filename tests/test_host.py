@@ -8,16 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import (
-    fake_machine,
-    sixteen_cpus,
-)
+from helpers import fake_machine, sixteen_cpus
 
-from tuner import (
-    host,
-    settings,
-    space,
-)
+from tuner.base import cpusets, host
+from tuner.knobs import settings, space
 
 
 def test_affinity_limits_usable_cpus(tmp_path):
@@ -65,19 +59,19 @@ def test_hyperthreads_and_sockets(tmp_path):
 def test_pinning_order_is_physical_cores_first_one_numa_node_first(tmp_path):
     m = sixteen_cpus(tmp_path)
     assert m.physical_cores == 8 and m.numa_nodes == 2
-    assert host.pinned_order(m) == [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15]
-    assert host.cpu_set(m, 4) == [0, 2, 4, 6]          # one thread of each node-0 core
-    assert host.cpu_set(m, 8) == list(range(8))        # node 0, siblings included
-    assert host.cpu_set(m, None) is None
+    assert cpusets.pinned_order(m) == [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15]
+    assert cpusets.cpu_set(m, 4) == [0, 2, 4, 6]          # one thread of each node-0 core
+    assert cpusets.cpu_set(m, 8) == list(range(8))        # node 0, siblings included
+    assert cpusets.cpu_set(m, None) is None
 
 
 def test_instances_get_disjoint_whole_cores(tmp_path):
     m = sixteen_cpus(tmp_path)
-    assert host.instance_sets(m, 2) == [list(range(8)), list(range(8, 16))]
-    assert host.instance_sets(m, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
+    assert cpusets.instance_sets(m, 2) == [list(range(8)), list(range(8, 16))]
+    assert cpusets.instance_sets(m, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
                                              [12, 13, 14, 15]]
-    assert host.instance_sets(m, 2, cpus=8) == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    sixteen = host.instance_sets(m, 16)
+    assert cpusets.instance_sets(m, 2, cpus=8) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    sixteen = cpusets.instance_sets(m, 16)
     assert sorted(c for s in sixteen for c in s) == list(range(16))
     assert all(len(s) == 1 for s in sixteen)
     nested = settings.nest(dict(space.default_settings(), instances=2), m)

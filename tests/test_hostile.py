@@ -29,9 +29,14 @@ import pytest
 import yaml
 from helpers import evidence, fake_worker_command, fake_worker_env
 
-from tuner import cli, coord, host, launch, lock, production, tuned, urls
+from tuner import cli
+from tuner.base import host, lock, urls
 from tuner.errors import ConfigError, StudyError
-from tuner.trial import run_child
+from tuner.production import apply as production
+from tuner.production import launch
+from tuner.search import shared as coord
+from tuner.search.trial import run_child
+from tuner.tuned import store as tuned
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -582,7 +587,7 @@ def test_grandchildren_are_reaped_on_a_timeout(workload_child, monkeypatch):
 PARENT = """\
 import sys
 sys.path.insert(0, {root!r})
-from tuner.trial import run_child
+from tuner.search.trial import run_child
 run_child({{"kind": "preflight"}}, timeout=300, settings={{}},
           worker=[sys.executable, {script!r}])
 """
@@ -839,10 +844,10 @@ def test_reading_a_tuner_study_changes_nothing_in_its_database(optuna_study, tmp
     assert _fingerprint(db) == before
     import optuna
 
-    from tuner import results
+    from tuner.results import studies
 
     with pytest.raises(optuna.exceptions.StorageInternalError) as caught:
-        optuna.create_study(study_name="t", storage=results.open_read_only(optuna_study))
+        optuna.create_study(study_name="t", storage=studies.open_read_only(optuna_study))
     assert "readonly database" in str(caught.value.__cause__)
     assert _fingerprint(db) == before
 
@@ -897,7 +902,7 @@ def test_report_html_into_an_unwritable_directory_is_one_line(optuna_study, tmp_
         proc = _tuner("report", "--storage", optuna_study, "--html", str(target))
         code, err = proc.returncode, proc.stderr
     else:  # root writes into any directory: the directory answers as it would to a user
-        from tuner import files  # the one writability check (--html included)
+        from tuner.base import files  # the one writability check (--html included)
 
         real_access = os.access
         monkeypatch.setattr(files.os, "access", lambda path, mode: real_access(path, mode)
@@ -913,7 +918,7 @@ def test_a_disk_that_fills_up_while_writing_the_report_leaves_no_half_file(optun
                                                                           tmp_path, monkeypatch,
                                                                           capsys):
     pytest.importorskip("plotly")
-    from tuner import files
+    from tuner.base import files
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -976,10 +981,10 @@ def test_a_postgresql_study_reads_through_read_only_sessions(pg_url):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("study s in postgresql://tuner:***@")
     assert len(optuna.load_study(study_name="s", storage=pg_url).trials) == 3
-    from tuner import results
+    from tuner.results import studies
 
     with pytest.raises(optuna.exceptions.StorageInternalError) as caught:
-        optuna.create_study(study_name="t", storage=results.open_read_only(pg_url))
+        optuna.create_study(study_name="t", storage=studies.open_read_only(pg_url))
     assert "read-only transaction" in str(caught.value.__cause__)
     assert optuna.get_all_study_names(pg_url) == ["s"]
 
@@ -1663,7 +1668,7 @@ def test_an_output_in_a_read_only_directory_fails_before_any_child(workdir, monk
 
 def test_a_full_disk_while_writing_the_tuned_file_is_one_line_and_keeps_the_old_one(
         workdir, validated, monkeypatch, capsys):
-    from tuner import files
+    from tuner.base import files
 
     before = validated.read_bytes()
 

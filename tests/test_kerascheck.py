@@ -9,7 +9,8 @@ from importlib import metadata
 import pytest
 from helpers import assert_one_error_line, run_cli
 
-from tuner import config, kerascheck
+from tuner import config
+from tuner.config import kerascheck
 from tuner.errors import ConfigError
 
 

@@ -11,8 +11,10 @@ import pytest
 import yaml
 from helpers import fake_machine
 
-from tuner import host, knobs, settings
-from tuner.tunedfile import check_settings
+from tuner import knobs
+from tuner.base import host
+from tuner.knobs import settings
+from tuner.tuned.reader import check_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TCMALLOC = "usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"

@@ -3,13 +3,9 @@ carry (the launcher's processes are tested in test_production.py)."""
 
 from __future__ import annotations
 
-from helpers import (
-    settings_doc,
-)
+from helpers import settings_doc
 
-from tuner import (
-    launch,
-)
+from tuner.production import launch
 
 
 def test_launcher_and_export_note_what_the_environment_cannot_carry():

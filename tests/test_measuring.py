@@ -7,12 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import (
-    GOOD,
-    assert_one_error_line,
-    run_cli,
-    run_search,
-)
+from helpers import GOOD, assert_one_error_line, run_cli, run_search
 
 from tuner.errors import WorkloadError
 
@@ -59,7 +54,9 @@ def test_a_stop_whose_interrupt_was_swallowed_still_stops_the_next_measurement(f
                                                                                write_config):
     # Python drops an exception raised inside a weakref callback (SQLAlchemy's cleanups), so a
     # SIGTERM's KeyboardInterrupt can be lost; the request it left behind stops the next child.
-    from tuner import config, errors, host, knobs, measuring
+    from tuner import config, errors, knobs
+    from tuner.base import host
+    from tuner.search import measuring
 
     measurer = measuring.Measurer(config.load(write_config()), host.detect(), lambda line: None)
     assert measurer.measure(knobs.default_settings())["windows"]   # no stop asked: it measures
@@ -78,7 +75,9 @@ def test_a_stop_recorded_while_a_child_runs_ends_the_wait_and_the_child(fake_wor
     import threading
     import time
 
-    from tuner import config, errors, host, knobs, measuring
+    from tuner import config, errors, knobs
+    from tuner.base import host
+    from tuner.search import measuring
 
     monkeypatch.setenv("FAKE_BEHAVIOUR", "hang-intra-0")
     measurer = measuring.Measurer(config.load(write_config()), host.detect(), lambda line: None)

@@ -9,8 +9,8 @@ from collections import namedtuple
 
 import pytest
 
-from tuner import meter
-from tuner.protocol import WorkloadProblem
+from tuner.child import meter
+from tuner.child.protocol import WorkloadProblem
 
 # psutil.cpu_times(percpu=True) gives one of these per CPU; the meter sums all fields
 CoreTimes = namedtuple("CoreTimes", "user system idle iowait")

@@ -20,8 +20,11 @@ from helpers import (
     settings_doc,
 )
 
-from tuner import config, knobs, launch, modelfile, space
+from tuner import config, knobs
+from tuner.config import modelflags as modelfile
 from tuner.errors import ConfigError
+from tuner.knobs import space
+from tuner.production import launch
 
 FAST_MEASURE = """\
 search: {n_trials: 2, trial_timeout: 20}

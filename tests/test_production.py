@@ -16,9 +16,10 @@ import yaml
 from helpers import evidence, settings_doc
 
 import tuner
-from tuner import cli, host
-from tuner.production import Applied, check_machine
-from tuner.tunedfile import read
+from tuner import cli
+from tuner.base import host
+from tuner.production.apply import Applied, check_machine
+from tuner.tuned.reader import read
 
 here = host.detect()
 MACHINE = dict(here.as_dict(), tf_version=host.installed_tf_version())
@@ -430,7 +431,7 @@ def run_probe(tmp_path, path, *extra, code=0, prefix=()):
 @pytest.mark.parametrize("allocator", ["tcmalloc", "jemalloc"])
 def test_launcher_preloads_the_allocator(tmp_path, allocator):
     if allocator not in host.detect().allocators:
-        pytest.skip(f"{allocator} is not installed ({tuner.host.INSTALL_HINT[allocator]})")
+        pytest.skip(f"{allocator} is not installed ({tuner.base.host.INSTALL_HINT[allocator]})")
     proc, (out,) = run_probe(tmp_path, placed_tuned(tmp_path, allocator=allocator))
     assert proc.returncode == 0, proc.stderr
     assert out[allocator] is True
@@ -438,8 +439,8 @@ def test_launcher_preloads_the_allocator(tmp_path, allocator):
 
 
 def test_launcher_without_the_allocator_installed_warns_and_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(tuner.host, "_LIB_DIRS", ())  # nothing installed, as seen in-process
-    from tuner import launch
+    monkeypatch.setattr(tuner.base.host, "_LIB_DIRS", ())  # nothing installed, as seen in-process
+    from tuner.production import launch
 
     doc = read(placed_tuned(tmp_path, allocator="jemalloc")).doc
     assert any("jemalloc, is not installed here" in n for n in launch._notes(doc, "t.yaml"))

@@ -32,8 +32,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tuner import cli, config, host, launch, production
+from tuner import cli, config
+from tuner.base import host
 from tuner.errors import TunerError
+from tuner.production import apply as production
+from tuner.production import launch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

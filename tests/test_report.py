@@ -5,14 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from helpers import (
-    run_cli,
-)
+from helpers import run_cli
 
-from tuner import (
-    config,
-    search,
-)
+from tuner import config
+from tuner.search import pipeline as search
 
 
 def test_report_html_is_one_offline_file_with_its_plots(small_study, capsys, tmp_path):

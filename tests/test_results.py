@@ -7,10 +7,7 @@ import sqlite3
 
 import pytest
 import yaml
-from helpers import (
-    FIXTURES,
-    run_cli,
-)
+from helpers import FIXTURES, run_cli
 
 
 def test_a_damaged_tuned_file_names_the_field(tmp_path, capsys):

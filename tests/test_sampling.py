@@ -4,12 +4,7 @@ screening (threads, then declared knobs) and the pruner."""
 from __future__ import annotations
 
 import optuna
-from helpers import (
-    KNOB_STUDY,
-    load_study,
-    run_search,
-    run_trials,
-)
+from helpers import KNOB_STUDY, load_study, run_search, run_trials
 
 
 def test_auto_sampler_is_exhaustive_when_the_space_fits(fake_worker, write_config):

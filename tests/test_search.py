@@ -10,17 +10,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from helpers import (
-    KNOB_STUDY,
-    assert_one_error_line,
-    run_search,
-)
+from helpers import KNOB_STUDY, assert_one_error_line, run_search
 
-from tuner import (
-    cli,
-)
+from tuner import cli
 from tuner.errors import StudyError, StudyMismatchError
-from tuner.tunedfile import check_settings, read
+from tuner.tuned.reader import check_settings, read
 
 SMALL_SPACE = """\
 space:

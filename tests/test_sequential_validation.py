@@ -1,9 +1,9 @@
 """The sequential validation: its false-positive rate and power by simulation (pure Python,
 seeded), and through whole searches with the fake worker.
 
-The simulations run :func:`tuner.validate.sequential` itself (looks, planning from the measured
-noise, alpha spending, futility stop) on drawn lognormal values, with the two slow statistics
-replaced by fast exact equivalents so that thousands of comparisons take seconds:
+The simulations run :func:`tuner.search.validate.sequential` itself (looks, planning from the
+measured noise, alpha spending, futility stop) on drawn lognormal values, with the two slow
+statistics replaced by fast exact equivalents so that thousands of comparisons take seconds:
 
 - the exact permutation test on mean log values by Student's t on log values (pooled variance),
   exact for lognormal noise as the permutation test is for any noise, and the same statistic
@@ -25,8 +25,9 @@ import statistics
 import pytest
 import yaml
 
-from tuner import stats, validate
+from tuner.base import stats
 from tuner.config import Config, Validate, Workload
+from tuner.search import validate
 
 CV = 0.10
 SIGMA = math.sqrt(math.log1p(CV * CV))   # sd of log values for a 10% coefficient of variation
@@ -307,7 +308,8 @@ def test_no_effect_is_extended_then_kept_as_defaults_saying_what_could_be_missed
     assert f"no win of {percent}% or more" in doc["summary"]
     assert "keeping the defaults" in doc["summary"]
     # the strict reader and the results model take the new field
-    from tuner import results, tunedfile
+    from tuner.results import model as results
+    from tuner.tuned import reader as tunedfile
     tunedfile.read("results/study/tuned.yaml")
     assert results.from_tuned_file("results/study/tuned.yaml").verdict == "defaults"
 

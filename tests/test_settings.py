@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from tuner import (
-    settings,
-    space,
-)
+from tuner.knobs import settings, space
 
 
 def test_settings_nest_and_flatten_round_trip():

@@ -25,7 +25,11 @@ from helpers import (
     write_text,
 )
 
-from tuner import config, host, production, sizes, sizing
+from tuner import config
+from tuner.base import cpusets, host
+from tuner.production import apply as production
+from tuner.search import sizing
+from tuner.tuned import sizes
 
 # Seconds with the fake worker: 2 trials per size (the references), 2 short windows, a
 # validation of 4 rounds with one candidate.
@@ -87,9 +91,9 @@ def test_a_size_beyond_the_usable_cpus_is_refused():
 def test_a_size_sees_only_its_own_cpus(tmp_path):
     m = sixteen_cpus(tmp_path)   # 2 nodes x 4 cores x 2 hyperthreads
     four = sizing.sized_machine(m, 4)
-    assert four.affinity == tuple(host.cpu_set(m, 4))
+    assert four.affinity == tuple(cpusets.cpu_set(m, 4))
     assert four.usable_cpus == 4 and four.physical_cores == 4 and four.numa_nodes == 1
-    assert host.cpu_set(four, 4) == host.cpu_set(m, 4)
+    assert cpusets.cpu_set(four, 4) == cpusets.cpu_set(m, 4)
     twelve = sizing.sized_machine(m, 12)
     assert twelve.numa_nodes == 2 and twelve.usable_cpus == 12
     # the space of a size is built for its CPUs: no thread count beyond what its ladder allows
@@ -203,7 +207,7 @@ def test_a_fake_ladder_measures_the_curve_and_recommends(fake_worker, tmp_path, 
     for n, row in rows.items():
         assert row["throughput"]["median"] == pytest.approx(curve[n], rel=0.02)
         assert row["per_cpu"] == pytest.approx(curve[n] / n, rel=0.02)
-        assert row["settings"]["cpus"] == host.cpu_set(sizing.sized_machine(
+        assert row["settings"]["cpus"] == cpusets.cpu_set(sizing.sized_machine(
             host.detect(tmp_path / "m", affinity=list(range(4))), n), n)
         assert row["cost_per_million"] == pytest.approx(n * 0.05 * 1e6 / (3600 * curve[n]),
                                                         rel=0.02)
@@ -318,7 +322,7 @@ def test_apply_reads_the_row_it_is_given(sized):
 
 
 def test_run_with_a_size_pins_the_command_and_tells_apply_the_row(sized, tmp_path):
-    probe = ("import os, sys; from tuner import production; "
+    probe = ("import os, sys; from tuner.production import apply as production; "
              "t = production.read(os.environ['TUNER_TUNED_FILE']); "
              "print(sorted(os.sched_getaffinity(0)), os.environ['TUNER_TUNED_SIZE'], "
              "t.settings['cpus'])")
@@ -521,8 +525,8 @@ def test_a_structured_study_takes_the_carried_winner_as_a_reference(tmp_path):
 
     import optuna
 
-    from tuner import space as space_mod
-    from tuner import structured
+    from tuner.knobs import space as space_mod
+    from tuner.search import structured
 
     m = sixteen_cpus(tmp_path)
     four = sizing.sized_machine(m, 4)

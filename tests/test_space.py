@@ -4,18 +4,12 @@ preflight learnt (tf.data options, the pipeline, declared knobs)."""
 from __future__ import annotations
 
 import pytest
-from helpers import (
-    fake_machine,
-    plain_machine,
-    sixteen_cpus,
-)
+from helpers import fake_machine, plain_machine, sixteen_cpus
 
-from tuner import (
-    host,
-    knobs,
-    space,
-)
+from tuner import knobs
+from tuner.base import host
 from tuner.errors import ConfigError
+from tuner.knobs import space
 
 ALL_OPTIONS = space.Pipeline(options=tuple(k.name for k in knobs.TF_DATA if k.optional),
                              algorithms=knobs.AUTOTUNE_ALGORITHMS)

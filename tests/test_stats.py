@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tuner import stats
+from tuner.base import stats
 
 
 def test_permutation_p_for_complete_separation_is_the_exact_minimum():

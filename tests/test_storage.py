@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import sqlalchemy.exc
 
-from tuner.storage import RetryingRDBStorage
+from tuner.search.storage import RetryingRDBStorage
 
 
 def test_transient_database_errors_are_retried(monkeypatch, tmp_path):
@@ -33,7 +33,7 @@ def test_a_stop_inside_the_pools_connection_reset_prints_no_traceback(capsys):
     # (exit 130), so that record is dropped; the pool's other errors still print
     import logging
 
-    from tuner import storage
+    from tuner.search import storage
 
     storage.quiet_stop_in_pool()
     storage.quiet_stop_in_pool()   # once is enough: no second handler

@@ -15,9 +15,13 @@ from helpers import DUMMY_WORKLOAD, FAST, run_trials, write_text
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner import config, results, search, structured, tunedfile
-from tuner.host import Machine
-from tuner.space import build_space
+from tuner import config
+from tuner.base.host import Machine
+from tuner.knobs.space import build_space
+from tuner.results import model as results
+from tuner.search import pipeline as search
+from tuner.search import structured
+from tuner.tuned import reader as tunedfile
 
 ORDER = {phase: i for i, phase in enumerate(structured.PHASES)}
 
@@ -275,7 +279,7 @@ def test_threads_are_also_screened_around_the_fastest_multi_instance_layout():
 
 
 def test_auto_is_the_structured_search_when_the_space_exceeds_the_budget(tmp_path):
-    from tuner import sampling
+    from tuner.search import sampling
 
     machine = machine16()
     space = build_space(machine, {"allocator": "default"})

@@ -14,11 +14,7 @@ import time
 import optuna
 import pytest
 import sqlalchemy.exc
-from helpers import (
-    load_study,
-    run_search,
-    run_trials,
-)
+from helpers import load_study, run_search, run_trials
 
 from tuner.errors import StudyError, StudyMismatchError
 

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from helpers import (
-    FIXTURES,
-    run_cli,
-    settings_doc,
-)
+from helpers import FIXTURES, run_cli, settings_doc
 
-from tuner import (
-    tuned,
-)
 from tuner.errors import ConfigError
-from tuner.tunedfile import check_settings
+from tuner.tuned import store as tuned
+from tuner.tuned.reader import check_settings
 
 
 def test_unknown_format_version_is_refused(tmp_path):
@@ -44,7 +38,9 @@ OLD = {"tuned": FIXTURES / "old-df48d06-tuned.yaml",
 
 @pytest.mark.parametrize("verdict", ["tuned", "defaults"])
 def test_old_files_are_read_by_every_reader(verdict, capsys):
-    from tuner import launch, results, tunedfile
+    from tuner.production import launch
+    from tuner.results import model as results
+    from tuner.tuned import reader as tunedfile
 
     path = OLD[verdict]
     raw = yaml.safe_load(path.read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.urls import mask_secret, mask_url, shown
+from tuner.base.urls import mask_secret, mask_url, shown
 
 SECRET = "PW"
 

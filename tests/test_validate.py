@@ -7,11 +7,7 @@ import json
 import re
 
 import pytest
-from helpers import (
-    edit,
-    load_study,
-    run_search,
-)
+from helpers import edit, load_study, run_search
 
 
 def test_validation_stops_early_when_the_candidate_cannot_reach_the_minimum(
@@ -70,7 +66,8 @@ def _fail_winner_from_round(monkeypatch, tmp_path, round_no: int) -> list[str]:
 
 
 def _search_with(path, say):
-    from tuner import config, search
+    from tuner import config
+    from tuner.search import pipeline as search
 
     return search.run(config.load(path), say)
 

@@ -8,11 +8,7 @@ import os
 
 import pytest
 import yaml
-from helpers import (
-    KNOB_STUDY,
-    load_study,
-    run_search,
-)
+from helpers import KNOB_STUDY, load_study, run_search
 
 
 def test_when_nothing_beats_the_defaults_the_file_says_so(fake_worker, write_config, monkeypatch):

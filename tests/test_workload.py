@@ -7,9 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tuner import (
-    workload,
-)
+from tuner.child import workload
 
 
 def _plan(declared, **builders):
@@ -84,7 +82,7 @@ def test_a_model_file_searchs_data_module_is_not_shadowed_by_the_results_folder(
     # a results folder, not code; a module there must not win over the user's own
     import sys
 
-    from tuner import workload
+    from tuner.child import workload
 
     user, generated = tmp_path / "work", tmp_path / "results" / "m"
     user.mkdir()

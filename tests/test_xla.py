@@ -16,10 +16,16 @@ from test_meter import FakeClock, FakeWork
 from test_production import make_tuned
 from test_structured import add, machine16, seen
 
-from tuner import cli, compare, knobs, meter, results, settings, structured, tunedfile
+from tuner import cli, knobs
+from tuner.base.yamlsafe import shown
+from tuner.child import meter
 from tuner.errors import ConfigError
-from tuner.space import Pipeline, build_space
-from tuner.yamlsafe import shown
+from tuner.knobs import settings
+from tuner.knobs.space import Pipeline, build_space
+from tuner.results import compare
+from tuner.results import model as results
+from tuner.search import structured
+from tuner.tuned import reader as tunedfile
 
 XLA = knobs.XLA
 LEVEL1, LEVEL2 = knobs.XLA_VALUES
@@ -114,7 +120,7 @@ def test_every_export_format_carries_it(tmp_path, capsys):
 
 
 def cli_formats() -> tuple[str, ...]:
-    from tuner import launch
+    from tuner.production import launch
 
     return launch.FORMATS
 
@@ -340,7 +346,7 @@ def test_a_ten_trial_training_search_still_reaches_the_declared_knobs():
     """configs/sequential_map.yaml's budget (10 trials, training, two declared knobs, two
     allocators installed): the compute phase takes two trials before the declared knobs, and the
     map's parallelism (its 2x lever) is still measured and led with."""
-    from tuner.host import Machine
+    from tuner.base.host import Machine
 
     machine = Machine(visible_cpus=2, affinity=(0, 1), cpu_quota=None, usable_cpus=2,
                       physical_cores=2, sockets=1, numa_nodes=1, cpu_model="sim", arch="x86_64",

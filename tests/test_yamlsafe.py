@@ -1,4 +1,4 @@
-"""The bounded YAML loader every reader goes through (tuner/yamlsafe.py)."""
+"""The bounded YAML loader every reader goes through (tuner/base/yamlsafe.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuner import config, modelfile, tuned, yamlsafe
+from tuner import config
+from tuner.base import yamlsafe
+from tuner.config import modelflags as modelfile
 from tuner.errors import ConfigError
+from tuner.tuned import store as tuned
 
 
 def laughs(levels: int) -> str:
@@ -113,7 +116,7 @@ def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path):
         out = _in_thread(lambda p=path: yamlsafe.load(p, "tuned"))
         assert isinstance(out.get("error"), ConfigError), out
         assert "not a regular file" in str(out["error"])
-    from tuner import sizes
+    from tuner.tuned import sizes
 
     assert _in_thread(lambda: sizes.is_sizes_file(fifo)) == {"value": False}
     # writing a tuned file over a FIFO reads it first (whose study is it?): no hang either

@@ -2,15 +2,15 @@
 
 ``import tuner`` is cheap: it never imports TensorFlow or Optuna and never touches the environment.
 Use a tuned file with :func:`apply` (first thing in a job) or ``python -m tuner run``; the search
-lives in :mod:`tuner.search`; the command line in :mod:`tuner.cli`.
+lives in :mod:`tuner.search.pipeline`; the command line in :mod:`tuner.cli`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._version import __version__
-from .errors import (
+from tuner.base.version import __version__
+from tuner.errors import (
     ConfigError,
     StudyError,
     StudyMismatchError,
@@ -19,7 +19,7 @@ from .errors import (
     WorkloadError,
 )
 
-# What a production job uses, from tuner/production.py, loaded on first use: every trial child
+# What a production job uses, from tuner/production/apply.py, loaded on first use: every trial child
 # imports this package, and has no use for the tuned-file reader behind apply().
 _PRODUCTION = ("Applied", "ExplicitSettingWarning", "LateSettingWarning", "MachineMismatchError",
                "MachineMismatchWarning", "PinningWarning", "RuntimeInitializedError", "apply")
@@ -27,7 +27,7 @@ _PRODUCTION = ("Applied", "ExplicitSettingWarning", "LateSettingWarning", "Machi
 
 def __getattr__(name: str) -> Any:
     if name in _PRODUCTION:
-        from . import production
+        from tuner.production import apply as production
 
         value = getattr(production, name)
         globals()[name] = value
