@@ -2,7 +2,7 @@
 # #23's benchmark run (2026-12-02): searches as a user runs them, each verdict re-measured side by
 # side with TensorFlow's defaults, each adopted file's deviation re-checked independently.
 set -u
-cd /work/main && . .venv/bin/activate
+cd . && . .venv/bin/activate
 OUT=results/compute-2026-12-02
 mkdir -p $OUT
 R="--seeds 1 --rounds 4 --seconds 4 --warmup 5"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # the rest of #23's benchmark run, after bench.sh's remeasures met the apply() instance bug (fixed)
 set -u
-cd /work/main && . .venv/bin/activate
+cd . && . .venv/bin/activate
 OUT=results/compute-2026-12-02
 R="--seeds 1 --rounds 4 --seconds 4 --warmup 5"
 while pgrep -f "benchmarks/repro.py configs/branchy" > /dev/null; do sleep 5; done

@@ -2,12 +2,12 @@
 # after the model file's re-measurement: the quickstart with a tolerance again (the compute phase's
 # levers now take turns), then every adopted file's deviation re-checked independently
 set -u
-cd /work/main && . .venv/bin/activate
+cd . && . .venv/bin/activate
 OUT=results/compute-2026-12-02
 R="--seeds 1 --rounds 4 --seconds 4 --warmup 5"
 while ! pgrep -f "repro.py configs/sequential_map" > /dev/null; do sleep 3; done
 pkill -f "results/bench2.sh"; pkill -f "repro.py configs/sequential_map"; sleep 2
-pkill -f "tuner search --config /work/main/configs/sequential_map"; sleep 2
+pkill -f "tuner search --config configs/sequential_map"; sleep 2
 date -u +"bench3 start %FT%TZ"; uptime
 python benchmarks/repro.py configs/quickstart.yaml $R --search-arg=--accuracy-tolerance --search-arg=0.05 --tag=-tol2 --out $OUT/quickstart-tol2 > $OUT/quickstart-tol2.txt 2>&1
 rm -f $OUT/accuracy.txt
