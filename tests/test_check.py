@@ -262,6 +262,19 @@ def test_a_model_files_result_is_checked_with_model_and_writes_nothing(fake_work
     assert sorted(str(p) for p in tmp_path.rglob("*") if "lock" not in p.name) == before
 
 
+def _with_bf16(tuned_file):
+    """The fake search's tuned file with bf16 math, measured within its tolerance 0.05 when
+    tuned (format_version 2), and its config."""
+    tuned, cfg = tuned_file
+    doc = yaml.safe_load(tuned.read_text())
+    doc["format_version"] = 2
+    doc["settings"]["env"] = {"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"}
+    doc["result"]["accuracy"] = {"metric": "rel_l2", "tolerance": 0.05, "deviation": 0.003,
+                                 "limit": 0.05, "samples": 16}
+    tuned.write_text(yaml.safe_dump(doc))
+    return tuned, cfg
+
+
 @pytest.mark.parametrize("deviation,code", [(0.003, 0), (0.2, 1)])
 def test_a_reduced_precision_file_is_held_to_its_tolerance_here(tuned_file, capsys, monkeypatch,
                                                                deviation, code):
@@ -272,13 +285,7 @@ def test_a_reduced_precision_file_is_held_to_its_tolerance_here(tuned_file, caps
     monkeypatch.setattr(host, "_cpu_flags", lambda root: ["avx512_bf16"])
     monkeypatch.setenv("FAKE_DEVIATION", json.dumps({"env.ONEDNN_DEFAULT_FPMATH_MODE=BF16":
                                                      deviation}))
-    tuned, cfg = tuned_file
-    doc = yaml.safe_load(tuned.read_text())
-    doc["format_version"] = 2
-    doc["settings"]["env"] = {"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"}
-    doc["result"]["accuracy"] = {"metric": "rel_l2", "tolerance": 0.05, "deviation": 0.003,
-                                 "limit": 0.05, "samples": 16}
-    tuned.write_text(yaml.safe_dump(doc))
+    tuned, cfg = _with_bf16(tuned_file)
     code_, out, err = run_cli(capsys, "check", str(tuned), "--config", str(cfg), "--rounds", "4",
                               "--format", "json")
     assert code_ == code, err
@@ -301,13 +308,7 @@ def test_reduced_precision_is_refused_on_a_cpu_without_it(tuned_file, capsys, mo
     from tuner.base import host
 
     monkeypatch.setattr(host, "_cpu_flags", lambda root: ["avx2"])
-    tuned, cfg = tuned_file
-    doc = yaml.safe_load(tuned.read_text())
-    doc["format_version"] = 2
-    doc["settings"]["env"] = {"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"}
-    doc["result"]["accuracy"] = {"metric": "rel_l2", "tolerance": 0.05, "deviation": 0.003,
-                                 "limit": 0.05, "samples": 16}
-    tuned.write_text(yaml.safe_dump(doc))
+    tuned, cfg = _with_bf16(tuned_file)
     code, _, err = run_cli(capsys, "check", str(tuned), "--config", str(cfg))
     assert_one_error_line(code, err, "avx512_bf16", "re-run the search on this machine")
     assert "preflight" not in err   # refused before any child
